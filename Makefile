@@ -1,0 +1,157 @@
+# cgw - community gateway daemon. Plain make, pkg-config for every library.
+#
+#   make            build cgwd, cgwctl and the simulator
+#   make run        install missing packages, build, start the demo community
+#   make test       install missing packages, build, run every test suite
+#   make asan       the test suite under AddressSanitizer + UBSan
+#   make bench      run the benchmarks, write tests/bench/RESULTS.md
+#   make fuzz       build the libFuzzer targets (clang) and run each briefly
+#   make install    PREFIX=/usr/local DESTDIR=
+#   make deps       install the Debian packages cgw needs (as root)
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+DATADIR    ?= $(PREFIX)/share/cgw
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /lib/systemd/system
+SYSUSERSDIR ?= /usr/lib/sysusers.d
+TMPFILESDIR ?= /usr/lib/tmpfiles.d
+
+B          ?= build
+CC         ?= cc
+PKGS       := libmosquitto libmodbus sqlite3 libcurl libfyaml jansson libsystemd libmicrohttpd
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            -Wformat=2 -Wno-format-nonliteral -Wundef -Wvla -Wpointer-arith -Werror
+OPT      ?= -O2 -g
+SAN      ?=
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -fno-common \
+            -Idaemon -Idrivers $(PKG_CFLAGS) \
+            -DCGW_DATADIR='"$(DATADIR)"'
+LDFLAGS  += $(SAN)
+LDLIBS   += $(PKG_LIBS) -lpthread -lm
+
+LIB_SRC  := $(filter-out daemon/main.c daemon/cgwctl.c,$(wildcard daemon/*.c)) $(wildcard drivers/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+HELP_SRC := $(wildcard tests/unit/helpers/*.c)
+SIM_SRC  := $(wildcard tests/sim/*.c)
+BENCH_SRC := $(wildcard tests/bench/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
+TOOL_SRC := $(wildcard tests/tools/*.c)
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(B)/tools/%)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+
+PROGS    := $(B)/cgwd $(if $(wildcard daemon/cgwctl.c),$(B)/cgwctl) $(if $(SIM_SRC),$(B)/cgw-sim)
+
+DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev \
+              libcurl4-openssl-dev libfyaml-dev libjansson-dev libsystemd-dev libmicrohttpd-dev
+DEPS_RUN   := mosquitto mosquitto-clients
+DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl
+
+.PHONY: all run test asan bench fuzz install clean deps deps-test check-config format
+.DELETE_ON_ERROR:
+
+all: $(PROGS) $(TOOL_BIN)
+
+$(B)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(B)/libcgw.a: $(LIB_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(B)/cgwd: $(B)/daemon/main.o $(B)/libcgw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/cgwctl: $(B)/daemon/cgwctl.o $(B)/libcgw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/cgw-sim: $(SIM_SRC:%.c=$(B)/%.o) $(B)/libcgw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/tests/%: tests/unit/%.c $(HELP_SRC) $(B)/libcgw.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(HELP_SRC) $(B)/libcgw.a $(LDFLAGS) $(LDLIBS) $(CMOCKA_LIBS)
+
+$(B)/bench/%: tests/bench/%.c $(B)/libcgw.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(B)/libcgw.a $(LDFLAGS) $(LDLIBS)
+
+$(B)/tools/%: tests/tools/%.c $(B)/libcgw.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(B)/libcgw.a $(LDFLAGS) $(LDLIBS)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
+
+# deps: install what is missing (root), or print the exact command (not root).
+deps:
+	@missing=""; for p in $(DEPS_BUILD) $(DEPS_RUN) $(DEPS_TEST); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "deps: installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	else \
+	  echo "deps: missing packages; run as root:"; \
+	  echo "  apt-get install -y$$missing"; exit 1; \
+	fi
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@config/demo/run.sh $(B)
+
+test: deps
+	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(BENCH_BIN)
+	@tests/run.sh $(B)
+
+asan:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory B=build-asan OPT='-O1 -g -fno-omit-frame-pointer' \
+	  SAN='-fsanitize=address,undefined -fno-sanitize-recover=undefined' test
+
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BIN)
+	@tests/bench/run.sh $(B)
+
+fuzz:
+	@$(MAKE) --no-print-directory B=build-fuzz CC=clang OPT='-O1 -g' \
+	  SAN='-fsanitize=fuzzer-no-link,address,undefined' $(B:build=build-fuzz)/libcgw.a
+	@mkdir -p build-fuzz/fuzz
+	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -Idaemon -Idrivers $(PKG_CFLAGS) \
+	    -o build-fuzz/fuzz/$$n $$f build-fuzz/libcgw.a $(PKG_LIBS) -lpthread -lm || exit 1; done
+	@tests/fuzz/run.sh build-fuzz/fuzz $${FUZZ_SECONDS:-30}
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/profiles \
+	  $(DESTDIR)$(SYSCONFDIR)/cgw $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 0755 $(B)/cgwd $(DESTDIR)$(SBINDIR)/cgwd
+	[ ! -f $(B)/cgwctl ] || install -m 0755 $(B)/cgwctl $(DESTDIR)$(BINDIR)/cgwctl
+	install -m 0644 config/profiles/*.yaml $(DESTDIR)$(DATADIR)/profiles/
+	install -m 0644 config/cgw.yaml $(DESTDIR)$(DATADIR)/cgw.yaml.example
+	[ -f $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml ] || install -m 0640 config/cgw.yaml $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml
+	sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/cgwd.service > $(DESTDIR)$(UNITDIR)/cgwd.service
+	install -m 0644 systemd/cgw.sysusers $(DESTDIR)$(SYSUSERSDIR)/cgw.conf
+	install -m 0644 systemd/cgw.tmpfiles $(DESTDIR)$(TMPFILESDIR)/cgw.conf
+	for m in docs/*.[158]; do [ -f "$$m" ] || continue; s=$${m##*.}; \
+	  install -m 0644 $$m $(DESTDIR)$(MANDIR)/man$$s/; done
+
+check-config: $(B)/cgwd
+	$(B)/cgwd --check-config -c config/cgw.yaml
+
+format:
+	clang-format -i daemon/*.[ch] drivers/*.[ch] tests/*/*.c
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,98 @@
+/*
+ * model.h - the data model shared by drivers, the alarm engine, the store and
+ * the uplinks.
+ *
+ * Ownership: a struct cgw_value of type CGW_V_STRING owns its `s` (heap,
+ * NUL-terminated); cgw_value_clear() frees it. Everything else is plain data.
+ * Readings refer to devices and points by index into the running
+ * configuration (struct cgw_config); the core drains the queue before it
+ * swaps configurations, so an index is never read against the wrong config.
+ */
+#ifndef CGW_MODEL_H
+#define CGW_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Point value types, as written in profiles (`type:`). */
+enum cgw_ptype {
+	CGW_T_BOOL,
+	CGW_T_INT16,
+	CGW_T_UINT16,
+	CGW_T_INT32,
+	CGW_T_UINT32,
+	CGW_T_INT64,
+	CGW_T_UINT64,
+	CGW_T_FLOAT32,
+	CGW_T_FLOAT64,
+	CGW_T_STRING, /* string:N, N bytes = ceil(N/2) registers */
+	CGW_T_BITS,   /* a 16-bit register as a bit field (uint) */
+	CGW_T_NUMBER, /* MQTT only: any JSON number, as double */
+};
+
+/* Word/byte order of multi-register values: A is the most significant byte
+ * on the wire. ABCD = big endian (Modbus default); CDAB = word swapped;
+ * BADC = byte swapped within words; DCBA = little endian. For 64-bit values
+ * the same rule extends to eight bytes (ABCDEFGH, GHEFCDAB, BADCFEHG,
+ * HGFEDCBA). */
+enum cgw_order { CGW_ORDER_ABCD, CGW_ORDER_CDAB, CGW_ORDER_BADC, CGW_ORDER_DCBA };
+
+/* Modbus tables. */
+enum cgw_table { CGW_TBL_COIL, CGW_TBL_DISCRETE, CGW_TBL_INPUT, CGW_TBL_HOLDING };
+
+/* A decoded value. */
+enum cgw_vtype { CGW_V_NONE, CGW_V_BOOL, CGW_V_INT, CGW_V_UINT, CGW_V_DOUBLE, CGW_V_STRING };
+
+struct cgw_value {
+	enum cgw_vtype type;
+	union {
+		bool b;
+		int64_t i;
+		uint64_t u;
+		double d;
+		char *s;
+	};
+};
+
+enum cgw_quality {
+	CGW_Q_GOOD,
+	CGW_Q_BAD,   /* the device answered but the value is unusable (NaN, bad enum) */
+	CGW_Q_STALE, /* the device could not be read; the last value is old */
+};
+
+/* Outbox lanes, in delivery priority order. */
+enum cgw_lane { CGW_LANE_ALARM, CGW_LANE_EVENT, CGW_LANE_STATUS, CGW_LANE_TELEMETRY, CGW_LANE_COUNT };
+
+/* What a driver hands to the core. */
+enum cgw_item_kind {
+	CGW_ITEM_READING,      /* a polled/received value of a point */
+	CGW_ITEM_EVENT,        /* something that happened (card swipe, parcel picked up) */
+	CGW_ITEM_DEVICE_STATE, /* device went online/offline */
+};
+
+struct cgw_item {
+	enum cgw_item_kind kind;
+	uint32_t device;  /* index into cfg->devices */
+	uint32_t point;   /* index into the device's profile points (READING/EVENT) */
+	enum cgw_quality quality;
+	bool online;      /* DEVICE_STATE */
+	int64_t ts_ms;    /* source timestamp, ms since the epoch (UTC) */
+	struct cgw_value value;
+};
+
+static inline void cgw_value_clear(struct cgw_value *v)
+{
+	if (v->type == CGW_V_STRING)
+		free(v->s);
+	v->type = CGW_V_NONE;
+}
+
+const char *cgw_lane_name(enum cgw_lane lane);
+int cgw_lane_from_name(const char *name); /* -1 if unknown */
+const char *cgw_quality_name(enum cgw_quality q);
+int64_t cgw_now_ms(void);  /* CLOCK_REALTIME in ms */
+int64_t cgw_mono_ms(void); /* CLOCK_MONOTONIC in ms */
+
+#endif

@@ -1,0 +1,71 @@
+# Shared helpers for shell test suites: TAP output, free ports, process cleanup.
+# Source it; every process started with `bg_start` is killed on exit.
+set -u
+CGW_BUILD=${CGW_BUILD:-$(pwd)/build}
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+_tap_n=0
+_tap_fail=0
+_bg_pids=()
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/cgw-test.XXXXXX")
+
+ok() { _tap_n=$((_tap_n + 1)); echo "ok $_tap_n - $*"; }
+not_ok() { _tap_n=$((_tap_n + 1)); _tap_fail=$((_tap_fail + 1)); echo "not ok $_tap_n - $*"; }
+# check "description" command...: ok if the command succeeds
+check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d"; fi; }
+diag() { echo "# $*"; }
+
+# A TCP port that nothing listens on now (bind test through bash /dev/tcp is
+# not enough: ask the kernel for an ephemeral port via a listening socket).
+free_port() {
+	local p
+	for _ in $(seq 50); do
+		p=$((20000 + RANDOM % 30000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			if ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then echo "$p"; return 0; fi
+		fi
+	done
+	return 1
+}
+
+bg_start() { # cmd... ; sets BG_PID
+	"$@" &
+	BG_PID=$!
+	_bg_pids+=("$BG_PID")
+}
+
+# wait_for SECONDS command...: poll until the command succeeds (10 ms steps).
+wait_for() {
+	local deadline=$(($(date +%s%N) / 1000000 + $1 * 1000)); shift
+	while :; do
+		"$@" 2>/dev/null && return 0
+		[ $(($(date +%s%N) / 1000000)) -ge $deadline ] && return 1
+		sleep 0.01
+	done
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_mosquitto() { # port -> MOSQ_PID
+	local port=$1 conf=$TMP/mosquitto-$1.conf
+	printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$conf"
+	bg_start mosquitto -c "$conf"
+	MOSQ_PID=$BG_PID
+	wait_for 5 port_open "$port"
+}
+
+_cleanup() {
+	local p
+	for p in "${_bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+	for p in "${_bg_pids[@]}"; do
+		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+		kill -KILL "$p" 2>/dev/null
+	done
+	wait 2>/dev/null
+	rm -rf "$TMP"
+}
+trap _cleanup EXIT
+
+done_testing() {
+	echo "1..$_tap_n"
+	[ "$_tap_fail" -eq 0 ]
+}
