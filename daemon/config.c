@@ -670,6 +670,9 @@ static int custom_points(struct loader *ld, const struct key *k, struct fy_node 
 static int custom_alarms(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
 static int custom_scalar_text(struct loader *ld, const struct key *k, struct fy_node *val,
 			      void *obj);
+static int custom_unless(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
+static int custom_unless_equals(struct loader *ld, const struct key *k, struct fy_node *val,
+				void *obj);
 
 static const struct key gateway_keys[] = {
 	{"id", K_STR, offsetof(struct cgw_config, gateway.id), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
@@ -909,6 +912,18 @@ static const struct key alarm_keys[] = {
 	 "text template: {name} {alarm} {value} {unit} {location.KEY}"},
 	{"latch", K_BOOL, OFF(struct cfg_alarm, latch), "false", 0, 0, 0, NULL, NULL,
 	 "stays active until acknowledged, even after the condition ends"},
+	{"unless", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, custom_unless,
+	 "list of {point, equals, within}: not raised when another point has (or had, within "
+	 "that time) that value as the condition starts (door opened after an unlock)"},
+};
+
+static const struct key unless_keys[] = {
+	{"point", K_STR, OFF(struct cfg_unless, point), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
+	 "the other point"},
+	{"equals", K_CUSTOM, 0, NULL, KF_REQUIRED, 0, 0, NULL, custom_unless_equals,
+	 "the value that excuses the condition"},
+	{"within", K_DURATION, OFF(struct cfg_unless, within_ms), "0ms", 0, 0, 0, NULL, NULL,
+	 "how long before the condition the value still counts"},
 };
 
 static const struct key top_keys[];
@@ -924,6 +939,7 @@ static const struct keytab device_tab = TAB("device", device_keys);
 static const struct keytab profile_tab = TAB("profile", profile_keys);
 static const struct keytab point_tab = TAB("point", point_keys);
 static const struct keytab alarm_tab = TAB("alarm", alarm_keys);
+static const struct keytab unless_tab = TAB("unless", unless_keys);
 
 /* ---- custom keys ---------------------------------------------------------- */
 
@@ -1088,6 +1104,37 @@ static int custom_scalar_text(struct loader *ld, const struct key *k, struct fy_
 	a->operand_text = s;
 	a->op = strcmp(k->name, "equals") == 0 ? CFG_OP_EQUALS : CFG_OP_NOT_EQUALS;
 	return 0;
+}
+
+static int custom_unless_equals(struct loader *ld, const struct key *k, struct fy_node *val,
+				void *obj)
+{
+	struct cfg_unless *u = obj;
+	char *s = scalar_dup(val);
+
+	if (!s) {
+		err_node(ld, val, "%s: expected a number, true/false or a word", k->name);
+		return -EINVAL;
+	}
+	free(u->operand_text);
+	u->operand_text = s;
+	return 0;
+}
+
+static int parse_seq(struct loader *ld, const struct keytab *t, struct fy_node *seq, void **arr,
+		     size_t *n, size_t size, size_t obj_off, void (*init)(void *obj));
+
+static int custom_unless(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+{
+	struct cfg_alarm *a = obj;
+	void *arr = a->unless;
+	int r;
+
+	(void)k;
+	r = parse_seq(ld, &unless_tab, val, &arr, &a->n_unless, sizeof(struct cfg_unless),
+		      offsetof(struct cfg_unless, o), NULL);
+	a->unless = arr;
+	return r ? -EINVAL : 0;
 }
 
 /* Parse a sequence of mappings into a growing array of `size`-byte objects,
@@ -1627,6 +1674,55 @@ static char *suggest_profile(const struct cgw_config *cfg, const char *shipped, 
 	return best;
 }
 
+/* An equals/not_equals text as a value of the point's kind. */
+static int resolve_operand(struct loader *ld, const char *file, int line, const char *alarm,
+			   const struct cfg_point *pt, const char *t, struct cgw_value *out)
+{
+	if (pt->n_enums) {
+		bool okv = false;
+		for (size_t j = 0; j < pt->n_enums; j++)
+			okv |= strcmp(pt->enums[j].label, t) == 0;
+		out->type = CGW_V_STRING;
+		out->s = strdup(t);
+		if (!okv) {
+			char list[512];
+			size_t len = 0;
+			for (size_t j = 0; j < pt->n_enums && len < sizeof(list); j++)
+				len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s",
+							j ? ", " : "", pt->enums[j].label);
+			err_at(ld, file, line, "alarm '%s': '%s' is not a value of point '%s' (%s)",
+			       alarm, t, pt->name, list);
+			return 1;
+		}
+		return 0;
+	}
+	if (pt->type == CGW_T_BOOL) {
+		bool b = false;
+		out->type = CGW_V_BOOL;
+		if (parse_bool(t, &b) < 0) {
+			err_at(ld, file, line, "alarm '%s': point '%s' is bool; compare with true or false",
+			       alarm, pt->name);
+			return 1;
+		}
+		out->b = b;
+		return 0;
+	}
+	if (pt->type == CGW_T_STRING) {
+		out->type = CGW_V_STRING;
+		out->s = strdup(t);
+		return 0;
+	}
+	double d = 0;
+	out->type = CGW_V_DOUBLE;
+	if (parse_double(t, &d) < 0) {
+		err_at(ld, file, line, "alarm '%s': point '%s' is numeric; '%s' is not a number", alarm,
+		       pt->name, t);
+		return 1;
+	}
+	out->d = d;
+	return 0;
+}
+
 /* Resolve equals/not_equals operands against the point, and check each rule
  * form fits its point. */
 static int check_profile(struct loader *ld, struct cfg_profile *pr)
@@ -1783,51 +1879,31 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			       pt->name, pt->n_enums ? "an enum" : "not a number");
 			nerr++;
 		}
-		if (a->op == CFG_OP_EQUALS || a->op == CFG_OP_NOT_EQUALS) {
-			const char *t = a->operand_text;
-			int line = key_line(&alarm_tab, o, a->op == CFG_OP_EQUALS ? "equals" : "not_equals");
-			bool okv = false;
-			if (pt->n_enums) {
-				for (size_t j = 0; j < pt->n_enums; j++)
-					okv |= strcmp(pt->enums[j].label, t) == 0;
-				if (!okv) {
-					char list[512];
-					size_t len = 0;
-					for (size_t j = 0; j < pt->n_enums && len < sizeof(list); j++)
-						len += (size_t)snprintf(list + len, sizeof(list) - len,
-									"%s%s", j ? ", " : "",
-									pt->enums[j].label);
-					err_at(ld, o->file, line,
-					       "alarm '%s': '%s' is not a value of point '%s' (%s)",
-					       a->name, t, pt->name, list);
-					nerr++;
+		if (a->op == CFG_OP_EQUALS || a->op == CFG_OP_NOT_EQUALS)
+			nerr += resolve_operand(
+				ld, o->file,
+				key_line(&alarm_tab, o, a->op == CFG_OP_EQUALS ? "equals" : "not_equals"),
+				a->name, pt, a->operand_text, &a->operand);
+		for (size_t u = 0; u < a->n_unless; u++) {
+			struct cfg_unless *un = &a->unless[u];
+			const struct cfg_point *up = NULL;
+			if (!un->point || !un->operand_text)
+				continue;
+			for (size_t j = 0; j < pr->n_points && !up; j++) {
+				if (pr->points[j].name && !strcmp(pr->points[j].name, un->point)) {
+					up = &pr->points[j];
+					un->point_idx = j;
 				}
-				a->operand.type = CGW_V_STRING;
-				a->operand.s = strdup(t);
-			} else if (pt->type == CGW_T_BOOL) {
-				bool b;
-				if (parse_bool(t, &b) < 0) {
-					err_at(ld, o->file, line,
-					       "alarm '%s': point '%s' is bool; compare with true or false",
-					       a->name, pt->name);
-					nerr++;
-				}
-				a->operand.type = CGW_V_BOOL;
-				a->operand.b = b;
-			} else if (pt->type == CGW_T_STRING) {
-				a->operand.type = CGW_V_STRING;
-				a->operand.s = strdup(t);
-			} else {
-				double d;
-				if (parse_double(t, &d) < 0) {
-					err_at(ld, o->file, line,
-					       "alarm '%s': point '%s' is numeric; '%s' is not a number",
-					       a->name, pt->name, t);
-					nerr++;
-				}
-				a->operand.type = CGW_V_DOUBLE;
-				a->operand.d = d;
 			}
+			if (!up) {
+				err_at(ld, un->o.file, key_line(&unless_tab, &un->o, "point"),
+				       "alarm '%s': unless: no point named '%s' in this profile", a->name,
+				       un->point);
+				nerr++;
+				continue;
+			}
+			nerr += resolve_operand(ld, un->o.file, key_line(&unless_tab, &un->o, "equals"),
+						a->name, up, un->operand_text, &un->operand);
 		}
 		if (a->op == CFG_OP_BIT && (pt->type == CGW_T_BOOL || pt->type == CGW_T_STRING ||
 					    pt->type == CGW_T_FLOAT32 || pt->type == CGW_T_FLOAT64)) {
@@ -2413,6 +2489,13 @@ static void profile_free(struct cfg_profile *pr)
 		free_strs(&pr->alarms[j], &alarm_tab);
 		free(pr->alarms[j].operand_text);
 		cgw_value_clear(&pr->alarms[j].operand);
+		for (size_t u = 0; u < pr->alarms[j].n_unless; u++) {
+			struct cfg_unless *un = &pr->alarms[j].unless[u];
+			free_strs(un, &unless_tab);
+			free(un->operand_text);
+			cgw_value_clear(&un->operand);
+		}
+		free(pr->alarms[j].unless);
 	}
 	free(pr->points);
 	free(pr->alarms);
@@ -2546,7 +2629,7 @@ void config_print_reference(FILE *f)
 {
 	const struct keytab *tabs[] = {&top_tab,    &gateway_tab, &store_tab,  &control_tab,
 				       &metrics_tab, &uplink_tab,  &bus_tab,    &device_tab,
-				       &profile_tab, &point_tab,   &alarm_tab};
+				       &profile_tab, &point_tab,   &alarm_tab, &unless_tab};
 	for (size_t i = 0; i < sizeof(tabs) / sizeof(tabs[0]); i++) {
 		print_tab(f, tabs[i]);
 		fputc('\n', f);

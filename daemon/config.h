@@ -78,6 +78,18 @@ struct cfg_point {
 	int64_t report_every_ms;
 };
 
+/* `unless:` a rule does not fire when, at the moment its condition becomes
+ * true, another point of the device has (or had, within `within_ms`) a value:
+ * a door that opens within 5 s of an unlock or an exit button is not forced. */
+struct cfg_unless {
+	struct cfg_obj o;
+	char *point;
+	size_t point_idx;
+	char *operand_text;
+	struct cgw_value operand;
+	int64_t within_ms;
+};
+
 struct cfg_alarm {
 	struct cfg_obj o;
 	char *name;
@@ -93,6 +105,8 @@ struct cfg_alarm {
 	int severity; /* enum cfg_severity */
 	char *message;
 	bool latch;
+	struct cfg_unless *unless;
+	size_t n_unless;
 };
 
 struct cfg_profile {

@@ -48,7 +48,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_mosquitto() { # port -> MOSQ_PID
 	local port=$1 conf=$TMP/mosquitto-$1.conf
 	printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$conf"
-	bg_start mosquitto -c "$conf"
+	bg_start mosquitto -c "$conf" >"$TMP/mosquitto-$port.log" 2>&1
 	MOSQ_PID=$BG_PID
 	wait_for 5 port_open "$port"
 }
