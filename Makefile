@@ -21,7 +21,7 @@ TMPFILESDIR ?= /usr/lib/tmpfiles.d
 
 B          ?= build
 CC         ?= cc
-PKGS       := libmosquitto libmodbus sqlite3 libcurl libfyaml jansson libsystemd libmicrohttpd
+PKGS       := libmosquitto libmodbus sqlite3 libcurl libfyaml jansson libsystemd libmicrohttpd libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
@@ -51,7 +51,8 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 PROGS    := $(B)/cgwd $(if $(wildcard daemon/cgwctl.c),$(B)/cgwctl) $(if $(SIM_SRC),$(B)/cgw-sim)
 
 DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev \
-              libcurl4-openssl-dev libfyaml-dev libjansson-dev libsystemd-dev libmicrohttpd-dev
+              libcurl4-openssl-dev libfyaml-dev libjansson-dev libsystemd-dev libmicrohttpd-dev \
+              libssl-dev
 DEPS_RUN   := mosquitto mosquitto-clients
 DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl
 

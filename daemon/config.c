@@ -1790,13 +1790,13 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			       pt->name, pt->type == CGW_T_NUMBER ? "number" : "string");
 			nerr++;
 		}
-		if (pt->bit >= 0 && pt->type != CGW_T_UINT16 && pt->type != CGW_T_INT16 &&
-		    pt->type != CGW_T_BITS) {
-			err_at(ld, o->file, key_line(&point_tab, o, "bit"),
-			       "point '%s': bit needs a 16-bit register type", pt->name);
+		struct mb_format f = {.type = pt->type, .order = pt->order, .str_len = pt->str_len,
+				      .bit = (int)pt->bit, .scale = pt->scale, .offset = pt->offset};
+		const char *why = NULL;
+		if (pt->type != CGW_T_NUMBER && mbd_check_format(&f, pt->table, &why) < 0) {
+			err_at(ld, o->file, o->line, "point '%s': %s", pt->name, why ? why : "invalid");
 			nerr++;
 		}
-		struct mb_format f = {.type = pt->type, .order = pt->order, .str_len = pt->str_len};
 		unsigned regs = pt->table >= CGW_TBL_INPUT ? mbd_reg_count(&f) : 1;
 		if (pt->address + regs > 65536) {
 			err_at(ld, o->file, key_line(&point_tab, o, "address"),

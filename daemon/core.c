@@ -1,18 +1,66 @@
+/*
+ * core.c - the running daemon, on one thread: drains the driver queue,
+ * applies alarm rules, writes the store, kicks the uplinks.
+ *
+ * The core is the only writer of the store. Readings of one device that
+ * arrive together (one poll cycle) become one telemetry message. An alarm
+ * change is committed on its own at once (store_enqueue commits the alarm
+ * lane before it returns) and handed to the uplinks in the same turn of the
+ * loop, ahead of anything queued behind it.
+ */
 #include "core.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "alarm.h"
+#include "driver.h"
 #include "log.h"
 #include "modbus_decode.h"
 #include "modbus_plan.h"
+#include "queue.h"
+#include "store.h"
+#include "uplink.h"
+
+#define QUEUE_CAPACITY 65536
+#define POP_BATCH 512
+#define MAINTAIN_MS 10000
+#define MAX_PENDING_WRITES 256
+
+struct pending_write {
+	uint64_t token;
+	char *source;
+	char *command_id;
+	uint32_t device;
+};
 
 struct core {
 	struct cgw_config *cfg;
 	struct loop *loop;
+	struct store *store;
+	struct queue *queue;
+	struct alarm_engine *alarms;
+	struct uplink **uplinks;
+	const struct uplink_ops **uplink_ops;
+	size_t n_uplinks;
+	struct driver **drivers; /* one per bus, NULL where none */
+	struct loop_timer *flush_timer, *maint_timer, *alarm_timer;
 	int64_t started_ms;
+	bool store_ok;
+	bool evicting;
+	bool queue_full_logged;
+	uint64_t write_token;
+	struct pending_write writes[MAX_PENDING_WRITES];
+	/* telemetry being gathered for one device: flushed when another
+	 * device's reading arrives or the batch ends */
+	json_t *tele;
+	uint32_t tele_dev;
+	int64_t tele_ts;
+	uint64_t readings, messages, enqueue_errors;
+	struct cgw_item items[POP_BATCH];
 };
 
 static int ensure_dir(const char *path)
@@ -23,6 +71,727 @@ static int ensure_dir(const char *path)
 		return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
 	if (mkdir(path, 0750) < 0 && errno != EEXIST)
 		return -errno;
+	return 0;
+}
+
+/* ---- messages ------------------------------------------------------------- */
+
+static void kick_uplinks(struct core *c)
+{
+	for (size_t i = 0; i < c->n_uplinks; i++)
+		if (c->uplinks[i])
+			c->uplink_ops[i]->kick(c->uplinks[i]);
+}
+
+static void arm_flush(struct core *c)
+{
+	int64_t due = c->store ? store_flush_deadline_ms(c->store) : -1;
+	if (due >= 0 && (loop_timer_due(c->flush_timer) < 0 || due < loop_timer_due(c->flush_timer)))
+		loop_timer_at(c->flush_timer, due);
+}
+
+/* Stores one message whose payload is a JSON object without "id". */
+static int emit_text(struct core *c, enum cgw_lane lane, const char *device, const char *topic,
+		     int64_t ts_ms, const char *payload)
+{
+	struct store_msg m = {.lane = lane, .device = device, .topic = topic, .ts_ms = ts_ms,
+			      .payload = payload};
+	uint64_t seq = 0;
+	bool committed = false;
+	int r;
+
+	r = store_enqueue(c->store, &m, cgw_mono_ms(), &seq, &committed);
+	if (r < 0) {
+		c->enqueue_errors++;
+		/* -ENOSPC for telemetry at the cap is counted by the store's
+		 * eviction report; anything else is worth a line */
+		if (r != -ENOSPC || lane == CGW_LANE_ALARM)
+			log_err("core", "store: %s message for %s not stored: %s", cgw_lane_name(lane),
+				device ? device : "gateway", store_errmsg(c->store));
+		return r;
+	}
+	c->messages++;
+	arm_flush(c);
+	return 0;
+}
+
+/* The same, from a JSON object (consumed). */
+static int emit(struct core *c, enum cgw_lane lane, const char *device, const char *topic,
+		int64_t ts_ms, json_t *obj)
+{
+	char *payload = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	int r;
+
+	json_decref(obj);
+	if (!payload)
+		return -ENOMEM;
+	r = emit_text(c, lane, device, topic, ts_ms, payload);
+	free(payload);
+	return r;
+}
+
+static json_t *core_value_json(const struct cfg_point *pt, const struct cgw_value *v)
+{
+	switch (v->type) {
+	case CGW_V_NONE:
+		return json_null();
+	case CGW_V_BOOL:
+		return json_boolean(v->b);
+	case CGW_V_INT:
+	case CGW_V_UINT: {
+		int64_t raw = v->type == CGW_V_INT ? v->i : (int64_t)v->u;
+		for (size_t i = 0; pt && i < pt->n_enums; i++)
+			if (pt->enums[i].key == raw)
+				return json_string(pt->enums[i].label);
+		return v->type == CGW_V_INT ? json_integer(v->i) : json_integer((json_int_t)v->u);
+	}
+	case CGW_V_DOUBLE:
+		return json_real(v->d);
+	case CGW_V_STRING:
+		return json_string(v->s);
+	}
+	return json_null();
+}
+
+static void flush_telemetry(struct core *c)
+{
+	char topic[160];
+	const struct cfg_device *d;
+
+	if (!c->tele)
+		return;
+	d = &c->cfg->devices[c->tele_dev];
+	snprintf(topic, sizeof(topic), "device/%s/telemetry", d->id);
+	emit(c, CGW_LANE_TELEMETRY, d->id, topic, c->tele_ts, c->tele);
+	c->tele = NULL;
+}
+
+static void on_reading(struct core *c, const struct cgw_item *it)
+{
+	const struct cfg_device *d = &c->cfg->devices[it->device];
+	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
+	const struct cfg_point *pt;
+
+	if (it->point >= pr->n_points)
+		return;
+	pt = &pr->points[it->point];
+	c->readings++;
+	store_put_latest(c->store, d->id, pt->name, &it->value, it->quality, it->ts_ms,
+			 cgw_mono_ms());
+	alarm_on_reading(c->alarms, it->device, it->point, &it->value, it->quality, it->ts_ms,
+			 cgw_mono_ms());
+
+	/* one telemetry message per device per cycle: same device, same second */
+	if (c->tele && (c->tele_dev != it->device || it->ts_ms - c->tele_ts > 1000))
+		flush_telemetry(c);
+	if (!c->tele) {
+		c->tele = json_pack("{s:I,s:s,s:{}}", "ts", (json_int_t)it->ts_ms, "device", d->id,
+				    "values");
+		c->tele_dev = it->device;
+		c->tele_ts = it->ts_ms;
+		if (!c->tele)
+			return;
+	}
+	json_object_set_new(json_object_get(c->tele, "values"), pt->name,
+			    it->quality == CGW_Q_GOOD ? core_value_json(pt, &it->value) : json_null());
+	if (it->quality != CGW_Q_GOOD) {
+		json_t *q = json_object_get(c->tele, "quality");
+		if (!q) {
+			q = json_object();
+			json_object_set_new(c->tele, "quality", q);
+		}
+		json_object_set_new(q, pt->name, json_string(cgw_quality_name(it->quality)));
+	}
+}
+
+static json_t *location_json(const struct cfg_device *d)
+{
+	json_t *loc = json_object();
+	for (size_t i = 0; i < d->n_location; i++)
+		json_object_set_new(loc, d->location[i].key, json_string(d->location[i].value));
+	return loc;
+}
+
+static void on_event(struct core *c, const struct cgw_item *it)
+{
+	const struct cfg_device *d = &c->cfg->devices[it->device];
+	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
+	char topic[160];
+
+	if (it->point >= pr->n_points)
+		return;
+	const struct cfg_point *pt = &pr->points[it->point];
+	alarm_on_reading(c->alarms, it->device, it->point, &it->value, it->quality, it->ts_ms,
+			 cgw_mono_ms());
+	snprintf(topic, sizeof(topic), "device/%s/event", d->id);
+	emit(c, CGW_LANE_EVENT, d->id, topic, it->ts_ms,
+	     json_pack("{s:I,s:s,s:s,s:s,s:o,s:o}", "ts", (json_int_t)it->ts_ms, "device", d->id,
+		       "name", d->name, "event", pt->name, "value", core_value_json(pt, &it->value),
+		       "location", location_json(d)));
+}
+
+static void on_device_state(struct core *c, const struct cgw_item *it)
+{
+	const struct cfg_device *d = &c->cfg->devices[it->device];
+	char topic[160];
+
+	log_notice("core", "device %s (%s) is %s", d->id, d->name, it->online ? "online" : "offline");
+	snprintf(topic, sizeof(topic), "device/%s/state", d->id);
+	emit(c, CGW_LANE_STATUS, d->id, topic, it->ts_ms,
+	     json_pack("{s:I,s:s,s:s,s:s,s:I}", "ts", (json_int_t)it->ts_ms, "device", d->id,
+		       "name", d->name, "state", it->online ? "online" : "offline", "since",
+		       (json_int_t)it->ts_ms));
+	alarm_on_device_state(c->alarms, it->device, it->online, it->ts_ms, cgw_mono_ms());
+}
+
+/* ---- commands ----------------------------------------------------------------- */
+
+static void command_result(struct core *c, const char *source, const char *device,
+			   const char *command_id, const char *result, const char *detail,
+			   json_t *extra)
+{
+	char topic[200];
+	json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "ts", (json_int_t)cgw_now_ms(), "device", device,
+			      "command_id", command_id, "result", result);
+
+	if (detail)
+		json_object_set_new(o, "detail", json_string(detail));
+	if (extra)
+		json_object_update(o, extra);
+	json_decref(extra);
+	store_audit_result(c->store, source, command_id, result, detail);
+	snprintf(topic, sizeof(topic), "cmd/%s/result", device);
+	emit(c, CGW_LANE_EVENT, device, topic, cgw_now_ms(), o);
+	log_info("core", "command %s from %s for %s: %s%s%s", command_id, source, device, result,
+		 detail ? ": " : "", detail ? detail : "");
+}
+
+static int parse_write_value(const struct cfg_point *pt, json_t *jv, struct cgw_value *out)
+{
+	if (json_is_boolean(jv)) {
+		out->type = CGW_V_BOOL;
+		out->b = json_is_true(jv);
+		return 0;
+	}
+	if (json_is_integer(jv)) {
+		out->type = CGW_V_INT;
+		out->i = json_integer_value(jv);
+		if (pt->type == CGW_T_BOOL && (out->i == 0 || out->i == 1)) {
+			out->type = CGW_V_BOOL;
+			out->b = out->i == 1;
+		}
+		return 0;
+	}
+	if (json_is_real(jv)) {
+		out->type = CGW_V_DOUBLE;
+		out->d = json_real_value(jv);
+		return 0;
+	}
+	if (json_is_string(jv)) {
+		/* an enum word */
+		for (size_t i = 0; i < pt->n_enums; i++) {
+			if (!strcmp(pt->enums[i].label, json_string_value(jv))) {
+				out->type = CGW_V_INT;
+				out->i = pt->enums[i].key;
+				return 0;
+			}
+		}
+	}
+	return -EINVAL;
+}
+
+/* Runs one command. Returns the immediate result, or NULL when the outcome
+ * will come later (a write in flight). */
+static void run_command(struct core *c, const char *source, uint32_t dev, const char *command_id,
+			json_t *req)
+{
+	const struct cfg_device *d = &c->cfg->devices[dev];
+	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
+	const char *action = json_string_value(json_object_get(req, "action"));
+	const char *by = json_string_value(json_object_get(req, "by"));
+	char who[160];
+
+	snprintf(who, sizeof(who), "%s%s%s", source, by ? ":" : "", by ? by : "");
+	if (!action) {
+		command_result(c, source, d->id, command_id, "rejected", "no \"action\"", NULL);
+		return;
+	}
+	if (!strcmp(action, "ack")) {
+		const char *alarm = json_string_value(json_object_get(req, "alarm"));
+		char key[256];
+		if (!alarm) {
+			command_result(c, source, d->id, command_id, "rejected",
+				       "ack needs \"alarm\": an alarm id or a rule name", NULL);
+			return;
+		}
+		/* a rule name is taken as this device's occurrence of it */
+		if (!strchr(alarm, '/'))
+			snprintf(key, sizeof(key), "%s/%s", d->id, alarm);
+		else
+			snprintf(key, sizeof(key), "%s", alarm);
+		int r = alarm_ack(c->alarms, key, who, cgw_now_ms());
+		command_result(c, source, d->id, command_id, r == 0 ? "ok" : "rejected",
+			       r == -ENOENT	 ? "no such active alarm"
+			       : r == -EALREADY ? "already acknowledged"
+			       : r < 0		 ? strerror(-r)
+						 : NULL,
+			       NULL);
+		kick_uplinks(c);
+		return;
+	}
+	if (!strcmp(action, "read") || !strcmp(action, "write")) {
+		const char *point = json_string_value(json_object_get(req, "point"));
+		const struct cfg_point *pt = NULL;
+		size_t pidx = 0;
+		for (size_t i = 0; point && i < pr->n_points && !pt; i++)
+			if (!strcmp(pr->points[i].name, point)) {
+				pt = &pr->points[i];
+				pidx = i;
+			}
+		if (!pt) {
+			command_result(c, source, d->id, command_id, "rejected",
+				       point ? "no such point" : "needs \"point\"", NULL);
+			return;
+		}
+		if (!strcmp(action, "read")) {
+			struct store_latest l;
+			if (store_get_latest(c->store, d->id, pt->name, &l) < 0) {
+				command_result(c, source, d->id, command_id, "rejected",
+					       "no value read yet", NULL);
+				return;
+			}
+			json_t *extra = json_pack("{s:s,s:o,s:s,s:I}", "point", pt->name, "value",
+						  core_value_json(pt, &l.value), "quality",
+						  cgw_quality_name(l.quality), "value_ts",
+						  (json_int_t)l.ts_ms);
+			cgw_value_clear(&l.value);
+			command_result(c, source, d->id, command_id, "ok", NULL, extra);
+			return;
+		}
+		if (!pt->writable) {
+			command_result(c, source, d->id, command_id, "rejected",
+				       "point is not writable", NULL);
+			return;
+		}
+		struct cgw_value v = {0};
+		if (parse_write_value(pt, json_object_get(req, "value"), &v) < 0) {
+			command_result(c, source, d->id, command_id, "rejected",
+				       "\"value\" missing or not valid for this point", NULL);
+			return;
+		}
+		struct driver *drv = c->drivers[d->bus];
+		const struct driver_ops *ops = driver_ops_for(c->cfg->buses[d->bus].type);
+		struct pending_write *pw = NULL;
+		for (size_t i = 0; i < MAX_PENDING_WRITES && !pw; i++)
+			if (!c->writes[i].token)
+				pw = &c->writes[i];
+		if (!drv || !ops->write || !pw) {
+			command_result(c, source, d->id, command_id, "failed",
+				       !pw ? "too many writes in flight" : "bus is not running", NULL);
+			return;
+		}
+		uint64_t token = ++c->write_token;
+		int r = ops->write(drv, dev, (uint32_t)pidx, &v, token);
+		cgw_value_clear(&v);
+		if (r < 0) {
+			command_result(c, source, d->id, command_id, "failed", strerror(-r), NULL);
+			return;
+		}
+		pw->token = token;
+		pw->source = strdup(source);
+		pw->command_id = strdup(command_id);
+		pw->device = dev;
+		return;
+	}
+	command_result(c, source, d->id, command_id, "rejected",
+		       "unknown action (ack, read, write)", NULL);
+}
+
+static void on_write_result(struct core *c, const struct cgw_item *it)
+{
+	for (size_t i = 0; i < MAX_PENDING_WRITES; i++) {
+		struct pending_write *pw = &c->writes[i];
+		if (pw->token != it->token)
+			continue;
+		command_result(c, pw->source, c->cfg->devices[pw->device].id, pw->command_id,
+			       it->result == 0 ? "ok" : "failed",
+			       it->result == 0				? NULL
+			       : it->value.type == CGW_V_STRING ? it->value.s
+								: strerror(-it->result),
+			       NULL);
+		free(pw->source);
+		free(pw->command_id);
+		memset(pw, 0, sizeof(*pw));
+		return;
+	}
+}
+
+void core_command(struct core *c, const char *source, const char *device, const char *payload,
+		  size_t len)
+{
+	json_error_t jerr;
+	json_t *req;
+	const char *cid;
+	long dev = cfg_find_device(c->cfg, device);
+	char *text;
+
+	if (len > 16384) {
+		log_warn("core", "command for %s from %s: %zu bytes, ignored", device, source, len);
+		return;
+	}
+	req = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
+	cid = req ? json_string_value(json_object_get(req, "id")) : NULL;
+	if (!req || !json_is_object(req) || !cid || !*cid || strlen(cid) > 128) {
+		/* without an id there is nothing to answer to; log once per source */
+		log_warn("core", "command for %s from %s: %s", device, source,
+			 !req ? jerr.text : "needs a JSON object with a string \"id\"");
+		json_decref(req);
+		return;
+	}
+	text = json_dumps(req, JSON_COMPACT);
+	struct store_audit a = {.ts_ms = cgw_now_ms(), .source = source, .device = device,
+				.command_id = cid,
+				.action = json_string_value(json_object_get(req, "action")),
+				.request_json = text, .result = "pending"};
+	if (!a.action)
+		a.action = "?";
+	int r = store_audit_add(c->store, &a);
+	free(text);
+	if (r == -EEXIST) {
+		/* QoS 1 redelivery: executed once already */
+		log_info("core", "command %s from %s: duplicate id, not executed again", cid, source);
+		json_decref(req);
+		return;
+	}
+	if (dev < 0)
+		command_result(c, source, device, cid, "rejected", "unknown device", NULL);
+	else
+		run_command(c, source, (uint32_t)dev, cid, req);
+	json_decref(req);
+	kick_uplinks(c);
+}
+
+static void on_uplink_command(void *arg, const char *uplink, const char *device,
+			      const char *payload, size_t len)
+{
+	char source[96];
+
+	snprintf(source, sizeof(source), "mqtt:%s", uplink);
+	core_command(arg, source, device, payload, len);
+}
+
+/* ---- alarms ---------------------------------------------------------------------- */
+
+static void on_alarm(void *arg, const struct alarm_change *ch)
+{
+	struct core *c = arg;
+	const struct cfg_device *d = &c->cfg->devices[ch->device];
+	char topic[160];
+	char *payload;
+
+	struct store_alarm sa = {
+		.alarm_id = ch->alarm_id,
+		.device = d->id,
+		.rule = ch->rule_name,
+		.state = alarm_state_name(ch->state),
+		.severity = cfg_severity_name(ch->severity),
+		.raised_at_ms = ch->raised_at_ms,
+		.updated_at_ms = ch->ts_ms,
+		.latched = ch->latched,
+		.shelved = ch->shelved,
+	};
+	if (ch->state == ALARM_NORMAL)
+		store_alarm_delete(c->store, ch->alarm_id);
+	else
+		store_alarm_put(c->store, &sa);
+	if (ch->suppressed)
+		return; /* chatter/flood: recorded, reported once elsewhere */
+
+	payload = alarm_change_json(c->cfg, ch);
+	if (!payload)
+		return;
+	snprintf(topic, sizeof(topic), "device/%s/alarm", d->id);
+	if (emit_text(c, CGW_LANE_ALARM, d->id, topic, ch->ts_ms, payload) == 0) {
+		if (ch->severity == CFG_SEV_CRITICAL)
+			log_warn("alarm", "%s: %s %s: %s", d->id, ch->rule_name, ch->event,
+				 ch->message);
+		else
+			log_info("alarm", "%s: %s %s", d->id, ch->rule_name, ch->event);
+	}
+	free(payload);
+	/* committed: out it goes, before anything else this turn */
+	kick_uplinks(c);
+}
+
+static void on_flood(void *arg, bool active, unsigned new_alarms, int64_t wall_ms)
+{
+	struct core *c = arg;
+
+	if (active)
+		log_warn("alarm", "alarm flood: %u new alarms in 10 minutes", new_alarms);
+	else
+		log_notice("alarm", "alarm flood over (%u new alarms)", new_alarms);
+	emit(c, CGW_LANE_STATUS, NULL, "status/event", wall_ms,
+	     json_pack("{s:I,s:s,s:I}", "ts", (json_int_t)wall_ms, "event",
+		       active ? "alarm_flood" : "alarm_flood_over", "new_alarms",
+		       (json_int_t)new_alarms));
+	kick_uplinks(c);
+}
+
+static void arm_alarm_timer(struct core *c)
+{
+	int64_t due = alarm_next_deadline(c->alarms);
+	loop_timer_at(c->alarm_timer, due);
+}
+
+static void on_alarm_timer(struct loop *l, struct loop_timer *t, void *arg)
+{
+	struct core *c = arg;
+
+	(void)l;
+	(void)t;
+	alarm_tick(c->alarms, cgw_now_ms(), cgw_mono_ms());
+	arm_alarm_timer(c);
+}
+
+static int restore_one(void *ctx, const struct store_alarm *a)
+{
+	struct core *c = ctx;
+	int st = alarm_state_from_name(a->state);
+	struct alarm_record r = {
+		.alarm_id = a->alarm_id,
+		.device_id = a->device,
+		.rule = a->rule,
+		.state = st < 0 ? ALARM_ACTIVE_UNACKED : (enum alarm_state)st,
+		.raised_at_ms = a->raised_at_ms,
+		.shelved = a->shelved,
+	};
+	bool kept = false;
+
+	alarm_restore(c->alarms, &r, 1, &kept);
+	if (!kept) /* its device or rule is gone from the configuration */
+		store_alarm_delete(c->store, a->alarm_id);
+	return 0;
+}
+
+/* ---- queue and timers -------------------------------------------------------------- */
+
+static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
+{
+	struct core *c = arg;
+	size_t n;
+	int rounds = 0;
+
+	(void)l;
+	(void)fd;
+	(void)ev;
+	/* bounded work per wake-up so timers and uplinks keep their turn */
+	while (rounds++ < 16 && (n = queue_pop_batch(c->queue, c->items, POP_BATCH)) > 0) {
+		for (size_t i = 0; i < n; i++) {
+			struct cgw_item *it = &c->items[i];
+			if (it->device < c->cfg->n_devices) {
+				switch (it->kind) {
+				case CGW_ITEM_READING:
+					on_reading(c, it);
+					break;
+				case CGW_ITEM_EVENT:
+					on_event(c, it);
+					break;
+				case CGW_ITEM_DEVICE_STATE:
+					on_device_state(c, it);
+					break;
+				case CGW_ITEM_WRITE_RESULT:
+					on_write_result(c, it);
+					break;
+				}
+			}
+			cgw_value_clear(&it->value);
+		}
+	}
+	flush_telemetry(c);
+	arm_alarm_timer(c);
+	arm_flush(c);
+	kick_uplinks(c);
+}
+
+static void on_flush_timer(struct loop *l, struct loop_timer *t, void *arg)
+{
+	struct core *c = arg;
+
+	(void)l;
+	(void)t;
+	if (store_flush(c->store) < 0) {
+		if (c->store_ok)
+			log_err("core", "store commit failed: %s", store_errmsg(c->store));
+		c->store_ok = false;
+	} else {
+		if (!c->store_ok)
+			log_notice("core", "store commits again");
+		c->store_ok = true;
+	}
+	arm_flush(c);
+	kick_uplinks(c);
+}
+
+static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
+{
+	struct core *c = arg;
+	struct store_maint_report rep;
+	struct queue_stats qs;
+
+	(void)l;
+	if (store_maintain(c->store, cgw_now_ms(), &rep) == 0) {
+		uint64_t ev = rep.evicted[CGW_LANE_TELEMETRY] + rep.evicted[CGW_LANE_EVENT] +
+			      rep.evicted[CGW_LANE_STATUS];
+		if (rep.episode_started) {
+			log_warn("core", "store at its cap (%lld bytes): evicting oldest telemetry "
+					 "(%llu messages so far)",
+				 (long long)c->cfg->store.max_size, (unsigned long long)ev);
+			emit(c, CGW_LANE_STATUS, NULL, "status/event", cgw_now_ms(),
+			     json_pack("{s:I,s:s,s:I,s:I,s:I}", "ts", (json_int_t)cgw_now_ms(),
+				       "event", "store_evicting", "telemetry_evicted",
+				       (json_int_t)rep.evicted[CGW_LANE_TELEMETRY], "events_evicted",
+				       (json_int_t)rep.evicted[CGW_LANE_EVENT], "size_bytes",
+				       (json_int_t)rep.size_bytes));
+		}
+		if (rep.episode_ended)
+			log_notice("core", "store below its cap again");
+	}
+	queue_get_stats(c->queue, &qs);
+	if (qs.full && !c->queue_full_logged)
+		log_warn("core", "driver queue full (%zu items): bus workers are slowed down",
+			 qs.capacity);
+	c->queue_full_logged = qs.full;
+	kick_uplinks(c);
+	loop_timer_in(t, MAINTAIN_MS);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+static void stop_components(struct core *c)
+{
+	/* drivers first: nothing new arrives; then what they queued is handled */
+	if (c->drivers) {
+		for (size_t i = 0; i < c->cfg->n_buses; i++) {
+			if (c->drivers[i])
+				driver_ops_for(c->cfg->buses[i].type)->close(c->drivers[i]);
+		}
+		free(c->drivers);
+		c->drivers = NULL;
+	}
+	if (c->queue && c->store && c->alarms)
+		on_queue(c->loop, -1, 0, c);
+	for (size_t i = 0; i < c->n_uplinks; i++)
+		if (c->uplinks[i])
+			c->uplink_ops[i]->close(c->uplinks[i]);
+	free(c->uplinks);
+	free(c->uplink_ops);
+	c->uplinks = NULL;
+	c->uplink_ops = NULL;
+	c->n_uplinks = 0;
+	for (size_t i = 0; i < MAX_PENDING_WRITES; i++) {
+		free(c->writes[i].source);
+		free(c->writes[i].command_id);
+	}
+	memset(c->writes, 0, sizeof(c->writes));
+	alarm_engine_free(c->alarms);
+	c->alarms = NULL;
+	if (c->queue) {
+		loop_del_fd(c->loop, queue_fd(c->queue));
+		queue_free(c->queue);
+		c->queue = NULL;
+	}
+	json_decref(c->tele);
+	c->tele = NULL;
+	store_close(c->store);
+	c->store = NULL;
+}
+
+static int start_components(struct core *c)
+{
+	const struct cgw_config *cfg = c->cfg;
+	struct store_opts so = {
+		.sync_full = cfg->store.sync == CFG_SYNC_FULL,
+		.max_size = cfg->store.max_size,
+		.telemetry_retention_ms = cfg->store.telemetry_retention_ms,
+		.batch_ms = (unsigned)cfg->store.batch_delay_ms,
+	};
+	char path[4096], err[256];
+	int r;
+
+	r = ensure_dir(cfg->gateway.state_dir);
+	if (r < 0) {
+		log_err("core", "state_dir %s: %s", cfg->gateway.state_dir, strerror(-r));
+		return r;
+	}
+	snprintf(path, sizeof(path), "%s/cgw.db", cfg->gateway.state_dir);
+	r = store_open(&c->store, path, &so, err, sizeof(err));
+	if (r < 0) {
+		log_err("core", "store %s: %s", path, err);
+		return r;
+	}
+	c->store_ok = true;
+
+	r = queue_new(&c->queue, QUEUE_CAPACITY);
+	if (r < 0 || (r = loop_add_fd(c->loop, queue_fd(c->queue), EPOLLIN, on_queue, c)) < 0) {
+		log_err("core", "queue: %s", strerror(-r));
+		return r;
+	}
+
+	r = alarm_engine_new(cfg, on_alarm, c, &c->alarms);
+	if (r < 0) {
+		log_err("core", "alarm engine: %s", strerror(-r));
+		return r;
+	}
+	alarm_engine_set_flood_cb(c->alarms, on_flood);
+	store_alarm_foreach(c->store, restore_one, c);
+
+	/* uplinks: register every configured one, forget the others */
+	c->uplinks = calloc(cfg->n_uplinks ? cfg->n_uplinks : 1, sizeof(*c->uplinks));
+	c->uplink_ops = calloc(cfg->n_uplinks ? cfg->n_uplinks : 1, sizeof(*c->uplink_ops));
+	if (!c->uplinks || !c->uplink_ops)
+		return -ENOMEM;
+	int64_t ids[32];
+	for (size_t i = 0; i < cfg->n_uplinks; i++) {
+		r = store_uplink_register(c->store, cfg->uplinks[i].name, cfg->uplinks[i].send_mask,
+					  &ids[i]);
+		if (r < 0) {
+			log_err("core", "store: uplink %s: %s", cfg->uplinks[i].name,
+				store_errmsg(c->store));
+			return r;
+		}
+	}
+	store_uplink_prune(c->store);
+	struct uplink_env env = {.loop = c->loop, .store = c->store, .cfg = cfg,
+				 .on_command = on_uplink_command, .arg = c};
+	c->n_uplinks = cfg->n_uplinks;
+	for (size_t i = 0; i < cfg->n_uplinks; i++) {
+		c->uplink_ops[i] = uplink_ops_for(cfg->uplinks[i].type);
+		r = c->uplink_ops[i]->open(&env, &cfg->uplinks[i], ids[i], &c->uplinks[i]);
+		if (r < 0) {
+			log_err("core", "uplink %s: %s", cfg->uplinks[i].name, strerror(-r));
+			return r;
+		}
+	}
+
+	c->drivers = calloc(cfg->n_buses ? cfg->n_buses : 1, sizeof(*c->drivers));
+	if (!c->drivers)
+		return -ENOMEM;
+	for (size_t i = 0; i < cfg->n_buses; i++) {
+		struct driver_env denv = {.cfg = cfg, .bus = i, .queue = c->queue, .loop = c->loop,
+					  .store = c->store};
+		if (!cfg->buses[i].n_devices)
+			continue;
+		r = driver_ops_for(cfg->buses[i].type)->open(&denv, &c->drivers[i]);
+		if (r < 0) {
+			/* a bus that cannot start (port missing) must not take the
+			 * others down; the driver retries by itself where it can */
+			log_err("core", "bus %s: %s", cfg->buses[i].name, strerror(-r));
+			c->drivers[i] = NULL;
+		}
+	}
+	loop_timer_in(c->maint_timer, MAINTAIN_MS);
+	arm_alarm_timer(c);
 	return 0;
 }
 
@@ -39,9 +808,15 @@ int core_new(struct cgw_config *cfg, struct loop *l, struct core **out)
 	c->cfg = cfg;
 	c->loop = l;
 	c->started_ms = cgw_mono_ms();
-	r = ensure_dir(cfg->gateway.state_dir);
+	c->flush_timer = loop_timer_new(l, on_flush_timer, c);
+	c->maint_timer = loop_timer_new(l, on_maint_timer, c);
+	c->alarm_timer = loop_timer_new(l, on_alarm_timer, c);
+	if (!c->flush_timer || !c->maint_timer || !c->alarm_timer) {
+		core_free(c);
+		return -ENOMEM;
+	}
+	r = start_components(c);
 	if (r < 0) {
-		log_err("core", "state_dir %s: %s", cfg->gateway.state_dir, strerror(-r));
 		core_free(c);
 		return r;
 	}
@@ -53,14 +828,36 @@ void core_free(struct core *c)
 {
 	if (!c)
 		return;
+	stop_components(c);
+	loop_timer_free(c->flush_timer);
+	loop_timer_free(c->maint_timer);
+	loop_timer_free(c->alarm_timer);
 	config_free(c->cfg);
 	free(c);
 }
 
 int core_reload(struct core *c, struct cgw_config *cfg)
 {
-	config_free(c->cfg);
+	struct cgw_config *old = c->cfg;
+	int r;
+
+	/* Everything but the loop restarts on the new configuration; the store
+	 * keeps the outbox and the active alarms across it. */
+	stop_components(c);
 	c->cfg = cfg;
+	r = start_components(c);
+	if (r < 0) {
+		log_err("core", "the new configuration could not start; going back to the old one");
+		stop_components(c);
+		c->cfg = old;
+		if (start_components(c) < 0) {
+			config_free(cfg);
+			return -EIO;
+		}
+		config_free(cfg);
+		return r;
+	}
+	config_free(old);
 	return 0;
 }
 
@@ -71,14 +868,31 @@ const struct cgw_config *core_config(const struct core *c)
 
 bool core_healthy(const struct core *c)
 {
-	(void)c;
-	return true;
+	return c->store && c->store_ok;
 }
 
 void core_status_line(const struct core *c, char *buf, size_t len)
 {
-	snprintf(buf, len, "%zu buses, %zu devices, %zu uplinks", c->cfg->n_buses,
-		 c->cfg->n_devices, c->cfg->n_uplinks);
+	size_t up = 0, offline = 0;
+	uint64_t depth = 0;
+	struct store_stats st;
+
+	for (size_t i = 0; i < c->n_uplinks; i++) {
+		struct uplink_status us;
+		if (!c->uplinks[i])
+			continue;
+		c->uplink_ops[i]->status(c->uplinks[i], &us);
+		up += us.connected;
+	}
+	if (c->store && store_stats(c->store, &st) == 0)
+		for (size_t i = 0; i < st.n_uplinks; i++)
+			for (int l = 0; l < CGW_LANE_COUNT; l++)
+				depth += st.uplink[i].lane[l].depth;
+	(void)offline;
+	snprintf(buf, len, "%zu devices on %zu buses; %zu active alarms; outbox %llu; uplinks %zu/%zu up",
+		 c->cfg->n_devices, c->cfg->n_buses,
+		 c->alarms ? alarm_active_count(c->alarms, -1) : 0, (unsigned long long)depth, up,
+		 c->n_uplinks);
 }
 
 void core_print_plan(const struct cgw_config *cfg, FILE *f)

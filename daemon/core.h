@@ -24,6 +24,13 @@ const struct cgw_config *core_config(const struct core *c);
 bool core_healthy(const struct core *c);
 void core_status_line(const struct core *c, char *buf, size_t len);
 
+/* A command (JSON: {"id":..., "action": "ack"|"read"|"write", ...}) for a
+ * device, from `source` ("mqtt:platform", "cgwctl"). Executed once per
+ * (source, id); recorded in the audit; the result goes out on
+ * P/cmd/{device}/result. */
+void core_command(struct core *c, const char *source, const char *device, const char *payload,
+		  size_t len);
+
 /* `cgwd --check-config -v`: the Modbus request plan of every bus. */
 void core_print_plan(const struct cgw_config *cfg, FILE *f);
 

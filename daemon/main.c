@@ -7,7 +7,9 @@
  * keeps the running one if the new one is broken; SIGTERM/SIGINT stop.
  */
 #include <errno.h>
+#include <curl/curl.h>
 #include <getopt.h>
+#include <mosquitto.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -214,6 +216,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
+	mosquitto_lib_init();
+	curl_global_init(CURL_GLOBAL_DEFAULT);
 	r = loop_new(&d.loop);
 	if (r < 0) {
 		log_err("main", "event loop: %s", strerror(-r));
@@ -261,6 +265,8 @@ out:
 	loop_timer_free(d.watchdog);
 	loop_timer_free(d.status);
 	loop_free(d.loop);
+	curl_global_cleanup();
+	mosquitto_lib_cleanup();
 	if (!d.exit_code)
 		log_notice("main", "stopped");
 	return d.exit_code;

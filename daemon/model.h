@@ -70,6 +70,7 @@ enum cgw_item_kind {
 	CGW_ITEM_READING,      /* a polled/received value of a point */
 	CGW_ITEM_EVENT,        /* something that happened (card swipe, parcel picked up) */
 	CGW_ITEM_DEVICE_STATE, /* device went online/offline */
+	CGW_ITEM_WRITE_RESULT, /* outcome of a write: token, result (0 or -errno), detail */
 };
 
 struct cgw_item {
@@ -79,7 +80,9 @@ struct cgw_item {
 	enum cgw_quality quality;
 	bool online;      /* DEVICE_STATE */
 	int64_t ts_ms;    /* source timestamp, ms since the epoch (UTC) */
-	struct cgw_value value;
+	struct cgw_value value; /* READING/EVENT; WRITE_RESULT: detail text or NONE */
+	uint64_t token;   /* WRITE_RESULT: the token given to the write */
+	int result;       /* WRITE_RESULT: 0 or a negative errno */
 };
 
 static inline void cgw_value_clear(struct cgw_value *v)

@@ -1,0 +1,68 @@
+/*
+ * uplink.h - delivery to the platform. An uplink takes messages from the
+ * store's outbox lane by lane (alarm first), sends them, and reports each
+ * outcome back to the store (OK / RETRY / ERROR); only then are rows deleted
+ * or re-scheduled. Uplinks run on the core loop; nothing here is threaded.
+ *
+ * Ownership: an uplink borrows the store, the loop and its config entry for
+ * its whole life (the core frees uplinks before any of them).
+ */
+#ifndef CGW_UPLINK_H
+#define CGW_UPLINK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "loop.h"
+#include "store.h"
+
+struct uplink;
+
+/* What an uplink needs from the core. */
+struct uplink_env {
+	struct loop *loop;
+	struct store *store;
+	const struct cgw_config *cfg;
+	/* A command arrived on P/cmd/{device} (MQTT uplinks). The core answers
+	 * through the outbox (P/cmd/{device}/result). */
+	void (*on_command)(void *arg, const char *uplink, const char *device, const char *payload,
+			   size_t len);
+	void *arg;
+};
+
+struct uplink_status {
+	const char *name;
+	const char *type;
+	bool connected;
+	int64_t since_ms; /* wall clock of the last connect/disconnect */
+	uint64_t sent, acked, retried, rejected;
+	unsigned inflight[CGW_LANE_COUNT];
+	char last_error[128];
+};
+
+struct uplink_ops {
+	const char *type;
+	int (*open)(const struct uplink_env *env, const struct cfg_uplink *cfg, int64_t store_id,
+		    struct uplink **out);
+	void (*close)(struct uplink *u);
+	void (*kick)(struct uplink *u); /* new messages are in the outbox */
+	void (*status)(const struct uplink *u, struct uplink_status *st);
+};
+
+extern const struct uplink_ops uplink_mqtt_ops;
+extern const struct uplink_ops uplink_http_ops;
+
+/* The table of uplink types, by config type. */
+const struct uplink_ops *uplink_ops_for(int type);
+
+/* The payload as sent: "id" first, and "delayed":true when it was produced
+ * more than late_after_ms before now. Returns a malloc'd string. */
+char *uplink_render(const char *gateway, uint64_t seq, const char *payload, int64_t ts_ms,
+		    int64_t now_ms, int64_t late_after_ms);
+
+/* topic_prefix with {site} and {gateway} filled in; malloc'd. */
+char *uplink_prefix(const struct cgw_config *cfg, const char *topic_prefix);
+
+#endif

@@ -1,0 +1,80 @@
+/*
+ * driver.h - the interface between device drivers and the core.
+ *
+ * A driver serves one bus of the configuration (a serial line, a Modbus TCP
+ * endpoint, or an MQTT broker on the LAN). It hands everything it learns to
+ * the core as struct cgw_item through the core queue (daemon/queue.h):
+ * readings, events, device online/offline changes and write results.
+ *
+ * Threads: Modbus drivers run one worker thread per bus (libmodbus blocks);
+ * the MQTT ingest driver runs on the core loop. open/close/write/status are
+ * called from the core thread only; a driver that has a thread synchronises
+ * internally.
+ *
+ * Ownership: a driver borrows everything in its env for its whole life; the
+ * core closes every driver before it frees the configuration or the queue.
+ */
+#ifndef CGW_DRIVER_H
+#define CGW_DRIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "loop.h"
+#include "model.h"
+#include "queue.h"
+
+struct store;
+
+struct driver_env {
+	const struct cgw_config *cfg;
+	size_t bus;          /* index into cfg->buses */
+	struct queue *queue; /* to the core */
+	struct loop *loop;   /* the core loop (drivers on the core thread only) */
+	struct store *store; /* core thread only: quarantine of bad payloads */
+};
+
+/* Per-device counters, for status and metrics. */
+struct driver_dev_stats {
+	uint32_t device; /* index into cfg->devices */
+	bool online;
+	int64_t last_ok_ms; /* wall clock of the last good read/message, 0 never */
+	uint64_t requests, timeouts, exceptions, crc_errors, conn_errors, bad_payloads;
+	uint64_t polls_due, polls_done; /* scheduled vs done (poll rate) */
+	double rtt_ms_avg;
+	char last_error[96];
+};
+
+struct driver_stats {
+	bool connected; /* the serial port is open / the TCP or MQTT connection is up */
+	uint64_t requests, errors;
+	char last_error[128];
+	size_t n_devices;
+	struct driver_dev_stats *devices; /* malloc'd by status(); free() it */
+};
+
+struct driver;
+
+struct driver_ops {
+	const char *type;
+	int (*open)(const struct driver_env *env, struct driver **out);
+	/* Stops the driver (joins its thread) and frees it. NULL is fine. */
+	void (*close)(struct driver *d);
+	/* Queues a write of a `writable` point; the outcome arrives later as a
+	 * CGW_ITEM_WRITE_RESULT item carrying `token`. Returns 0 if queued, or
+	 * -ENOTSUP (driver cannot write), -EBUSY (write queue full), -EINVAL. */
+	int (*write)(struct driver *d, uint32_t device, uint32_t point, const struct cgw_value *v,
+		     uint64_t token);
+	int (*status)(struct driver *d, struct driver_stats *st);
+};
+
+extern const struct driver_ops modbus_driver_ops;
+extern const struct driver_ops mqtt_ingest_ops;
+
+/* The driver type serving a bus type (enum cfg_bus_type). */
+const struct driver_ops *driver_ops_for(int bus_type);
+
+#endif
