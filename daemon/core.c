@@ -35,6 +35,8 @@ struct pending_write {
 	char *source;
 	char *command_id;
 	uint32_t device;
+	core_reply_fn reply;
+	void *reply_arg;
 };
 
 struct core {
@@ -60,6 +62,8 @@ struct core {
 	uint32_t tele_dev;
 	int64_t tele_ts;
 	uint64_t readings, messages, enqueue_errors;
+	char **forget; /* restored alarms that no longer match the configuration */
+	size_t n_forget;
 	struct cgw_item items[POP_BATCH];
 };
 
@@ -246,9 +250,14 @@ static void on_device_state(struct core *c, const struct cgw_item *it)
 
 /* ---- commands ----------------------------------------------------------------- */
 
-static void command_result(struct core *c, const char *source, const char *device,
-			   const char *command_id, const char *result, const char *detail,
-			   json_t *extra)
+struct reply_to {
+	core_reply_fn fn;
+	void *arg;
+};
+
+static void command_result(struct core *c, const struct reply_to *rt, const char *source,
+			   const char *device, const char *command_id, const char *result,
+			   const char *detail, json_t *extra)
 {
 	char topic[200];
 	json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "ts", (json_int_t)cgw_now_ms(), "device", device,
@@ -260,6 +269,8 @@ static void command_result(struct core *c, const char *source, const char *devic
 		json_object_update(o, extra);
 	json_decref(extra);
 	store_audit_result(c->store, source, command_id, result, detail);
+	if (rt && rt->fn)
+		rt->fn(rt->arg, o);
 	snprintf(topic, sizeof(topic), "cmd/%s/result", device);
 	emit(c, CGW_LANE_EVENT, device, topic, cgw_now_ms(), o);
 	log_info("core", "command %s from %s for %s: %s%s%s", command_id, source, device, result,
@@ -302,8 +313,8 @@ static int parse_write_value(const struct cfg_point *pt, json_t *jv, struct cgw_
 
 /* Runs one command. Returns the immediate result, or NULL when the outcome
  * will come later (a write in flight). */
-static void run_command(struct core *c, const char *source, uint32_t dev, const char *command_id,
-			json_t *req)
+static void run_command(struct core *c, const struct reply_to *rt, const char *source,
+			uint32_t dev, const char *command_id, json_t *req)
 {
 	const struct cfg_device *d = &c->cfg->devices[dev];
 	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
@@ -313,14 +324,14 @@ static void run_command(struct core *c, const char *source, uint32_t dev, const 
 
 	snprintf(who, sizeof(who), "%s%s%s", source, by ? ":" : "", by ? by : "");
 	if (!action) {
-		command_result(c, source, d->id, command_id, "rejected", "no \"action\"", NULL);
+		command_result(c, rt, source, d->id, command_id, "rejected", "no \"action\"", NULL);
 		return;
 	}
 	if (!strcmp(action, "ack")) {
 		const char *alarm = json_string_value(json_object_get(req, "alarm"));
 		char key[256];
 		if (!alarm) {
-			command_result(c, source, d->id, command_id, "rejected",
+			command_result(c, rt, source, d->id, command_id, "rejected",
 				       "ack needs \"alarm\": an alarm id or a rule name", NULL);
 			return;
 		}
@@ -330,7 +341,7 @@ static void run_command(struct core *c, const char *source, uint32_t dev, const 
 		else
 			snprintf(key, sizeof(key), "%s", alarm);
 		int r = alarm_ack(c->alarms, key, who, cgw_now_ms());
-		command_result(c, source, d->id, command_id, r == 0 ? "ok" : "rejected",
+		command_result(c, rt, source, d->id, command_id, r == 0 ? "ok" : "rejected",
 			       r == -ENOENT	 ? "no such active alarm"
 			       : r == -EALREADY ? "already acknowledged"
 			       : r < 0		 ? strerror(-r)
@@ -349,14 +360,14 @@ static void run_command(struct core *c, const char *source, uint32_t dev, const 
 				pidx = i;
 			}
 		if (!pt) {
-			command_result(c, source, d->id, command_id, "rejected",
+			command_result(c, rt, source, d->id, command_id, "rejected",
 				       point ? "no such point" : "needs \"point\"", NULL);
 			return;
 		}
 		if (!strcmp(action, "read")) {
 			struct store_latest l;
 			if (store_get_latest(c->store, d->id, pt->name, &l) < 0) {
-				command_result(c, source, d->id, command_id, "rejected",
+				command_result(c, rt, source, d->id, command_id, "rejected",
 					       "no value read yet", NULL);
 				return;
 			}
@@ -365,17 +376,17 @@ static void run_command(struct core *c, const char *source, uint32_t dev, const 
 						  cgw_quality_name(l.quality), "value_ts",
 						  (json_int_t)l.ts_ms);
 			cgw_value_clear(&l.value);
-			command_result(c, source, d->id, command_id, "ok", NULL, extra);
+			command_result(c, rt, source, d->id, command_id, "ok", NULL, extra);
 			return;
 		}
 		if (!pt->writable) {
-			command_result(c, source, d->id, command_id, "rejected",
+			command_result(c, rt, source, d->id, command_id, "rejected",
 				       "point is not writable", NULL);
 			return;
 		}
 		struct cgw_value v = {0};
 		if (parse_write_value(pt, json_object_get(req, "value"), &v) < 0) {
-			command_result(c, source, d->id, command_id, "rejected",
+			command_result(c, rt, source, d->id, command_id, "rejected",
 				       "\"value\" missing or not valid for this point", NULL);
 			return;
 		}
@@ -386,7 +397,7 @@ static void run_command(struct core *c, const char *source, uint32_t dev, const 
 			if (!c->writes[i].token)
 				pw = &c->writes[i];
 		if (!drv || !ops->write || !pw) {
-			command_result(c, source, d->id, command_id, "failed",
+			command_result(c, rt, source, d->id, command_id, "failed",
 				       !pw ? "too many writes in flight" : "bus is not running", NULL);
 			return;
 		}
@@ -394,16 +405,18 @@ static void run_command(struct core *c, const char *source, uint32_t dev, const 
 		int r = ops->write(drv, dev, (uint32_t)pidx, &v, token);
 		cgw_value_clear(&v);
 		if (r < 0) {
-			command_result(c, source, d->id, command_id, "failed", strerror(-r), NULL);
+			command_result(c, rt, source, d->id, command_id, "failed", strerror(-r), NULL);
 			return;
 		}
 		pw->token = token;
 		pw->source = strdup(source);
 		pw->command_id = strdup(command_id);
 		pw->device = dev;
+		pw->reply = rt ? rt->fn : NULL;
+		pw->reply_arg = rt ? rt->arg : NULL;
 		return;
 	}
-	command_result(c, source, d->id, command_id, "rejected",
+	command_result(c, rt, source, d->id, command_id, "rejected",
 		       "unknown action (ack, read, write)", NULL);
 }
 
@@ -413,7 +426,8 @@ static void on_write_result(struct core *c, const struct cgw_item *it)
 		struct pending_write *pw = &c->writes[i];
 		if (pw->token != it->token)
 			continue;
-		command_result(c, pw->source, c->cfg->devices[pw->device].id, pw->command_id,
+		struct reply_to rt = {pw->reply, pw->reply_arg};
+		command_result(c, &rt, pw->source, c->cfg->devices[pw->device].id, pw->command_id,
 			       it->result == 0 ? "ok" : "failed",
 			       it->result == 0				? NULL
 			       : it->value.type == CGW_V_STRING ? it->value.s
@@ -429,6 +443,20 @@ static void on_write_result(struct core *c, const struct cgw_item *it)
 void core_command(struct core *c, const char *source, const char *device, const char *payload,
 		  size_t len)
 {
+	core_command_reply(c, source, device, payload, len, NULL, NULL);
+}
+
+void core_cancel_replies(struct core *c, void *arg)
+{
+	for (size_t i = 0; i < MAX_PENDING_WRITES; i++)
+		if (c->writes[i].token && c->writes[i].reply_arg == arg)
+			c->writes[i].reply = NULL;
+}
+
+void core_command_reply(struct core *c, const char *source, const char *device,
+			const char *payload, size_t len, core_reply_fn reply, void *arg)
+{
+	struct reply_to rtv = {reply, arg}, *rt = &rtv;
 	json_error_t jerr;
 	json_t *req;
 	const char *cid;
@@ -445,6 +473,12 @@ void core_command(struct core *c, const char *source, const char *device, const 
 		/* without an id there is nothing to answer to; log once per source */
 		log_warn("core", "command for %s from %s: %s", device, source,
 			 !req ? jerr.text : "needs a JSON object with a string \"id\"");
+		if (reply) {
+			json_t *o = json_pack("{s:s,s:s}", "result", "rejected", "detail",
+					      !req ? "not JSON" : "needs a string \"id\"");
+			reply(arg, o);
+			json_decref(o);
+		}
 		json_decref(req);
 		return;
 	}
@@ -460,13 +494,19 @@ void core_command(struct core *c, const char *source, const char *device, const 
 	if (r == -EEXIST) {
 		/* QoS 1 redelivery: executed once already */
 		log_info("core", "command %s from %s: duplicate id, not executed again", cid, source);
+		if (reply) {
+			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cid, "result", "duplicate",
+					      "detail", "this command id was already executed");
+			reply(arg, o);
+			json_decref(o);
+		}
 		json_decref(req);
 		return;
 	}
 	if (dev < 0)
-		command_result(c, source, device, cid, "rejected", "unknown device", NULL);
+		command_result(c, rt, source, device, cid, "rejected", "unknown device", NULL);
 	else
-		run_command(c, source, (uint32_t)dev, cid, req);
+		run_command(c, rt, source, (uint32_t)dev, cid, req);
 	json_decref(req);
 	kick_uplinks(c);
 }
@@ -569,8 +609,15 @@ static int restore_one(void *ctx, const struct store_alarm *a)
 	bool kept = false;
 
 	alarm_restore(c->alarms, &r, 1, &kept);
-	if (!kept) /* its device or rule is gone from the configuration */
-		store_alarm_delete(c->store, a->alarm_id);
+	if (!kept) { /* its device or rule is gone from the configuration */
+		char **nv = realloc(c->forget, (c->n_forget + 1) * sizeof(*nv));
+		if (nv) {
+			c->forget = nv;
+			c->forget[c->n_forget] = strdup(a->alarm_id);
+			if (c->forget[c->n_forget])
+				c->n_forget++;
+		}
+	}
 	return 0;
 }
 
@@ -745,6 +792,16 @@ static int start_components(struct core *c)
 	}
 	alarm_engine_set_flood_cb(c->alarms, on_flood);
 	store_alarm_foreach(c->store, restore_one, c);
+	/* deleted after the walk, not during it */
+	for (size_t i = 0; i < c->n_forget; i++) {
+		log_notice("core", "alarm %s: its device or rule is no longer configured; forgotten",
+			   c->forget[i]);
+		store_alarm_delete(c->store, c->forget[i]);
+		free(c->forget[i]);
+	}
+	free(c->forget);
+	c->forget = NULL;
+	c->n_forget = 0;
 
 	/* uplinks: register every configured one, forget the others */
 	c->uplinks = calloc(cfg->n_uplinks ? cfg->n_uplinks : 1, sizeof(*c->uplinks));
@@ -893,6 +950,193 @@ void core_status_line(const struct core *c, char *buf, size_t len)
 		 c->cfg->n_devices, c->cfg->n_buses,
 		 c->alarms ? alarm_active_count(c->alarms, -1) : 0, (unsigned long long)depth, up,
 		 c->n_uplinks);
+}
+
+/* ---- introspection ------------------------------------------------------------------ */
+
+static json_t *lanes_json(const struct store_uplink_stats *u, int64_t now)
+{
+	json_t *o = json_object();
+	for (int l = 0; l < CGW_LANE_COUNT; l++)
+		json_object_set_new(o, cgw_lane_name(l),
+				    json_pack("{s:I,s:f}", "depth", (json_int_t)u->lane[l].depth,
+					      "oldest_age_s",
+					      u->lane[l].oldest_ts_ms < 0
+						      ? 0.0
+						      : (double)(now - u->lane[l].oldest_ts_ms) / 1000.0));
+	return o;
+}
+
+json_t *core_queue_json(struct core *c)
+{
+	struct store_stats st;
+	json_t *arr = json_array();
+	int64_t now = cgw_now_ms();
+
+	if (!c->store || store_stats(c->store, &st) < 0)
+		return arr;
+	for (size_t i = 0; i < st.n_uplinks; i++)
+		json_array_append_new(arr, json_pack("{s:s,s:o}", "uplink", st.uplink[i].name, "lanes",
+						     lanes_json(&st.uplink[i], now)));
+	return arr;
+}
+
+static void alarm_to_json(void *arg, const struct alarm_change *ch)
+{
+	json_t *arr = arg;
+	json_array_append_new(
+		arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:b,s:I,s:s}", "alarm_id", ch->alarm_id, "device",
+			       ch->device_id, "alarm", ch->rule_name, "state",
+			       ch->shelved ? "shelved" : alarm_state_name(ch->state), "severity",
+			       cfg_severity_name(ch->severity), "latched", ch->latched, "raised_at",
+			       (json_int_t)ch->raised_at_ms, "message", ch->message ? ch->message : ""));
+}
+
+json_t *core_alarms_json(struct core *c)
+{
+	json_t *arr = json_array();
+	if (c->alarms)
+		alarm_foreach(c->alarms, alarm_to_json, arr);
+	return arr;
+}
+
+json_t *core_devices_json(struct core *c)
+{
+	json_t *arr = json_array();
+	const struct cgw_config *cfg = c->cfg;
+
+	for (size_t b = 0; b < cfg->n_buses; b++) {
+		struct driver_stats ds = {0};
+		const struct driver_ops *ops = driver_ops_for(cfg->buses[b].type);
+		bool have = c->drivers && c->drivers[b] && ops->status &&
+			    ops->status(c->drivers[b], &ds) == 0;
+		for (size_t i = 0; i < cfg->n_devices; i++) {
+			const struct cfg_device *d = &cfg->devices[i];
+			const struct driver_dev_stats *s = NULL;
+			if (d->bus != b)
+				continue;
+			for (size_t k = 0; have && k < ds.n_devices; k++)
+				if (ds.devices[k].device == i)
+					s = &ds.devices[k];
+			json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b}", "id", d->id, "name", d->name,
+					      "bus", cfg->buses[b].name, "profile",
+					      cfg_device_profile(cfg, d)->name, "shelved",
+					      c->alarms && alarm_device_shelved(c->alarms, (uint32_t)i));
+			if (s) {
+				json_object_set_new(o, "state", json_string(s->online ? "online" : "offline"));
+				json_object_set_new(o, "last_ok", json_integer(s->last_ok_ms));
+				json_object_set_new(
+					o, "counters",
+					json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "requests",
+						  (json_int_t)s->requests, "timeouts",
+						  (json_int_t)s->timeouts, "exceptions",
+						  (json_int_t)s->exceptions, "crc_errors",
+						  (json_int_t)s->crc_errors, "conn_errors",
+						  (json_int_t)s->conn_errors, "bad_payloads",
+						  (json_int_t)s->bad_payloads, "polls_due",
+						  (json_int_t)s->polls_due, "polls_done",
+						  (json_int_t)s->polls_done, "rtt_ms_avg", s->rtt_ms_avg));
+				if (s->last_error[0])
+					json_object_set_new(o, "last_error", json_string(s->last_error));
+			} else {
+				json_object_set_new(o, "state", json_string("unknown"));
+			}
+			json_array_append_new(arr, o);
+		}
+		free(ds.devices);
+	}
+	return arr;
+}
+
+json_t *core_status_json(struct core *c)
+{
+	const struct cgw_config *cfg = c->cfg;
+	struct store_stats st;
+	char hash[17];
+	json_t *o, *buses = json_array(), *ups = json_array(), *sev = json_object();
+
+	snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)cfg->hash);
+	o = json_pack("{s:s,s:s,s:f,s:s,s:s,s:b}", "gateway", cfg->gateway.id, "site",
+		      cfg->gateway.site, "uptime_s", (double)(cgw_mono_ms() - c->started_ms) / 1000.0,
+		      "config", cfg->path, "config_hash", hash, "healthy", core_healthy(c));
+	for (size_t b = 0; b < cfg->n_buses; b++) {
+		struct driver_stats ds = {0};
+		const struct driver_ops *ops = driver_ops_for(cfg->buses[b].type);
+		json_t *bo = json_pack("{s:s,s:s,s:I}", "name", cfg->buses[b].name, "type",
+				       cfg_bus_type_name(cfg->buses[b].type), "devices",
+				       (json_int_t)cfg->buses[b].n_devices);
+		if (c->drivers && c->drivers[b] && ops->status && ops->status(c->drivers[b], &ds) == 0) {
+			size_t online = 0;
+			for (size_t k = 0; k < ds.n_devices; k++)
+				online += ds.devices[k].online;
+			json_object_set_new(bo, "connected", json_boolean(ds.connected));
+			json_object_set_new(bo, "online", json_integer((json_int_t)online));
+			json_object_set_new(bo, "requests", json_integer((json_int_t)ds.requests));
+			json_object_set_new(bo, "errors", json_integer((json_int_t)ds.errors));
+			if (ds.last_error[0])
+				json_object_set_new(bo, "last_error", json_string(ds.last_error));
+			free(ds.devices);
+		} else {
+			json_object_set_new(bo, "connected", json_false());
+			json_object_set_new(bo, "running", json_boolean(c->drivers && c->drivers[b]));
+		}
+		json_array_append_new(buses, bo);
+	}
+	json_object_set_new(o, "buses", buses);
+	for (size_t i = 0; i < c->n_uplinks; i++) {
+		struct uplink_status us;
+		if (!c->uplinks[i])
+			continue;
+		c->uplink_ops[i]->status(c->uplinks[i], &us);
+		json_t *uo = json_pack("{s:s,s:s,s:b,s:I,s:I,s:I}", "name", us.name, "type", us.type,
+				       "connected", us.connected, "since", (json_int_t)us.since_ms,
+				       "sent", (json_int_t)us.sent, "acked", (json_int_t)us.acked);
+		if (us.last_error[0])
+			json_object_set_new(uo, "last_error", json_string(us.last_error));
+		json_array_append_new(ups, uo);
+	}
+	json_object_set_new(o, "uplinks", ups);
+	json_object_set_new(o, "outbox", core_queue_json(c));
+	if (c->store && store_stats(c->store, &st) == 0) {
+		json_object_set_new(
+			o, "store",
+			json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "db_bytes", (json_int_t)st.db_bytes,
+				  "wal_bytes", (json_int_t)st.wal_bytes, "max_size",
+				  (json_int_t)st.max_size, "evicted_telemetry",
+				  (json_int_t)st.evicted[CGW_LANE_TELEMETRY], "evicted_events",
+				  (json_int_t)st.evicted[CGW_LANE_EVENT], "dead_letters",
+				  (json_int_t)st.dead_letters));
+	}
+	for (int s = 0; s < 4; s++)
+		json_object_set_new(sev, cfg_severity_name(s),
+				    json_integer(c->alarms ? (json_int_t)alarm_active_count(c->alarms, s)
+							   : 0));
+	json_object_set_new(o, "alarms_active", sev);
+	json_object_set_new(o, "alarm_flood", json_boolean(c->alarms && alarm_flood_active(c->alarms)));
+	if (c->queue) {
+		struct queue_stats qs;
+		queue_get_stats(c->queue, &qs);
+		json_object_set_new(o, "queue",
+				    json_pack("{s:I,s:I,s:I,s:I}", "depth", (json_int_t)qs.depth,
+					      "high_water", (json_int_t)qs.high_water, "capacity",
+					      (json_int_t)qs.capacity, "full_episodes",
+					      (json_int_t)qs.full_episodes));
+	}
+	json_object_set_new(o, "readings", json_integer((json_int_t)c->readings));
+	json_object_set_new(o, "messages", json_integer((json_int_t)c->messages));
+	return o;
+}
+
+int core_shelve(struct core *c, const char *device, bool shelve, const char *by)
+{
+	long dev = cfg_find_device(c->cfg, device);
+	int r;
+
+	if (dev < 0)
+		return -ENOENT;
+	r = alarm_shelve(c->alarms, (uint32_t)dev, shelve, by, cgw_now_ms());
+	kick_uplinks(c);
+	return r;
 }
 
 void core_print_plan(const struct cgw_config *cfg, FILE *f)

@@ -1,0 +1,217 @@
+#include "queue.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+struct queue {
+	pthread_mutex_t lock;
+	pthread_cond_t not_full; /* producers in queue_push_wait() */
+	int efd;
+	bool closed;
+	size_t cap;
+	size_t head; /* index of the oldest item */
+	size_t count;
+	struct queue_stats st; /* depth and capacity are filled in on read */
+	struct cgw_item ring[];
+};
+
+int queue_new(struct queue **qp, size_t capacity)
+{
+	struct queue *q = NULL;
+	pthread_condattr_t ca;
+	int rc;
+
+	*qp = NULL;
+	if (capacity == 0 || capacity > QUEUE_MAX_CAPACITY)
+		return -EINVAL;
+	q = calloc(1, sizeof(*q) + capacity * sizeof(q->ring[0]));
+	if (!q)
+		return -ENOMEM;
+	q->cap = capacity;
+	q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (q->efd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = -pthread_mutex_init(&q->lock, NULL);
+	if (rc)
+		goto fail_fd;
+	/* Timeouts must not jump with the wall clock (NTP, RTC-less boards). */
+	rc = -pthread_condattr_init(&ca);
+	if (rc)
+		goto fail_mutex;
+	rc = -pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (!rc)
+		rc = -pthread_cond_init(&q->not_full, &ca);
+	pthread_condattr_destroy(&ca);
+	if (rc)
+		goto fail_mutex;
+	*qp = q;
+	return 0;
+
+fail_mutex:
+	pthread_mutex_destroy(&q->lock);
+fail_fd:
+	close(q->efd);
+fail:
+	free(q);
+	return rc;
+}
+
+void queue_free(struct queue *q)
+{
+	if (!q)
+		return;
+	for (size_t i = 0; i < q->count; i++)
+		cgw_value_clear(&q->ring[(q->head + i) % q->cap].value);
+	pthread_cond_destroy(&q->not_full);
+	pthread_mutex_destroy(&q->lock);
+	close(q->efd);
+	free(q);
+}
+
+int queue_fd(const struct queue *q)
+{
+	return q->efd;
+}
+
+/* A producer found the queue full. */
+static void note_full_locked(struct queue *q)
+{
+	if (!q->st.full) {
+		q->st.full = true;
+		q->st.full_episodes++;
+	}
+}
+
+static void put_locked(struct queue *q, struct cgw_item *item)
+{
+	size_t tail = q->head + q->count;
+
+	if (tail >= q->cap)
+		tail -= q->cap;
+	q->ring[tail] = *item;
+	item->value.type = CGW_V_NONE;
+	q->st.pushes++;
+	if (++q->count > q->st.high_water)
+		q->st.high_water = q->count;
+	if (q->count == 1) {
+		/* Under the lock, so the eventfd is readable exactly while the
+		 * queue is non-empty. It cannot fail: the counter is reset on
+		 * every drain, so it never nears its limit. */
+		uint64_t one = 1;
+		ssize_t n = write(q->efd, &one, sizeof(one));
+		(void)n;
+	}
+}
+
+int queue_push(struct queue *q, struct cgw_item *item)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&q->lock);
+	if (q->closed) {
+		rc = -EPIPE;
+	} else if (q->count == q->cap) {
+		note_full_locked(q);
+		q->st.drops++;
+		rc = -EAGAIN;
+	} else {
+		put_locked(q, item);
+	}
+	pthread_mutex_unlock(&q->lock);
+	return rc;
+}
+
+int queue_push_wait(struct queue *q, struct cgw_item *item, int timeout_ms)
+{
+	struct timespec deadline = {0};
+	bool timed_out = false;
+	int rc = 0;
+
+	if (timeout_ms == 0)
+		return queue_push(q, item);
+	if (timeout_ms > 0) {
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_sec += timeout_ms / 1000;
+		deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+		if (deadline.tv_nsec >= 1000000000) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000;
+		}
+	}
+
+	pthread_mutex_lock(&q->lock);
+	if (!q->closed && q->count == q->cap) {
+		note_full_locked(q);
+		q->st.waits++;
+		q->st.waiting++;
+		while (!q->closed && q->count == q->cap && !timed_out) {
+			if (timeout_ms < 0)
+				pthread_cond_wait(&q->not_full, &q->lock);
+			else if (pthread_cond_timedwait(&q->not_full, &q->lock, &deadline))
+				timed_out = true; /* ETIMEDOUT, or EINVAL: never spin */
+		}
+		q->st.waiting--;
+	}
+	/* Room wins over a timeout that expired at the same moment. */
+	if (q->closed) {
+		rc = -EPIPE;
+	} else if (q->count == q->cap) {
+		q->st.drops++;
+		rc = -ETIMEDOUT;
+	} else {
+		put_locked(q, item);
+	}
+	pthread_mutex_unlock(&q->lock);
+	return rc;
+}
+
+size_t queue_pop_batch(struct queue *q, struct cgw_item *items, size_t max)
+{
+	size_t n;
+
+	pthread_mutex_lock(&q->lock);
+	n = q->count < max ? q->count : max;
+	for (size_t i = 0; i < n; i++) {
+		items[i] = q->ring[q->head];
+		if (++q->head == q->cap)
+			q->head = 0;
+	}
+	q->count -= n;
+	if (q->count == 0) {
+		/* Reset the wake-up; EAGAIN if already reset (a pop on an
+		 * empty queue) is fine. */
+		uint64_t v;
+		ssize_t r = read(q->efd, &v, sizeof(v));
+		(void)r;
+	}
+	if (q->st.full && q->count <= q->cap / 2)
+		q->st.full = false;
+	/* Only when someone waits: no futex call per batch under load. */
+	if (n > 0 && q->st.waiting > 0)
+		pthread_cond_broadcast(&q->not_full);
+	pthread_mutex_unlock(&q->lock);
+	return n;
+}
+
+void queue_close(struct queue *q)
+{
+	pthread_mutex_lock(&q->lock);
+	q->closed = true;
+	pthread_cond_broadcast(&q->not_full);
+	pthread_mutex_unlock(&q->lock);
+}
+
+void queue_get_stats(struct queue *q, struct queue_stats *st)
+{
+	pthread_mutex_lock(&q->lock);
+	*st = q->st;
+	st->capacity = q->cap;
+	st->depth = q->count;
+	pthread_mutex_unlock(&q->lock);
+}
