@@ -126,7 +126,7 @@ bench: deps
 
 fuzz:
 	@$(MAKE) --no-print-directory B=build-fuzz CC=clang OPT='-O1 -g' \
-	  SAN='-fsanitize=fuzzer-no-link,address,undefined' $(B:build=build-fuzz)/libcgw.a
+	  SAN='-fsanitize=fuzzer-no-link,address,undefined' build-fuzz/libcgw.a
 	@mkdir -p build-fuzz/fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -Idaemon -Idrivers $(PKG_CFLAGS) \
@@ -147,6 +147,9 @@ install: all
 	install -m 0644 systemd/cgw.tmpfiles $(DESTDIR)$(TMPFILESDIR)/cgw.conf
 	for m in docs/*.[158]; do [ -f "$$m" ] || continue; s=$${m##*.}; \
 	  install -m 0644 $$m $(DESTDIR)$(MANDIR)/man$$s/; done
+	@# on the real system (no DESTDIR): create the user and the directories now
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \
+	  systemd-sysusers $(SYSUSERSDIR)/cgw.conf && systemd-tmpfiles --create $(TMPFILESDIR)/cgw.conf; fi
 
 check-config: $(B)/cgwd
 	$(B)/cgwd --check-config -c config/cgw.yaml

@@ -690,8 +690,8 @@ static const struct key store_keys[] = {
 	 "7d", 0, 0, 0, NULL, NULL, "undelivered telemetry older than this is dropped"},
 	{"sync", K_CHOICE, offsetof(struct cgw_config, store.sync), "normal", 0, 0, 0, syncs, NULL,
 	 "normal (survives a crash of cgwd) or full (fsync every commit; survives power loss)"},
-	{"batch_delay", K_DURATION, offsetof(struct cgw_config, store.batch_delay_ms), "50ms", 0, 0,
-	 1000, NULL, NULL, "longest a reading waits for its batch commit; alarms never wait"},
+	{"batch_delay", K_DURATION, offsetof(struct cgw_config, store.batch_delay_ms), "50ms", 0, 1,
+	 50, NULL, NULL, "longest a reading waits for its batch commit (at most 50ms); alarms never wait"},
 };
 
 static const struct key control_keys[] = {

@@ -14,7 +14,10 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "alarm.h"
 #include "driver.h"
@@ -52,6 +55,7 @@ struct core {
 	struct loop_timer *flush_timer, *maint_timer, *alarm_timer;
 	int64_t started_ms;
 	bool store_ok;
+	int lock_fd;
 	bool evicting;
 	bool queue_full_logged;
 	uint64_t write_token;
@@ -752,6 +756,9 @@ static void stop_components(struct core *c)
 	c->tele = NULL;
 	store_close(c->store);
 	c->store = NULL;
+	if (c->lock_fd >= 0)
+		close(c->lock_fd);
+	c->lock_fd = -1;
 }
 
 static int start_components(struct core *c)
@@ -769,6 +776,15 @@ static int start_components(struct core *c)
 	r = ensure_dir(cfg->gateway.state_dir);
 	if (r < 0) {
 		log_err("core", "state_dir %s: %s", cfg->gateway.state_dir, strerror(-r));
+		return r;
+	}
+	/* one cgwd per store: a second one would interleave seqs and deliveries */
+	snprintf(path, sizeof(path), "%s/cgwd.lock", cfg->gateway.state_dir);
+	c->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (c->lock_fd < 0 || flock(c->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		r = -errno;
+		log_err("core", "%s: %s", path,
+			r == -EWOULDBLOCK ? "another cgwd is running on this state_dir" : strerror(-r));
 		return r;
 	}
 	snprintf(path, sizeof(path), "%s/cgw.db", cfg->gateway.state_dir);
@@ -864,6 +880,7 @@ int core_new(struct cgw_config *cfg, struct loop *l, struct core **out)
 	}
 	c->cfg = cfg;
 	c->loop = l;
+	c->lock_fd = -1;
 	c->started_ms = cgw_mono_ms();
 	c->flush_timer = loop_timer_new(l, on_flush_timer, c);
 	c->maint_timer = loop_timer_new(l, on_maint_timer, c);

@@ -17,7 +17,7 @@ failed_suites=()
 
 run_suite() { # name cmd...
 	local name=$1; shift
-	local log=$logdir/$name.log
+	local log=$logdir/${name//\//_}.log
 	local t0=$SECONDS
 	timeout --kill-after=10 "${SUITE_TIMEOUT:-300}" "$@" >"$log" 2>&1
 	local rc=$?
