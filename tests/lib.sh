@@ -12,6 +12,7 @@ ok() { _tap_n=$((_tap_n + 1)); echo "ok $_tap_n - $*"; }
 not_ok() { _tap_n=$((_tap_n + 1)); _tap_fail=$((_tap_fail + 1)); echo "not ok $_tap_n - $*"; }
 # check "description" command...: ok if the command succeeds
 check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d"; fi; }
+quiet() { "$@" >/dev/null; }
 diag() { echo "# $*"; }
 
 # A TCP port that nothing listens on now (bind test through bash /dev/tcp is
@@ -47,7 +48,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start_mosquitto() { # port -> MOSQ_PID
 	local port=$1 conf=$TMP/mosquitto-$1.conf
-	printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$conf"
+	printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n' "$port" >"$conf"
 	bg_start mosquitto -c "$conf" >"$TMP/mosquitto-$port.log" 2>&1
 	MOSQ_PID=$BG_PID
 	wait_for 5 port_open "$port"
