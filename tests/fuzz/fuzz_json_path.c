@@ -23,10 +23,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c)                                                                                \
-	do {                                                                                    \
-		if (!(c))                                                                       \
-			abort();                                                                \
+#define CHECK(c)                 \
+	do {                     \
+		if (!(c))        \
+			abort(); \
 	} while (0)
 
 static int expected_vtype(const struct cfg_point *pt)
@@ -56,7 +56,8 @@ static int expected_vtype(const struct cfg_point *pt)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static struct cfg_enum enums[] = {{0, (char *)"closed"}, {1, (char *)"open"},
+	static struct cfg_enum enums[] = {{0, (char *)"closed"},
+					  {1, (char *)"open"},
 					  {7, (char *)"fault"}};
 	const int64_t now = 1763700000000LL;
 	struct cfg_point pt;
@@ -92,7 +93,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* the size limit holds whatever the bytes are */
 	if (size > 0)
-		CHECK(jp_parse(payload, size, size - 1, &root, why, sizeof(why)) == -EFBIG && !root);
+		CHECK(jp_parse(payload, size, size - 1, &root, why, sizeof(why)) == -EFBIG &&
+		      !root);
 
 	int r = jp_parse(payload, size, 4096, &root, why, sizeof(why));
 	if (r < 0) {

@@ -1,0 +1,1256 @@
+/*
+ * modbus.c - the Modbus bus worker (modbus_driver_ops).
+ *
+ * One driver serves one modbus-rtu or modbus-tcp bus with one thread, because
+ * libmodbus calls block. The thread owns the modbus_t, the request plan
+ * (modbus_plan.h) and every per-device and per-point state; it polls each
+ * device on its schedule, decodes (modbus_decode.h) and hands readings,
+ * device state changes and write results to the core through the queue.
+ *
+ * Threads: open/close/write/status run on the core thread. They share with
+ * the worker only what is under d->lock (the write ring and the statistics)
+ * and two atomics (stop, pending writes). Devices, points and formats are
+ * built in open() and read-only afterwards, so write() may validate against
+ * them without the lock.
+ *
+ * Scheduling: each device is polled every `poll`, on a fixed grid (a late
+ * poll does not shift the next one); devices with the same interval start
+ * staggered across it. A cycle reads all the device's requests; a request
+ * that times out (or gets a corrupt frame) is retried `retries` times, then
+ * the cycle fails and the rest of the device's requests are skipped, so a
+ * dead device costs one timeout per attempt, not one per request. After
+ * `offline_after` failed cycles in a row the device is offline and probed
+ * (one try, no retries) every min(4 * poll, 30 s), at least 4 timeouts and
+ * one poll apart, until it answers again. A slot that
+ * passes while the worker is busy elsewhere is skipped, not queued:
+ * polls_due counts every slot, polls_done the cycles the device answered.
+ *
+ * Exceptions: a device that answers with an exception is alive. Exception 2
+ * (illegal data address) on a merged read splits it (mbp_split) and the
+ * pieces are read at once; the plan keeps the split. A request that cannot
+ * be split further marks its points CGW_Q_BAD; other exceptions mark them
+ * CGW_Q_STALE. Either is sent once per episode, with no value.
+ *
+ * Reporting: a good value goes to the core when it is the first one (or the
+ * first after a failure), when it moved more than the point's deadband from
+ * the last value sent (any change for bool and string), or when
+ * report_every passed since it was last sent. A full queue blocks the worker
+ * (queue_push_wait) instead of dropping a reading.
+ *
+ * Writes are queued to the worker (MB_WRITE_QUEUE deep) and run between two
+ * poll requests, never during one; a successful write makes the device's
+ * next poll immediate so the new value shows up quickly.
+ */
+#include "driver.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <modbus.h>
+
+#include "log.h"
+#include "modbus_decode.h"
+#include "modbus_plan.h"
+
+#define MB_WRITE_QUEUE 32          /* writes waiting for the worker, per bus */
+#define MB_PUSH_SLICE_MS 200       /* a blocked push re-checks `stop` this often */
+#define MB_RECONNECT_MIN_MS 500    /* first reconnect delay; doubles per failure */
+#define MB_RECONNECT_MAX_MS 30000
+#define MB_OFFLINE_POLL_MAX_MS 30000
+#define MB_STACK_SIZE (512 * 1024)
+
+enum mb_errkind { MBE_NONE, MBE_TIMEOUT, MBE_EXCEPTION, MBE_FRAME, MBE_CONN, MBE_OTHER };
+
+enum mb_op { OP_READ_COILS, OP_READ_DISCRETE, OP_READ_INPUT, OP_READ_HOLDING, OP_WRITE_COIL,
+	     OP_WRITE_REG, OP_WRITE_REGS };
+
+enum mb_devstate { DEV_UNKNOWN, DEV_OFFLINE, DEV_ONLINE };
+
+struct mb_write {
+	uint32_t device, point;
+	struct cgw_value v; /* owned */
+	uint64_t token;
+};
+
+/* What the core was last told about a point. */
+struct mb_pstate {
+	struct cgw_value last; /* last good value sent (owns its string) */
+	int64_t last_sent;     /* monotonic ms */
+	bool sent;             /* `last` is what the core has, and it is good */
+	bool failed;           /* inside a failure episode; fail_q was sent */
+	bool logged;           /* this episode was logged at point level */
+	enum cgw_quality fail_q;
+};
+
+struct mb_dev {
+	uint32_t index; /* into cfg->devices */
+	const struct cfg_device *cfg;
+	const struct cfg_profile *prof;
+	struct mb_format *fmt;  /* per profile point */
+	struct mb_pstate *pts;  /* per profile point */
+	size_t req_first, req_n; /* its requests in the plan (adjacent) */
+	int64_t next_due;       /* monotonic ms; INT64_MAX: nothing to poll */
+	unsigned failed_cycles;
+	enum mb_devstate state;
+	bool refresh;  /* poll now, off schedule (after a write) */
+	bool io_fault; /* a failed-cycle episode is going on (logged) */
+	char label[64]; /* "unit 3 (smoke-1)" */
+	struct driver_dev_stats st; /* under d->lock */
+	uint64_t rtt_n;             /* under d->lock */
+};
+
+struct driver {
+	const struct cgw_config *cfg;
+	const struct cfg_bus *bus;
+	struct queue *q;
+	char tag[80]; /* "[rs485-1]" */
+
+	/* worker only */
+	modbus_t *ctx;
+	bool rtu, connected, conn_fault, rs485_logged;
+	bool answered; /* a request was answered on this connection */
+	int64_t reconnect_at, backoff;
+	int cur_unit, cur_timeout;
+	int64_t last_frame_end; /* monotonic ms */
+	struct mb_plan *plan;
+	uint16_t regs[MBP_MAX_REGS];
+	uint8_t bits[MBP_MAX_BITS];
+
+	/* read-only after open */
+	struct mb_dev *devs;
+	size_t n_devs;
+	uint32_t *dev_map; /* cfg device index -> index in devs, UINT32_MAX if not ours */
+
+	pthread_t thread;
+	bool thread_started;
+	int wake_fd; /* eventfd: writes and stop */
+	atomic_bool stop;
+	atomic_uint pending; /* writes in the ring */
+
+	pthread_mutex_t lock; /* the ring and the statistics */
+	struct mb_write ring[MB_WRITE_QUEUE];
+	size_t ring_head, ring_n;
+	struct driver_stats bst; /* n_devices and devices unused */
+};
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static bool stopping(struct driver *d)
+{
+	return atomic_load_explicit(&d->stop, memory_order_relaxed);
+}
+
+static void wake(struct driver *d)
+{
+	uint64_t one = 1;
+	ssize_t n = write(d->wake_fd, &one, sizeof(one));
+	(void)n; /* EAGAIN only if the counter is saturated: it is readable then */
+}
+
+/* Truncating copy for status texts: cut, never overflow, never in the
+ * middle of a UTF-8 character (status ends up in JSON). */
+static void copy_text(char *dst, size_t len, const char *src)
+{
+	size_t n = strnlen(src, len - 1);
+
+	while (n > 0 && src[n] && ((unsigned char)src[n] & 0xC0) == 0x80)
+		n--;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static enum mb_errkind classify(int e)
+{
+	if (e == 0)
+		return MBE_NONE;
+	if (e == ETIMEDOUT)
+		return MBE_TIMEOUT;
+	if (e >= EMBXILFUN && e <= EMBXGTAR)
+		return MBE_EXCEPTION;
+	if (e == EMBBADCRC || e == EMBBADDATA || e == EMBBADEXC || e == EMBUNKEXC ||
+	    e == EMBMDATA || e == EMBBADSLAVE)
+		return MBE_FRAME;
+	switch (e) {
+	case ECONNRESET:
+	case ECONNREFUSED:
+	case ECONNABORTED:
+	case EPIPE:
+	case ENOTCONN:
+	case EBADF:
+	case EIO:
+	case ENXIO:
+	case ENODEV:
+	case ESHUTDOWN:
+	case ENETDOWN:
+	case ENETUNREACH:
+	case EHOSTUNREACH:
+		return MBE_CONN;
+	}
+	return MBE_OTHER;
+}
+
+static const char *exception_name(int code)
+{
+	switch (code) {
+	case 1:
+		return "illegal function";
+	case 2:
+		return "illegal data address";
+	case 3:
+		return "illegal data value";
+	case 4:
+		return "server device failure";
+	case 5:
+		return "acknowledge";
+	case 6:
+		return "server device busy";
+	case 8:
+		return "memory parity error";
+	case 10:
+		return "gateway path unavailable";
+	case 11:
+		return "gateway target failed to respond";
+	}
+	return "unknown";
+}
+
+static void describe(int e, char *buf, size_t len)
+{
+	switch (classify(e)) {
+	case MBE_NONE:
+		snprintf(buf, len, "ok");
+		break;
+	case MBE_TIMEOUT:
+		snprintf(buf, len, "timeout");
+		break;
+	case MBE_EXCEPTION:
+		snprintf(buf, len, "exception %d (%s)", e - MODBUS_ENOBASE,
+			 exception_name(e - MODBUS_ENOBASE));
+		break;
+	case MBE_FRAME:
+		snprintf(buf, len, "%s",
+			 e == EMBBADCRC     ? "CRC error"
+			 : e == EMBBADSLAVE ? "response from another unit"
+					    : "invalid response frame");
+		break;
+	case MBE_CONN:
+		snprintf(buf, len, "connection: %s", strerror(e));
+		break;
+	case MBE_OTHER:
+		snprintf(buf, len, "%s", modbus_strerror(e));
+		break;
+	}
+}
+
+/* The negative errno a write result carries for a libmodbus error. */
+static int result_of(int e)
+{
+	switch (classify(e)) {
+	case MBE_NONE:
+		return 0;
+	case MBE_TIMEOUT:
+		return -ETIMEDOUT;
+	case MBE_EXCEPTION:
+		return -EREMOTEIO;
+	case MBE_FRAME:
+		return -EBADMSG;
+	case MBE_CONN:
+		return -ENOTCONN;
+	case MBE_OTHER:
+		break;
+	}
+	return e > 0 && e < MODBUS_ENOBASE ? -e : -EIO;
+}
+
+static const char *table_name(int t)
+{
+	static const char *const names[] = {"coil", "discrete", "input", "holding"};
+	return (unsigned)t < 4 ? names[t] : "?";
+}
+
+/* How often an offline device is probed: min(4 x poll, 30 s), but never
+ * more often than its poll, and at least 4 timeouts apart so that probing a
+ * dead device takes at most a quarter of the line. */
+static int64_t offline_interval(const struct mb_dev *dev)
+{
+	int64_t p = dev->cfg->poll_ms, i = p * 4;
+	if (i > MB_OFFLINE_POLL_MAX_MS)
+		i = MB_OFFLINE_POLL_MAX_MS;
+	if (i < 4 * dev->cfg->timeout_ms)
+		i = 4 * dev->cfg->timeout_ms;
+	return i > p ? i : p;
+}
+
+static bool value_changed(const struct cgw_value *a, const struct cgw_value *b, double deadband)
+{
+	double x, y;
+
+	if (a->type != b->type)
+		return true;
+	switch (a->type) {
+	case CGW_V_NONE:
+		return false;
+	case CGW_V_BOOL:
+		return a->b != b->b;
+	case CGW_V_STRING:
+		return strcmp(a->s, b->s) != 0;
+	case CGW_V_INT:
+		if (a->i == b->i)
+			return false;
+		x = (double)a->i, y = (double)b->i;
+		break;
+	case CGW_V_UINT:
+		if (a->u == b->u)
+			return false;
+		x = (double)a->u, y = (double)b->u;
+		break;
+	case CGW_V_DOUBLE:
+		if (a->d == b->d)
+			return false;
+		x = a->d, y = b->d;
+		break;
+	default:
+		return true;
+	}
+	return !(deadband > 0) || fabs(x - y) > deadband;
+}
+
+static int value_copy(struct cgw_value *dst, const struct cgw_value *src)
+{
+	*dst = *src;
+	if (src->type == CGW_V_STRING) {
+		dst->s = strdup(src->s);
+		if (!dst->s) {
+			dst->type = CGW_V_NONE;
+			return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+/* Hand an item to the core. Waits while the queue is full (the worker slows
+ * down rather than losing data) but gives up when the driver stops or the
+ * queue is closed. The item's value is always consumed. */
+static void push(struct driver *d, struct cgw_item *it)
+{
+	int r;
+
+	do
+		r = queue_push_wait(d->q, it, MB_PUSH_SLICE_MS);
+	while (r == -ETIMEDOUT && !stopping(d));
+	cgw_value_clear(&it->value);
+}
+
+/* ---- statistics ----------------------------------------------------------------------- */
+
+static void account(struct driver *d, struct mb_dev *dev, int e, int64_t rtt_us)
+{
+	enum mb_errkind k = classify(e);
+
+	pthread_mutex_lock(&d->lock);
+	d->bst.requests++;
+	dev->st.requests++;
+	if (k == MBE_NONE || k == MBE_EXCEPTION) {
+		/* answered: a round trip; a running mean needs no sum to overflow */
+		dev->rtt_n++;
+		dev->st.rtt_ms_avg += ((double)rtt_us / 1000.0 - dev->st.rtt_ms_avg) / (double)dev->rtt_n;
+	}
+	if (k != MBE_NONE) {
+		char what[64], line[192];
+		d->bst.errors++;
+		if (k == MBE_TIMEOUT)
+			dev->st.timeouts++;
+		else if (k == MBE_EXCEPTION)
+			dev->st.exceptions++;
+		else if (k == MBE_FRAME)
+			dev->st.crc_errors++;
+		else if (k == MBE_CONN)
+			dev->st.conn_errors++;
+		describe(e, what, sizeof(what));
+		copy_text(dev->st.last_error, sizeof(dev->st.last_error), what);
+		snprintf(line, sizeof(line), "%s: %s", dev->label, what);
+		copy_text(d->bst.last_error, sizeof(d->bst.last_error), line);
+	}
+	pthread_mutex_unlock(&d->lock);
+}
+
+static void bus_error(struct driver *d, const char *what)
+{
+	pthread_mutex_lock(&d->lock);
+	d->bst.errors++;
+	d->bst.connected = d->connected;
+	copy_text(d->bst.last_error, sizeof(d->bst.last_error), what);
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* ---- connection ----------------------------------------------------------------------- */
+
+static void set_timeout(struct driver *d, int64_t ms)
+{
+	if (d->cur_timeout == ms)
+		return;
+	modbus_set_response_timeout(d->ctx, (uint32_t)(ms / 1000), (uint32_t)(ms % 1000) * 1000);
+	d->cur_timeout = (int)ms;
+}
+
+static const char *endpoint(const struct driver *d, char *buf, size_t len)
+{
+	if (d->rtu)
+		snprintf(buf, len, "%s", d->bus->device);
+	else
+		snprintf(buf, len, "%s:%lld", d->bus->host, (long long)d->bus->port);
+	return buf;
+}
+
+static void schedule_reconnect(struct driver *d)
+{
+	d->reconnect_at = cgw_mono_ms() + d->backoff;
+	d->backoff = d->backoff * 2 > MB_RECONNECT_MAX_MS ? MB_RECONNECT_MAX_MS : d->backoff * 2;
+}
+
+static void try_connect(struct driver *d)
+{
+	char ep[160], what[200];
+	int e;
+
+	/* libmodbus bounds a TCP connect by the response timeout */
+	set_timeout(d, d->bus->timeout_ms);
+	if (modbus_connect(d->ctx) == 0) {
+		d->connected = true;
+		d->answered = false;
+		d->cur_unit = -1;
+		if (d->rtu && d->bus->rs485 &&
+		    modbus_rtu_set_serial_mode(d->ctx, MODBUS_RTU_RS485) < 0 && !d->rs485_logged) {
+			log_warn("modbus", "%s %s: cannot switch to RS-485 mode (%s); using the port as it is",
+				 d->tag, d->bus->device, modbus_strerror(errno));
+			d->rs485_logged = true;
+		}
+		pthread_mutex_lock(&d->lock);
+		d->bst.connected = true;
+		pthread_mutex_unlock(&d->lock);
+		if (d->conn_fault)
+			log_notice("modbus", "%s %s: connected again", d->tag,
+				   endpoint(d, ep, sizeof(ep)));
+		else
+			log_info("modbus", "%s %s: connected", d->tag, endpoint(d, ep, sizeof(ep)));
+		d->conn_fault = false;
+		return;
+	}
+	e = errno;
+	snprintf(what, sizeof(what), "cannot connect to %s: %s", endpoint(d, ep, sizeof(ep)),
+		 modbus_strerror(e));
+	bus_error(d, what);
+	if (!d->conn_fault)
+		log_warn("modbus", "%s %s; retrying with backoff", d->tag, what);
+	d->conn_fault = true;
+	schedule_reconnect(d);
+}
+
+static void disconnect(struct driver *d, int e)
+{
+	char ep[160], what[200];
+
+	modbus_close(d->ctx);
+	d->connected = false;
+	snprintf(what, sizeof(what), "%s: connection lost: %s", endpoint(d, ep, sizeof(ep)),
+		 modbus_strerror(e));
+	bus_error(d, what);
+	if (!d->conn_fault)
+		log_warn("modbus", "%s %s; reconnecting", d->tag, what);
+	d->conn_fault = true;
+	/* A connection that worked is retried at once (a gateway that closed an
+	 * idle connection must not cost every device a cycle); one that never
+	 * answered backs off, so a peer that accepts and drops cannot make us spin. */
+	if (d->answered)
+		d->reconnect_at = cgw_mono_ms();
+	else
+		schedule_reconnect(d);
+}
+
+/* ---- one request ---------------------------------------------------------------------- */
+
+static int select_device(struct driver *d, const struct mb_dev *dev)
+{
+	if (d->cur_unit != (int)dev->cfg->unit) {
+		if (modbus_set_slave(d->ctx, (int)dev->cfg->unit) < 0)
+			return errno ? errno : EINVAL;
+		d->cur_unit = (int)dev->cfg->unit;
+	}
+	set_timeout(d, dev->cfg->timeout_ms);
+	return 0;
+}
+
+/* RTU devices that need more silence than 3.5 characters between frames. */
+static void frame_gap(struct driver *d)
+{
+	int64_t until;
+
+	if (!d->rtu || d->bus->frame_delay_ms <= 0)
+		return;
+	until = d->last_frame_end + d->bus->frame_delay_ms;
+	for (int64_t now = cgw_mono_ms(); now < until && !stopping(d); now = cgw_mono_ms()) {
+		int64_t ms = until - now > 100 ? 100 : until - now;
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = ms * 1000000};
+		nanosleep(&ts, NULL);
+	}
+}
+
+static int call(struct driver *d, enum mb_op op, int addr, int n)
+{
+	int rc = -1;
+
+	switch (op) {
+	case OP_READ_COILS:
+		rc = modbus_read_bits(d->ctx, addr, n, d->bits);
+		break;
+	case OP_READ_DISCRETE:
+		rc = modbus_read_input_bits(d->ctx, addr, n, d->bits);
+		break;
+	case OP_READ_INPUT:
+		rc = modbus_read_input_registers(d->ctx, addr, n, d->regs);
+		break;
+	case OP_READ_HOLDING:
+		rc = modbus_read_registers(d->ctx, addr, n, d->regs);
+		break;
+	case OP_WRITE_COIL:
+		rc = modbus_write_bit(d->ctx, addr, d->bits[0]);
+		break;
+	case OP_WRITE_REG:
+		rc = modbus_write_register(d->ctx, addr, d->regs[0]);
+		break;
+	case OP_WRITE_REGS:
+		rc = modbus_write_registers(d->ctx, addr, n, d->regs);
+		break;
+	}
+	if (rc < 0)
+		return errno ? errno : EIO;
+	return 0;
+}
+
+/* One request with its retries. 0, or the libmodbus errno of the last
+ * attempt. A connection error closes the connection. */
+static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int addr, int n)
+{
+	/* an offline device gets one try: probing it must not eat the line */
+	int64_t retries = dev->state == DEV_OFFLINE ? 0 : dev->cfg->retries;
+	int e = 0;
+
+	for (int64_t t = 0; t <= retries; t++) {
+		int64_t t0;
+		if (t > 0 && stopping(d))
+			break;
+		frame_gap(d);
+		t0 = mono_us();
+		e = call(d, op, addr, n);
+		d->last_frame_end = cgw_mono_ms();
+		account(d, dev, e, mono_us() - t0);
+		switch (classify(e)) {
+		case MBE_NONE:
+		case MBE_EXCEPTION:
+			d->backoff = MB_RECONNECT_MIN_MS;
+			d->answered = true;
+			return e;
+		case MBE_CONN:
+			disconnect(d, e);
+			return e;
+		case MBE_OTHER:
+			return e;
+		case MBE_TIMEOUT:
+		case MBE_FRAME:
+			/* a late or broken answer must not be taken for the next one */
+			modbus_flush(d->ctx);
+			break;
+		}
+	}
+	return e;
+}
+
+/* ---- reporting ------------------------------------------------------------------------ */
+
+static void fail_point(struct driver *d, struct mb_dev *dev, size_t p, enum cgw_quality q)
+{
+	struct mb_pstate *ps = &dev->pts[p];
+	struct cgw_item it = {.kind = CGW_ITEM_READING, .device = dev->index, .point = (uint32_t)p,
+			      .quality = q, .ts_ms = cgw_now_ms()};
+
+	if (ps->failed && ps->fail_q == q)
+		return;
+	ps->failed = true;
+	ps->fail_q = q;
+	ps->sent = false;
+	cgw_value_clear(&ps->last);
+	push(d, &it);
+}
+
+/* Takes ownership of *v. */
+static void report(struct driver *d, struct mb_dev *dev, size_t p, struct cgw_value *v,
+		   enum cgw_quality q, int64_t now, int64_t ts)
+{
+	struct mb_pstate *ps = &dev->pts[p];
+	const struct cfg_point *pt = &dev->prof->points[p];
+	struct cgw_item it = {.kind = CGW_ITEM_READING, .device = dev->index, .point = (uint32_t)p,
+			      .quality = CGW_Q_GOOD, .ts_ms = ts};
+	bool due;
+
+	if (q != CGW_Q_GOOD || v->type == CGW_V_NONE) {
+		cgw_value_clear(v);
+		fail_point(d, dev, p, CGW_Q_BAD);
+		return;
+	}
+	due = !ps->sent || value_changed(&ps->last, v, pt->deadband) ||
+	       (pt->report_every_ms > 0 && now - ps->last_sent >= pt->report_every_ms);
+	if (ps->failed && ps->logged)
+		log_notice("modbus", "%s %s: point %s readable again", d->tag, dev->label, pt->name);
+	ps->failed = false;
+	ps->logged = false;
+	if (!due || value_copy(&it.value, v) < 0) {
+		cgw_value_clear(v);
+		return;
+	}
+	cgw_value_clear(&ps->last);
+	ps->last = *v;
+	v->type = CGW_V_NONE;
+	ps->last_sent = now;
+	ps->sent = true;
+	push(d, &it);
+}
+
+/* Decode every point a successful read covers. */
+static void deliver(struct driver *d, struct mb_dev *dev, const struct mb_req *r)
+{
+	int64_t now = cgw_mono_ms(), ts = cgw_now_ms();
+
+	for (size_t k = 0; k < r->nspans; k++) {
+		const struct mb_span *s = mbp_span(d->plan, r->first_span + k);
+		size_t off = (size_t)(s->addr - r->addr);
+		struct cgw_value v = {.type = CGW_V_NONE};
+		enum cgw_quality q = CGW_Q_GOOD;
+		int rc;
+
+		if (r->table == CGW_TBL_COIL || r->table == CGW_TBL_DISCRETE)
+			rc = mbd_decode_bit(d->bits, r->count, off, &v);
+		else
+			rc = mbd_decode_regs(&dev->fmt[s->point], d->regs + off, r->count - off, &v, &q);
+		if (rc < 0)
+			q = CGW_Q_BAD;
+		report(d, dev, s->point, &v, q, now, ts);
+	}
+}
+
+/* A request the device answered with an exception. */
+static void fail_request(struct driver *d, struct mb_dev *dev, const struct mb_req *r, int e,
+			 enum cgw_quality q)
+{
+	bool fresh = false;
+	char what[64];
+
+	for (size_t k = 0; k < r->nspans; k++) {
+		const struct mb_span *s = mbp_span(d->plan, r->first_span + k);
+		struct mb_pstate *ps = &dev->pts[s->point];
+		if (!ps->logged)
+			fresh = true;
+		ps->logged = true;
+		fail_point(d, dev, s->point, q);
+	}
+	if (!fresh)
+		return;
+	describe(e, what, sizeof(what));
+	log_warn("modbus", "%s %s: %s reading %s %u..%u (point %s%s); marked %s", d->tag,
+		 dev->label, what, table_name(r->table), (unsigned)r->addr,
+		 (unsigned)(r->addr + r->count - 1),
+		 dev->prof->points[mbp_span(d->plan, r->first_span)->point].name,
+		 r->nspans > 1 ? " and others" : "", cgw_quality_name(q));
+}
+
+static void update_ranges(struct driver *d)
+{
+	for (size_t i = 0; i < d->n_devs; i++)
+		d->devs[i].req_n = 0;
+	for (size_t i = 0; i < mbp_count(d->plan); i++) {
+		struct mb_dev *dev = &d->devs[d->dev_map[mbp_req(d->plan, i)->device]];
+		if (!dev->req_n)
+			dev->req_first = i;
+		dev->req_n++;
+	}
+}
+
+static void set_state(struct driver *d, struct mb_dev *dev, enum mb_devstate s)
+{
+	struct cgw_item it = {.kind = CGW_ITEM_DEVICE_STATE, .device = dev->index,
+			      .online = s == DEV_ONLINE, .ts_ms = cgw_now_ms()};
+
+	if (dev->state == s)
+		return;
+	dev->state = s;
+	pthread_mutex_lock(&d->lock);
+	dev->st.online = s == DEV_ONLINE;
+	pthread_mutex_unlock(&d->lock);
+	push(d, &it);
+}
+
+/* ---- writes ------------------------------------------------------------------------- */
+
+static void exec_write(struct driver *d, struct mb_write *w)
+{
+	struct mb_dev *dev = &d->devs[d->dev_map[w->device]];
+	const struct cfg_point *pt = &dev->prof->points[w->point];
+	const struct mb_format *f = &dev->fmt[w->point];
+	int addr = (int)(pt->address - dev->cfg->address_base);
+	struct cgw_item it = {.kind = CGW_ITEM_WRITE_RESULT, .device = w->device, .point = w->point,
+			      .token = w->token};
+	const char *why = NULL;
+	char what[96];
+	int e = 0, r = 0;
+
+	if (!d->connected) {
+		r = -ENOTCONN;
+		why = "bus not connected";
+	} else if ((e = select_device(d, dev)) != 0) {
+		r = -EINVAL;
+		why = "unit id not usable";
+	} else if (pt->table == CGW_TBL_COIL) {
+		r = mbd_encode_bit(&w->v, &d->bits[0]);
+		if (r == 0)
+			e = transact(d, dev, OP_WRITE_COIL, addr, 1);
+	} else {
+		unsigned n = 0;
+		/* one bit of a register: read-modify-write */
+		if (f->bit >= 0)
+			e = transact(d, dev, OP_READ_HOLDING, addr, 1);
+		if (!e)
+			r = mbd_encode_regs(f, &w->v, d->regs, MBP_MAX_REGS, &n);
+		if (!e && !r)
+			e = transact(d, dev, n == 1 ? OP_WRITE_REG : OP_WRITE_REGS, addr, (int)n);
+	}
+	if (!r && e)
+		r = result_of(e);
+	if (r && !why) {
+		if (e)
+			describe(e, what, sizeof(what));
+		else
+			snprintf(what, sizeof(what), "value not valid for this point: %s",
+				 strerror(-r));
+		why = what;
+	}
+	if (why) {
+		it.value.s = strdup(why);
+		it.value.type = it.value.s ? CGW_V_STRING : CGW_V_NONE;
+		log_warn("modbus", "%s %s: write of %s failed: %s", d->tag, dev->label, pt->name, why);
+	} else {
+		dev->refresh = true;
+	}
+	it.result = r;
+	it.ts_ms = cgw_now_ms();
+	push(d, &it);
+}
+
+static void run_writes(struct driver *d)
+{
+	while (atomic_load_explicit(&d->pending, memory_order_acquire) && !stopping(d)) {
+		struct mb_write w;
+		pthread_mutex_lock(&d->lock);
+		w = d->ring[d->ring_head];
+		d->ring[d->ring_head].v.type = CGW_V_NONE;
+		d->ring_head = (d->ring_head + 1) % MB_WRITE_QUEUE;
+		d->ring_n--;
+		atomic_fetch_sub(&d->pending, 1);
+		pthread_mutex_unlock(&d->lock);
+		exec_write(d, &w);
+		cgw_value_clear(&w.v);
+	}
+}
+
+/* ---- one poll cycle ------------------------------------------------------------------ */
+
+static enum mb_op read_op(enum cgw_table t)
+{
+	switch (t) {
+	case CGW_TBL_COIL:
+		return OP_READ_COILS;
+	case CGW_TBL_DISCRETE:
+		return OP_READ_DISCRETE;
+	case CGW_TBL_INPUT:
+		return OP_READ_INPUT;
+	case CGW_TBL_HOLDING:
+		break;
+	}
+	return OP_READ_HOLDING;
+}
+
+static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e, bool scheduled)
+{
+	char what[64];
+
+	if (fail_e) {
+		describe(fail_e, what, sizeof(what));
+		dev->failed_cycles++;
+		/* a bus that is down is logged once for the bus, not per device */
+		if (!dev->io_fault && fail_e != ENOTCONN) {
+			log_warn("modbus", "%s %s: %s", d->tag, dev->label, what);
+			dev->io_fault = true;
+		}
+		if (dev->state != DEV_OFFLINE && dev->failed_cycles >= (unsigned)dev->cfg->offline_after) {
+			log_warn("modbus", "%s %s: offline after %u failed polls (%s)", d->tag, dev->label,
+				 dev->failed_cycles, what);
+			set_state(d, dev, DEV_OFFLINE);
+			for (size_t p = 0; p < dev->prof->n_points; p++)
+				fail_point(d, dev, p, CGW_Q_STALE);
+		}
+		return;
+	}
+	pthread_mutex_lock(&d->lock);
+	if (scheduled)
+		dev->st.polls_done++;
+	dev->st.last_ok_ms = cgw_now_ms();
+	pthread_mutex_unlock(&d->lock);
+	if (dev->state == DEV_OFFLINE)
+		log_notice("modbus", "%s %s: online again", d->tag, dev->label);
+	else if (dev->io_fault)
+		log_notice("modbus", "%s %s: answering again after %u failed polls", d->tag,
+			   dev->label, dev->failed_cycles);
+	dev->io_fault = false;
+	dev->failed_cycles = 0;
+	set_state(d, dev, DEV_ONLINE);
+}
+
+static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled)
+{
+	int fail_e = 0;
+
+	if (scheduled) {
+		pthread_mutex_lock(&d->lock);
+		dev->st.polls_due++;
+		pthread_mutex_unlock(&d->lock);
+	}
+	if (!d->connected) {
+		fail_e = ENOTCONN;
+		pthread_mutex_lock(&d->lock);
+		dev->st.conn_errors++;
+		snprintf(dev->st.last_error, sizeof(dev->st.last_error), "bus not connected");
+		pthread_mutex_unlock(&d->lock);
+	}
+	for (size_t i = dev->req_first; !fail_e && i < dev->req_first + dev->req_n;) {
+		const struct mb_req *r;
+		int e;
+
+		run_writes(d); /* between requests, never during one */
+		if (stopping(d))
+			return;
+		if (!d->connected) {
+			fail_e = ENOTCONN;
+			break;
+		}
+		e = select_device(d, dev);
+		if (e) {
+			fail_e = e;
+			break;
+		}
+		r = mbp_req(d->plan, i);
+		e = transact(d, dev, read_op(r->table), r->addr, r->count);
+		if (stopping(d))
+			return;
+		if (!e) {
+			deliver(d, dev, r);
+			i++;
+			continue;
+		}
+		if (classify(e) != MBE_EXCEPTION) {
+			fail_e = e;
+			break;
+		}
+		if (e == EMBXILADD) {
+			char span[48];
+			snprintf(span, sizeof(span), "%s %u..%u", table_name(r->table), (unsigned)r->addr,
+				 (unsigned)(r->addr + r->count - 1));
+			if (mbp_split(d->plan, i) == 0) {
+				/* read the pieces now; the plan keeps them */
+				log_info("modbus", "%s %s: exception 2 reading %s; splitting the read",
+					 d->tag, dev->label, span);
+				update_ranges(d);
+				continue;
+			}
+			fail_request(d, dev, r, e, CGW_Q_BAD);
+		} else {
+			fail_request(d, dev, r, e, CGW_Q_STALE);
+		}
+		i++;
+	}
+	finish_cycle(d, dev, fail_e, scheduled);
+}
+
+/* ---- the worker ----------------------------------------------------------------------- */
+
+static void schedule_initial(struct driver *d, int64_t start)
+{
+	for (size_t i = 0; i < d->n_devs; i++) {
+		struct mb_dev *dev = &d->devs[i];
+		size_t k = 0, n = 0;
+
+		if (!dev->req_n) {
+			dev->next_due = INT64_MAX; /* no Modbus points: nothing to ask */
+			continue;
+		}
+		for (size_t j = 0; j < d->n_devs; j++) {
+			if (d->devs[j].cfg->poll_ms != dev->cfg->poll_ms || !d->devs[j].req_n)
+				continue;
+			if (j < i)
+				k++;
+			n++;
+		}
+		dev->next_due = start + dev->cfg->poll_ms * (int64_t)k / (int64_t)n;
+	}
+}
+
+static void reschedule(struct driver *d, struct mb_dev *dev)
+{
+	int64_t now = cgw_mono_ms();
+	int64_t step = dev->state == DEV_OFFLINE ? offline_interval(dev) : dev->cfg->poll_ms;
+	uint64_t missed = 0;
+
+	dev->next_due += step;
+	if (dev->next_due <= now) {
+		missed = (uint64_t)((now - dev->next_due) / step) + 1;
+		dev->next_due += (int64_t)missed * step;
+	}
+	if (missed) {
+		pthread_mutex_lock(&d->lock);
+		dev->st.polls_due += missed;
+		pthread_mutex_unlock(&d->lock);
+	}
+}
+
+static void wait_wake(struct driver *d, int64_t ms)
+{
+	struct pollfd pfd = {.fd = d->wake_fd, .events = POLLIN};
+
+	if (ms > 60000)
+		ms = 60000;
+	if (ms < 0)
+		ms = 0;
+	if (poll(&pfd, 1, (int)ms) > 0) {
+		uint64_t v;
+		ssize_t n = read(d->wake_fd, &v, sizeof(v));
+		(void)n;
+	}
+}
+
+static void *worker(void *arg)
+{
+	struct driver *d = arg;
+
+	schedule_initial(d, cgw_mono_ms());
+	while (!stopping(d)) {
+		struct mb_dev *next = NULL;
+		int64_t now, due = INT64_MAX;
+
+		run_writes(d);
+		now = cgw_mono_ms();
+		if (!d->connected && now >= d->reconnect_at) {
+			try_connect(d);
+			now = cgw_mono_ms();
+		}
+		for (size_t i = 0; i < d->n_devs; i++) {
+			struct mb_dev *dev = &d->devs[i];
+			int64_t t = dev->refresh && d->connected ? now : dev->next_due;
+			if (t < due)
+				due = t, next = &d->devs[i];
+		}
+		if (next && due <= now) {
+			bool scheduled = next->next_due <= now;
+			next->refresh = false;
+			poll_device(d, next, scheduled);
+			if (scheduled)
+				reschedule(d, next);
+			continue;
+		}
+		if (!d->connected && d->reconnect_at < due)
+			due = d->reconnect_at;
+		wait_wake(d, due == INT64_MAX ? 60000 : due - now);
+	}
+	return NULL;
+}
+
+/* ---- driver_ops ----------------------------------------------------------------------- */
+
+static void mb_free(struct driver *d)
+{
+	if (!d)
+		return;
+	for (size_t i = 0; i < d->n_devs; i++) {
+		struct mb_dev *dev = &d->devs[i];
+		for (size_t p = 0; dev->pts && p < dev->prof->n_points; p++)
+			cgw_value_clear(&dev->pts[p].last);
+		free(dev->pts);
+		free(dev->fmt);
+	}
+	for (size_t i = 0; i < d->ring_n; i++)
+		cgw_value_clear(&d->ring[(d->ring_head + i) % MB_WRITE_QUEUE].v);
+	free(d->devs);
+	free(d->dev_map);
+	mbp_free(d->plan);
+	if (d->ctx) {
+		modbus_close(d->ctx);
+		modbus_free(d->ctx);
+	}
+	if (d->wake_fd >= 0)
+		close(d->wake_fd);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+}
+
+static void mb_close(struct driver *d)
+{
+	if (!d)
+		return;
+	if (d->thread_started) {
+		atomic_store(&d->stop, true);
+		wake(d);
+		pthread_join(d->thread, NULL);
+	}
+	mb_free(d);
+}
+
+/* Devices of the bus, their formats and their spans. */
+static int build_devices(struct driver *d, size_t bus, struct mb_span **spans_out, size_t *n_out)
+{
+	const struct cgw_config *cfg = d->cfg;
+	struct mb_span *spans = NULL;
+	size_t n = 0, cap = 0, ndev = 0;
+
+	for (size_t i = 0; i < cfg->n_devices; i++)
+		ndev += cfg->devices[i].bus == bus;
+	d->dev_map = malloc((cfg->n_devices ? cfg->n_devices : 1) * sizeof(*d->dev_map));
+	d->devs = calloc(ndev ? ndev : 1, sizeof(*d->devs));
+	if (!d->dev_map || !d->devs)
+		return -ENOMEM;
+	for (size_t i = 0; i < cfg->n_devices; i++) {
+		const struct cfg_device *cd = &cfg->devices[i];
+		struct mb_dev *dev;
+
+		d->dev_map[i] = UINT32_MAX;
+		if (cd->bus != bus)
+			continue;
+		d->dev_map[i] = (uint32_t)d->n_devs;
+		dev = &d->devs[d->n_devs++];
+		dev->index = (uint32_t)i;
+		dev->cfg = cd;
+		dev->prof = cfg_device_profile(cfg, cd);
+		dev->state = DEV_UNKNOWN;
+		dev->st.device = (uint32_t)i;
+		snprintf(dev->label, sizeof(dev->label), "unit %lld (%s)", (long long)cd->unit, cd->id);
+		dev->fmt = calloc(dev->prof->n_points ? dev->prof->n_points : 1, sizeof(*dev->fmt));
+		dev->pts = calloc(dev->prof->n_points ? dev->prof->n_points : 1, sizeof(*dev->pts));
+		if (!dev->fmt || !dev->pts)
+			goto nomem;
+		if (cap - n < dev->prof->n_points) {
+			size_t ncap = (n + dev->prof->n_points) * 2;
+			struct mb_span *ns = realloc(spans, ncap * sizeof(*ns));
+			if (!ns)
+				goto nomem;
+			spans = ns;
+			cap = ncap;
+		}
+		for (size_t p = 0; p < dev->prof->n_points; p++) {
+			const struct cfg_point *pt = &dev->prof->points[p];
+			struct mb_format *f = &dev->fmt[p];
+			struct mb_span s;
+			const char *why = NULL;
+
+			*f = (struct mb_format){.type = pt->type, .order = pt->order,
+						.str_len = pt->str_len, .bit = (int)pt->bit,
+						.scale = pt->scale, .offset = pt->offset};
+			s = (struct mb_span){
+				.device = (uint32_t)i,
+				.point = (uint32_t)p,
+				.unit = (uint8_t)cd->unit,
+				.table = pt->table,
+				.addr = (uint16_t)(pt->address - cd->address_base),
+				.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(f) : 1),
+				.max_gap = (uint16_t)cd->max_gap,
+				.max_regs = (uint16_t)cd->max_registers,
+			};
+			if (pt->mqtt || mbd_check_format(f, pt->table, &why) < 0 ||
+			    mbp_check_span(&s, &why) < 0) {
+				/* the configuration checks this; never poll what cannot be decoded */
+				log_err("modbus", "%s %s: point %s cannot be polled: %s", d->tag, dev->label,
+					pt->name, why ? why : "not a Modbus point");
+				continue;
+			}
+			spans[n++] = s;
+		}
+	}
+	*spans_out = spans;
+	*n_out = n;
+	return 0;
+nomem:
+	free(spans);
+	return -ENOMEM;
+}
+
+static int mb_open(const struct driver_env *env, struct driver **out)
+{
+	const struct cfg_bus *bus;
+	struct driver *d = NULL;
+	struct mb_span *spans = NULL;
+	size_t nspans = 0;
+	sigset_t all, old;
+	pthread_attr_t attr;
+	int r;
+
+	*out = NULL;
+	if (!env || !env->cfg || !env->queue || env->bus >= env->cfg->n_buses)
+		return -EINVAL;
+	bus = &env->cfg->buses[env->bus];
+	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_TCP)
+		return -EINVAL;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->wake_fd = -1;
+	r = -pthread_mutex_init(&d->lock, NULL);
+	if (r) {
+		free(d);
+		return r;
+	}
+	d->cfg = env->cfg;
+	d->bus = bus;
+	d->q = env->queue;
+	d->rtu = bus->type == CFG_BUS_MODBUS_RTU;
+	d->backoff = MB_RECONNECT_MIN_MS;
+	d->cur_unit = d->cur_timeout = -1;
+	snprintf(d->tag, sizeof(d->tag), "[%s]", bus->name);
+	atomic_init(&d->stop, false);
+	atomic_init(&d->pending, 0);
+
+	r = build_devices(d, env->bus, &spans, &nspans);
+	if (r < 0)
+		goto fail;
+	r = mbp_build(spans, nspans, &d->plan);
+	if (r < 0)
+		goto fail;
+	update_ranges(d);
+
+	if (d->rtu) {
+		char parity = bus->parity == 1 ? 'E' : bus->parity == 2 ? 'O' : 'N';
+		d->ctx = modbus_new_rtu(bus->device, (int)bus->baud, parity, (int)bus->data_bits,
+					(int)bus->stop_bits);
+	} else {
+		char port[16];
+		snprintf(port, sizeof(port), "%lld", (long long)bus->port);
+		d->ctx = modbus_new_tcp_pi(bus->host, port);
+	}
+	if (!d->ctx) {
+		int e = errno;
+		r = e == ENOMEM ? -ENOMEM : -EINVAL;
+		log_err("modbus", "%s cannot set up the %s bus: %s", d->tag,
+			d->rtu ? "RTU" : "TCP", modbus_strerror(e));
+		goto fail;
+	}
+	if (bus->byte_timeout_ms > 0)
+		modbus_set_byte_timeout(d->ctx, (uint32_t)(bus->byte_timeout_ms / 1000),
+					(uint32_t)(bus->byte_timeout_ms % 1000) * 1000);
+	d->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->wake_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+
+	/* The worker takes no signals: the core loop handles them. */
+	r = -pthread_attr_init(&attr);
+	if (r)
+		goto fail;
+	pthread_attr_setstacksize(&attr, MB_STACK_SIZE);
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = -pthread_create(&d->thread, &attr, worker, d);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	if (r)
+		goto fail;
+	d->thread_started = true;
+	free(spans);
+	*out = d;
+	return 0;
+
+fail:
+	free(spans);
+	mb_free(d);
+	return r;
+}
+
+static int mb_write(struct driver *d, uint32_t device, uint32_t point, const struct cgw_value *v,
+		    uint64_t token)
+{
+	const struct mb_dev *dev;
+	const struct cfg_point *pt;
+	struct mb_write w = {.device = device, .point = point, .token = token};
+	int r;
+
+	if (!d || !v || device >= d->cfg->n_devices || d->dev_map[device] == UINT32_MAX)
+		return -EINVAL;
+	dev = &d->devs[d->dev_map[device]];
+	if (point >= dev->prof->n_points)
+		return -EINVAL;
+	pt = &dev->prof->points[point];
+	if (!pt->writable || (pt->table != CGW_TBL_COIL && pt->table != CGW_TBL_HOLDING))
+		return -EINVAL;
+	r = value_copy(&w.v, v);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&d->lock);
+	if (d->ring_n == MB_WRITE_QUEUE) {
+		pthread_mutex_unlock(&d->lock);
+		cgw_value_clear(&w.v);
+		return -EBUSY;
+	}
+	d->ring[(d->ring_head + d->ring_n) % MB_WRITE_QUEUE] = w;
+	d->ring_n++;
+	atomic_fetch_add_explicit(&d->pending, 1, memory_order_release);
+	pthread_mutex_unlock(&d->lock);
+	wake(d);
+	return 0;
+}
+
+static int mb_status(struct driver *d, struct driver_stats *st)
+{
+	struct driver_dev_stats *devs;
+
+	if (!d || !st)
+		return -EINVAL;
+	devs = calloc(d->n_devs ? d->n_devs : 1, sizeof(*devs));
+	if (!devs)
+		return -ENOMEM;
+	pthread_mutex_lock(&d->lock);
+	*st = d->bst;
+	for (size_t i = 0; i < d->n_devs; i++)
+		devs[i] = d->devs[i].st;
+	pthread_mutex_unlock(&d->lock);
+	st->n_devices = d->n_devs;
+	st->devices = devs;
+	return 0;
+}
+
+const struct driver_ops modbus_driver_ops = {
+	.type = "modbus",
+	.open = mb_open,
+	.close = mb_close,
+	.write = mb_write,
+	.status = mb_status,
+};
