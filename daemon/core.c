@@ -127,7 +127,7 @@ static int emit_text(struct core *c, enum cgw_lane lane, const char *device, con
 static int emit(struct core *c, enum cgw_lane lane, const char *device, const char *topic,
 		int64_t ts_ms, json_t *obj)
 {
-	char *payload = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	char *payload = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
 	int r;
 
 	json_decref(obj);
@@ -507,9 +507,18 @@ void core_command_reply(struct core *c, const char *source, const char *device,
 		json_decref(req);
 		return;
 	}
-	if (dev < 0)
-		command_result(c, rt, source, device, cid, "rejected", "unknown device", NULL);
-	else
+	if (dev < 0) {
+		/* no result topic for a device we do not have: the name came
+		 * from outside */
+		log_warn("core", "command %s from %s: unknown device '%.64s'", cid, source, device);
+		store_audit_result(c->store, source, cid, "rejected", "unknown device");
+		if (reply) {
+			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cid, "result", "rejected",
+					      "detail", "unknown device");
+			reply(arg, o);
+			json_decref(o);
+		}
+	} else
 		run_command(c, rt, source, (uint32_t)dev, cid, req);
 	json_decref(req);
 	kick_uplinks(c);
@@ -741,8 +750,17 @@ static void stop_components(struct core *c)
 	c->uplink_ops = NULL;
 	c->n_uplinks = 0;
 	for (size_t i = 0; i < MAX_PENDING_WRITES; i++) {
-		free(c->writes[i].source);
-		free(c->writes[i].command_id);
+		struct pending_write *pw = &c->writes[i];
+		if (pw->token && pw->reply) {
+			/* the bus stopped before the device answered: say so */
+			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", pw->command_id, "result",
+					      "failed", "detail", "the daemon stopped or reloaded "
+								"before the device answered");
+			pw->reply(pw->reply_arg, o);
+			json_decref(o);
+		}
+		free(pw->source);
+		free(pw->command_id);
 	}
 	memset(c->writes, 0, sizeof(c->writes));
 	alarm_engine_free(c->alarms);

@@ -19,15 +19,19 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "control.h"
 #include "core.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 
 #define CGW_VERSION "0.1.0"
 
 struct daemon {
 	struct loop *loop;
 	struct core *core;
+	struct control *control;
+	struct metrics *metrics;
 	const char *config_path;
 	struct loop_timer *watchdog;
 	struct loop_timer *status;
@@ -238,6 +242,13 @@ int main(int argc, char **argv)
 		d.exit_code = 1;
 		goto out;
 	}
+	/* cgwctl and metrics are for people; the daemon runs on without them */
+	r = control_open(d.core, d.loop, core_config(d.core), &d.control);
+	if (r < 0)
+		log_warn("main", "running without the control socket (cgwctl): %s", strerror(-r));
+	r = metrics_open(d.core, d.loop, core_config(d.core), &d.metrics);
+	if (r < 0)
+		log_warn("main", "running without metrics: %s", strerror(-r));
 	if (sd_watchdog_enabled(0, &d.watchdog_ms) > 0) {
 		d.watchdog_ms /= 1000;
 		if (d.watchdog_ms < 2)
@@ -260,6 +271,8 @@ int main(int argc, char **argv)
 	}
 	sd_notify(0, "STOPPING=1");
 out:
+	control_close(d.control); /* before the core: it cancels pending replies */
+	metrics_close(d.metrics);
 	core_free(d.core);
 	config_free(cfg);
 	loop_timer_free(d.watchdog);

@@ -8,6 +8,8 @@
 #include <float.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -109,6 +111,22 @@ static void put_raw(uint16_t *regs, unsigned n, enum cgw_order o, uint64_t v)
 
 /* Two's complement of the low `bits` bits, without implementation-defined
  * conversions. */
+/* A float32 as the shortest decimal that reads back as the same float, so
+ * that 0.35f is reported as 0.35 rather than 0.3499999940395355. */
+static double float_as_decimal(float fl)
+{
+	char buf[32];
+
+	if (!isfinite(fl))
+		return fl;
+	for (int prec = 6; prec <= 9; prec++) {
+		snprintf(buf, sizeof(buf), "%.*g", prec, (double)fl);
+		if (strtof(buf, NULL) == fl)
+			return strtod(buf, NULL);
+	}
+	return fl;
+}
+
 static int64_t to_signed(uint64_t v, unsigned bits)
 {
 	if (bits < 64) {
@@ -279,7 +297,7 @@ int mbd_decode_regs(const struct mb_format *f, const uint16_t *regs, size_t nreg
 			uint32_t u = (uint32_t)raw;
 			float fl;
 			memcpy(&fl, &u, sizeof fl);
-			d = fl;
+			d = float_as_decimal(fl);
 		} else {
 			memcpy(&d, &raw, sizeof d);
 		}

@@ -77,10 +77,10 @@ static const struct vec vectors[] = {
 	{CGW_T_UINT32, B, {0xADDE, 0xEFBE}, VU(0xDEADBEEF)},
 	{CGW_T_UINT32, D, {0xEFBE, 0xADDE}, VU(0xDEADBEEF)},
 	/* float32 123.456 = 0x42F6E979, -1.5 = 0xBFC00000 */
-	{CGW_T_FLOAT32, A, {0x42F6, 0xE979}, VD((double)123.456f)},
-	{CGW_T_FLOAT32, C, {0xE979, 0x42F6}, VD((double)123.456f)},
-	{CGW_T_FLOAT32, B, {0xF642, 0x79E9}, VD((double)123.456f)},
-	{CGW_T_FLOAT32, D, {0x79E9, 0xF642}, VD((double)123.456f)},
+	{CGW_T_FLOAT32, A, {0x42F6, 0xE979}, VD(123.456)}, /* the float's shortest decimal */
+	{CGW_T_FLOAT32, C, {0xE979, 0x42F6}, VD(123.456)}, /* the float's shortest decimal */
+	{CGW_T_FLOAT32, B, {0xF642, 0x79E9}, VD(123.456)}, /* the float's shortest decimal */
+	{CGW_T_FLOAT32, D, {0x79E9, 0xF642}, VD(123.456)}, /* the float's shortest decimal */
 	{CGW_T_FLOAT32, A, {0xBFC0, 0x0000}, VD(-1.5)},
 	{CGW_T_FLOAT32, D, {0x0000, 0xC0BF}, VD(-1.5)},
 	/* int64 0x0102030405060708: ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA */

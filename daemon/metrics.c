@@ -1,0 +1,723 @@
+/*
+ * metrics.c - /metrics and /healthz with libmicrohttpd, driven by the core
+ * loop (MHD_USE_EPOLL without a thread: MHD_run() when its epoll fd is
+ * readable or its timeout is due).
+ *
+ * The listening socket is made here rather than by MHD, so that a port in
+ * use is reported as exactly that.
+ */
+#include "metrics.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "log.h"
+#include "model.h"
+
+#define METRICS_MAX_CONNECTIONS 8
+#define METRICS_CONN_TIMEOUT_S 10
+#define METRICS_CONN_MEMORY (32 * 1024)
+
+struct metrics {
+	struct core *core;
+	struct loop *loop;
+	struct MHD_Daemon *mhd;
+	int epfd;
+	struct loop_timer *timer;
+	char listen[128];
+};
+
+/* ---- text building ------------------------------------------------------------ */
+
+struct sb {
+	char *p;
+	size_t len, cap;
+	bool oom;
+};
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(struct sb *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (b->oom)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->oom = true;
+			return;
+		}
+		if (b->p && (size_t)n < b->cap - b->len) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = b->cap ? b->cap * 2 : 8192;
+		while (cap < b->len + (size_t)n + 1)
+			cap *= 2;
+		char *np = realloc(b->p, cap);
+		if (!np) {
+			b->oom = true;
+			return;
+		}
+		b->p = np;
+		b->cap = cap;
+	}
+}
+
+/* A label value: backslash, double quote and newline are escaped. */
+static void sb_label_value(struct sb *b, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\')
+			sb_printf(b, "\\\\");
+		else if (*v == '"')
+			sb_printf(b, "\\\"");
+		else if (*v == '\n')
+			sb_printf(b, "\\n");
+		else
+			sb_printf(b, "%c", *v);
+	}
+}
+
+static void family(struct sb *b, const char *name, const char *type, const char *help)
+{
+	sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One sample; labels are NULL-terminated key, value pairs. A value that is
+ * missing (not a number or boolean) is left out. */
+static void sample(struct sb *b, const char *name, const char *const *labels, const json_t *v)
+{
+	char num[40];
+
+	if (json_is_integer(v)) {
+		snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
+	} else if (json_is_real(v)) {
+		double d = json_real_value(v);
+		if (isnan(d))
+			snprintf(num, sizeof(num), "NaN");
+		else if (isinf(d))
+			snprintf(num, sizeof(num), "%cInf", d < 0 ? '-' : '+');
+		else
+			snprintf(num, sizeof(num), "%.15g", d);
+	} else if (json_is_boolean(v)) {
+		snprintf(num, sizeof(num), "%d", json_is_true(v));
+	} else {
+		return;
+	}
+	sb_printf(b, "%s", name);
+	if (labels && labels[0]) {
+		sb_printf(b, "{");
+		for (size_t i = 0; labels[i] && labels[i + 1]; i += 2) {
+			sb_printf(b, "%s%s=\"", i ? "," : "", labels[i]);
+			sb_label_value(b, labels[i + 1]);
+			sb_printf(b, "\"");
+		}
+		sb_printf(b, "}");
+	}
+	sb_printf(b, " %s\n", num);
+}
+
+static void sample_num(struct sb *b, const char *name, const char *const *labels, double v)
+{
+	json_t *j = json_real(v);
+
+	sample(b, name, labels, j);
+	json_decref(j);
+}
+
+static const char *jstr(const json_t *o, const char *key)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+
+	return s ? s : "";
+}
+
+/* ---- /metrics ------------------------------------------------------------------- */
+
+static bool bus_is_modbus(const json_t *buses, const char *bus)
+{
+	size_t i;
+	json_t *b;
+
+	json_array_foreach(buses, i, b)
+	{
+		if (!strcmp(jstr(b, "name"), bus))
+			return strncmp(jstr(b, "type"), "modbus", 6) == 0;
+	}
+	return false;
+}
+
+/* One family over the devices: per device, counters[key] (or the device's
+ * own key when counter is false), on Modbus or MQTT buses. */
+static void device_family(struct sb *b, json_t *devices, json_t *buses, const char *name,
+			  const char *type, const char *help, const char *key, bool modbus,
+			  const char *kind)
+{
+	size_t i;
+	json_t *d;
+	bool any = false;
+
+	json_array_foreach(devices, i, d)
+	{
+		json_t *v = json_object_get(json_object_get(d, "counters"), key);
+		if (!v || bus_is_modbus(buses, jstr(d, "bus")) != modbus)
+			continue;
+		if (!any)
+			family(b, name, type, help);
+		any = true;
+		const char *labels[] = {"bus",         jstr(d, "bus"),       "device",
+					jstr(d, "id"), kind ? "kind" : NULL, kind,
+					NULL};
+		sample(b, name, labels, v);
+	}
+}
+
+static void modbus_errors(struct sb *b, json_t *devices, json_t *buses)
+{
+	static const char *const kinds[][2] = {{"timeouts", "timeout"},
+					       {"exceptions", "exception"},
+					       {"crc_errors", "crc"},
+					       {"conn_errors", "connection"}};
+	size_t i;
+	json_t *d;
+	bool any = false;
+
+	json_array_foreach(devices, i, d)
+	{
+		json_t *c = json_object_get(d, "counters");
+		if (!c || !bus_is_modbus(buses, jstr(d, "bus")))
+			continue;
+		if (!any)
+			family(b, "cgw_modbus_errors_total", "counter",
+			       "Failed Modbus requests by kind: timeout, exception, crc, connection.");
+		any = true;
+		for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+			const char *labels[] = {"bus",  jstr(d, "bus"), "device", jstr(d, "id"),
+						"kind", kinds[k][1],    NULL};
+			sample(b, "cgw_modbus_errors_total", labels,
+			       json_object_get(c, kinds[k][0]));
+		}
+	}
+}
+
+static void devices_metrics(struct sb *b, json_t *devices, json_t *buses)
+{
+	size_t i;
+	json_t *d;
+
+	family(b, "cgw_device_online", "gauge",
+	       "1 if the device answers (Modbus) or reports (MQTT), 0 if it is offline or not yet known.");
+	json_array_foreach(devices, i, d)
+	{
+		const char *labels[] = {"device", jstr(d, "id"), NULL};
+		sample_num(b, "cgw_device_online", labels, !strcmp(jstr(d, "state"), "online"));
+	}
+	family(b, "cgw_device_shelved", "gauge",
+	       "1 if the device's alarms are shelved (maintenance).");
+	json_array_foreach(devices, i, d)
+	{
+		const char *labels[] = {"device", jstr(d, "id"), NULL};
+		sample(b, "cgw_device_shelved", labels, json_object_get(d, "shelved"));
+	}
+	family(b, "cgw_device_last_ok_timestamp_seconds", "gauge",
+	       "When the device last answered or reported, seconds since the epoch (0: never).");
+	json_array_foreach(devices, i, d)
+	{
+		json_t *t = json_object_get(d, "last_ok");
+		const char *labels[] = {"device", jstr(d, "id"), NULL};
+		if (json_is_integer(t))
+			sample_num(b, "cgw_device_last_ok_timestamp_seconds", labels,
+				   (double)json_integer_value(t) / 1000.0);
+	}
+	device_family(b, devices, buses, "cgw_modbus_requests_total", "counter",
+		      "Modbus requests sent to the device.", "requests", true, NULL);
+	modbus_errors(b, devices, buses);
+	device_family(b, devices, buses, "cgw_modbus_polls_due_total", "counter",
+		      "Poll cycles of the device that were due.", "polls_due", true, NULL);
+	device_family(b, devices, buses, "cgw_modbus_polls_done_total", "counter",
+		      "Poll cycles of the device that were done.", "polls_done", true, NULL);
+	bool any = false;
+	json_array_foreach(devices, i, d)
+	{
+		json_t *v = json_object_get(json_object_get(d, "counters"), "rtt_ms_avg");
+		if (!json_is_number(v) || !bus_is_modbus(buses, jstr(d, "bus")))
+			continue;
+		if (!any)
+			family(b, "cgw_modbus_response_seconds", "gauge",
+			       "Average time the device takes to answer a Modbus request.");
+		any = true;
+		const char *labels[] = {"bus", jstr(d, "bus"), "device", jstr(d, "id"), NULL};
+		sample_num(b, "cgw_modbus_response_seconds", labels, json_number_value(v) / 1000.0);
+	}
+	device_family(b, devices, buses, "cgw_mqtt_messages_total", "counter",
+		      "MQTT messages received for the device.", "requests", false, NULL);
+	device_family(b, devices, buses, "cgw_mqtt_bad_payloads_total", "counter",
+		      "MQTT payloads for the device that could not be used (quarantined).",
+		      "bad_payloads", false, NULL);
+}
+
+static void status_metrics(struct sb *b, json_t *st)
+{
+	json_t *buses = json_object_get(st, "buses"), *ups = json_object_get(st, "uplinks");
+	json_t *outbox = json_object_get(st, "outbox"), *store = json_object_get(st, "store");
+	json_t *sev = json_object_get(st, "alarms_active"), *q = json_object_get(st, "queue");
+	json_t *x, *lanes, *lane;
+	const char *key;
+	size_t i;
+
+	family(b, "cgw_info", "gauge", "The gateway, its site and the hash of its configuration.");
+	{
+		const char *labels[] = {"gateway",     jstr(st, "gateway"),
+					"site",        jstr(st, "site"),
+					"config_hash", jstr(st, "config_hash"),
+					NULL};
+		sample_num(b, "cgw_info", labels, 1);
+	}
+	family(b, "cgw_healthy", "gauge",
+	       "1 if the store commits (what /healthz reports), else 0.");
+	sample(b, "cgw_healthy", NULL, json_object_get(st, "healthy"));
+	family(b, "cgw_uptime_seconds", "gauge", "Seconds since cgwd started.");
+	sample(b, "cgw_uptime_seconds", NULL, json_object_get(st, "uptime_s"));
+
+	family(b, "cgw_bus_connected", "gauge",
+	       "1 if the bus is up: serial port open, TCP or MQTT connection established.");
+	json_array_foreach(buses, i, x)
+	{
+		const char *labels[] = {"bus", jstr(x, "name"), "type", jstr(x, "type"), NULL};
+		sample(b, "cgw_bus_connected", labels, json_object_get(x, "connected"));
+	}
+	family(b, "cgw_bus_devices", "gauge", "Devices configured on the bus.");
+	json_array_foreach(buses, i, x)
+	{
+		const char *labels[] = {"bus", jstr(x, "name"), NULL};
+		sample(b, "cgw_bus_devices", labels, json_object_get(x, "devices"));
+	}
+	family(b, "cgw_bus_devices_online", "gauge", "Devices of the bus that are online.");
+	json_array_foreach(buses, i, x)
+	{
+		const char *labels[] = {"bus", jstr(x, "name"), NULL};
+		sample(b, "cgw_bus_devices_online", labels, json_object_get(x, "online"));
+	}
+
+	family(b, "cgw_uplink_connected", "gauge",
+	       "1 if the uplink is connected (MQTT) or its last request succeeded (HTTP).");
+	json_array_foreach(ups, i, x)
+	{
+		const char *labels[] = {"uplink", jstr(x, "name"), NULL};
+		sample(b, "cgw_uplink_connected", labels, json_object_get(x, "connected"));
+	}
+	family(b, "cgw_uplink_sent_total", "counter", "Messages the uplink sent.");
+	json_array_foreach(ups, i, x)
+	{
+		const char *labels[] = {"uplink", jstr(x, "name"), NULL};
+		sample(b, "cgw_uplink_sent_total", labels, json_object_get(x, "sent"));
+	}
+	family(b, "cgw_uplink_acked_total", "counter",
+	       "Messages the platform confirmed (PUBACK or 2xx); only these leave the store.");
+	json_array_foreach(ups, i, x)
+	{
+		const char *labels[] = {"uplink", jstr(x, "name"), NULL};
+		sample(b, "cgw_uplink_acked_total", labels, json_object_get(x, "acked"));
+	}
+
+	family(b, "cgw_outbox_messages", "gauge",
+	       "Messages waiting in the store for the uplink, by lane.");
+	json_array_foreach(outbox, i, x)
+	{
+		lanes = json_object_get(x, "lanes");
+		json_object_foreach(lanes, key, lane)
+		{
+			const char *labels[] = {"uplink", jstr(x, "uplink"), "lane", key, NULL};
+			sample(b, "cgw_outbox_messages", labels, json_object_get(lane, "depth"));
+		}
+	}
+	family(b, "cgw_outbox_oldest_seconds", "gauge",
+	       "Age of the oldest message waiting for the uplink, by lane (0: none).");
+	json_array_foreach(outbox, i, x)
+	{
+		lanes = json_object_get(x, "lanes");
+		json_object_foreach(lanes, key, lane)
+		{
+			const char *labels[] = {"uplink", jstr(x, "uplink"), "lane", key, NULL};
+			sample(b, "cgw_outbox_oldest_seconds", labels,
+			       json_object_get(lane, "oldest_age_s"));
+		}
+	}
+
+	family(b, "cgw_alarms_active", "gauge", "Alarms that are not normal, by severity.");
+	json_object_foreach(sev, key, x)
+	{
+		const char *labels[] = {"severity", key, NULL};
+		sample(b, "cgw_alarms_active", labels, x);
+	}
+	family(b, "cgw_alarm_flood", "gauge", "1 while an alarm flood is on (ISA-18.2).");
+	sample(b, "cgw_alarm_flood", NULL, json_object_get(st, "alarm_flood"));
+
+	if (store) {
+		json_t *db = json_object_get(store, "db_bytes"),
+		       *wal = json_object_get(store, "wal_bytes");
+		family(b, "cgw_store_bytes", "gauge", "Size of the store: database and WAL.");
+		sample_num(b, "cgw_store_bytes", NULL,
+			   (double)(json_integer_value(db) + json_integer_value(wal)));
+		family(b, "cgw_store_max_bytes", "gauge", "The store's size cap (store.max_size).");
+		sample(b, "cgw_store_max_bytes", NULL, json_object_get(store, "max_size"));
+		family(b, "cgw_store_evicted_total", "counter",
+		       "Undelivered messages evicted to keep the store under its cap, by lane.");
+		{
+			const char *lt[] = {"lane", "telemetry", NULL},
+				   *le[] = {"lane", "event", NULL};
+			sample(b, "cgw_store_evicted_total", lt,
+			       json_object_get(store, "evicted_telemetry"));
+			sample(b, "cgw_store_evicted_total", le,
+			       json_object_get(store, "evicted_events"));
+		}
+		family(b, "cgw_store_dead_letters", "gauge",
+		       "Messages an uplink refused for good (HTTP 4xx), kept aside.");
+		sample(b, "cgw_store_dead_letters", NULL, json_object_get(store, "dead_letters"));
+	}
+
+	family(b, "cgw_readings_total", "counter", "Point readings the core processed.");
+	sample(b, "cgw_readings_total", NULL, json_object_get(st, "readings"));
+	family(b, "cgw_messages_total", "counter", "Messages the core stored for delivery.");
+	sample(b, "cgw_messages_total", NULL, json_object_get(st, "messages"));
+	if (q) {
+		family(b, "cgw_queue_depth", "gauge",
+		       "Items waiting in the queue from the drivers to the core.");
+		sample(b, "cgw_queue_depth", NULL, json_object_get(q, "depth"));
+		family(b, "cgw_queue_capacity", "gauge", "Capacity of the driver queue.");
+		sample(b, "cgw_queue_capacity", NULL, json_object_get(q, "capacity"));
+		family(b, "cgw_queue_high_water", "gauge",
+		       "Highest depth the driver queue has reached.");
+		sample(b, "cgw_queue_high_water", NULL, json_object_get(q, "high_water"));
+		family(b, "cgw_queue_full_total", "counter",
+		       "Times the driver queue was full (the drivers were slowed down).");
+		sample(b, "cgw_queue_full_total", NULL, json_object_get(q, "full_episodes"));
+	}
+}
+
+static char *render_metrics(struct core *c, size_t *len)
+{
+	struct sb b = {0};
+	json_t *st = core_status_json(c), *devices = core_devices_json(c);
+
+	family(&b, "cgw_up", "gauge", "1: cgwd is running and its core loop answers.");
+	sample_num(&b, "cgw_up", NULL, 1);
+	if (st)
+		status_metrics(&b, st);
+	if (st && devices)
+		devices_metrics(&b, devices, json_object_get(st, "buses"));
+	json_decref(st);
+	json_decref(devices);
+	if (b.oom || !b.p) {
+		free(b.p);
+		return NULL;
+	}
+	*len = b.len;
+	return b.p;
+}
+
+/* ---- HTTP ------------------------------------------------------------------------ */
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
+			     char *body, size_t len)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	if (!r) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+	ret = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, const char *text)
+{
+	char *body = strdup(text);
+
+	if (!body)
+		return MHD_NO;
+	return reply(conn, status, "text/plain; charset=utf-8", body, strlen(body));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
+{
+	static int headers_seen;
+	struct metrics *m = cls;
+
+	(void)version;
+	(void)upload_data;
+	/* anything but GET and HEAD is refused before its body is read (and
+	 * the connection closed) */
+	if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD))
+		return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+	/* answering at the first call, with only the headers seen, would make
+	 * MHD close the connection; scrapers like to keep it */
+	if (!*con_cls) {
+		*con_cls = &headers_seen;
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		*upload_data_size = 0; /* a body on a GET: ignored */
+		return MHD_YES;
+	}
+	if (!strcmp(url, "/metrics")) {
+		size_t len = 0;
+		char *body = render_metrics(m->core, &len);
+		if (!body)
+			return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+		return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body,
+			     len);
+	}
+	if (!strcmp(url, "/healthz")) {
+		/* the loop is alive: it is the thread answering this */
+		if (core_healthy(m->core))
+			return reply_text(conn, MHD_HTTP_OK, "ok\n");
+		return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+				  "unhealthy: the store does not commit (see the journal)\n");
+	}
+	return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics or /healthz\n");
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[256];
+	size_t n;
+
+	(void)cls;
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	/* peers that go away mid-request are no news */
+	log_debug("metrics", "%s", line);
+}
+
+static void run_mhd(struct metrics *m)
+{
+	MHD_UNSIGNED_LONG_LONG t = 0;
+
+	MHD_run(m->mhd);
+	if (MHD_get_timeout(m->mhd, &t) == MHD_YES)
+		loop_timer_in(m->timer, t > 60000 ? 60000 : (int64_t)t);
+	else
+		loop_timer_at(m->timer, -1);
+}
+
+static void on_epoll(struct loop *l, int fd, uint32_t events, void *arg)
+{
+	(void)l;
+	(void)fd;
+	(void)events;
+	run_mhd(arg);
+}
+
+static void on_timer(struct loop *l, struct loop_timer *t, void *arg)
+{
+	(void)l;
+	(void)t;
+	run_mhd(arg);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------- */
+
+int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+	char host[INET6_ADDRSTRLEN + 2];
+	const char *colon, *hs = s;
+	size_t hl;
+	char *end;
+	long port;
+
+	memset(ss, 0, sizeof(*ss));
+	if (!s || !(colon = strrchr(s, ':')))
+		return -EINVAL;
+	hl = (size_t)(colon - s);
+	if (s[0] == '[') { /* [v6]:port */
+		if (hl < 2 || s[hl - 1] != ']')
+			return -EINVAL;
+		hs = s + 1;
+		hl -= 2;
+	}
+	if (hl >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, hs, hl);
+	host[hl] = '\0';
+	if (colon[1] < '0' || colon[1] > '9') /* strtol would take " 80", "+80" */
+		return -EINVAL;
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (errno || end == colon + 1 || *end || port < 1 || port > 65535)
+		return -EINVAL;
+	if (s[0] == '[') {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons((uint16_t)port);
+		if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
+			return -EINVAL;
+		*len = sizeof(*a6);
+		return 0;
+	}
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+	a4->sin_family = AF_INET;
+	a4->sin_port = htons((uint16_t)port);
+	if (!*host || !strcmp(host, "*"))
+		a4->sin_addr.s_addr = htonl(INADDR_ANY);
+	else if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
+		return -EINVAL;
+	*len = sizeof(*a4);
+	return 0;
+}
+
+static int listen_socket(const char *listen_s, int *out)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+	int fd, one = 1, r;
+
+	if (metrics_parse_listen(listen_s, &ss, &len) < 0) {
+		log_err("metrics",
+			"listen '%s': not ADDRESS:PORT with a numeric IPv4 address or "
+			"[IPv6] address (127.0.0.1:9273, [::1]:9273)",
+			listen_s);
+		return -EINVAL;
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		r = -errno;
+		log_err("metrics", "%s: socket: %s", listen_s, strerror(-r));
+		return r;
+	}
+	/* a restart must not wait for TIME_WAIT; it still cannot take a port
+	 * another process listens on */
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 16) < 0) {
+		r = -errno;
+		log_err("metrics", "cannot listen on %s: %s%s", listen_s, strerror(-r),
+			r == -EADDRINUSE ? " (another program has this port; set metrics.listen)" :
+					   "");
+		close(fd);
+		return r;
+	}
+	*out = fd;
+	return 0;
+}
+
+int metrics_open(struct core *c, struct loop *l, const struct cgw_config *cfg, struct metrics **out)
+{
+	struct metrics *m = NULL;
+	const union MHD_DaemonInfo *info;
+	struct stat st_fd, st_mfd;
+	int fd = -1, mfd = -1, r;
+
+	*out = NULL;
+	if (!cfg->metrics.enabled)
+		return 0;
+	r = listen_socket(cfg->metrics.listen, &fd);
+	if (r < 0)
+		return r;
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	m->core = c;
+	m->loop = l;
+	m->epfd = -1;
+	snprintf(m->listen, sizeof(m->listen), "%s", cfg->metrics.listen);
+	m->timer = loop_timer_new(l, on_timer, m);
+	if (!m->timer) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* MHD closes the socket it is given in MHD_stop_daemon(), but whether it
+	 * does when MHD_start_daemon() fails is not documented (0.9.75 does not,
+	 * for a bad option). It gets a copy; while the original is open, the
+	 * copy's number names the same socket if and only if MHD left it open,
+	 * whatever other threads open meanwhile. */
+	mfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (mfd < 0 || fstat(fd, &st_fd) < 0) {
+		r = -errno;
+		log_err("metrics", "%s: %s", m->listen, strerror(-r));
+		goto fail;
+	}
+	m->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, m,
+				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, m, MHD_OPTION_LISTEN_SOCKET,
+				  (MHD_socket)mfd, MHD_OPTION_CONNECTION_LIMIT,
+				  (unsigned)METRICS_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
+				  (unsigned)METRICS_CONN_TIMEOUT_S,
+				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)METRICS_CONN_MEMORY,
+				  MHD_OPTION_END);
+	if (!m->mhd) {
+		if (fstat(mfd, &st_mfd) < 0 || st_mfd.st_ino != st_fd.st_ino ||
+		    st_mfd.st_dev != st_fd.st_dev)
+			mfd = -1; /* MHD closed it */
+		log_err("metrics", "%s: libmicrohttpd did not start", m->listen);
+		r = -EIO;
+		goto fail;
+	}
+	mfd = -1; /* MHD's now */
+	info = MHD_get_daemon_info(m->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+	if (!info || info->epoll_fd < 0) {
+		log_err("metrics", "%s: libmicrohttpd has no epoll fd", m->listen);
+		r = -EIO;
+		goto fail;
+	}
+	r = loop_add_fd(l, info->epoll_fd, EPOLLIN, on_epoll, m);
+	if (r < 0) {
+		log_err("metrics", "%s: %s", m->listen, strerror(-r));
+		goto fail;
+	}
+	m->epfd = info->epoll_fd;
+	close(fd);
+	run_mhd(m);
+	log_info("metrics", "serving http://%s/metrics and /healthz", m->listen);
+	*out = m;
+	return 0;
+fail:
+	if (mfd >= 0)
+		close(mfd);
+	close(fd);
+	metrics_close(m);
+	return r;
+}
+
+void metrics_close(struct metrics *m)
+{
+	if (!m)
+		return;
+	if (m->epfd >= 0)
+		loop_del_fd(m->loop, m->epfd);
+	if (m->mhd)
+		MHD_stop_daemon(m->mhd);
+	loop_timer_free(m->timer);
+	free(m);
+}

@@ -1,0 +1,44 @@
+/*
+ * metrics.h - Prometheus metrics and a health check over HTTP.
+ *
+ * libmicrohttpd without a thread of its own: its epoll fd is watched by the
+ * core loop and its timeouts are a loop timer, so every request is answered
+ * on the core thread, from core_status_json() and core_devices_json(), and
+ * nothing here is shared with another thread.
+ *
+ *   GET /metrics   text format 0.0.4 (cgw_up, cgw_uptime_seconds,
+ *                  cgw_modbus_requests_total{bus,device}, ...)
+ *   GET /healthz   200 "ok", or 503 and the reason when the core is not
+ *                  healthy (store commits failing)
+ *   anything else  404 (405 for methods other than GET and HEAD)
+ *
+ * Bounds: 8 connections, 10 s per connection, 32 KiB of memory each.
+ *
+ * Ownership: metrics borrows the core and the loop, which must outlive it;
+ * nothing is kept from cfg. metrics_open() logs the precise reason of a
+ * failure itself (module "metrics"): the caller decides what it means (a
+ * port in use should not stop the daemon).
+ */
+#ifndef CGW_METRICS_H
+#define CGW_METRICS_H
+
+#include <sys/socket.h>
+
+#include "config.h"
+#include "core.h"
+#include "loop.h"
+
+struct metrics;
+
+/* 0 and *out (NULL when cfg->metrics.enabled is false), or a negative
+ * errno: -EINVAL (listen is not ADDRESS:PORT), -EADDRINUSE, -EACCES, ... */
+int metrics_open(struct core *c, struct loop *l, const struct cgw_config *cfg,
+		 struct metrics **out);
+void metrics_close(struct metrics *m);
+
+/* "127.0.0.1:9273", "[::1]:9273", "0.0.0.0:9273", "[::]:9273", ":9273"
+ * (all IPv4 addresses): numeric addresses only, port 1..65535. 0 or -EINVAL.
+ * For the configuration check as well. */
+int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+#endif
