@@ -1588,6 +1588,7 @@ static int load_file(struct loader *ld, const char *path, int line_of_ref, const
 			err_at(ld, ref_file, line_of_ref, "include: %s: %s", path, strerror(err));
 		else
 			err_at(ld, path, 0, "cannot read: %s", strerror(err));
+		ld->yaml_failed = true; /* nothing more to say about a file we cannot read */
 		return 1;
 	}
 	nerr = load_text(ld, path, text, len);

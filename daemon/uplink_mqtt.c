@@ -168,6 +168,12 @@ static void drop_connection(struct uplink *u, const char *why)
 			 (unsigned long long)depth);
 		u->outage_start_ms = now;
 		u->since_ms = now;
+	} else if (strcmp(u->last_error, why) != 0) {
+		/* a connect that fails (TLS handshake, refused): once per reason */
+		log_warn("uplink", "[%s] cannot connect to %s:%lld: %s", u->cfg->name, u->cfg->host,
+			 (long long)u->cfg->port, why);
+		if (!u->outage_start_ms)
+			u->outage_start_ms = now;
 	}
 	snprintf(u->last_error, sizeof(u->last_error), "%s", why);
 	u->connected = false;
