@@ -62,17 +62,24 @@
 #include "modbus_decode.h"
 #include "modbus_plan.h"
 
-#define MB_WRITE_QUEUE 32          /* writes waiting for the worker, per bus */
-#define MB_PUSH_SLICE_MS 200       /* a blocked push re-checks `stop` this often */
-#define MB_RECONNECT_MIN_MS 500    /* first reconnect delay; doubles per failure */
+#define MB_WRITE_QUEUE 32       /* writes waiting for the worker, per bus */
+#define MB_PUSH_SLICE_MS 200    /* a blocked push re-checks `stop` this often */
+#define MB_RECONNECT_MIN_MS 500 /* first reconnect delay; doubles per failure */
 #define MB_RECONNECT_MAX_MS 30000
 #define MB_OFFLINE_POLL_MAX_MS 30000
 #define MB_STACK_SIZE (512 * 1024)
 
 enum mb_errkind { MBE_NONE, MBE_TIMEOUT, MBE_EXCEPTION, MBE_FRAME, MBE_CONN, MBE_OTHER };
 
-enum mb_op { OP_READ_COILS, OP_READ_DISCRETE, OP_READ_INPUT, OP_READ_HOLDING, OP_WRITE_COIL,
-	     OP_WRITE_REG, OP_WRITE_REGS };
+enum mb_op {
+	OP_READ_COILS,
+	OP_READ_DISCRETE,
+	OP_READ_INPUT,
+	OP_READ_HOLDING,
+	OP_WRITE_COIL,
+	OP_WRITE_REG,
+	OP_WRITE_REGS
+};
 
 enum mb_devstate { DEV_UNKNOWN, DEV_OFFLINE, DEV_ONLINE };
 
@@ -96,15 +103,14 @@ struct mb_dev {
 	uint32_t index; /* into cfg->devices */
 	const struct cfg_device *cfg;
 	const struct cfg_profile *prof;
-	struct mb_format *fmt;  /* per profile point */
-	struct mb_pstate *pts;  /* per profile point */
+	struct mb_pstate *pts;   /* per profile point */
 	size_t req_first, req_n; /* its requests in the plan (adjacent) */
-	int64_t next_due;       /* monotonic ms; INT64_MAX: nothing to poll */
+	int64_t next_due;        /* monotonic ms; INT64_MAX: nothing to poll */
 	unsigned failed_cycles;
 	enum mb_devstate state;
-	bool refresh;  /* poll now, off schedule (after a write) */
-	bool io_fault; /* a failed-cycle episode is going on (logged) */
-	char label[64]; /* "unit 3 (smoke-1)" */
+	bool refresh;               /* poll now, off schedule (after a write) */
+	bool io_fault;              /* a failed-cycle episode is going on (logged) */
+	char label[64];             /* "unit 3 (smoke-1)" */
 	struct driver_dev_stats st; /* under d->lock */
 	uint64_t rtt_n;             /* under d->lock */
 };
@@ -144,6 +150,17 @@ struct driver {
 };
 
 /* ---- small helpers ------------------------------------------------------------------ */
+
+/* Formats are not stored: 32 bytes a point add up at 10,000s of points. */
+static struct mb_format point_format(const struct cfg_point *pt)
+{
+	return (struct mb_format){.type = pt->type,
+				  .order = pt->order,
+				  .str_len = pt->str_len,
+				  .bit = (int)pt->bit,
+				  .scale = pt->scale,
+				  .offset = pt->offset};
+}
 
 static int64_t mono_us(void)
 {
@@ -246,9 +263,9 @@ static void describe(int e, char *buf, size_t len)
 		break;
 	case MBE_FRAME:
 		snprintf(buf, len, "%s",
-			 e == EMBBADCRC     ? "CRC error"
-			 : e == EMBBADSLAVE ? "response from another unit"
-					    : "invalid response frame");
+			 e == EMBBADCRC   ? "CRC error" :
+			 e == EMBBADSLAVE ? "response from another unit" :
+					    "invalid response frame");
 		break;
 	case MBE_CONN:
 		snprintf(buf, len, "connection: %s", strerror(e));
@@ -370,7 +387,8 @@ static void account(struct driver *d, struct mb_dev *dev, int e, int64_t rtt_us)
 	if (k == MBE_NONE || k == MBE_EXCEPTION) {
 		/* answered: a round trip; a running mean needs no sum to overflow */
 		dev->rtt_n++;
-		dev->st.rtt_ms_avg += ((double)rtt_us / 1000.0 - dev->st.rtt_ms_avg) / (double)dev->rtt_n;
+		dev->st.rtt_ms_avg +=
+			((double)rtt_us / 1000.0 - dev->st.rtt_ms_avg) / (double)dev->rtt_n;
 	}
 	if (k != MBE_NONE) {
 		char what[64], line[192];
@@ -438,8 +456,10 @@ static void try_connect(struct driver *d)
 		d->cur_unit = -1;
 		if (d->rtu && d->bus->rs485 &&
 		    modbus_rtu_set_serial_mode(d->ctx, MODBUS_RTU_RS485) < 0 && !d->rs485_logged) {
-			log_warn("modbus", "%s %s: cannot switch to RS-485 mode (%s); using the port as it is",
-				 d->tag, d->bus->device, modbus_strerror(errno));
+			log_warn(
+				"modbus",
+				"%s %s: cannot switch to RS-485 mode (%s); using the port as it is",
+				d->tag, d->bus->device, modbus_strerror(errno));
 			d->rs485_logged = true;
 		}
 		pthread_mutex_lock(&d->lock);
@@ -587,8 +607,11 @@ static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int add
 static void fail_point(struct driver *d, struct mb_dev *dev, size_t p, enum cgw_quality q)
 {
 	struct mb_pstate *ps = &dev->pts[p];
-	struct cgw_item it = {.kind = CGW_ITEM_READING, .device = dev->index, .point = (uint32_t)p,
-			      .quality = q, .ts_ms = cgw_now_ms()};
+	struct cgw_item it = {.kind = CGW_ITEM_READING,
+			      .device = dev->index,
+			      .point = (uint32_t)p,
+			      .quality = q,
+			      .ts_ms = cgw_now_ms()};
 
 	if (ps->failed && ps->fail_q == q)
 		return;
@@ -605,8 +628,11 @@ static void report(struct driver *d, struct mb_dev *dev, size_t p, struct cgw_va
 {
 	struct mb_pstate *ps = &dev->pts[p];
 	const struct cfg_point *pt = &dev->prof->points[p];
-	struct cgw_item it = {.kind = CGW_ITEM_READING, .device = dev->index, .point = (uint32_t)p,
-			      .quality = CGW_Q_GOOD, .ts_ms = ts};
+	struct cgw_item it = {.kind = CGW_ITEM_READING,
+			      .device = dev->index,
+			      .point = (uint32_t)p,
+			      .quality = CGW_Q_GOOD,
+			      .ts_ms = ts};
 	bool due;
 
 	if (q != CGW_Q_GOOD || v->type == CGW_V_NONE) {
@@ -615,9 +641,10 @@ static void report(struct driver *d, struct mb_dev *dev, size_t p, struct cgw_va
 		return;
 	}
 	due = !ps->sent || value_changed(&ps->last, v, pt->deadband) ||
-	       (pt->report_every_ms > 0 && now - ps->last_sent >= pt->report_every_ms);
+	      (pt->report_every_ms > 0 && now - ps->last_sent >= pt->report_every_ms);
 	if (ps->failed && ps->logged)
-		log_notice("modbus", "%s %s: point %s readable again", d->tag, dev->label, pt->name);
+		log_notice("modbus", "%s %s: point %s readable again", d->tag, dev->label,
+			   pt->name);
 	ps->failed = false;
 	ps->logged = false;
 	if (!due || value_copy(&it.value, v) < 0) {
@@ -644,10 +671,12 @@ static void deliver(struct driver *d, struct mb_dev *dev, const struct mb_req *r
 		enum cgw_quality q = CGW_Q_GOOD;
 		int rc;
 
-		if (r->table == CGW_TBL_COIL || r->table == CGW_TBL_DISCRETE)
+		if (r->table == CGW_TBL_COIL || r->table == CGW_TBL_DISCRETE) {
 			rc = mbd_decode_bit(d->bits, r->count, off, &v);
-		else
-			rc = mbd_decode_regs(&dev->fmt[s->point], d->regs + off, r->count - off, &v, &q);
+		} else {
+			struct mb_format f = point_format(&dev->prof->points[s->point]);
+			rc = mbd_decode_regs(&f, d->regs + off, r->count - off, &v, &q);
+		}
 		if (rc < 0)
 			q = CGW_Q_BAD;
 		report(d, dev, s->point, &v, q, now, ts);
@@ -693,8 +722,10 @@ static void update_ranges(struct driver *d)
 
 static void set_state(struct driver *d, struct mb_dev *dev, enum mb_devstate s)
 {
-	struct cgw_item it = {.kind = CGW_ITEM_DEVICE_STATE, .device = dev->index,
-			      .online = s == DEV_ONLINE, .ts_ms = cgw_now_ms()};
+	struct cgw_item it = {.kind = CGW_ITEM_DEVICE_STATE,
+			      .device = dev->index,
+			      .online = s == DEV_ONLINE,
+			      .ts_ms = cgw_now_ms()};
 
 	if (dev->state == s)
 		return;
@@ -711,9 +742,11 @@ static void exec_write(struct driver *d, struct mb_write *w)
 {
 	struct mb_dev *dev = &d->devs[d->dev_map[w->device]];
 	const struct cfg_point *pt = &dev->prof->points[w->point];
-	const struct mb_format *f = &dev->fmt[w->point];
+	const struct mb_format fmt = point_format(pt), *f = &fmt;
 	int addr = (int)(pt->address - dev->cfg->address_base);
-	struct cgw_item it = {.kind = CGW_ITEM_WRITE_RESULT, .device = w->device, .point = w->point,
+	struct cgw_item it = {.kind = CGW_ITEM_WRITE_RESULT,
+			      .device = w->device,
+			      .point = w->point,
 			      .token = w->token};
 	const char *why = NULL;
 	char what[96];
@@ -752,7 +785,8 @@ static void exec_write(struct driver *d, struct mb_write *w)
 	if (why) {
 		it.value.s = strdup(why);
 		it.value.type = it.value.s ? CGW_V_STRING : CGW_V_NONE;
-		log_warn("modbus", "%s %s: write of %s failed: %s", d->tag, dev->label, pt->name, why);
+		log_warn("modbus", "%s %s: write of %s failed: %s", d->tag, dev->label, pt->name,
+			 why);
 	} else {
 		dev->refresh = true;
 	}
@@ -801,14 +835,15 @@ static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e, bool 
 	if (fail_e) {
 		describe(fail_e, what, sizeof(what));
 		dev->failed_cycles++;
-		/* a bus that is down is logged once for the bus, not per device */
-		if (!dev->io_fault && fail_e != ENOTCONN) {
+		/* a lost or missing connection is logged once for the bus, not per device */
+		if (!dev->io_fault && fail_e != ENOTCONN && classify(fail_e) != MBE_CONN) {
 			log_warn("modbus", "%s %s: %s", d->tag, dev->label, what);
 			dev->io_fault = true;
 		}
-		if (dev->state != DEV_OFFLINE && dev->failed_cycles >= (unsigned)dev->cfg->offline_after) {
-			log_warn("modbus", "%s %s: offline after %u failed polls (%s)", d->tag, dev->label,
-				 dev->failed_cycles, what);
+		if (dev->state != DEV_OFFLINE &&
+		    dev->failed_cycles >= (unsigned)dev->cfg->offline_after) {
+			log_warn("modbus", "%s %s: offline after %u failed polls (%s)", d->tag,
+				 dev->label, dev->failed_cycles, what);
 			set_state(d, dev, DEV_OFFLINE);
 			for (size_t p = 0; p < dev->prof->n_points; p++)
 				fail_point(d, dev, p, CGW_Q_STALE);
@@ -877,11 +912,12 @@ static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled)
 		}
 		if (e == EMBXILADD) {
 			char span[48];
-			snprintf(span, sizeof(span), "%s %u..%u", table_name(r->table), (unsigned)r->addr,
-				 (unsigned)(r->addr + r->count - 1));
+			snprintf(span, sizeof(span), "%s %u..%u", table_name(r->table),
+				 (unsigned)r->addr, (unsigned)(r->addr + r->count - 1));
 			if (mbp_split(d->plan, i) == 0) {
 				/* read the pieces now; the plan keeps them */
-				log_info("modbus", "%s %s: exception 2 reading %s; splitting the read",
+				log_info("modbus",
+					 "%s %s: exception 2 reading %s; splitting the read",
 					 d->tag, dev->label, span);
 				update_ranges(d);
 				continue;
@@ -998,7 +1034,6 @@ static void mb_free(struct driver *d)
 		for (size_t p = 0; dev->pts && p < dev->prof->n_points; p++)
 			cgw_value_clear(&dev->pts[p].last);
 		free(dev->pts);
-		free(dev->fmt);
 	}
 	for (size_t i = 0; i < d->ring_n; i++)
 		cgw_value_clear(&d->ring[(d->ring_head + i) % MB_WRITE_QUEUE].v);
@@ -1054,10 +1089,15 @@ static int build_devices(struct driver *d, size_t bus, struct mb_span **spans_ou
 		dev->prof = cfg_device_profile(cfg, cd);
 		dev->state = DEV_UNKNOWN;
 		dev->st.device = (uint32_t)i;
-		snprintf(dev->label, sizeof(dev->label), "unit %lld (%s)", (long long)cd->unit, cd->id);
-		dev->fmt = calloc(dev->prof->n_points ? dev->prof->n_points : 1, sizeof(*dev->fmt));
+		snprintf(dev->label, sizeof(dev->label), "unit %lld (%s)", (long long)cd->unit,
+			 cd->id);
+		if (cd->unit > 247 && (d->rtu || cd->unit != 255))
+			/* libmodbus refuses it: the device will fail every poll and go offline */
+			log_err("modbus", "%s %s: unit id %lld is reserved (use 1..247%s)", d->tag,
+				dev->label, (long long)cd->unit,
+				d->rtu ? "" : ", or 0 or 255 on TCP");
 		dev->pts = calloc(dev->prof->n_points ? dev->prof->n_points : 1, sizeof(*dev->pts));
-		if (!dev->fmt || !dev->pts)
+		if (!dev->pts)
 			goto nomem;
 		if (cap - n < dev->prof->n_points) {
 			size_t ncap = (n + dev->prof->n_points) * 2;
@@ -1069,28 +1109,26 @@ static int build_devices(struct driver *d, size_t bus, struct mb_span **spans_ou
 		}
 		for (size_t p = 0; p < dev->prof->n_points; p++) {
 			const struct cfg_point *pt = &dev->prof->points[p];
-			struct mb_format *f = &dev->fmt[p];
+			const struct mb_format fmt = point_format(pt), *f = &fmt;
 			struct mb_span s;
 			const char *why = NULL;
 
-			*f = (struct mb_format){.type = pt->type, .order = pt->order,
-						.str_len = pt->str_len, .bit = (int)pt->bit,
-						.scale = pt->scale, .offset = pt->offset};
 			s = (struct mb_span){
 				.device = (uint32_t)i,
 				.point = (uint32_t)p,
 				.unit = (uint8_t)cd->unit,
 				.table = pt->table,
 				.addr = (uint16_t)(pt->address - cd->address_base),
-				.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(f) : 1),
+				.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(f) :
+										 1),
 				.max_gap = (uint16_t)cd->max_gap,
 				.max_regs = (uint16_t)cd->max_registers,
 			};
 			if (pt->mqtt || mbd_check_format(f, pt->table, &why) < 0 ||
 			    mbp_check_span(&s, &why) < 0) {
 				/* the configuration checks this; never poll what cannot be decoded */
-				log_err("modbus", "%s %s: point %s cannot be polled: %s", d->tag, dev->label,
-					pt->name, why ? why : "not a Modbus point");
+				log_err("modbus", "%s %s: point %s cannot be polled: %s", d->tag,
+					dev->label, pt->name, why ? why : "not a Modbus point");
 				continue;
 			}
 			spans[n++] = s;
@@ -1159,8 +1197,8 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	if (!d->ctx) {
 		int e = errno;
 		r = e == ENOMEM ? -ENOMEM : -EINVAL;
-		log_err("modbus", "%s cannot set up the %s bus: %s", d->tag,
-			d->rtu ? "RTU" : "TCP", modbus_strerror(e));
+		log_err("modbus", "%s cannot set up the %s bus: %s", d->tag, d->rtu ? "RTU" : "TCP",
+			modbus_strerror(e));
 		goto fail;
 	}
 	if (bus->byte_timeout_ms > 0)

@@ -1,0 +1,843 @@
+/*
+ * test_modbus_driver.c - the Modbus bus worker against a libmodbus TCP
+ * server running in a thread of this test on a free loopback port.
+ *
+ * Sequencing never sleeps: the test waits (bounded) on the queue's eventfd
+ * for the items it expects, or on the driver's statistics (polls done) for
+ * "nothing was sent during N polls".
+ */
+/* cmocka.h needs these first */
+/* clang-format off */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+/* clang-format on */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <modbus.h>
+
+#include "config.h"
+#include "driver.h"
+#include "log.h"
+#include "modbus_decode.h"
+#include "queue.h"
+
+#define NUNITS 4
+#define WAIT_MS 8000 /* generous: sanitizers and valgrind are slow */
+
+/* ---- a small Modbus TCP server ---------------------------------------------------------- */
+
+struct srv {
+	int lfd, stop_fd[2];
+	uint16_t port;
+	pthread_t th;
+	pthread_mutex_t lock;
+	modbus_t *ctx;
+	modbus_mapping_t *map[NUNITS];
+	bool silent[NUNITS];
+	int exc_addr[NUNITS]; /* holding address that answers exception 2, -1 none */
+	bool kick;            /* drop every client connection */
+	uint64_t requests[NUNITS];
+};
+
+static void *srv_main(void *arg)
+{
+	struct srv *s = arg;
+	int clients[16];
+	size_t nc = 0;
+	uint8_t req[MODBUS_TCP_MAX_ADU_LENGTH];
+
+	for (;;) {
+		struct pollfd pfd[18];
+		pfd[0] = (struct pollfd){.fd = s->stop_fd[0], .events = POLLIN};
+		pfd[1] = (struct pollfd){.fd = s->lfd, .events = POLLIN};
+		for (size_t i = 0; i < nc; i++)
+			pfd[2 + i] = (struct pollfd){.fd = clients[i], .events = POLLIN};
+		if (poll(pfd, 2 + nc, 50) < 0)
+			break;
+		if (pfd[0].revents)
+			break;
+		pthread_mutex_lock(&s->lock);
+		bool kick = s->kick;
+		s->kick = false;
+		pthread_mutex_unlock(&s->lock);
+		if (kick) {
+			while (nc)
+				close(clients[--nc]);
+			continue;
+		}
+		for (size_t i = nc; i-- > 0;) {
+			if (!pfd[2 + i].revents)
+				continue;
+			modbus_set_socket(s->ctx, clients[i]);
+			int rc = modbus_receive(s->ctx, req);
+			if (rc < 0) {
+				close(clients[i]);
+				clients[i] = clients[--nc];
+				continue;
+			}
+			if (rc == 0)
+				continue;
+			int unit = req[6], fc = req[7], addr = (req[8] << 8) | req[9];
+			int n = (fc == 5 || fc == 6) ? 1 : (req[10] << 8) | req[11];
+			pthread_mutex_lock(&s->lock);
+			if (unit < NUNITS && s->map[unit]) {
+				s->requests[unit]++;
+				if (s->silent[unit]) {
+					/* no answer */
+				} else if ((fc == 3 || fc == 6 || fc == 16) &&
+					   s->exc_addr[unit] >= addr &&
+					   s->exc_addr[unit] < addr + n) {
+					modbus_reply_exception(
+						s->ctx, req, MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS);
+				} else {
+					modbus_reply(s->ctx, req, rc, s->map[unit]);
+				}
+			}
+			pthread_mutex_unlock(&s->lock);
+		}
+		if ((pfd[1].revents & POLLIN) && nc < 16) {
+			int c = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+			if (c >= 0)
+				clients[nc++] = c;
+		}
+	}
+	while (nc)
+		close(clients[--nc]);
+	return NULL;
+}
+
+static void srv_start(struct srv *s)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(sa);
+
+	memset(s, 0, sizeof(*s));
+	s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(s->lfd >= 0);
+	assert_int_equal(bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0); /* port 0: free */
+	assert_int_equal(listen(s->lfd, 8), 0);
+	assert_int_equal(getsockname(s->lfd, (struct sockaddr *)&sa, &len), 0);
+	s->port = ntohs(sa.sin_port);
+	assert_int_equal(pipe2(s->stop_fd, O_CLOEXEC), 0);
+	pthread_mutex_init(&s->lock, NULL);
+	s->ctx = modbus_new_tcp("127.0.0.1", s->port); /* only for framing replies */
+	assert_non_null(s->ctx);
+	for (int u = 1; u < NUNITS; u++) {
+		s->map[u] = modbus_mapping_new(8, 8, 32, 8);
+		assert_non_null(s->map[u]);
+		s->exc_addr[u] = -1;
+	}
+	assert_int_equal(pthread_create(&s->th, NULL, srv_main, s), 0);
+}
+
+static void srv_stop(struct srv *s)
+{
+	ssize_t w = write(s->stop_fd[1], "x", 1);
+	(void)w;
+	pthread_join(s->th, NULL);
+	close(s->stop_fd[0]);
+	close(s->stop_fd[1]);
+	close(s->lfd);
+	modbus_set_socket(s->ctx, -1);
+	modbus_free(s->ctx);
+	for (int u = 1; u < NUNITS; u++)
+		modbus_mapping_free(s->map[u]);
+	pthread_mutex_destroy(&s->lock);
+}
+
+/* ---- fixture: config, queue, driver, collected items -------------------------------------- */
+
+struct fx {
+	struct srv srv;
+	char dir[64];
+	struct cgw_config *cfg;
+	struct queue *q;
+	struct driver *drv;
+	struct cgw_item *items;
+	size_t n, cap;
+};
+
+static const char *const profile_tdev =
+	"profile: tdev\n"
+	"class: fire\n"
+	"points:\n"
+	"  - {name: status, table: holding, address: 0, type: uint16, enum: {0: normal, 1: alarm}}\n"
+	"  - {name: temp, table: holding, address: 1, type: int16, scale: 0.1, deadband: 1.0, "
+	"report_every: 1h}\n"
+	"  - {name: flow, table: holding, address: 2, type: float32, order: CDAB, report_every: 200ms}\n"
+	"  - {name: label, table: holding, address: 4, type: 'string:6'}\n"
+	"  - {name: flag3, table: holding, address: 8, type: bits, bit: 3, writable: true}\n"
+	"  - {name: setpoint, table: holding, address: 10, type: uint16, scale: 0.5, writable: true}\n"
+	"  - {name: big, table: holding, address: 12, type: int32, writable: true}\n"
+	"  - {name: relay, table: coil, address: 0, writable: true}\n"
+	"  - {name: door, table: discrete, address: 1}\n"
+	"  - {name: counter, table: input, address: 0, type: uint32}\n";
+
+static const char *const profile_based =
+	"profile: based\n"
+	"class: service\n"
+	"points:\n"
+	"  - {name: v, table: holding, address: 1, type: uint16}\n";
+
+enum {
+	P_STATUS,
+	P_TEMP,
+	P_FLOW,
+	P_LABEL,
+	P_FLAG3,
+	P_SETPOINT,
+	P_BIG,
+	P_RELAY,
+	P_DOOR,
+	P_COUNTER,
+	NPOINTS
+};
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+	char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+static int fx_setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	struct cfg_errors errs = {0};
+	char yaml[2048];
+	int r;
+
+	assert_non_null(f);
+	log_setup(true, LOG_WARNING);
+	srv_start(&f->srv);
+	snprintf(f->dir, sizeof(f->dir), "/tmp/cgw-mbtest.XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	write_file(f->dir, "tdev.yaml", profile_tdev);
+	write_file(f->dir, "based.yaml", profile_based);
+	snprintf(yaml, sizeof(yaml),
+		 "gateway: {id: gw-t, site: t, state_dir: %s}\n"
+		 "profile_dirs: [%s]\n"
+		 "buses:\n"
+		 "  - {name: lan, type: modbus-tcp, host: 127.0.0.1, port: %u, timeout: 250ms,"
+		 " retries: 1, offline_after: 2}\n"
+		 "devices:\n"
+		 "  - {id: d1, name: D1, profile: tdev, bus: lan, unit: 1, poll: 50ms}\n"
+		 "  - {id: d2, name: D2, profile: tdev, bus: lan, unit: 2, poll: 50ms}\n"
+		 "  - {id: d3, name: D3, profile: based, bus: lan, unit: 3, poll: 50ms,"
+		 " address_base: 1}\n",
+		 f->dir, f->dir, f->srv.port);
+	r = config_load_string("test.yaml", yaml, strlen(yaml), &f->cfg, &errs);
+	for (size_t i = 0; i < errs.n; i++)
+		fprintf(stderr, "%s\n", errs.v[i]);
+	cfg_errors_free(&errs);
+	assert_int_equal(r, 0);
+	assert_int_equal(queue_new(&f->q, 1024), 0);
+	*state = f;
+	return 0;
+}
+
+static void fx_open(struct fx *f)
+{
+	struct driver_env env = {.cfg = f->cfg, .bus = 0, .queue = f->q};
+	assert_int_equal(modbus_driver_ops.open(&env, &f->drv), 0);
+}
+
+static int fx_teardown(void **state)
+{
+	struct fx *f = *state;
+	char path[128];
+
+	modbus_driver_ops.close(f->drv);
+	srv_stop(&f->srv);
+	for (size_t i = 0; i < f->n; i++)
+		cgw_value_clear(&f->items[i].value);
+	free(f->items);
+	queue_free(f->q);
+	config_free(f->cfg);
+	snprintf(path, sizeof(path), "%s/tdev.yaml", f->dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/based.yaml", f->dir);
+	unlink(path);
+	rmdir(f->dir);
+	free(f);
+	return 0;
+}
+
+/* Wait up to ms for items and collect them. */
+static void pump(struct fx *f, int ms)
+{
+	struct pollfd pfd = {.fd = queue_fd(f->q), .events = POLLIN};
+	struct cgw_item batch[64];
+	size_t n;
+
+	if (poll(&pfd, 1, ms) <= 0)
+		return;
+	while ((n = queue_pop_batch(f->q, batch, 64)) > 0) {
+		if (f->n + n > f->cap) {
+			f->cap = (f->n + n) * 2;
+			f->items = realloc(f->items, f->cap * sizeof(*f->items));
+			assert_non_null(f->items);
+		}
+		memcpy(f->items + f->n, batch, n * sizeof(*batch));
+		f->n += n;
+	}
+}
+
+struct match {
+	enum cgw_item_kind kind;
+	long device, point; /* -1: any */
+	int quality;        /* -1: any */
+	int online;         /* -1: any */
+	uint64_t token;     /* WRITE_RESULT: 0 any */
+};
+
+static bool matches(const struct cgw_item *it, const struct match *m)
+{
+	return it->kind == m->kind && (m->device < 0 || it->device == (uint32_t)m->device) &&
+	       (m->point < 0 || it->point == (uint32_t)m->point) &&
+	       (m->quality < 0 || it->quality == (enum cgw_quality)m->quality) &&
+	       (m->online < 0 || it->online == (m->online != 0)) &&
+	       (!m->token || it->token == m->token);
+}
+
+/* The index of the first item at or after *from that matches, waiting for
+ * it up to WAIT_MS; *from moves past it. Fails the test if none comes. */
+static struct cgw_item *expect(struct fx *f, size_t *from, struct match m)
+{
+	int64_t end = cgw_mono_ms() + WAIT_MS;
+
+	for (;;) {
+		for (size_t i = *from; i < f->n; i++) {
+			if (matches(&f->items[i], &m)) {
+				*from = i + 1;
+				return &f->items[i];
+			}
+		}
+		int64_t left = end - cgw_mono_ms();
+		if (left <= 0)
+			break;
+		pump(f, (int)left);
+	}
+	fail_msg("no item kind %d device %ld point %ld quality %d online %d within %d ms", m.kind,
+		 m.device, m.point, m.quality, m.online, WAIT_MS);
+	return NULL;
+}
+
+static size_t count(struct fx *f, size_t from, struct match m)
+{
+	size_t n = 0;
+	for (size_t i = from; i < f->n; i++)
+		n += matches(&f->items[i], &m);
+	return n;
+}
+
+static struct match reading(long dev, long point)
+{
+	return (struct match){.kind = CGW_ITEM_READING,
+			      .device = dev,
+			      .point = point,
+			      .quality = CGW_Q_GOOD,
+			      .online = -1};
+}
+
+static struct match dstate(long dev, bool online)
+{
+	return (struct match){.kind = CGW_ITEM_DEVICE_STATE,
+			      .device = dev,
+			      .point = -1,
+			      .quality = -1,
+			      .online = online};
+}
+
+static struct driver_dev_stats dev_stats(struct fx *f, uint32_t dev)
+{
+	struct driver_stats st;
+	struct driver_dev_stats ds = {0};
+
+	assert_int_equal(modbus_driver_ops.status(f->drv, &st), 0);
+	for (size_t i = 0; i < st.n_devices; i++)
+		if (st.devices[i].device == dev)
+			ds = st.devices[i];
+	free(st.devices);
+	return ds;
+}
+
+/* Wait until the device has answered n more polls than now (collecting items). */
+static void wait_polls(struct fx *f, uint32_t dev, uint64_t n)
+{
+	uint64_t target = dev_stats(f, dev).polls_done + n;
+	int64_t end = cgw_mono_ms() + WAIT_MS;
+
+	while (dev_stats(f, dev).polls_done < target) {
+		assert_true(cgw_mono_ms() < end);
+		pump(f, 10);
+	}
+	pump(f, 0);
+}
+
+/* Requests per answered poll between two snapshots, rounded: a snapshot
+ * may fall inside a cycle. */
+static uint64_t per_cycle(const struct driver_dev_stats *a, const struct driver_dev_stats *b)
+{
+	uint64_t polls = b->polls_done - a->polls_done;
+	return (b->requests - a->requests + polls / 2) / polls;
+}
+
+static void set_reg(struct fx *f, int unit, int addr, uint16_t v)
+{
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.map[unit]->tab_registers[addr] = v;
+	pthread_mutex_unlock(&f->srv.lock);
+}
+
+static uint16_t get_reg(struct fx *f, int unit, int addr)
+{
+	pthread_mutex_lock(&f->srv.lock);
+	uint16_t v = f->srv.map[unit]->tab_registers[addr];
+	pthread_mutex_unlock(&f->srv.lock);
+	return v;
+}
+
+static void set_float_cdab(struct fx *f, int unit, int addr, double d)
+{
+	struct mb_format fmt = MB_FORMAT_INIT;
+	struct cgw_value v = {.type = CGW_V_DOUBLE, .d = d};
+	uint16_t regs[2];
+	unsigned n;
+
+	fmt.type = CGW_T_FLOAT32;
+	fmt.order = CGW_ORDER_CDAB;
+	assert_int_equal(mbd_encode_regs(&fmt, &v, regs, 2, &n), 0);
+	set_reg(f, unit, addr, regs[0]);
+	set_reg(f, unit, addr + 1, regs[1]);
+}
+
+/* ---- tests ---------------------------------------------------------------------------- */
+
+static void test_values_decoded(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0;
+	struct cgw_item *it;
+
+	set_reg(f, 1, 0, 1);                       /* status alarm */
+	set_reg(f, 1, 1, (uint16_t)(int16_t)-235); /* temp -23.5 */
+	set_float_cdab(f, 1, 2, 123.456);
+	set_reg(f, 1, 4, ('A' << 8) | 'B');
+	set_reg(f, 1, 5, ('C' << 8) | 0);
+	set_reg(f, 1, 8, 1u << 3);
+	set_reg(f, 1, 10, 40); /* setpoint 20.0 */
+	set_reg(f, 1, 12, 0xFFFF);
+	set_reg(f, 1, 13, 0xFFFE); /* big -2 */
+	f->srv.map[1]->tab_bits[0] = 1;
+	f->srv.map[1]->tab_input_bits[1] = 1;
+	f->srv.map[1]->tab_input_registers[0] = 1;
+	f->srv.map[1]->tab_input_registers[1] = 4464; /* 70000 */
+	f->srv.map[3]->tab_registers[0] = 77;         /* d3's address 1, base 1 */
+	fx_open(f);
+
+	it = expect(f, &at, reading(0, P_STATUS));
+	assert_int_equal(it->value.type, CGW_V_UINT); /* enums go raw */
+	assert_int_equal(it->value.u, 1);
+	at = 0;
+	it = expect(f, &at, reading(0, P_TEMP));
+	assert_int_equal(it->value.type, CGW_V_DOUBLE);
+	assert_true(fabs(it->value.d - -23.5) < 1e-9);
+	at = 0;
+	it = expect(f, &at, reading(0, P_FLOW));
+	assert_true(fabs(it->value.d - 123.456) < 1e-4);
+	at = 0;
+	it = expect(f, &at, reading(0, P_LABEL));
+	assert_int_equal(it->value.type, CGW_V_STRING);
+	assert_string_equal(it->value.s, "ABC");
+	at = 0;
+	it = expect(f, &at, reading(0, P_FLAG3));
+	assert_int_equal(it->value.type, CGW_V_BOOL);
+	assert_true(it->value.b);
+	at = 0;
+	it = expect(f, &at, reading(0, P_SETPOINT));
+	assert_true(fabs(it->value.d - 20.0) < 1e-9);
+	at = 0;
+	it = expect(f, &at, reading(0, P_BIG));
+	assert_int_equal(it->value.i, -2);
+	at = 0;
+	it = expect(f, &at, reading(0, P_RELAY));
+	assert_true(it->value.b);
+	at = 0;
+	it = expect(f, &at, reading(0, P_DOOR));
+	assert_true(it->value.b);
+	at = 0;
+	it = expect(f, &at, reading(0, P_COUNTER));
+	assert_int_equal(it->value.u, 70000);
+	at = 0;
+	it = expect(f, &at, reading(2, 0));
+	assert_int_equal(it->value.u, 77);
+	at = 0;
+	expect(f, &at, dstate(0, true));
+	at = 0;
+	expect(f, &at, dstate(2, true));
+	assert_true(it->ts_ms > 0);
+
+	/* holding 0..13 is one read (gaps bridged), then coil, discrete, input */
+	wait_polls(f, 0, 1);
+	struct driver_dev_stats a = dev_stats(f, 0);
+	wait_polls(f, 0, 20);
+	struct driver_dev_stats b = dev_stats(f, 0);
+	assert_int_equal(per_cycle(&a, &b), 4);
+	assert_int_equal(b.timeouts + b.exceptions + b.crc_errors + b.conn_errors, 0);
+	assert_true(b.online);
+	assert_true(b.rtt_ms_avg > 0);
+}
+
+static void test_deadband_and_report_every(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0, mark;
+	struct cgw_item *it;
+
+	set_reg(f, 1, 1, 100); /* temp 10.0, deadband 1.0 */
+	set_float_cdab(f, 1, 2, 5.0);
+	fx_open(f);
+	it = expect(f, &at, reading(0, P_TEMP));
+	assert_true(fabs(it->value.d - 10.0) < 1e-9);
+
+	/* within the deadband: nothing during several polls */
+	set_reg(f, 1, 1, 109);
+	wait_polls(f, 0, 1); /* the change is in effect from the next poll */
+	mark = f->n;
+	wait_polls(f, 0, 5);
+	assert_int_equal(count(f, mark, reading(0, P_TEMP)), 0);
+	/* the deadband is against the last value sent, not the last read */
+	set_reg(f, 1, 1, 111);
+	at = mark;
+	it = expect(f, &at, reading(0, P_TEMP));
+	assert_true(fabs(it->value.d - 11.1) < 1e-9);
+
+	/* unchanged flow is re-sent every 200 ms, not every 50 ms poll */
+	at = 0;
+	struct cgw_item *first = expect(f, &at, reading(0, P_FLOW));
+	int64_t t0 = first->ts_ms;
+	it = expect(f, &at, reading(0, P_FLOW));
+	int64_t t1 = it->ts_ms;
+	it = expect(f, &at, reading(0, P_FLOW));
+	assert_true(fabs(it->value.d - 5.0) < 1e-9);
+	assert_true(t1 - t0 >= 190);
+	assert_true(it->ts_ms - t1 >= 190);
+	/* unchanged status (report_every 1m) is not re-sent */
+	assert_int_equal(count(f, 0, reading(0, P_STATUS)), 1);
+}
+
+static void test_offline_and_back(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0, mark;
+	struct match stale = {.kind = CGW_ITEM_READING,
+			      .device = 1,
+			      .point = -1,
+			      .quality = CGW_Q_STALE,
+			      .online = -1};
+
+	fx_open(f);
+	expect(f, &at, dstate(1, true));
+	wait_polls(f, 1, 1);
+	mark = f->n;
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.silent[2] = true;
+	pthread_mutex_unlock(&f->srv.lock);
+
+	at = mark;
+	expect(f, &at, dstate(1, false));
+	/* every point is stale once, with no value */
+	for (long p = 0; p < NPOINTS; p++) {
+		size_t a2 = mark;
+		struct cgw_item *it = expect(f, &a2,
+					     (struct match){.kind = CGW_ITEM_READING,
+							    .device = 1,
+							    .point = p,
+							    .quality = CGW_Q_STALE,
+							    .online = -1});
+		assert_int_equal(it->value.type, CGW_V_NONE);
+	}
+	/* offline_after 2, retries 1: two failed cycles of two timed-out tries */
+	struct driver_dev_stats ds = dev_stats(f, 1);
+	assert_true(ds.timeouts >= 4);
+	assert_false(ds.online);
+	assert_string_equal(ds.last_error, "timeout");
+
+	/* the other device keeps going while d2 is offline */
+	wait_polls(f, 0, 3);
+	/* probed, not polled every 50 ms: one try every 1 s (4 timeouts) */
+	uint64_t req0 = dev_stats(f, 1).requests;
+	int64_t t0 = cgw_mono_ms(), end = t0 + WAIT_MS;
+	while (dev_stats(f, 1).requests == req0) {
+		assert_true(cgw_mono_ms() < end);
+		pump(f, 10);
+	}
+	wait_polls(f, 0, 2); /* the bus served d1 again: the probe is over */
+	assert_int_equal(dev_stats(f, 1).requests - req0, 1);
+	req0 = dev_stats(f, 1).requests;
+	wait_polls(f, 0, 6);
+	assert_int_equal(dev_stats(f, 1).requests, req0);
+	/* and no repeated stale items */
+	assert_int_equal(count(f, mark, stale), NPOINTS);
+	assert_int_equal(count(f, mark, dstate(1, false)), 1);
+
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.silent[2] = false;
+	f->srv.map[2]->tab_registers[0] = 1;
+	pthread_mutex_unlock(&f->srv.lock);
+	mark = f->n;
+	at = mark;
+	expect(f, &at, dstate(1, true));
+	at = mark;
+	struct cgw_item *it = expect(f, &at, reading(1, P_STATUS));
+	assert_int_equal(it->value.u, 1);
+	/* every point is sent again after the episode, unchanged or not */
+	at = mark;
+	expect(f, &at, reading(1, P_TEMP));
+	assert_true(dev_stats(f, 1).online);
+	assert_int_equal(count(f, 0, dstate(0, false)), 0);
+}
+
+static void test_split_after_exception(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0, mark;
+	struct cgw_item *it;
+	struct match bad = {.kind = CGW_ITEM_READING,
+			    .device = 0,
+			    .point = P_FLAG3,
+			    .quality = CGW_Q_BAD,
+			    .online = -1};
+
+	f->srv.exc_addr[1] = 8; /* flag3: the device does not have register 8 */
+	set_reg(f, 1, 0, 1);
+	set_reg(f, 1, 12, 0);
+	set_reg(f, 1, 13, 9);
+	fx_open(f);
+
+	it = expect(f, &at, bad);
+	assert_int_equal(it->value.type, CGW_V_NONE);
+	/* the rest of the merged read still comes through */
+	at = 0;
+	it = expect(f, &at, reading(0, P_STATUS));
+	assert_int_equal(it->value.u, 1);
+	at = 0;
+	it = expect(f, &at, reading(0, P_BIG));
+	assert_int_equal(it->value.i, 9);
+	at = 0;
+	expect(f, &at, dstate(0, true));
+
+	/* bad once per episode; the split is kept: one exception per cycle */
+	wait_polls(f, 0, 2);
+	struct driver_dev_stats a = dev_stats(f, 0);
+	mark = f->n;
+	wait_polls(f, 0, 20);
+	struct driver_dev_stats b = dev_stats(f, 0);
+	assert_int_equal(count(f, 0, bad), 1);
+	assert_true(b.exceptions - a.exceptions + 1 >= b.polls_done - a.polls_done);
+	assert_true(b.exceptions - a.exceptions <= b.polls_done - a.polls_done + 1);
+	/* holding 0..6, 8, 10, 12..13 + coil + discrete + input */
+	assert_int_equal(per_cycle(&a, &b), 7);
+	assert_true(b.online);
+	assert_int_equal(count(f, mark,
+			       (struct match){.kind = CGW_ITEM_READING,
+					      .device = 0,
+					      .point = P_STATUS,
+					      .quality = -1,
+					      .online = -1}),
+			 0);
+
+	/* the register appears: the point is good again */
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.exc_addr[1] = -1;
+	pthread_mutex_unlock(&f->srv.lock);
+	at = mark;
+	expect(f, &at, reading(0, P_FLAG3));
+}
+
+static void test_writes(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0;
+	struct cgw_item *it;
+	struct cgw_value v;
+
+	set_reg(f, 1, 8, 0x8001);
+	fx_open(f);
+	expect(f, &at, dstate(0, true));
+
+	v = (struct cgw_value){.type = CGW_V_DOUBLE, .d = 21.5}; /* scale 0.5 -> 43 */
+	assert_int_equal(modbus_driver_ops.write(f->drv, 0, P_SETPOINT, &v, 101), 0);
+	v = (struct cgw_value){.type = CGW_V_BOOL, .b = true}; /* bit 3 of 0x8001 */
+	assert_int_equal(modbus_driver_ops.write(f->drv, 0, P_FLAG3, &v, 102), 0);
+	v = (struct cgw_value){.type = CGW_V_INT, .i = -100000}; /* two registers: FC16 */
+	assert_int_equal(modbus_driver_ops.write(f->drv, 0, P_BIG, &v, 103), 0);
+	v = (struct cgw_value){.type = CGW_V_BOOL, .b = true};
+	assert_int_equal(modbus_driver_ops.write(f->drv, 0, P_RELAY, &v, 104), 0);
+	v = (struct cgw_value){.type = CGW_V_UINT, .u = 70000}; /* too big for uint16 */
+	assert_int_equal(modbus_driver_ops.write(f->drv, 0, P_SETPOINT, &v, 105), 0);
+
+	for (uint64_t tok = 101; tok <= 104; tok++) {
+		size_t a2 = 0;
+		it = expect(f, &a2,
+			    (struct match){.kind = CGW_ITEM_WRITE_RESULT,
+					   .device = 0,
+					   .point = -1,
+					   .quality = -1,
+					   .online = -1,
+					   .token = tok});
+		assert_int_equal(it->result, 0);
+		assert_int_equal(it->value.type, CGW_V_NONE);
+	}
+	assert_int_equal(get_reg(f, 1, 10), 43);
+	assert_int_equal(get_reg(f, 1, 8), 0x8009);
+	assert_int_equal((int32_t)(((uint32_t)get_reg(f, 1, 12) << 16) | get_reg(f, 1, 13)),
+			 -100000);
+	assert_int_equal(f->srv.map[1]->tab_bits[0], 1);
+	at = 0;
+	it = expect(f, &at,
+		    (struct match){.kind = CGW_ITEM_WRITE_RESULT,
+				   .device = 0,
+				   .point = -1,
+				   .quality = -1,
+				   .online = -1,
+				   .token = 105});
+	assert_int_equal(it->result, -ERANGE);
+	assert_int_equal(it->value.type, CGW_V_STRING);
+	/* the new value is read back and reported */
+	at = 0;
+	expect(f, &at, reading(0, P_SETPOINT));
+	it = expect(f, &at, reading(0, P_SETPOINT));
+	assert_true(fabs(it->value.d - 21.5) < 1e-9);
+
+	/* refused at once: not writable, not on this bus, no such point */
+	v = (struct cgw_value){.type = CGW_V_UINT, .u = 1};
+	assert_int_equal(modbus_driver_ops.write(f->drv, 0, P_STATUS, &v, 1), -EINVAL);
+	assert_int_equal(modbus_driver_ops.write(f->drv, 0, NPOINTS, &v, 1), -EINVAL);
+	assert_int_equal(modbus_driver_ops.write(f->drv, 99, 0, &v, 1), -EINVAL);
+}
+
+static void test_write_queue_full_and_close(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0;
+	int busy = 0, queued = 0;
+	struct cgw_value v = {.type = CGW_V_UINT, .u = 1};
+
+	fx_open(f);
+	expect(f, &at, dstate(1, true));
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.silent[2] = true;
+	pthread_mutex_unlock(&f->srv.lock);
+	/* each write to the silent device blocks the worker 2 x 250 ms */
+	for (int i = 0; i < 40; i++) {
+		int r = modbus_driver_ops.write(f->drv, 1, P_SETPOINT, &v, (uint64_t)(i + 1));
+		if (r == -EBUSY)
+			busy++;
+		else if (r == 0)
+			queued++;
+		else
+			fail_msg("write: %d", r);
+	}
+	assert_true(busy > 0);
+	assert_true(queued >= 32 && queued <= 35);
+	at = 0;
+	struct cgw_item *it = expect(f, &at,
+				     (struct match){.kind = CGW_ITEM_WRITE_RESULT,
+						    .device = 1,
+						    .point = -1,
+						    .quality = -1,
+						    .online = -1,
+						    .token = 1});
+	assert_int_equal(it->result, -ETIMEDOUT);
+	assert_string_equal(it->value.s, "timeout");
+
+	/* close stops within the request in progress, with writes still queued */
+	int64_t t0 = cgw_mono_ms();
+	modbus_driver_ops.close(f->drv);
+	f->drv = NULL;
+	assert_true(cgw_mono_ms() - t0 < 1500);
+}
+
+static void test_reconnect(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0;
+
+	fx_open(f);
+	expect(f, &at, dstate(0, true));
+	wait_polls(f, 0, 2);
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.kick = true; /* the server drops the connection */
+	pthread_mutex_unlock(&f->srv.lock);
+	/* the worker notices, reconnects and polls again */
+	int64_t end = cgw_mono_ms() + WAIT_MS;
+	uint64_t conn = 0;
+	while ((conn = dev_stats(f, 0).conn_errors + dev_stats(f, 1).conn_errors +
+		       dev_stats(f, 2).conn_errors) == 0) {
+		assert_true(cgw_mono_ms() < end);
+		pump(f, 10);
+	}
+	wait_polls(f, 0, 3);
+	struct driver_stats st;
+	assert_int_equal(modbus_driver_ops.status(f->drv, &st), 0);
+	assert_true(st.connected);
+	assert_true(st.errors >= 1);
+	assert_int_equal(st.n_devices, 3);
+	free(st.devices);
+	/* a dropped connection is not a device failure: nobody went offline */
+	assert_int_equal(count(f, 0, dstate(0, false)), 0);
+}
+
+static void test_open_refuses(void **state)
+{
+	struct fx *f = *state;
+	struct driver_env env = {.cfg = f->cfg, .bus = 5, .queue = f->q};
+	struct driver *d = (struct driver *)1;
+
+	assert_int_equal(modbus_driver_ops.open(&env, &d), -EINVAL);
+	assert_null(d);
+	modbus_driver_ops.close(NULL);
+	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_RTU), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_TCP), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(CFG_BUS_MQTT), &mqtt_ingest_ops);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_values_decoded, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_deadband_and_report_every, fx_setup,
+						fx_teardown),
+		cmocka_unit_test_setup_teardown(test_offline_and_back, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_split_after_exception, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_writes, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_write_queue_full_and_close, fx_setup,
+						fx_teardown),
+		cmocka_unit_test_setup_teardown(test_reconnect, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_open_refuses, fx_setup, fx_teardown),
+	};
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests_name("modbus_driver", tests, NULL, NULL);
+}
