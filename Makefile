@@ -56,7 +56,7 @@ DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev 
 DEPS_RUN   := mosquitto mosquitto-clients
 DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl
 
-.PHONY: all run test asan bench fuzz install clean deps deps-test check-config format
+.PHONY: all run test asan bench fuzz install clean deps deps-test check-config format test-faults soak
 .DELETE_ON_ERROR:
 
 all: $(PROGS) $(TOOL_BIN)
@@ -114,6 +114,16 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(BENCH_BIN)
 	@tests/run.sh $(B)
+
+# the long fault suite: 20 SIGKILLs under load, a minute-long bad-input storm
+test-faults: deps
+	@$(MAKE) --no-print-directory all
+	@CGW_BUILD=$(CURDIR)/$(B) FAULT_KILLS=20 FAULT_SECONDS=60 bash tests/integration/faults.sh
+
+# 30 minutes of the demo community at 10x speed: RSS and fds printed over time
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@tests/soak.sh $(B)
 
 asan:
 	@$(MAKE) --no-print-directory deps
