@@ -63,32 +63,39 @@ all: $(PROGS) $(TOOL_BIN)
 
 $(B)/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
 $(B)/libcgw.a: $(LIB_OBJ)
 	@rm -f $@
-	$(AR) rcs $@ $^
+	@$(AR) rcs $@ $^
 
 $(B)/cgwd: $(B)/daemon/main.o $(B)/libcgw.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/cgwctl: $(B)/daemon/cgwctl.o $(B)/libcgw.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/cgw-sim: $(SIM_SRC:%.c=$(B)/%.o) $(B)/libcgw.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/tests/%: tests/unit/%.c $(HELP_SRC) $(B)/libcgw.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(HELP_SRC) $(B)/libcgw.a $(LDFLAGS) $(LDLIBS) $(CMOCKA_LIBS)
+	@echo "  CCLD    $@"
+	@$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(HELP_SRC) $(B)/libcgw.a $(LDFLAGS) $(LDLIBS) $(CMOCKA_LIBS)
 
 $(B)/bench/%: tests/bench/%.c $(B)/libcgw.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(B)/libcgw.a $(LDFLAGS) $(LDLIBS)
+	@echo "  CCLD    $@"
+	@$(CC) $(CFLAGS) -o $@ $< $(B)/libcgw.a $(LDFLAGS) $(LDLIBS)
 
 $(B)/tools/%: tests/tools/%.c $(B)/libcgw.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(B)/libcgw.a $(LDFLAGS) $(LDLIBS)
+	@echo "  CCLD    $@"
+	@$(CC) $(CFLAGS) -o $@ $< $(B)/libcgw.a $(LDFLAGS) $(LDLIBS)
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
 
