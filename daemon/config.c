@@ -23,6 +23,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <mosquitto.h>
+
+#include "json_path.h"
+#include "metrics.h"
 #include "modbus_decode.h"
 
 #ifndef CGW_DATADIR
@@ -1758,9 +1762,22 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 		}
 		pt->mqtt = !mb;
 		if (pt->mqtt) {
+			const char *why = NULL;
 			n_mqtt++;
 			if (pt->type < 0)
 				pt->type = CGW_T_NUMBER;
+			if (pt->topic && mosquitto_sub_topic_check(pt->topic) != MOSQ_ERR_SUCCESS) {
+				err_at(ld, o->file, key_line(&point_tab, o, "topic"),
+				       "point '%s': '%s' is not a valid MQTT topic filter", pt->name,
+				       pt->topic);
+				nerr++;
+			}
+			if (pt->json && *pt->json && jp_path_check(pt->json, &why) < 0) {
+				err_at(ld, o->file, key_line(&point_tab, o, "json"),
+				       "point '%s': json path '%s': %s", pt->name, pt->json,
+				       why ? why : "invalid");
+				nerr++;
+			}
 			if (!pt->topic && !key_given(&point_tab, o, "json")) {
 				err_at(ld, o->file, o->line,
 				       "point '%s': needs table and address (Modbus) or topic/json (MQTT)",
@@ -2286,6 +2303,11 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 			err_at(ld, o->file, o->line,
 			       "device '%s': missing required key 'topic' (on an mqtt bus)", d->id);
 			nerr++;
+		} else if (mosquitto_pub_topic_check(d->topic) != MOSQ_ERR_SUCCESS) {
+			err_at(ld, o->file, key_line(&device_tab, o, "topic"),
+			       "device '%s': topic '%s': no wildcards or empty levels in a device topic",
+			       d->id, d->topic);
+			nerr++;
 		}
 		if (d->stale_after_ms < 0)
 			d->stale_after_ms = b->stale_after_ms;
@@ -2302,9 +2324,15 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 			       "device '%s': missing required key 'unit' (on a modbus-rtu bus)", d->id);
 			nerr++;
 		}
-		if (b->type == CFG_BUS_MODBUS_RTU && d->unit == 0) {
+		if (b->type == CFG_BUS_MODBUS_RTU && (d->unit == 0 || d->unit > 247)) {
 			err_at(ld, o->file, key_line(&device_tab, o, "unit"),
-			       "device '%s': unit 0 is the broadcast address on RTU; use 1..247", d->id);
+			       "device '%s': unit %lld: RTU unit ids are 1..247 (0 is broadcast)", d->id,
+			       (long long)d->unit);
+			nerr++;
+		} else if (d->unit > 247 && d->unit != 255) {
+			err_at(ld, o->file, key_line(&device_tab, o, "unit"),
+			       "device '%s': unit %lld: Modbus unit ids are 0..247, or 255 on TCP", d->id,
+			       (long long)d->unit);
 			nerr++;
 		}
 		if (d->timeout_ms < 0)
@@ -2385,6 +2413,16 @@ static int check_all(struct loader *ld)
 		nerr += check_device(ld, &cfg->devices[i]);
 		if (cfg->devices[i].bus < cfg->n_buses)
 			cfg->buses[cfg->devices[i].bus].n_devices++;
+	}
+	if (cfg->metrics.listen && ld->seen_metrics) {
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		if (metrics_parse_listen(cfg->metrics.listen, &ss, &sl) < 0) {
+			err_at(ld, cfg->metrics.o.file, key_line(&metrics_tab, &cfg->metrics.o, "listen"),
+			       "metrics: listen '%s' is not ADDRESS:PORT (e.g. 127.0.0.1:9273)",
+			       cfg->metrics.listen);
+			nerr++;
+		}
 	}
 	if (cfg->n_uplinks > 32) {
 		err_at(ld, cfg->path, 1, "at most 32 uplinks");

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <curl/curl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <mosquitto.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -117,6 +118,7 @@ static void reload(struct daemon *d)
 	} else if (core_reload(d->core, cfg) < 0) {
 		log_err("main", "reload could not be applied: keeping the running configuration");
 	} else {
+		malloc_trim(0);
 		log_notice("main", "configuration reloaded (%016llx)",
 			   (unsigned long long)core_config(d->core)->hash);
 	}
@@ -212,6 +214,8 @@ int main(int argc, char **argv)
 		cfg_errors_free(&errs);
 		return 2;
 	}
+	/* the YAML parser leaves freed heap behind: give it back */
+	malloc_trim(0);
 	if (check) {
 		config_print_summary(cfg, stdout);
 		if (verbose)

@@ -14,6 +14,12 @@ logdir=$CGW_BUILD/test-logs
 rm -rf "$logdir"; mkdir -p "$logdir"
 pass=0 fail=0
 failed_suites=()
+# Sanitizer reports of every process (daemons started by the integration
+# suites included) land here; any report is a failure, even from a process
+# whose exit status nobody checks.
+mkdir -p "$logdir/san"
+export ASAN_OPTIONS="log_path=$logdir/san/asan:detect_leaks=1:abort_on_error=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="print_stacktrace=1:log_path=$logdir/san/ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 
 run_suite() { # name cmd...
 	local name=$1; shift
@@ -43,6 +49,16 @@ for t in tests/config/run.sh tests/integration/*.sh; do
 	run_suite "$(basename "$(dirname "$t")")/$(basename "$t" .sh)" bash "$t"
 done
 
+reports=$(ls "$logdir/san" 2>/dev/null | wc -l)
+if [ "$reports" -gt 0 ]; then
+	fail=$((fail + reports))
+	failed_suites+=("sanitizers")
+	echo "sanitizer reports: $reports (in $logdir/san)"
+	head -n 20 "$logdir"/san/* | sed 's/^/    /'
+else
+	pass=$((pass + 1))
+	printf '%-32s %4d passed, %d failed\n' "sanitizer reports (none)" 1 0
+fi
 [ ${#failed_suites[@]} -eq 0 ] || echo "failed suites: ${failed_suites[*]}"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
