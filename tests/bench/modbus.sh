@@ -122,4 +122,23 @@ BEGIN {
 }'
 rc=$?
 kill -TERM "$POLL_PID" "$REF_PID" 2>/dev/null
+
+# The whole daemon on the same load: drivers, core, alarm rules, store and
+# the MQTT uplink to a local broker with a subscriber, over the same window.
+mq=$(free_port)
+start_mosquitto "$mq"
+sed -i "s|^gateway: .*|gateway: {id: gw-bench, site: bench, state_dir: $TMP/state}\nmetrics: {enabled: false}\ncontrol: {socket: $TMP/cgwd.sock}\nuplinks: [{name: platform, type: mqtt, url: \"mqtt://127.0.0.1:$mq\"}]|" "$TMP/cgw.yaml"
+mkdir -p "$TMP/state"
+bg_start mosquitto_sub -p "$mq" -q 1 -t 'cgw/#' >"$TMP/sub.out" 2>/dev/null
+bg_start "$CGW_BUILD/cgwd" -c "$TMP/cgw.yaml" -f 2>"$TMP/cgwd.log"
+D_PID=$BG_PID
+sleep "$WARMUP"
+d_t0=$(ticks "$D_PID"); d_ms0=$(now_ms); d_n0=$(wc -l <"$TMP/sub.out")
+sleep "$WINDOW"
+d_t1=$(ticks "$D_PID"); d_ms1=$(now_ms); d_n1=$(wc -l <"$TMP/sub.out")
+awk -v hz="$HZ" -v t=$((d_t1 - d_t0)) -v ms=$((d_ms1 - d_ms0)) -v n=$((d_n1 - d_n0)) \
+	-v rss="$(rss_kb "$D_PID")" -v hwm="$(hwm_kb "$D_PID")" 'BEGIN {
+	printf "  whole cgwd (drivers + core + store + MQTT uplink): CPU %.2f %% of one core, RSS %.1f MB (peak %.1f MB), %.0f messages/s to the subscriber\n",
+		100 * (t / hz) / (ms / 1000), rss / 1024, hwm / 1024, n / (ms / 1000) }'
+kill -TERM "$D_PID" 2>/dev/null
 exit $rc

@@ -47,7 +47,9 @@ static const char locker_profile[] =
 	"  - {name: door, topic: door/+, json: state, enum: {0: closed, 1: open}}\n"
 	"  - {name: parcel, topic: parcel, json: action, type: string, event: true}\n"
 	"  - {name: raw, topic: raw, type: int16}\n"
-	"  - {name: broken, topic: \"x/#/y\", type: string}\n"
+	/* (an invalid filter such as x/#/y is refused by the configuration
+	 * check now; this point keeps the indices of the ones after it) */
+	"  - {name: note, topic: status, json: note, type: string}\n"
 	"  - {name: first_id, topic: list, json: items.0.id, type: string}\n";
 
 /* one point on every locker's status: overlaps the lockers' own filters */
@@ -301,13 +303,11 @@ static void test_filters(void **state)
 		"lockers/a/list",   "lockers/b/status", "lockers/b/door/+", "lockers/b/parcel",
 		"lockers/b/raw",    "lockers/b/list",   "lockers/+/status"};
 
-	/* three status points of a device share one filter; the invalid one
-	 * is left out and said so */
+	/* the status points of a device share one filter */
 	assert_int_equal(n, sizeof(want) / sizeof(want[0]));
 	for (size_t i = 0; i < n; i++)
 		assert_string_equal(mqtt_ingest_filter(fx->d, i), want[i]);
 	assert_null(mqtt_ingest_filter(fx->d, n));
-	assert_int_equal(log_count(fx, "'lockers/a/x/#/y' is not a valid MQTT topic filter"), 1);
 	assert_int_equal(mqtt_ingest_ops.write(fx->d, 0, 0, NULL, 1), -ENOTSUP);
 }
 
