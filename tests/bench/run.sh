@@ -37,6 +37,7 @@ for b in "$CGW_BUILD"/bench/bench_*; do
 	run "$(basename "$b")" "$B/bench/$(basename "$b")"
 done
 for s in tests/bench/*.sh; do
+	[ "$(basename "$s")" = run.sh ] && continue
 	[ -f "$s" ] || continue
 	run "$(basename "$s" .sh)" bash "$s" "$B"
 done
