@@ -17,8 +17,12 @@ wait_count() { # pattern file n timeout_s
 }
 
 # --- cgwd: drain a backlog of N telemetry messages ---
+# every broker in this bench: no queue limit (the default 1000 drops QoS 1
+# messages of a slow consumer) and TCP_NODELAY, the same for both sides
+BROKER_OPTS='user root\nmax_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n'
 p1=$(free_port)
-start_mosquitto "$p1"
+printf "listener %s 127.0.0.1\nallow_anonymous true\n$BROKER_OPTS" "$p1" >"$TMP/p1.conf"
+bg_start mosquitto -c "$TMP/p1.conf" >/dev/null 2>&1; wait_for 5 port_open "$p1"
 mkdir -p "$TMP/state"
 cat >"$TMP/cgw.yaml" <<Y
 gateway: {id: gw-bench, site: s, state_dir: $TMP/state}
@@ -42,9 +46,9 @@ size=$(head -1 "$TMP/sub1" | cut -d' ' -f2- | wc -c)
 
 # --- reference: mosquitto bridge A -> B, same count and size, QoS 1 ---
 pa=$(free_port); pb=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nuser root\n' "$pb" >"$TMP/b.conf"
+printf "listener %s 127.0.0.1\nallow_anonymous true\n$BROKER_OPTS" "$pb" >"$TMP/b.conf"
 bg_start mosquitto -c "$TMP/b.conf" >/dev/null 2>&1; wait_for 5 port_open "$pb"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nuser root\nconnection br\naddress 127.0.0.1:%s\ntopic ref/# out 1\n' "$pa" "$pb" >"$TMP/a.conf"
+printf "listener %s 127.0.0.1\nallow_anonymous true\n${BROKER_OPTS}connection br\naddress 127.0.0.1:%s\ntopic ref/# out 1\n" "$pa" "$pb" >"$TMP/a.conf"
 bg_start mosquitto -c "$TMP/a.conf" >/dev/null 2>&1; wait_for 5 port_open "$pa"
 bg_start mosquitto_sub -p "$pb" -q 1 -t 'ref/#' >"$TMP/sub2" 2>/dev/null
 sleep 1 # the bridge connects by itself; nothing to poll for
