@@ -1327,6 +1327,46 @@ static void on_yaml_diag(struct fy_diag *diag, void *user, const char *buf, size
 	snprintf(yd->msg, sizeof(yd->msg), "%.*s", (int)strcspn(e + 9, "\n"), e + 9);
 }
 
+/* Offset of the first byte that is not valid UTF-8 (or a NUL), or len.
+ * YAML is UTF-8 text, and libfyaml 0.7 can loop forever on some invalid
+ * sequences (found by fuzz_config), so they never reach it. */
+static size_t utf8_invalid_at(const unsigned char *p, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		unsigned char c = p[i];
+		size_t n;
+		uint32_t cp;
+
+		if (c == 0)
+			return i;
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			n = 1, cp = c & 0x1f;
+		else if (c >= 0xe0 && c <= 0xef)
+			n = 2, cp = c & 0x0f;
+		else if (c >= 0xf0 && c <= 0xf4)
+			n = 3, cp = c & 0x07;
+		else
+			return i;
+		for (size_t k = 1; k <= n; k++) {
+			if (i + k >= len || (p[i + k] & 0xc0) != 0x80)
+				return i;
+			cp = (cp << 6) | (p[i + k] & 0x3f);
+		}
+		/* overlong forms, surrogates, beyond U+10FFFF */
+		if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
+			return i;
+		i += n + 1;
+	}
+	return len;
+}
+
 /* Parse YAML text into a document; syntax errors become FILE:LINE errors. */
 static struct fy_document *parse_yaml(struct loader *ld, const char *file, const char *text,
 				      size_t len)
@@ -1336,7 +1376,17 @@ static struct fy_document *parse_yaml(struct loader *ld, const char *file, const
 	struct fy_diag *diag;
 	struct fy_parse_cfg pcfg;
 	struct fy_document *doc;
+	size_t bad = utf8_invalid_at((const unsigned char *)text, len);
 
+	if (bad < len) {
+		int line = 1;
+		for (size_t i = 0; i < bad; i++)
+			line += text[i] == '\n';
+		err_at(ld, file, line, "not UTF-8 text (byte 0x%02x); YAML files must be UTF-8",
+		       (unsigned char)text[bad]);
+		ld->yaml_failed = true;
+		return NULL;
+	}
 	fy_diag_cfg_default(&dcfg);
 	dcfg.fp = NULL;
 	dcfg.output_fn = on_yaml_diag;
