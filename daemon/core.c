@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "alarm.h"
+#include "command.h"
 #include "driver.h"
 #include "log.h"
 #include "modbus_decode.h"
@@ -66,6 +67,8 @@ struct core {
 	uint32_t tele_dev;
 	int64_t tele_ts;
 	uint64_t readings, messages, enqueue_errors;
+	uint64_t bad_commands;
+	int64_t bad_command_logged_ms;
 	char **forget; /* restored alarms that no longer match the configuration */
 	size_t n_forget;
 	struct cgw_item items[POP_BATCH];
@@ -318,12 +321,11 @@ static int parse_write_value(const struct cfg_point *pt, json_t *jv, struct cgw_
 /* Runs one command. Returns the immediate result, or NULL when the outcome
  * will come later (a write in flight). */
 static void run_command(struct core *c, const struct reply_to *rt, const char *source,
-			uint32_t dev, const char *command_id, json_t *req)
+			uint32_t dev, const struct command *cmd)
 {
 	const struct cfg_device *d = &c->cfg->devices[dev];
 	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
-	const char *action = json_string_value(json_object_get(req, "action"));
-	const char *by = json_string_value(json_object_get(req, "by"));
+	const char *action = cmd->action, *by = cmd->by, *command_id = cmd->id;
 	char who[160];
 
 	snprintf(who, sizeof(who), "%s%s%s", source, by ? ":" : "", by ? by : "");
@@ -332,7 +334,7 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 		return;
 	}
 	if (!strcmp(action, "ack")) {
-		const char *alarm = json_string_value(json_object_get(req, "alarm"));
+		const char *alarm = cmd->alarm;
 		char key[256];
 		if (!alarm) {
 			command_result(c, rt, source, d->id, command_id, "rejected",
@@ -355,7 +357,7 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 		return;
 	}
 	if (!strcmp(action, "read") || !strcmp(action, "write")) {
-		const char *point = json_string_value(json_object_get(req, "point"));
+		const char *point = cmd->point;
 		const struct cfg_point *pt = NULL;
 		size_t pidx = 0;
 		for (size_t i = 0; point && i < pr->n_points && !pt; i++)
@@ -389,7 +391,7 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 			return;
 		}
 		struct cgw_value v = {0};
-		if (parse_write_value(pt, json_object_get(req, "value"), &v) < 0) {
+		if (parse_write_value(pt, cmd->value, &v) < 0) {
 			command_result(c, rt, source, d->id, command_id, "rejected",
 				       "\"value\" missing or not valid for this point", NULL);
 			return;
@@ -461,66 +463,61 @@ void core_command_reply(struct core *c, const char *source, const char *device,
 			const char *payload, size_t len, core_reply_fn reply, void *arg)
 {
 	struct reply_to rtv = {reply, arg}, *rt = &rtv;
-	json_error_t jerr;
-	json_t *req;
-	const char *cid;
+	struct command cmd;
+	char why[160], *text;
 	long dev = cfg_find_device(c->cfg, device);
-	char *text;
+	int64_t now = cgw_mono_ms();
 
-	if (len > 16384) {
-		log_warn("core", "command for %s from %s: %zu bytes, ignored", device, source, len);
-		return;
-	}
-	req = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
-	cid = req ? json_string_value(json_object_get(req, "id")) : NULL;
-	if (!req || !json_is_object(req) || !cid || !*cid || strlen(cid) > 128) {
-		/* without an id there is nothing to answer to; log once per source */
-		log_warn("core", "command for %s from %s: %s", device, source,
-			 !req ? jerr.text : "needs a JSON object with a string \"id\"");
+	if (command_parse(payload, len, &cmd, why, sizeof(why)) < 0) {
+		/* without an id there is nothing to answer to: log, at most once
+		 * a minute, with how many were refused meanwhile */
+		c->bad_commands++;
+		if (now - c->bad_command_logged_ms > 60000) {
+			log_warn("core", "command for %.64s from %s refused: %s (%llu refused so far)",
+				 device, source, why, (unsigned long long)c->bad_commands);
+			c->bad_command_logged_ms = now;
+		}
 		if (reply) {
-			json_t *o = json_pack("{s:s,s:s}", "result", "rejected", "detail",
-					      !req ? "not JSON" : "needs a string \"id\"");
+			json_t *o = json_pack("{s:s,s:s}", "result", "rejected", "detail", why);
 			reply(arg, o);
 			json_decref(o);
 		}
-		json_decref(req);
 		return;
 	}
-	text = json_dumps(req, JSON_COMPACT);
+	text = command_dump(&cmd);
 	struct store_audit a = {.ts_ms = cgw_now_ms(), .source = source, .device = device,
-				.command_id = cid,
-				.action = json_string_value(json_object_get(req, "action")),
+				.command_id = cmd.id, .action = cmd.action ? cmd.action : "?",
 				.request_json = text, .result = "pending"};
-	if (!a.action)
-		a.action = "?";
 	int r = store_audit_add(c->store, &a);
 	free(text);
 	if (r == -EEXIST) {
 		/* QoS 1 redelivery: executed once already */
-		log_info("core", "command %s from %s: duplicate id, not executed again", cid, source);
+		log_info("core", "command %s from %s: duplicate id, not executed again", cmd.id,
+			 source);
 		if (reply) {
-			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cid, "result", "duplicate",
-					      "detail", "this command id was already executed");
+			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cmd.id, "result",
+					      "duplicate", "detail", "this command id was already executed");
 			reply(arg, o);
 			json_decref(o);
 		}
-		json_decref(req);
+		command_clear(&cmd);
 		return;
 	}
 	if (dev < 0) {
 		/* no result topic for a device we do not have: the name came
 		 * from outside */
-		log_warn("core", "command %s from %s: unknown device '%.64s'", cid, source, device);
-		store_audit_result(c->store, source, cid, "rejected", "unknown device");
+		log_warn("core", "command %s from %s: unknown device '%.64s'", cmd.id, source, device);
+		store_audit_result(c->store, source, cmd.id, "rejected", "unknown device");
 		if (reply) {
-			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cid, "result", "rejected",
-					      "detail", "unknown device");
+			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cmd.id, "result",
+					      "rejected", "detail", "unknown device");
 			reply(arg, o);
 			json_decref(o);
 		}
-	} else
-		run_command(c, rt, source, (uint32_t)dev, cid, req);
-	json_decref(req);
+	} else {
+		run_command(c, rt, source, (uint32_t)dev, &cmd);
+	}
+	command_clear(&cmd);
 	kick_uplinks(c);
 }
 
