@@ -1,5 +1,8 @@
 #include "model.h"
 
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -46,4 +49,53 @@ int64_t cgw_now_ms(void)
 int64_t cgw_mono_ms(void)
 {
 	return clock_ms(CLOCK_MONOTONIC);
+}
+
+/* Whether b differs from a enough to report: numbers beyond the deadband,
+ * anything else on any change. */
+bool cgw_value_changed(const struct cgw_value *a, const struct cgw_value *b, double deadband)
+{
+	double x, y;
+
+	if (a->type != b->type)
+		return true;
+	switch (a->type) {
+	case CGW_V_NONE:
+		return false;
+	case CGW_V_BOOL:
+		return a->b != b->b;
+	case CGW_V_STRING:
+		return strcmp(a->s, b->s) != 0;
+	case CGW_V_INT:
+		if (a->i == b->i)
+			return false;
+		x = (double)a->i, y = (double)b->i;
+		break;
+	case CGW_V_UINT:
+		if (a->u == b->u)
+			return false;
+		x = (double)a->u, y = (double)b->u;
+		break;
+	case CGW_V_DOUBLE:
+		if (a->d == b->d)
+			return false;
+		x = a->d, y = b->d;
+		break;
+	default:
+		return true;
+	}
+	return !(deadband > 0) || fabs(x - y) > deadband;
+}
+
+int cgw_value_copy(struct cgw_value *dst, const struct cgw_value *src)
+{
+	*dst = *src;
+	if (src->type == CGW_V_STRING) {
+		dst->s = strdup(src->s);
+		if (!dst->s) {
+			dst->type = CGW_V_NONE;
+			return -ENOMEM;
+		}
+	}
+	return 0;
 }

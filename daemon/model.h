@@ -92,6 +92,10 @@ static inline void cgw_value_clear(struct cgw_value *v)
 	v->type = CGW_V_NONE;
 }
 
+/* Whether b differs from a beyond `deadband` (numbers) or at all (others). */
+bool cgw_value_changed(const struct cgw_value *a, const struct cgw_value *b, double deadband);
+/* A deep copy (strings duplicated); 0 or -ENOMEM (dst then NONE). */
+int cgw_value_copy(struct cgw_value *dst, const struct cgw_value *src);
 const char *cgw_lane_name(enum cgw_lane lane);
 int cgw_lane_from_name(const char *name); /* -1 if unknown */
 const char *cgw_quality_name(enum cgw_quality q);

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "secret.h"
 #include "uplink.h"
 
 #define FETCH_MAX 64
@@ -436,34 +437,6 @@ static void mqtt_kick(struct uplink *u)
 	}
 }
 
-static char *read_secret(const char *path, char *err, size_t errlen)
-{
-	char buf[1024];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	ssize_t n;
-
-	if (fd < 0) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	if (fstat(fd, &st) == 0 && (st.st_mode & 077)) {
-		snprintf(err, errlen, "%s is readable by others than its owner (mode %04o)", path,
-			 st.st_mode & 07777);
-		close(fd);
-		return NULL;
-	}
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n < 0) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	buf[n] = '\0';
-	buf[strcspn(buf, "\r\n")] = '\0';
-	return strdup(buf);
-}
-
 static void mqtt_close(struct uplink *u);
 
 static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg, int64_t store_id,
@@ -506,7 +479,7 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 	if (mosquitto_will_set(u->mosq, topic, (int)strlen(will), will, 1, true) != MOSQ_ERR_SUCCESS)
 		goto fail;
 	if (cfg->password_file) {
-		u->password = read_secret(cfg->password_file, err, sizeof(err));
+		u->password = secret_read(cfg->password_file, err, sizeof(err));
 		if (!u->password) {
 			log_err("uplink", "[%s] password_file %s", cfg->name, err);
 			r = -EACCES;
@@ -564,10 +537,7 @@ static void mqtt_close(struct uplink *u)
 		mosquitto_destroy(u->mosq);
 	}
 	loop_timer_free(u->timer);
-	if (u->password) {
-		explicit_bzero(u->password, strlen(u->password));
-		free(u->password);
-	}
+	secret_free(u->password);
 	free(u->fl);
 	free(u->prefix);
 	free(u->cmd_topic_prefix);

@@ -315,53 +315,6 @@ static int64_t offline_interval(const struct mb_dev *dev)
 	return i > p ? i : p;
 }
 
-static bool value_changed(const struct cgw_value *a, const struct cgw_value *b, double deadband)
-{
-	double x, y;
-
-	if (a->type != b->type)
-		return true;
-	switch (a->type) {
-	case CGW_V_NONE:
-		return false;
-	case CGW_V_BOOL:
-		return a->b != b->b;
-	case CGW_V_STRING:
-		return strcmp(a->s, b->s) != 0;
-	case CGW_V_INT:
-		if (a->i == b->i)
-			return false;
-		x = (double)a->i, y = (double)b->i;
-		break;
-	case CGW_V_UINT:
-		if (a->u == b->u)
-			return false;
-		x = (double)a->u, y = (double)b->u;
-		break;
-	case CGW_V_DOUBLE:
-		if (a->d == b->d)
-			return false;
-		x = a->d, y = b->d;
-		break;
-	default:
-		return true;
-	}
-	return !(deadband > 0) || fabs(x - y) > deadband;
-}
-
-static int value_copy(struct cgw_value *dst, const struct cgw_value *src)
-{
-	*dst = *src;
-	if (src->type == CGW_V_STRING) {
-		dst->s = strdup(src->s);
-		if (!dst->s) {
-			dst->type = CGW_V_NONE;
-			return -ENOMEM;
-		}
-	}
-	return 0;
-}
-
 /* Hand an item to the core. Waits while the queue is full (the worker slows
  * down rather than losing data) but gives up when the driver stops or the
  * queue is closed. The item's value is always consumed. */
@@ -640,14 +593,14 @@ static void report(struct driver *d, struct mb_dev *dev, size_t p, struct cgw_va
 		fail_point(d, dev, p, CGW_Q_BAD);
 		return;
 	}
-	due = !ps->sent || value_changed(&ps->last, v, pt->deadband) ||
+	due = !ps->sent || cgw_value_changed(&ps->last, v, pt->deadband) ||
 	      (pt->report_every_ms > 0 && now - ps->last_sent >= pt->report_every_ms);
 	if (ps->failed && ps->logged)
 		log_notice("modbus", "%s %s: point %s readable again", d->tag, dev->label,
 			   pt->name);
 	ps->failed = false;
 	ps->logged = false;
-	if (!due || value_copy(&it.value, v) < 0) {
+	if (!due || cgw_value_copy(&it.value, v) < 0) {
 		cgw_value_clear(v);
 		return;
 	}
@@ -1249,7 +1202,7 @@ static int mb_write(struct driver *d, uint32_t device, uint32_t point, const str
 	pt = &dev->prof->points[point];
 	if (!pt->writable || (pt->table != CGW_TBL_COIL && pt->table != CGW_TBL_HOLDING))
 		return -EINVAL;
-	r = value_copy(&w.v, v);
+	r = cgw_value_copy(&w.v, v);
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&d->lock);

@@ -21,6 +21,7 @@
 
 #include "json_path.h"
 #include "log.h"
+#include "secret.h"
 #include "store.h"
 
 #define MOD "mqtt-ingest"
@@ -181,39 +182,6 @@ bad:
 	return -EINVAL;
 }
 
-static char *read_secret(const char *path, char *err, size_t errlen)
-{
-	char buf[1024];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	ssize_t n;
-	char *r;
-
-	if (fd < 0) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	if (fstat(fd, &st) == 0 && (st.st_mode & 077)) {
-		snprintf(err, errlen, "%s is readable by others than its owner (mode %04o)", path,
-			 (unsigned)(st.st_mode & 07777));
-		close(fd);
-		return NULL;
-	}
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n < 0) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	buf[n] = '\0';
-	buf[strcspn(buf, "\r\n")] = '\0';
-	r = strdup(buf);
-	explicit_bzero(buf, sizeof(buf));
-	if (!r)
-		snprintf(err, errlen, "out of memory");
-	return r;
-}
-
 static void push(struct driver *d, struct cgw_item *it)
 {
 	if (queue_push(d->env.queue, it) < 0) {
@@ -221,40 +189,6 @@ static void push(struct driver *d, struct cgw_item *it)
 		d->drops++;
 		cgw_value_clear(&it->value);
 	}
-}
-
-static bool value_changed(const struct cgw_value *a, const struct cgw_value *b, double deadband)
-{
-	double x, y;
-
-	if (a->type != b->type)
-		return true;
-	switch (a->type) {
-	case CGW_V_NONE:
-		return false;
-	case CGW_V_BOOL:
-		return a->b != b->b;
-	case CGW_V_STRING:
-		return strcmp(a->s, b->s) != 0;
-	case CGW_V_INT:
-		if (a->i == b->i)
-			return false;
-		x = (double)a->i, y = (double)b->i;
-		break;
-	case CGW_V_UINT:
-		if (a->u == b->u)
-			return false;
-		x = (double)a->u, y = (double)b->u;
-		break;
-	case CGW_V_DOUBLE:
-		if (a->d == b->d)
-			return false;
-		x = a->d, y = b->d;
-		break;
-	default:
-		return true;
-	}
-	return !(deadband > 0) || fabs(x - y) > deadband;
 }
 
 /* A state point's reading goes to the core as Modbus readings do: the first
@@ -279,13 +213,12 @@ static void report(struct driver *d, struct mi_dev *dv, struct cgw_item *it, int
 		return;
 	}
 	ps->bad_sent = false;
-	if (ps->sent && !value_changed(&ps->last, &it->value, pt->deadband) &&
+	if (ps->sent && !cgw_value_changed(&ps->last, &it->value, pt->deadband) &&
 	    !(pt->report_every_ms > 0 && mono_ms - ps->last_sent >= pt->report_every_ms)) {
 		cgw_value_clear(&it->value);
 		return;
 	}
-	copy = it->value;
-	if (copy.type == CGW_V_STRING && !(copy.s = strdup(it->value.s))) {
+	if (cgw_value_copy(&copy, &it->value) < 0) {
 		cgw_value_clear(&it->value);
 		return;
 	}
@@ -961,7 +894,7 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 	mosquitto_message_v5_callback_set(d->mosq, on_message);
 	mosquitto_disconnect_v5_callback_set(d->mosq, on_disconnect);
 	if (d->bus->password_file) {
-		d->password = read_secret(d->bus->password_file, err, sizeof(err));
+		d->password = secret_read(d->bus->password_file, err, sizeof(err));
 		if (!d->password) {
 			log_err(MOD, "[%s] password_file %s", d->bus->name, err);
 			r = -EACCES;
@@ -1024,10 +957,7 @@ static void mi_close(struct driver *d)
 	}
 	loop_timer_free(d->conn_timer);
 	loop_timer_free(d->stale_timer);
-	if (d->password) {
-		explicit_bzero(d->password, strlen(d->password));
-		free(d->password);
-	}
+	secret_free(d->password);
 	for (size_t i = 0; d->filters && i < d->n_filters; i++) {
 		free(d->filters[i].filter);
 		free(d->filters[i].t);
