@@ -77,4 +77,12 @@ check "the outage start is logged once, not per message ($lost)" test "$lost" -l
 : >"$TMP/sub.txt"
 kill -KILL "$CGWD_PID"; wait "$CGWD_PID" 2>/dev/null
 check "will message: status offline after cgwd dies" wait_for 60 grep -q '^cgw/s/gw-up/status {"state":"offline"}' "$TMP/sub.txt"
+
+# ---- MQTT 5 --------------------------------------------------------------------
+: >"$TMP/sub.txt"
+sed -i 's|inflight: 200}|inflight: 200, protocol: 5}|' "$TMP/cgw.yaml"
+"$FILL" "$TMP/state/cgw.db" platform 1000 10
+bg_start "$CGWD" -c "$TMP/cgw.yaml" -f 2>>"$TMP/cgwd.log"
+check "MQTT 5: a backlog of 1000 is delivered" wait_for 30 bash -c "[ \$(grep -c '/telemetry ' '$TMP/sub.txt') -ge 1000 ]"
+check "MQTT 5: the session is version 5" grep -q "as gw-up (p5" "$TMP/mosq.log"
 done_testing
