@@ -1414,6 +1414,18 @@ static struct fy_document *parse_yaml(struct loader *ld, const char *file, const
 
 static int load_file(struct loader *ld, const char *path, int line_of_ref, const char *ref_file);
 
+/* glob() reports unreadable directories here; a directory that does not
+ * exist (devices.d/ not created yet) is no error: it matches nothing. */
+static _Thread_local int glob_err;
+
+static int on_glob_error(const char *path, int err)
+{
+	(void)path;
+	if (err != ENOENT && err != ENOTDIR && !glob_err)
+		glob_err = err;
+	return 0;
+}
+
 static int handle_include(struct loader *ld, struct fy_node *val)
 {
 	struct cfg_strlist globs = {0};
@@ -1445,7 +1457,16 @@ static int handle_include(struct loader *ld, struct fy_node *val)
 
 		if (!pattern)
 			continue;
-		r = glob(pattern, GLOB_ERR | GLOB_MARK, NULL, &g);
+		glob_err = 0;
+		r = glob(pattern, GLOB_MARK, on_glob_error, &g);
+		if (r == 0 || r == GLOB_NOMATCH) {
+			if (glob_err) {
+				/* a directory that exists but cannot be read */
+				err_at(ld, ld->file, line, "include: %s: %s", pattern,
+				       strerror(glob_err));
+				nerr++;
+			}
+		}
 		if (r == GLOB_NOMATCH) {
 			/* an empty devices.d/ is fine; a named file that is missing is not */
 			if (!strpbrk(globs.v[i], "*?[")) {

@@ -20,7 +20,9 @@ diag() { echo "# $*"; }
 free_port() {
 	local p
 	for _ in $(seq 50); do
-		p=$((20000 + RANDOM % 30000))
+		# below the ephemeral range (32768+), so that no outgoing connection
+		# takes the port between now and the bind
+		p=$((20000 + RANDOM % 12000))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			if ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then echo "$p"; return 0; fi
 		fi
