@@ -1673,32 +1673,34 @@ static int load_file(struct loader *ld, const char *path, int line_of_ref, const
 
 /* ---- profiles ------------------------------------------------------------------- */
 
+/* The shipped profiles: beside the binary, so that an install under any
+ * PREFIX finds its own (PREFIX/sbin/cgwd -> PREFIX/share/cgw/profiles), and
+ * a build tree finds the sources' (build/cgwd -> config/profiles). */
 static char *shipped_profiles_dir(void)
 {
-	char exe[PATH_MAX], *r = NULL;
-	struct stat st;
-	ssize_t n;
+	static const char *const rel[] = {"../share/cgw/profiles", "../config/profiles"};
+	char exe[PATH_MAX];
 	const char *env = getenv("CGW_PROFILES_DIR");
+	ssize_t n;
 
 	if (env && *env)
 		return strdup(env);
-	/* realpath() so messages show a clean path */
-	if (stat(CGW_DATADIR "/profiles", &st) == 0 && S_ISDIR(st.st_mode))
-		return strdup(CGW_DATADIR "/profiles");
-	/* Running from a build tree: build/cgwd -> config/profiles. */
 	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	if (n > 0) {
+		char *slash;
 		exe[n] = '\0';
-		char *slash = strrchr(exe, '/');
+		slash = strrchr(exe, '/');
 		if (slash) {
 			*slash = '\0';
-			if (asprintf(&r, "%s/../config/profiles", exe) >= 0) {
-				char *real = realpath(r, NULL);
-				free(r);
+			for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+				char *p, *real;
+				if (asprintf(&p, "%s/%s", exe, rel[i]) < 0)
+					continue;
+				real = realpath(p, NULL); /* NULL if it does not exist */
+				free(p);
 				if (real)
 					return real;
 			}
-			r = NULL;
 		}
 	}
 	return strdup(CGW_DATADIR "/profiles");
