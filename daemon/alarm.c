@@ -60,16 +60,16 @@ struct crule {
 };
 
 struct cprofile {
-	struct crule *rules;   /* n_rules + 1: the last is offline */
-	size_t n_rules;        /* the profile's alarms */
+	struct crule *rules; /* n_rules + 1: the last is offline */
+	size_t n_rules;      /* the profile's alarms */
 	size_t n_points;
 	uint32_t *pt_rule_off; /* n_points + 1 */
 	uint32_t *pt_rules;
-	uint32_t *pt_unl_off;  /* n_points + 1 */
-	uint32_t *pt_unls;     /* flat unless indexes watching the point */
-	struct cmp *unl_cmp;   /* n_unl */
+	uint32_t *pt_unl_off; /* n_points + 1 */
+	uint32_t *pt_unls;    /* flat unless indexes watching the point */
+	struct cmp *unl_cmp;  /* n_unl */
 	int64_t *unl_within;
-	int32_t *pt_val;       /* value slot of the point (-1: no rule on it) */
+	int32_t *pt_val; /* value slot of the point (-1: no rule on it) */
 	uint32_t n_unl, n_val;
 };
 
@@ -436,8 +436,8 @@ size_t alarm_render(const struct cgw_config *cfg, uint32_t dev, int rule, const 
 		} else if (kl == 6 && !memcmp(k, "device", 6)) {
 			rep = d->id;
 		} else if (kl == 5 && !memcmp(k, "alarm", 5)) {
-			rep = rule >= 0 && (size_t)rule < pr->n_alarms ? pr->alarms[rule].name
-								       : "offline";
+			rep = rule >= 0 && (size_t)rule < pr->n_alarms ? pr->alarms[rule].name :
+									 "offline";
 		} else if (kl == 5 && !memcmp(k, "value", 5)) {
 			rep = v ? (alarm_format_value(pt, v, val, sizeof(val)), val) : "?";
 		} else if (kl == 4 && !memcmp(k, "unit", 4)) {
@@ -533,7 +533,8 @@ static int cprofile_build(struct cprofile *cp, const struct cfg_profile *pr)
 		for (size_t k = 0; k < a->n_unless; k++, uo++) {
 			const struct cfg_unless *un = &a->unless[k];
 			if (un->point_idx < np)
-				cmp_init(&cp->unl_cmp[uo], &un->operand, &pr->points[un->point_idx]);
+				cmp_init(&cp->unl_cmp[uo], &un->operand,
+					 &pr->points[un->point_idx]);
 			cp->unl_within[uo] = clamp_delay(un->within_ms);
 		}
 	}
@@ -570,7 +571,8 @@ static int cprofile_build(struct cprofile *cp, const struct cfg_profile *pr)
 	}
 	free(fill);
 	for (size_t p = 0; p < np; p++)
-		cp->pt_val[p] = cp->pt_rule_off[p + 1] > cp->pt_rule_off[p] ? (int32_t)cp->n_val++ : -1;
+		cp->pt_val[p] = cp->pt_rule_off[p + 1] > cp->pt_rule_off[p] ? (int32_t)cp->n_val++ :
+									      -1;
 	return 0;
 }
 
@@ -870,7 +872,8 @@ static void flood_new_alarm(struct alarm_engine *e, int64_t wall, int64_t mono)
 		return;
 	}
 	/* head is now the oldest of the last FLOOD_RING */
-	if (e->flood_n == FLOOD_RING && mono - e->flood_ring[e->flood_head] < ALARM_FLOOD_WINDOW_MS) {
+	if (e->flood_n == FLOOD_RING &&
+	    mono - e->flood_ring[e->flood_head] < ALARM_FLOOD_WINDOW_MS) {
 		e->flood = true;
 		e->flood_count = FLOOD_RING;
 		if (e->flood_fn)
@@ -937,8 +940,8 @@ static void cond_transition(struct alarm_engine *e, struct slot *s, uint8_t to, 
 			   mono - s->toggles[s->tog_head] < ALARM_CHATTER_WINDOW_MS) {
 			s->chattering = true;
 			s->chatter_count = CHATTER_RING;
-			snprintf(buf, sizeof(buf), "chattering: %u toggles in %d s", s->chatter_count,
-				 ALARM_CHATTER_WINDOW_MS / 1000);
+			snprintf(buf, sizeof(buf), "chattering: %u toggles in %d s",
+				 s->chatter_count, ALARM_CHATTER_WINDOW_MS / 1000);
 		}
 		if (flood_holds(e, s, cr))
 			sup = true;
@@ -1176,8 +1179,7 @@ int alarm_ack(struct alarm_engine *e, const char *key, const char *by, int64_t w
 		return -ENOENT;
 	if (found->state == ALARM_ACTIVE_ACKED)
 		return -EALREADY;
-	if (found->state == ALARM_CLEARED_UNACKED ||
-	    (slot_rule(e, found)->latch && !found->qual))
+	if (found->state == ALARM_CLEARED_UNACKED || (slot_rule(e, found)->latch && !found->qual))
 		found->state = ALARM_NORMAL;
 	else
 		found->state = ALARM_ACTIVE_ACKED;
@@ -1185,8 +1187,7 @@ int alarm_ack(struct alarm_engine *e, const char *key, const char *by, int64_t w
 	return 0;
 }
 
-int alarm_shelve(struct alarm_engine *e, uint32_t dev, bool shelve, const char *by,
-		 int64_t wall_ms)
+int alarm_shelve(struct alarm_engine *e, uint32_t dev, bool shelve, const char *by, int64_t wall_ms)
 {
 	struct dev_rt *dr;
 

@@ -69,37 +69,37 @@
 #include "config.h"
 #include "model.h"
 
-#define ALARM_OFFLINE_RULE (-1)  /* rule index of the implicit offline alarm */
-#define ALARM_CHATTER_TOGGLES 5  /* more than this many raises/clears ... */
+#define ALARM_OFFLINE_RULE (-1)       /* rule index of the implicit offline alarm */
+#define ALARM_CHATTER_TOGGLES 5       /* more than this many raises/clears ... */
 #define ALARM_CHATTER_WINDOW_MS 60000 /* ... within this window: chattering */
-#define ALARM_FLOOD_START 10     /* more than this many new alarms ... */
-#define ALARM_FLOOD_END 5        /* ... ends when fewer than this ... */
-#define ALARM_FLOOD_WINDOW_MS 600000 /* ... within this window */
-#define ALARM_MESSAGE_MAX 1024   /* rendered message, bytes with the NUL */
+#define ALARM_FLOOD_START 10          /* more than this many new alarms ... */
+#define ALARM_FLOOD_END 5             /* ... ends when fewer than this ... */
+#define ALARM_FLOOD_WINDOW_MS 600000  /* ... within this window */
+#define ALARM_MESSAGE_MAX 1024        /* rendered message, bytes with the NUL */
 
 /* The state without shelving (shelving is a flag on top). */
 enum alarm_state { ALARM_NORMAL, ALARM_ACTIVE_UNACKED, ALARM_ACTIVE_ACKED, ALARM_CLEARED_UNACKED };
 
 struct alarm_change {
 	const char *alarm_id;
-	uint32_t device;        /* index into cfg->devices */
+	uint32_t device; /* index into cfg->devices */
 	const char *device_id;
-	int rule;               /* index into the profile's alarms, or ALARM_OFFLINE_RULE */
-	const char *rule_name;  /* "offline" for the implicit one */
-	const char *event;      /* raised | cleared | acknowledged | shelved | unshelved;
+	int rule;                      /* index into the profile's alarms, or ALARM_OFFLINE_RULE */
+	const char *rule_name;         /* "offline" for the implicit one */
+	const char *event;             /* raised | cleared | acknowledged | shelved | unshelved;
 				   NULL in alarm_foreach() */
-	enum alarm_state state; /* where it stands now */
-	bool shelved;           /* reported as state "shelved" */
-	int severity;           /* enum cfg_severity */
+	enum alarm_state state;        /* where it stands now */
+	bool shelved;                  /* reported as state "shelved" */
+	int severity;                  /* enum cfg_severity */
 	const struct cgw_value *value; /* last good value of the point, NULL if none */
-	int64_t ts_ms;          /* wall time of the change */
+	int64_t ts_ms;                 /* wall time of the change */
 	int64_t raised_at_ms;
-	const char *message;    /* the rule's template rendered */
-	const char *by;         /* who acknowledged / shelved, else NULL */
-	const char *note;       /* e.g. "condition ended while cgwd was not running", or NULL */
-	bool critical_fire;     /* class fire and severity critical: commit and send first */
-	bool latched;           /* the rule latches */
-	bool suppressed;        /* store, do not send (chatter / flood) */
+	const char *message; /* the rule's template rendered */
+	const char *by;      /* who acknowledged / shelved, else NULL */
+	const char *note;    /* e.g. "condition ended while cgwd was not running", or NULL */
+	bool critical_fire;  /* class fire and severity critical: commit and send first */
+	bool latched;        /* the rule latches */
+	bool suppressed;     /* store, do not send (chatter / flood) */
 	bool chattering;
 	unsigned chatter_count; /* raises/clears counted in the chatter episode */
 	bool flood;             /* emitted during an alarm flood */

@@ -44,7 +44,8 @@ int command_parse(const char *payload, size_t len, struct command *out, char *wh
 	}
 	id = json_object_get(out->root, "id");
 	s = json_string_value(id);
-	if (!s || !*s || json_string_length(id) > COMMAND_ID_MAX || strlen(s) != json_string_length(id)) {
+	if (!s || !*s || json_string_length(id) > COMMAND_ID_MAX ||
+	    strlen(s) != json_string_length(id)) {
 		snprintf(why, whylen, "needs a string \"id\" of 1..%d characters", COMMAND_ID_MAX);
 		goto bad;
 	}

@@ -50,8 +50,8 @@ enum ktype {
 };
 
 #define KF_REQUIRED 1u
-#define KF_SECRET 2u  /* a file that must be readable and private to its owner */
-#define KF_FILE 4u    /* a file that must be readable */
+#define KF_SECRET 2u /* a file that must be readable and private to its owner */
+#define KF_FILE 4u   /* a file that must be readable */
 
 struct loader;
 struct key;
@@ -267,10 +267,10 @@ int cfg_parse_size(const char *s, int64_t *bytes)
 	static const struct {
 		const char *u;
 		int64_t mul;
-	} units[] = {{"", 1},		{"B", 1},	    {"KB", 1024},	     {"KiB", 1024},
-		     {"MB", 1 << 20},	{"MiB", 1 << 20},   {"GB", 1LL << 30},	     {"GiB", 1LL << 30},
-		     {"TB", 1LL << 40}, {"TiB", 1LL << 40}, {"k", 1024},	     {"K", 1024},
-		     {"M", 1 << 20},	{"G", 1LL << 30}};
+	} units[] = {{"", 1},           {"B", 1},           {"KB", 1024},      {"KiB", 1024},
+		     {"MB", 1 << 20},   {"MiB", 1 << 20},   {"GB", 1LL << 30}, {"GiB", 1LL << 30},
+		     {"TB", 1LL << 40}, {"TiB", 1LL << 40}, {"k", 1024},       {"K", 1024},
+		     {"M", 1 << 20},    {"G", 1LL << 30}};
 	char *end;
 
 	if (!isdigit((unsigned char)*s))
@@ -432,7 +432,8 @@ static int set_field(struct loader *ld, const struct key *k, void *obj, const ch
 	case K_DURATION:
 		r = cfg_parse_duration(text, &i);
 		if (r < 0) {
-			err_node(ld, at, "%s: expected a duration like 500ms, 5s, 2m, 1h or 7d, got '%s'",
+			err_node(ld, at,
+				 "%s: expected a duration like 500ms, 5s, 2m, 1h or 7d, got '%s'",
 				 k->name, text);
 			return -EINVAL;
 		}
@@ -480,8 +481,8 @@ static int set_field(struct loader *ld, const struct key *k, void *obj, const ch
 range:
 	if ((k->min || k->max) && (i < k->min || i > k->max)) {
 		if (k->type == K_INT)
-			err_node(ld, at, "%s: %lld is out of range (%lld..%lld)", k->name, (long long)i,
-				 (long long)k->min, (long long)k->max);
+			err_node(ld, at, "%s: %lld is out of range (%lld..%lld)", k->name,
+				 (long long)i, (long long)k->min, (long long)k->max);
 		else
 			err_node(ld, at, "%s: '%s' is out of range", k->name, text);
 		return -EINVAL;
@@ -530,8 +531,8 @@ static int parse_map(struct loader *ld, const struct keytab *t, struct fy_node *
 		if (!k) {
 			const char *hint = key_suggest(t, kname);
 			if (hint)
-				err_node(ld, kn, "unknown key '%s' in %s (did you mean '%s'?)", kname,
-					 t->what, hint);
+				err_node(ld, kn, "unknown key '%s' in %s (did you mean '%s'?)",
+					 kname, t->what, hint);
 			else
 				err_node(ld, kn, "unknown key '%s' in %s", kname, t->what);
 			nerr++;
@@ -544,7 +545,8 @@ static int parse_map(struct loader *ld, const struct keytab *t, struct fy_node *
 			continue;
 		}
 		if (k->type == K_STRLIST) {
-			struct cfg_strlist *l = (struct cfg_strlist *)(void *)((char *)obj + k->off);
+			struct cfg_strlist *l =
+				(struct cfg_strlist *)(void *)((char *)obj + k->off);
 			strlist_free(l);
 			if (vn && fy_node_is_sequence(vn)) {
 				void *sit = NULL;
@@ -552,7 +554,8 @@ static int parse_map(struct loader *ld, const struct keytab *t, struct fy_node *
 				while ((e = fy_node_sequence_iterate(vn, &sit))) {
 					const char *s = scalar(e, vbuf, sizeof(vbuf));
 					if (!s) {
-						err_node(ld, e, "%s: expected a list of strings", kname);
+						err_node(ld, e, "%s: expected a list of strings",
+							 kname);
 						nerr++;
 						continue;
 					}
@@ -563,7 +566,8 @@ static int parse_map(struct loader *ld, const struct keytab *t, struct fy_node *
 			/* a single string is a list of one */
 		}
 		if (!vn || fy_node_is_null(vn)) {
-			err_node(ld, kn, "%s: missing value (expected %s)", kname, ktype_name(k->type));
+			err_node(ld, kn, "%s: missing value (expected %s)", kname,
+				 ktype_name(k->type));
 			nerr++;
 			continue;
 		}
@@ -681,42 +685,45 @@ static int custom_unless_equals(struct loader *ld, const struct key *k, struct f
 static const struct key gateway_keys[] = {
 	{"id", K_STR, offsetof(struct cgw_config, gateway.id), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique gateway id; goes into every topic and message id"},
-	{"site", K_STR, offsetof(struct cgw_config, gateway.site), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
-	 "community (site) id, used in topic prefixes"},
-	{"state_dir", K_STR, offsetof(struct cgw_config, gateway.state_dir), "/var/lib/cgw", 0, 0, 0,
-	 NULL, NULL, "directory of the SQLite store (cgw.db)"},
+	{"site", K_STR, offsetof(struct cgw_config, gateway.site), NULL, KF_REQUIRED, 0, 0, NULL,
+	 NULL, "community (site) id, used in topic prefixes"},
+	{"state_dir", K_STR, offsetof(struct cgw_config, gateway.state_dir), "/var/lib/cgw", 0, 0,
+	 0, NULL, NULL, "directory of the SQLite store (cgw.db)"},
 };
 
 static const struct key store_keys[] = {
-	{"max_size", K_SIZE, offsetof(struct cgw_config, store.max_size), "512MB", 0, 0, 0, NULL, NULL,
+	{"max_size", K_SIZE, offsetof(struct cgw_config, store.max_size), "512MB", 0, 0, 0, NULL,
+	 NULL,
 	 "size cap of the store; telemetry is evicted oldest-first, then events; alarms never"},
-	{"telemetry_retention", K_DURATION, offsetof(struct cgw_config, store.telemetry_retention_ms),
-	 "7d", 0, 0, 0, NULL, NULL, "undelivered telemetry older than this is dropped"},
+	{"telemetry_retention", K_DURATION,
+	 offsetof(struct cgw_config, store.telemetry_retention_ms), "7d", 0, 0, 0, NULL, NULL,
+	 "undelivered telemetry older than this is dropped"},
 	{"sync", K_CHOICE, offsetof(struct cgw_config, store.sync), "normal", 0, 0, 0, syncs, NULL,
 	 "normal (survives a crash of cgwd) or full (fsync every commit; survives power loss)"},
 	{"batch_delay", K_DURATION, offsetof(struct cgw_config, store.batch_delay_ms), "50ms", 0, 1,
-	 50, NULL, NULL, "longest a reading waits for its batch commit (at most 50ms); alarms never wait"},
+	 50, NULL, NULL,
+	 "longest a reading waits for its batch commit (at most 50ms); alarms never wait"},
 };
 
 static const struct key control_keys[] = {
-	{"socket", K_STR, offsetof(struct cgw_config, control.socket), "/run/cgw/cgwd.sock", 0, 0, 0,
-	 NULL, NULL, "Unix socket for cgwctl (mode 0660)"},
+	{"socket", K_STR, offsetof(struct cgw_config, control.socket), "/run/cgw/cgwd.sock", 0, 0,
+	 0, NULL, NULL, "Unix socket for cgwctl (mode 0660)"},
 	{"group", K_STR, offsetof(struct cgw_config, control.group), "", 0, 0, 0, NULL, NULL,
 	 "group that may use the socket (empty: the daemon's group)"},
 };
 
 static const struct key metrics_keys[] = {
-	{"enabled", K_BOOL, offsetof(struct cgw_config, metrics.enabled), "true", 0, 0, 0, NULL, NULL,
-	 "serve Prometheus metrics and /healthz"},
-	{"listen", K_STR, offsetof(struct cgw_config, metrics.listen), "127.0.0.1:9273", 0, 0, 0, NULL,
-	 NULL, "address:port of the metrics endpoint"},
+	{"enabled", K_BOOL, offsetof(struct cgw_config, metrics.enabled), "true", 0, 0, 0, NULL,
+	 NULL, "serve Prometheus metrics and /healthz"},
+	{"listen", K_STR, offsetof(struct cgw_config, metrics.listen), "127.0.0.1:9273", 0, 0, 0,
+	 NULL, NULL, "address:port of the metrics endpoint"},
 };
 
 static const struct key uplink_keys[] = {
 	{"name", K_STR, OFF(struct cfg_uplink, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique uplink name"},
-	{"type", K_CHOICE, OFF(struct cfg_uplink, type), NULL, KF_REQUIRED, 0, 0, uplink_types, NULL,
-	 "mqtt or http"},
+	{"type", K_CHOICE, OFF(struct cfg_uplink, type), NULL, KF_REQUIRED, 0, 0, uplink_types,
+	 NULL, "mqtt or http"},
 	{"url", K_STR, OFF(struct cfg_uplink, url), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "mqtt://, mqtts://, http:// or https:// URL"},
 	{"client_id", K_STR, OFF(struct cfg_uplink, client_id), NULL, 0, 0, 0, NULL, NULL,
@@ -731,20 +738,20 @@ static const struct key uplink_keys[] = {
 	 "client certificate for mutual TLS"},
 	{"key_file", K_STR, OFF(struct cfg_uplink, key_file), NULL, KF_SECRET, 0, 0, NULL, NULL,
 	 "client key for mutual TLS (mode 0600)"},
-	{"topic_prefix", K_STR, OFF(struct cfg_uplink, topic_prefix), "cgw/{site}/{gateway}", 0, 0, 0,
-	 NULL, NULL, "MQTT topic prefix; {site} and {gateway} are filled in"},
+	{"topic_prefix", K_STR, OFF(struct cfg_uplink, topic_prefix), "cgw/{site}/{gateway}", 0, 0,
+	 0, NULL, NULL, "MQTT topic prefix; {site} and {gateway} are filled in"},
 	{"insecure", K_BOOL, OFF(struct cfg_uplink, insecure), "false", 0, 0, 0, NULL, NULL,
 	 "allow plaintext to a host that is not loopback (logged at every start)"},
 	{"send", K_CUSTOM, OFF(struct cfg_uplink, send_mask), NULL, 0, 0, 0, NULL, custom_send,
 	 "classes to deliver: alarm, event, telemetry, status (mqtt: all; http: [alarm])"},
 	{"hmac_secret_file", K_STR, OFF(struct cfg_uplink, hmac_secret_file), NULL, KF_SECRET, 0, 0,
 	 NULL, NULL, "HTTP: key for X-CGW-Signature: sha256=<HMAC of the body> (mode 0600)"},
-	{"late_after", K_DURATION, OFF(struct cfg_uplink, late_after_ms), "30s", 0, 0, 0, NULL, NULL,
-	 "a message sent later than this after it was produced carries \"delayed\": true"},
+	{"late_after", K_DURATION, OFF(struct cfg_uplink, late_after_ms), "30s", 0, 0, 0, NULL,
+	 NULL, "a message sent later than this after it was produced carries \"delayed\": true"},
 	{"timeout", K_DURATION, OFF(struct cfg_uplink, timeout_ms), "10s", 0, 100, 600000, NULL,
 	 NULL, "HTTP request timeout / MQTT connect timeout"},
-	{"keepalive", K_DURATION, OFF(struct cfg_uplink, keepalive_ms), "30s", 0, 5000, 3600000, NULL,
-	 NULL, "MQTT keepalive"},
+	{"keepalive", K_DURATION, OFF(struct cfg_uplink, keepalive_ms), "30s", 0, 5000, 3600000,
+	 NULL, NULL, "MQTT keepalive"},
 	{"inflight", K_INT, OFF(struct cfg_uplink, inflight), "100", 0, 1, 10000, NULL, NULL,
 	 "messages in flight (unconfirmed) at once, per lane"},
 	{"protocol", K_INT, OFF(struct cfg_uplink, protocol), "4", 0, 4, 5, NULL, NULL,
@@ -804,8 +811,8 @@ static const struct key bus_keys[] = {
 	 "mqtt: allow plaintext to a broker that is not loopback"},
 	{"stale_after", K_DURATION, OFF(struct cfg_bus, stale_after_ms), "5m", 0, 1000, 0x7fffffff,
 	 NULL, NULL, "mqtt: a device that sent nothing this long is offline"},
-	{"max_payload", K_SIZE, OFF(struct cfg_bus, max_payload), "64KB", 0, 16, 16 << 20, NULL, NULL,
-	 "mqtt: larger payloads are quarantined"},
+	{"max_payload", K_SIZE, OFF(struct cfg_bus, max_payload), "64KB", 0, 16, 16 << 20, NULL,
+	 NULL, "mqtt: larger payloads are quarantined"},
 };
 
 static const struct key device_keys[] = {
@@ -813,8 +820,8 @@ static const struct key device_keys[] = {
 	 "unique device id (topics, messages)"},
 	{"name", K_STR, OFF(struct cfg_device, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "what the duty room reads: plain words that say where"},
-	{"profile", K_STR, OFF(struct cfg_device, profile_name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
-	 "profile name (a file NAME.yaml in profile_dirs or the shipped profiles)"},
+	{"profile", K_STR, OFF(struct cfg_device, profile_name), NULL, KF_REQUIRED, 0, 0, NULL,
+	 NULL, "profile name (a file NAME.yaml in profile_dirs or the shipped profiles)"},
 	{"bus", K_STR, OFF(struct cfg_device, bus_name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "the bus the device is on"},
 	{"unit", K_INT, OFF(struct cfg_device, unit), "1", 0, 0, 255, NULL, NULL,
@@ -825,8 +832,8 @@ static const struct key device_keys[] = {
 	 "modbus: response timeout (default: the bus's)"},
 	{"retries", K_INT, OFF(struct cfg_device, retries), NULL, 0, 0, 10, NULL, NULL,
 	 "modbus: retries (default: the bus's)"},
-	{"offline_after", K_INT, OFF(struct cfg_device, offline_after), NULL, 0, 1, 1000, NULL, NULL,
-	 "modbus: failed cycles before offline (default: the bus's)"},
+	{"offline_after", K_INT, OFF(struct cfg_device, offline_after), NULL, 0, 1, 1000, NULL,
+	 NULL, "modbus: failed cycles before offline (default: the bus's)"},
 	{"max_gap", K_INT, OFF(struct cfg_device, max_gap), NULL, 0, 0, 124, NULL, NULL,
 	 "modbus: registers bridged when merging (default: the bus's)"},
 	{"max_registers", K_INT, OFF(struct cfg_device, max_registers), NULL, 0, 1, 125, NULL, NULL,
@@ -836,7 +843,8 @@ static const struct key device_keys[] = {
 	{"topic", K_STR, OFF(struct cfg_device, topic), NULL, 0, 0, 0, NULL, NULL,
 	 "mqtt: base topic; the profile's topics are relative to it"},
 	{"stale_after", K_DURATION, OFF(struct cfg_device, stale_after_ms), NULL, 0, 1000,
-	 0x7fffffff, NULL, NULL, "mqtt: offline after this long without a message (default: bus's)"},
+	 0x7fffffff, NULL, NULL,
+	 "mqtt: offline after this long without a message (default: bus's)"},
 	{"location", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, custom_location,
 	 "where the device is: building, floor, room, ... (used in alarm messages)"},
 };
@@ -932,7 +940,10 @@ static const struct key unless_keys[] = {
 
 static const struct key top_keys[];
 
-#define TAB(what, arr) {what, arr, sizeof(arr) / sizeof(arr[0])}
+#define TAB(what, arr)                                  \
+	{                                               \
+		what, arr, sizeof(arr) / sizeof(arr[0]) \
+	}
 static const struct keytab gateway_tab = TAB("gateway", gateway_keys);
 static const struct keytab store_tab = TAB("store", store_keys);
 static const struct keytab control_tab = TAB("control", control_keys);
@@ -956,7 +967,8 @@ static int custom_location(struct loader *ld, const struct key *k, struct fy_nod
 
 	(void)k;
 	if (!val || !fy_node_is_mapping(val)) {
-		err_node(ld, val, "location: expected a mapping like {building: \"3\", floor: \"3\"}");
+		err_node(ld, val,
+			 "location: expected a mapping like {building: \"3\", floor: \"3\"}");
 		return -EINVAL;
 	}
 	while ((p = fy_node_mapping_iterate(val, &it))) {
@@ -994,7 +1006,8 @@ static int custom_send(struct loader *ld, const struct key *k, struct fy_node *v
 	(void)k;
 	u->send_mask = 0;
 	if (!val || !fy_node_is_sequence(val)) {
-		err_node(ld, val, "send: expected a list of classes: alarm, event, telemetry, status");
+		err_node(ld, val,
+			 "send: expected a list of classes: alarm, event, telemetry, status");
 		return -EINVAL;
 	}
 	while ((e = fy_node_sequence_iterate(val, &it))) {
@@ -1037,7 +1050,8 @@ static int custom_enum(struct loader *ld, const struct key *k, struct fy_node *v
 		}
 		label = scalar_dup(vn);
 		if (!label || !*label) {
-			err_node(ld, vn ? vn : kn, "enum: value of %lld must be a word", (long long)key);
+			err_node(ld, vn ? vn : kn, "enum: value of %lld must be a word",
+				 (long long)key);
 			free(label);
 			nerr++;
 			continue;
@@ -1081,10 +1095,11 @@ static int custom_type(struct loader *ld, const struct key *k, struct fy_node *v
 		return 0;
 	}
 	if (!s || mbd_parse_type(s, &t, &len) < 0) {
-		err_node(ld, val,
-			 "type: '%s' is not one of: bool, int16, uint16, int32, uint32, int64, uint64, "
-			 "float32, float64, string:N, bits, number, string",
-			 s ? s : "?");
+		err_node(
+			ld, val,
+			"type: '%s' is not one of: bool, int16, uint16, int32, uint32, int64, uint64, "
+			"float32, float64, string:N, bits, number, string",
+			s ? s : "?");
 		return -EINVAL;
 	}
 	pt->type = (int)t;
@@ -1144,8 +1159,7 @@ static int custom_unless(struct loader *ld, const struct key *k, struct fy_node 
 /* Parse a sequence of mappings into a growing array of `size`-byte objects,
  * each starting with a struct cfg_obj at offset `obj_off`. */
 static int parse_seq(struct loader *ld, const struct keytab *t, struct fy_node *seq, void **arr,
-		     size_t *n, size_t size, size_t obj_off,
-		     void (*init)(void *obj))
+		     size_t *n, size_t size, size_t obj_off, void (*init)(void *obj))
 {
 	void *it = NULL;
 	struct fy_node *e;
@@ -1531,7 +1545,8 @@ static int parse_top(struct loader *ld, struct fy_node *root)
 	int nerr = 0;
 
 	if (!fy_node_is_mapping(root)) {
-		err_node(ld, root, "expected a mapping of sections (gateway:, buses:, devices:, ...)");
+		err_node(ld, root,
+			 "expected a mapping of sections (gateway:, buses:, devices:, ...)");
 		return 1;
 	}
 	while ((p = fy_node_mapping_iterate(root, &it))) {
@@ -1568,13 +1583,15 @@ static int parse_top(struct loader *ld, struct fy_node *root)
 			void *sit = NULL;
 			struct fy_node *e;
 			if (!vn || !fy_node_is_sequence(vn)) {
-				err_node(ld, vn ? vn : kn, "profile_dirs: expected a list of directories");
+				err_node(ld, vn ? vn : kn,
+					 "profile_dirs: expected a list of directories");
 				nerr++;
 				continue;
 			}
 			while ((e = fy_node_sequence_iterate(vn, &sit))) {
 				if (!scalar(e, vbuf, sizeof(vbuf))) {
-					err_node(ld, e, "profile_dirs: expected a list of directories");
+					err_node(ld, e,
+						 "profile_dirs: expected a list of directories");
 					nerr++;
 					continue;
 				}
@@ -1589,7 +1606,8 @@ static int parse_top(struct loader *ld, struct fy_node *root)
 		} else if (!strcmp(k, "buses")) {
 			arr = cfg->buses;
 			nerr += parse_seq(ld, &bus_tab, vn, &arr, &cfg->n_buses,
-					  sizeof(struct cfg_bus), offsetof(struct cfg_bus, o), bus_init);
+					  sizeof(struct cfg_bus), offsetof(struct cfg_bus, o),
+					  bus_init);
 			cfg->buses = arr;
 		} else if (!strcmp(k, "devices")) {
 			arr = cfg->devices;
@@ -1600,7 +1618,8 @@ static int parse_top(struct loader *ld, struct fy_node *root)
 		} else {
 			const char *hint = key_suggest(&top_tab, k);
 			if (hint)
-				err_node(ld, kn, "unknown key '%s' at the top level (did you mean '%s'?)",
+				err_node(ld, kn,
+					 "unknown key '%s' at the top level (did you mean '%s'?)",
 					 k, hint);
 			else
 				err_node(ld, kn, "unknown key '%s' at the top level", k);
@@ -1648,8 +1667,8 @@ static int load_file(struct loader *ld, const char *path, int line_of_ref, const
 
 	for (size_t i = 0; i < ld->cfg->files.n; i++) {
 		if (strcmp(ld->cfg->files.v[i], path) == 0) {
-			err_at(ld, ref_file, line_of_ref, "include: %s is read twice (an include loop?)",
-			       path);
+			err_at(ld, ref_file, line_of_ref,
+			       "include: %s is read twice (an include loop?)", path);
 			return 1;
 		}
 	}
@@ -1778,8 +1797,9 @@ static int resolve_operand(struct loader *ld, const char *file, int line, const 
 		bool b = false;
 		out->type = CGW_V_BOOL;
 		if (parse_bool(t, &b) < 0) {
-			err_at(ld, file, line, "alarm '%s': point '%s' is bool; compare with true or false",
-			       alarm, pt->name);
+			err_at(ld, file, line,
+			       "alarm '%s': point '%s' is bool; compare with true or false", alarm,
+			       pt->name);
 			return 1;
 		}
 		out->b = b;
@@ -1793,8 +1813,8 @@ static int resolve_operand(struct loader *ld, const char *file, int line, const 
 	double d = 0;
 	out->type = CGW_V_DOUBLE;
 	if (parse_double(t, &d) < 0) {
-		err_at(ld, file, line, "alarm '%s': point '%s' is numeric; '%s' is not a number", alarm,
-		       pt->name, t);
+		err_at(ld, file, line, "alarm '%s': point '%s' is numeric; '%s' is not a number",
+		       alarm, pt->name, t);
 		return 1;
 	}
 	out->d = d;
@@ -1841,8 +1861,8 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 				pt->type = CGW_T_NUMBER;
 			if (pt->topic && mosquitto_sub_topic_check(pt->topic) != MOSQ_ERR_SUCCESS) {
 				err_at(ld, o->file, key_line(&point_tab, o, "topic"),
-				       "point '%s': '%s' is not a valid MQTT topic filter", pt->name,
-				       pt->topic);
+				       "point '%s': '%s' is not a valid MQTT topic filter",
+				       pt->name, pt->topic);
 				nerr++;
 			}
 			if (pt->json && *pt->json && jp_path_check(pt->json, &why) < 0) {
@@ -1860,16 +1880,16 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			continue;
 		}
 		if (pt->table < 0 || pt->address < 0) {
-			err_at(ld, o->file, o->line, "point '%s': missing required key '%s'", pt->name,
-			       pt->table < 0 ? "table" : "address");
+			err_at(ld, o->file, o->line, "point '%s': missing required key '%s'",
+			       pt->name, pt->table < 0 ? "table" : "address");
 			nerr++;
 			continue;
 		}
 		if (pt->table == CGW_TBL_COIL || pt->table == CGW_TBL_DISCRETE) {
 			if (pt->type >= 0 && pt->type != CGW_T_BOOL) {
 				err_at(ld, o->file, key_line(&point_tab, o, "type"),
-				       "point '%s': a %s is one bit; its type can only be bool", pt->name,
-				       tables[pt->table]);
+				       "point '%s': a %s is one bit; its type can only be bool",
+				       pt->name, tables[pt->table]);
 				nerr++;
 			}
 			pt->type = CGW_T_BOOL;
@@ -1881,11 +1901,16 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			       pt->name, pt->type == CGW_T_NUMBER ? "number" : "string");
 			nerr++;
 		}
-		struct mb_format f = {.type = pt->type, .order = pt->order, .str_len = pt->str_len,
-				      .bit = (int)pt->bit, .scale = pt->scale, .offset = pt->offset};
+		struct mb_format f = {.type = pt->type,
+				      .order = pt->order,
+				      .str_len = pt->str_len,
+				      .bit = (int)pt->bit,
+				      .scale = pt->scale,
+				      .offset = pt->offset};
 		const char *why = NULL;
 		if (pt->type != CGW_T_NUMBER && mbd_check_format(&f, pt->table, &why) < 0) {
-			err_at(ld, o->file, o->line, "point '%s': %s", pt->name, why ? why : "invalid");
+			err_at(ld, o->file, o->line, "point '%s': %s", pt->name,
+			       why ? why : "invalid");
 			nerr++;
 		}
 		unsigned regs = pt->table >= CGW_TBL_INPUT ? mbd_reg_count(&f) : 1;
@@ -1925,7 +1950,8 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 		const struct cfg_obj *o = &a->o;
 		int forms = key_given(&alarm_tab, o, "above") + key_given(&alarm_tab, o, "below") +
 			    key_given(&alarm_tab, o, "equals") +
-			    key_given(&alarm_tab, o, "not_equals") + key_given(&alarm_tab, o, "bit");
+			    key_given(&alarm_tab, o, "not_equals") +
+			    key_given(&alarm_tab, o, "bit");
 		const struct cfg_point *pt = NULL;
 
 		if (!a->name || !a->point)
@@ -1959,7 +1985,8 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 		}
 		if (!pt) {
 			err_at(ld, o->file, key_line(&alarm_tab, o, "point"),
-			       "alarm '%s': no point named '%s' in this profile", a->name, a->point);
+			       "alarm '%s': no point named '%s' in this profile", a->name,
+			       a->point);
 			nerr++;
 			continue;
 		}
@@ -1971,10 +1998,11 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			nerr++;
 		}
 		if (a->op == CFG_OP_EQUALS || a->op == CFG_OP_NOT_EQUALS)
-			nerr += resolve_operand(
-				ld, o->file,
-				key_line(&alarm_tab, o, a->op == CFG_OP_EQUALS ? "equals" : "not_equals"),
-				a->name, pt, a->operand_text, &a->operand);
+			nerr += resolve_operand(ld, o->file,
+						key_line(&alarm_tab, o,
+							 a->op == CFG_OP_EQUALS ? "equals" :
+										  "not_equals"),
+						a->name, pt, a->operand_text, &a->operand);
 		for (size_t u = 0; u < a->n_unless; u++) {
 			struct cfg_unless *un = &a->unless[u];
 			const struct cfg_point *up = NULL;
@@ -1988,16 +2016,18 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			}
 			if (!up) {
 				err_at(ld, un->o.file, key_line(&unless_tab, &un->o, "point"),
-				       "alarm '%s': unless: no point named '%s' in this profile", a->name,
-				       un->point);
+				       "alarm '%s': unless: no point named '%s' in this profile",
+				       a->name, un->point);
 				nerr++;
 				continue;
 			}
-			nerr += resolve_operand(ld, un->o.file, key_line(&unless_tab, &un->o, "equals"),
-						a->name, up, un->operand_text, &un->operand);
+			nerr += resolve_operand(ld, un->o.file,
+						key_line(&unless_tab, &un->o, "equals"), a->name,
+						up, un->operand_text, &un->operand);
 		}
-		if (a->op == CFG_OP_BIT && (pt->type == CGW_T_BOOL || pt->type == CGW_T_STRING ||
-					    pt->type == CGW_T_FLOAT32 || pt->type == CGW_T_FLOAT64)) {
+		if (a->op == CFG_OP_BIT &&
+		    (pt->type == CGW_T_BOOL || pt->type == CGW_T_STRING ||
+		     pt->type == CGW_T_FLOAT32 || pt->type == CGW_T_FLOAT64)) {
 			err_at(ld, o->file, key_line(&alarm_tab, o, "bit"),
 			       "alarm '%s': bit needs an integer point", a->name);
 			nerr++;
@@ -2093,8 +2123,8 @@ static long load_profile(struct loader *ld, const char *name, const char *ref_fi
 
 /* ---- cross checks ----------------------------------------------------------------- */
 
-static int check_file(struct loader *ld, const char *file, int line, const char *key,
-		      char **path, bool secret)
+static int check_file(struct loader *ld, const char *file, int line, const char *key, char **path,
+		      bool secret)
 {
 	struct stat st;
 	char *dir, *abs;
@@ -2146,14 +2176,17 @@ static int check_files(struct loader *ld, const struct keytab *t, void *obj, str
 /* Keys that only make sense for some types of bus. */
 static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 {
-	static const char *const only_rtu[] = {"device", "baud", "parity", "data_bits", "stop_bits",
-					       "rs485", "frame_delay", NULL};
+	static const char *const only_rtu[] = {"device",    "baud",  "parity",      "data_bits",
+					       "stop_bits", "rs485", "frame_delay", NULL};
 	static const char *const only_tcp[] = {"host", "port", NULL};
-	static const char *const only_modbus[] = {"timeout", "byte_timeout", "retries",
-						  "offline_after", "max_gap", "max_registers", NULL};
-	static const char *const only_mqtt[] = {"url", "client_id", "username", "password_file",
-						"ca_file", "cert_file", "key_file", "insecure",
-						"stale_after", "max_payload", NULL};
+	static const char *const only_modbus[] = {"timeout", "byte_timeout",
+						  "retries", "offline_after",
+						  "max_gap", "max_registers",
+						  NULL};
+	static const char *const only_mqtt[] = {"url",           "client_id", "username",
+						"password_file", "ca_file",   "cert_file",
+						"key_file",      "insecure",  "stale_after",
+						"max_payload",   NULL};
 	const char *const *groups[] = {only_rtu, only_tcp, only_modbus, only_mqtt};
 	const bool allowed[3][4] = {
 		{true, false, true, false}, /* rtu */
@@ -2177,7 +2210,8 @@ static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 		}
 	}
 	if (b->type == CFG_BUS_MODBUS_RTU && !b->device) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'device'", b->name);
+		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'device'",
+		       b->name);
 		nerr++;
 	}
 	if (b->type == CFG_BUS_MODBUS_TCP && !b->host) {
@@ -2290,11 +2324,12 @@ static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 		nerr++;
 	}
 	if (!key_given(&uplink_tab, o, "send"))
-		u->send_mask = u->type == CFG_UPLINK_HTTP ? 1u << CGW_LANE_ALARM
-							  : (1u << CGW_LANE_COUNT) - 1;
+		u->send_mask = u->type == CFG_UPLINK_HTTP ? 1u << CGW_LANE_ALARM :
+							    (1u << CGW_LANE_COUNT) - 1;
 	if (u->type == CFG_UPLINK_HTTP) {
-		static const char *const mqtt_only[] = {"client_id", "username", "password_file",
-							"topic_prefix", "keepalive", "protocol", NULL};
+		static const char *const mqtt_only[] = {
+			"client_id", "username", "password_file", "topic_prefix", "keepalive",
+			"protocol",  NULL};
 		for (int i = 0; mqtt_only[i]; i++) {
 			if (key_given(&uplink_tab, o, mqtt_only[i])) {
 				err_at(ld, o->file, key_line(&uplink_tab, o, mqtt_only[i]),
@@ -2305,7 +2340,8 @@ static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 		}
 	} else if (key_given(&uplink_tab, o, "hmac_secret_file")) {
 		err_at(ld, o->file, key_line(&uplink_tab, o, "hmac_secret_file"),
-		       "uplink '%s': key 'hmac_secret_file' does not apply to an mqtt uplink", u->name);
+		       "uplink '%s': key 'hmac_secret_file' does not apply to an mqtt uplink",
+		       u->name);
 		nerr++;
 	}
 	if (!u->client_id && ld->cfg->gateway.id)
@@ -2361,9 +2397,9 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 		nerr++;
 	}
 	if (mqtt_bus) {
-		static const char *const modbus_only[] = {"unit", "poll", "timeout", "retries",
-							  "offline_after", "max_gap",
-							  "max_registers", "address_base", NULL};
+		static const char *const modbus_only[] = {
+			"unit",    "poll",          "timeout",      "retries", "offline_after",
+			"max_gap", "max_registers", "address_base", NULL};
 		for (int i = 0; modbus_only[i]; i++) {
 			if (key_given(&device_tab, o, modbus_only[i])) {
 				err_at(ld, o->file, key_line(&device_tab, o, modbus_only[i]),
@@ -2385,27 +2421,30 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 		if (d->stale_after_ms < 0)
 			d->stale_after_ms = b->stale_after_ms;
 	} else {
-		if (key_given(&device_tab, o, "topic") || key_given(&device_tab, o, "stale_after")) {
-			const char *k = key_given(&device_tab, o, "topic") ? "topic" : "stale_after";
+		if (key_given(&device_tab, o, "topic") ||
+		    key_given(&device_tab, o, "stale_after")) {
+			const char *k = key_given(&device_tab, o, "topic") ? "topic" :
+									     "stale_after";
 			err_at(ld, o->file, key_line(&device_tab, o, k),
-			       "device '%s': key '%s' does not apply to a device on a modbus bus", d->id,
-			       k);
+			       "device '%s': key '%s' does not apply to a device on a modbus bus",
+			       d->id, k);
 			nerr++;
 		}
 		if (b->type == CFG_BUS_MODBUS_RTU && !key_given(&device_tab, o, "unit")) {
 			err_at(ld, o->file, o->line,
-			       "device '%s': missing required key 'unit' (on a modbus-rtu bus)", d->id);
+			       "device '%s': missing required key 'unit' (on a modbus-rtu bus)",
+			       d->id);
 			nerr++;
 		}
 		if (b->type == CFG_BUS_MODBUS_RTU && (d->unit == 0 || d->unit > 247)) {
 			err_at(ld, o->file, key_line(&device_tab, o, "unit"),
-			       "device '%s': unit %lld: RTU unit ids are 1..247 (0 is broadcast)", d->id,
-			       (long long)d->unit);
+			       "device '%s': unit %lld: RTU unit ids are 1..247 (0 is broadcast)",
+			       d->id, (long long)d->unit);
 			nerr++;
 		} else if (d->unit > 247 && d->unit != 255) {
 			err_at(ld, o->file, key_line(&device_tab, o, "unit"),
-			       "device '%s': unit %lld: Modbus unit ids are 0..247, or 255 on TCP", d->id,
-			       (long long)d->unit);
+			       "device '%s': unit %lld: Modbus unit ids are 0..247, or 255 on TCP",
+			       d->id, (long long)d->unit);
 			nerr++;
 		}
 		if (d->timeout_ms < 0)
@@ -2447,8 +2486,8 @@ static int check_unique(struct loader *ld, const char *what, const struct keytab
 			const struct cfg_obj *oo = (const struct cfg_obj *)(void *)(oj + obj_off);
 			if (nj && !strcmp(ni, nj)) {
 				err_at(ld, o->file, key_line(t, o, key),
-				       "duplicate %s '%s' (first defined at %s:%d)", what, ni, oo->file,
-				       oo->line);
+				       "duplicate %s '%s' (first defined at %s:%d)", what, ni,
+				       oo->file, oo->line);
 				nerr++;
 				break;
 			}
@@ -2463,11 +2502,13 @@ static int check_all(struct loader *ld)
 	int nerr = 0;
 
 	if (!ld->seen_gateway && !ld->yaml_failed) {
-		err_at(ld, cfg->path, 1, "missing required section 'gateway' (id, site, state_dir)");
+		err_at(ld, cfg->path, 1,
+		       "missing required section 'gateway' (id, site, state_dir)");
 		nerr++;
 	} else if (cfg->gateway.id && !valid_name(cfg->gateway.id)) {
 		err_at(ld, cfg->gateway.o.file, key_line(&gateway_tab, &cfg->gateway.o, "id"),
-		       "gateway id '%s': use letters, digits, '-', '_' and '.' only", cfg->gateway.id);
+		       "gateway id '%s': use letters, digits, '-', '_' and '.' only",
+		       cfg->gateway.id);
 		nerr++;
 	}
 	nerr += check_unique(ld, "uplink", &uplink_tab, cfg->uplinks, cfg->n_uplinks,
@@ -2491,7 +2532,8 @@ static int check_all(struct loader *ld)
 		struct sockaddr_storage ss;
 		socklen_t sl;
 		if (metrics_parse_listen(cfg->metrics.listen, &ss, &sl) < 0) {
-			err_at(ld, cfg->metrics.o.file, key_line(&metrics_tab, &cfg->metrics.o, "listen"),
+			err_at(ld, cfg->metrics.o.file,
+			       key_line(&metrics_tab, &cfg->metrics.o, "listen"),
 			       "metrics: listen '%s' is not ADDRESS:PORT (e.g. 127.0.0.1:9273)",
 			       cfg->metrics.listen);
 			nerr++;
@@ -2695,9 +2737,9 @@ void config_print_summary(const struct cgw_config *cfg, FILE *f)
 				bp += cfg_device_profile(cfg, &cfg->devices[j])->n_points;
 		fprintf(f, "  %-16s %-10s %-24s %zu device%s, %zu points\n", b->name,
 			bus_types[b->type],
-			b->type == CFG_BUS_MODBUS_RTU ? b->device
-			: b->type == CFG_BUS_MODBUS_TCP ? b->host
-							: b->url,
+			b->type == CFG_BUS_MODBUS_RTU ? b->device :
+			b->type == CFG_BUS_MODBUS_TCP ? b->host :
+							b->url,
 			b->n_devices, b->n_devices == 1 ? "" : "s", bp);
 	}
 	fprintf(f, "devices: %zu, points: %zu, alarm rules: %zu (incl. one offline alarm each)\n",
@@ -2713,8 +2755,8 @@ void config_print_summary(const struct cgw_config *cfg, FILE *f)
 		char lanes[64] = "";
 		for (int l = 0; l < CGW_LANE_COUNT; l++)
 			if (u->send_mask & (1u << l))
-				snprintf(lanes + strlen(lanes), sizeof(lanes) - strlen(lanes), "%s%s",
-					 *lanes ? "," : "", cgw_lane_name(l));
+				snprintf(lanes + strlen(lanes), sizeof(lanes) - strlen(lanes),
+					 "%s%s", *lanes ? "," : "", cgw_lane_name(l));
 		fprintf(f, "  %-16s %-5s %s  send: %s%s\n", u->name, uplink_types[u->type], u->url,
 			lanes, u->insecure ? "  (insecure)" : "");
 	}
@@ -2739,8 +2781,8 @@ static void print_tab(FILE *f, const struct keytab *t)
 
 void config_print_reference(FILE *f)
 {
-	const struct keytab *tabs[] = {&top_tab,    &gateway_tab, &store_tab,  &control_tab,
-				       &metrics_tab, &uplink_tab,  &bus_tab,    &device_tab,
+	const struct keytab *tabs[] = {&top_tab,     &gateway_tab, &store_tab, &control_tab,
+				       &metrics_tab, &uplink_tab,  &bus_tab,   &device_tab,
 				       &profile_tab, &point_tab,   &alarm_tab, &unless_tab};
 	for (size_t i = 0; i < sizeof(tabs) / sizeof(tabs[0]); i++) {
 		print_tab(f, tabs[i]);

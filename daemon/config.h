@@ -60,7 +60,7 @@ struct cfg_point {
 	/* Modbus */
 	int table; /* enum cgw_table */
 	int64_t address;
-	int type;  /* enum cgw_ptype */
+	int type; /* enum cgw_ptype */
 	unsigned str_len;
 	int order; /* enum cgw_order */
 	double scale, offset;
@@ -95,8 +95,8 @@ struct cfg_alarm {
 	char *name;
 	char *point;
 	size_t point_idx;
-	int op; /* enum cfg_op */
-	double threshold;        /* above/below */
+	int op;                   /* enum cfg_op */
+	double threshold;         /* above/below */
 	struct cgw_value operand; /* equals/not_equals, resolved against the point */
 	char *operand_text;
 	int64_t bit;
@@ -193,7 +193,7 @@ struct cfg_uplink {
 };
 
 struct cgw_config {
-	char *path; /* the main file, as given */
+	char *path;               /* the main file, as given */
 	struct cfg_strlist files; /* every file read, for positions and the hash */
 	uint64_t hash;            /* FNV-1a over every file read, in order */
 	struct {
@@ -238,8 +238,8 @@ int config_load(const char *path, struct cgw_config **out, struct cfg_errors *er
 void config_free(struct cgw_config *cfg);
 void cfg_errors_free(struct cfg_errors *errs);
 /* Load from a YAML text in memory (fuzzing, tests). `name` is used in errors. */
-int config_load_string(const char *name, const char *text, size_t len,
-		       struct cgw_config **out, struct cfg_errors *errs);
+int config_load_string(const char *name, const char *text, size_t len, struct cgw_config **out,
+		       struct cfg_errors *errs);
 
 /* The one-screen summary of `cgwd --check-config`. */
 void config_print_summary(const struct cgw_config *cfg, FILE *f);

@@ -11,10 +11,10 @@
 #include "core.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -97,7 +97,8 @@ static void kick_uplinks(struct core *c)
 static void arm_flush(struct core *c)
 {
 	int64_t due = c->store ? store_flush_deadline_ms(c->store) : -1;
-	if (due >= 0 && (loop_timer_due(c->flush_timer) < 0 || due < loop_timer_due(c->flush_timer)))
+	if (due >= 0 &&
+	    (loop_timer_due(c->flush_timer) < 0 || due < loop_timer_due(c->flush_timer)))
 		loop_timer_at(c->flush_timer, due);
 }
 
@@ -105,7 +106,10 @@ static void arm_flush(struct core *c)
 static int emit_text(struct core *c, enum cgw_lane lane, const char *device, const char *topic,
 		     int64_t ts_ms, const char *payload)
 {
-	struct store_msg m = {.lane = lane, .device = device, .topic = topic, .ts_ms = ts_ms,
+	struct store_msg m = {.lane = lane,
+			      .device = device,
+			      .topic = topic,
+			      .ts_ms = ts_ms,
 			      .payload = payload};
 	uint64_t seq = 0;
 	bool committed = false;
@@ -117,8 +121,9 @@ static int emit_text(struct core *c, enum cgw_lane lane, const char *device, con
 		/* -ENOSPC for telemetry at the cap is counted by the store's
 		 * eviction report; anything else is worth a line */
 		if (r != -ENOSPC || lane == CGW_LANE_ALARM)
-			log_err("core", "store: %s message for %s not stored: %s", cgw_lane_name(lane),
-				device ? device : "gateway", store_errmsg(c->store));
+			log_err("core", "store: %s message for %s not stored: %s",
+				cgw_lane_name(lane), device ? device : "gateway",
+				store_errmsg(c->store));
 		return r;
 	}
 	c->messages++;
@@ -204,7 +209,8 @@ static void on_reading(struct core *c, const struct cgw_item *it)
 			return;
 	}
 	json_object_set_new(json_object_get(c->tele, "values"), pt->name,
-			    it->quality == CGW_Q_GOOD ? core_value_json(pt, &it->value) : json_null());
+			    it->quality == CGW_Q_GOOD ? core_value_json(pt, &it->value) :
+							json_null());
 	if (it->quality != CGW_Q_GOOD) {
 		json_t *q = json_object_get(c->tele, "quality");
 		if (!q) {
@@ -246,7 +252,8 @@ static void on_device_state(struct core *c, const struct cgw_item *it)
 	const struct cfg_device *d = &c->cfg->devices[it->device];
 	char topic[160];
 
-	log_notice("core", "device %s (%s) is %s", d->id, d->name, it->online ? "online" : "offline");
+	log_notice("core", "device %s (%s) is %s", d->id, d->name,
+		   it->online ? "online" : "offline");
 	snprintf(topic, sizeof(topic), "device/%s/state", d->id);
 	emit(c, CGW_LANE_STATUS, d->id, topic, it->ts_ms,
 	     json_pack("{s:I,s:s,s:s,s:s,s:I}", "ts", (json_int_t)it->ts_ms, "device", d->id,
@@ -320,8 +327,8 @@ static int parse_write_value(const struct cfg_point *pt, json_t *jv, struct cgw_
 
 /* Runs one command. Returns the immediate result, or NULL when the outcome
  * will come later (a write in flight). */
-static void run_command(struct core *c, const struct reply_to *rt, const char *source,
-			uint32_t dev, const struct command *cmd)
+static void run_command(struct core *c, const struct reply_to *rt, const char *source, uint32_t dev,
+			const struct command *cmd)
 {
 	const struct cfg_device *d = &c->cfg->devices[dev];
 	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
@@ -348,10 +355,10 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 			snprintf(key, sizeof(key), "%s", alarm);
 		int r = alarm_ack(c->alarms, key, who, cgw_now_ms());
 		command_result(c, rt, source, d->id, command_id, r == 0 ? "ok" : "rejected",
-			       r == -ENOENT	 ? "no such active alarm"
-			       : r == -EALREADY ? "already acknowledged"
-			       : r < 0		 ? strerror(-r)
-						 : NULL,
+			       r == -ENOENT   ? "no such active alarm" :
+			       r == -EALREADY ? "already acknowledged" :
+			       r < 0          ? strerror(-r) :
+						NULL,
 			       NULL);
 		kick_uplinks(c);
 		return;
@@ -404,14 +411,16 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 				pw = &c->writes[i];
 		if (!drv || !ops->write || !pw) {
 			command_result(c, rt, source, d->id, command_id, "failed",
-				       !pw ? "too many writes in flight" : "bus is not running", NULL);
+				       !pw ? "too many writes in flight" : "bus is not running",
+				       NULL);
 			return;
 		}
 		uint64_t token = ++c->write_token;
 		int r = ops->write(drv, dev, (uint32_t)pidx, &v, token);
 		cgw_value_clear(&v);
 		if (r < 0) {
-			command_result(c, rt, source, d->id, command_id, "failed", strerror(-r), NULL);
+			command_result(c, rt, source, d->id, command_id, "failed", strerror(-r),
+				       NULL);
 			return;
 		}
 		pw->token = token;
@@ -435,9 +444,9 @@ static void on_write_result(struct core *c, const struct cgw_item *it)
 		struct reply_to rt = {pw->reply, pw->reply_arg};
 		command_result(c, &rt, pw->source, c->cfg->devices[pw->device].id, pw->command_id,
 			       it->result == 0 ? "ok" : "failed",
-			       it->result == 0				? NULL
-			       : it->value.type == CGW_V_STRING ? it->value.s
-								: strerror(-it->result),
+			       it->result == 0                ? NULL :
+			       it->value.type == CGW_V_STRING ? it->value.s :
+								strerror(-it->result),
 			       NULL);
 		free(pw->source);
 		free(pw->command_id);
@@ -459,8 +468,8 @@ void core_cancel_replies(struct core *c, void *arg)
 			c->writes[i].reply = NULL;
 }
 
-void core_command_reply(struct core *c, const char *source, const char *device,
-			const char *payload, size_t len, core_reply_fn reply, void *arg)
+void core_command_reply(struct core *c, const char *source, const char *device, const char *payload,
+			size_t len, core_reply_fn reply, void *arg)
 {
 	struct reply_to rtv = {reply, arg}, *rt = &rtv;
 	struct command cmd;
@@ -473,7 +482,8 @@ void core_command_reply(struct core *c, const char *source, const char *device,
 		 * a minute, with how many were refused meanwhile */
 		c->bad_commands++;
 		if (now - c->bad_command_logged_ms > 60000) {
-			log_warn("core", "command for %.64s from %s refused: %s (%llu refused so far)",
+			log_warn("core",
+				 "command for %.64s from %s refused: %s (%llu refused so far)",
 				 device, source, why, (unsigned long long)c->bad_commands);
 			c->bad_command_logged_ms = now;
 		}
@@ -485,9 +495,13 @@ void core_command_reply(struct core *c, const char *source, const char *device,
 		return;
 	}
 	text = command_dump(&cmd);
-	struct store_audit a = {.ts_ms = cgw_now_ms(), .source = source, .device = device,
-				.command_id = cmd.id, .action = cmd.action ? cmd.action : "?",
-				.request_json = text, .result = "pending"};
+	struct store_audit a = {.ts_ms = cgw_now_ms(),
+				.source = source,
+				.device = device,
+				.command_id = cmd.id,
+				.action = cmd.action ? cmd.action : "?",
+				.request_json = text,
+				.result = "pending"};
 	int r = store_audit_add(c->store, &a);
 	free(text);
 	if (r == -EEXIST) {
@@ -496,7 +510,8 @@ void core_command_reply(struct core *c, const char *source, const char *device,
 			 source);
 		if (reply) {
 			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cmd.id, "result",
-					      "duplicate", "detail", "this command id was already executed");
+					      "duplicate", "detail",
+					      "this command id was already executed");
 			reply(arg, o);
 			json_decref(o);
 		}
@@ -506,7 +521,8 @@ void core_command_reply(struct core *c, const char *source, const char *device,
 	if (dev < 0) {
 		/* no result topic for a device we do not have: the name came
 		 * from outside */
-		log_warn("core", "command %s from %s: unknown device '%.64s'", cmd.id, source, device);
+		log_warn("core", "command %s from %s: unknown device '%.64s'", cmd.id, source,
+			 device);
 		store_audit_result(c->store, source, cmd.id, "rejected", "unknown device");
 		if (reply) {
 			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cmd.id, "result",
@@ -701,15 +717,16 @@ static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
 		uint64_t ev = rep.evicted[CGW_LANE_TELEMETRY] + rep.evicted[CGW_LANE_EVENT] +
 			      rep.evicted[CGW_LANE_STATUS];
 		if (rep.episode_started) {
-			log_warn("core", "store at its cap (%lld bytes): evicting oldest telemetry "
-					 "(%llu messages so far)",
+			log_warn("core",
+				 "store at its cap (%lld bytes): evicting oldest telemetry "
+				 "(%llu messages so far)",
 				 (long long)c->cfg->store.max_size, (unsigned long long)ev);
 			emit(c, CGW_LANE_STATUS, NULL, "status/event", cgw_now_ms(),
 			     json_pack("{s:I,s:s,s:I,s:I,s:I}", "ts", (json_int_t)cgw_now_ms(),
 				       "event", "store_evicting", "telemetry_evicted",
-				       (json_int_t)rep.evicted[CGW_LANE_TELEMETRY], "events_evicted",
-				       (json_int_t)rep.evicted[CGW_LANE_EVENT], "size_bytes",
-				       (json_int_t)rep.size_bytes));
+				       (json_int_t)rep.evicted[CGW_LANE_TELEMETRY],
+				       "events_evicted", (json_int_t)rep.evicted[CGW_LANE_EVENT],
+				       "size_bytes", (json_int_t)rep.size_bytes));
 		}
 		if (rep.episode_ended)
 			log_notice("core", "store below its cap again");
@@ -750,9 +767,10 @@ static void stop_components(struct core *c)
 		struct pending_write *pw = &c->writes[i];
 		if (pw->token && pw->reply) {
 			/* the bus stopped before the device answered: say so */
-			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", pw->command_id, "result",
-					      "failed", "detail", "the daemon stopped or reloaded "
-								"before the device answered");
+			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", pw->command_id,
+					      "result", "failed", "detail",
+					      "the daemon stopped or reloaded "
+					      "before the device answered");
 			pw->reply(pw->reply_arg, o);
 			json_decref(o);
 		}
@@ -799,7 +817,8 @@ static int start_components(struct core *c)
 	if (c->lock_fd < 0 || flock(c->lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		r = -errno;
 		log_err("core", "%s: %s", path,
-			r == -EWOULDBLOCK ? "another cgwd is running on this state_dir" : strerror(-r));
+			r == -EWOULDBLOCK ? "another cgwd is running on this state_dir" :
+					    strerror(-r));
 		return r;
 	}
 	snprintf(path, sizeof(path), "%s/cgw.db", cfg->gateway.state_dir);
@@ -825,7 +844,8 @@ static int start_components(struct core *c)
 	store_alarm_foreach(c->store, restore_one, c);
 	/* deleted after the walk, not during it */
 	for (size_t i = 0; i < c->n_forget; i++) {
-		log_notice("core", "alarm %s: its device or rule is no longer configured; forgotten",
+		log_notice("core",
+			   "alarm %s: its device or rule is no longer configured; forgotten",
 			   c->forget[i]);
 		store_alarm_delete(c->store, c->forget[i]);
 		free(c->forget[i]);
@@ -850,8 +870,11 @@ static int start_components(struct core *c)
 		}
 	}
 	store_uplink_prune(c->store);
-	struct uplink_env env = {.loop = c->loop, .store = c->store, .cfg = cfg,
-				 .on_command = on_uplink_command, .arg = c};
+	struct uplink_env env = {.loop = c->loop,
+				 .store = c->store,
+				 .cfg = cfg,
+				 .on_command = on_uplink_command,
+				 .arg = c};
 	c->n_uplinks = cfg->n_uplinks;
 	for (size_t i = 0; i < cfg->n_uplinks; i++) {
 		c->uplink_ops[i] = uplink_ops_for(cfg->uplinks[i].type);
@@ -866,7 +889,10 @@ static int start_components(struct core *c)
 	if (!c->drivers)
 		return -ENOMEM;
 	for (size_t i = 0; i < cfg->n_buses; i++) {
-		struct driver_env denv = {.cfg = cfg, .bus = i, .queue = c->queue, .loop = c->loop,
+		struct driver_env denv = {.cfg = cfg,
+					  .bus = i,
+					  .queue = c->queue,
+					  .loop = c->loop,
 					  .store = c->store};
 		if (!cfg->buses[i].n_devices)
 			continue;
@@ -978,7 +1004,8 @@ void core_status_line(const struct core *c, char *buf, size_t len)
 			for (int l = 0; l < CGW_LANE_COUNT; l++)
 				depth += st.uplink[i].lane[l].depth;
 	(void)offline;
-	snprintf(buf, len, "%zu devices on %zu buses; %zu active alarms; outbox %llu; uplinks %zu/%zu up",
+	snprintf(buf, len,
+		 "%zu devices on %zu buses; %zu active alarms; outbox %llu; uplinks %zu/%zu up",
 		 c->cfg->n_devices, c->cfg->n_buses,
 		 c->alarms ? alarm_active_count(c->alarms, -1) : 0, (unsigned long long)depth, up,
 		 c->n_uplinks);
@@ -990,12 +1017,13 @@ static json_t *lanes_json(const struct store_uplink_stats *u, int64_t now)
 {
 	json_t *o = json_object();
 	for (int l = 0; l < CGW_LANE_COUNT; l++)
-		json_object_set_new(o, cgw_lane_name(l),
-				    json_pack("{s:I,s:f}", "depth", (json_int_t)u->lane[l].depth,
-					      "oldest_age_s",
-					      u->lane[l].oldest_ts_ms < 0
-						      ? 0.0
-						      : (double)(now - u->lane[l].oldest_ts_ms) / 1000.0));
+		json_object_set_new(
+			o, cgw_lane_name(l),
+			json_pack("{s:I,s:f}", "depth", (json_int_t)u->lane[l].depth,
+				  "oldest_age_s",
+				  u->lane[l].oldest_ts_ms < 0 ?
+					  0.0 :
+					  (double)(now - u->lane[l].oldest_ts_ms) / 1000.0));
 	return o;
 }
 
@@ -1008,20 +1036,21 @@ json_t *core_queue_json(struct core *c)
 	if (!c->store || store_stats(c->store, &st) < 0)
 		return arr;
 	for (size_t i = 0; i < st.n_uplinks; i++)
-		json_array_append_new(arr, json_pack("{s:s,s:o}", "uplink", st.uplink[i].name, "lanes",
-						     lanes_json(&st.uplink[i], now)));
+		json_array_append_new(arr, json_pack("{s:s,s:o}", "uplink", st.uplink[i].name,
+						     "lanes", lanes_json(&st.uplink[i], now)));
 	return arr;
 }
 
 static void alarm_to_json(void *arg, const struct alarm_change *ch)
 {
 	json_t *arr = arg;
-	json_array_append_new(
-		arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:b,s:I,s:s}", "alarm_id", ch->alarm_id, "device",
-			       ch->device_id, "alarm", ch->rule_name, "state",
-			       ch->shelved ? "shelved" : alarm_state_name(ch->state), "severity",
-			       cfg_severity_name(ch->severity), "latched", ch->latched, "raised_at",
-			       (json_int_t)ch->raised_at_ms, "message", ch->message ? ch->message : ""));
+	json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:b,s:I,s:s}", "alarm_id",
+					     ch->alarm_id, "device", ch->device_id, "alarm",
+					     ch->rule_name, "state",
+					     ch->shelved ? "shelved" : alarm_state_name(ch->state),
+					     "severity", cfg_severity_name(ch->severity), "latched",
+					     ch->latched, "raised_at", (json_int_t)ch->raised_at_ms,
+					     "message", ch->message ? ch->message : ""));
 }
 
 json_t *core_alarms_json(struct core *c)
@@ -1053,23 +1082,27 @@ json_t *core_devices_json(struct core *c)
 			json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b}", "id", d->id, "name", d->name,
 					      "bus", cfg->buses[b].name, "profile",
 					      cfg_device_profile(cfg, d)->name, "shelved",
-					      c->alarms && alarm_device_shelved(c->alarms, (uint32_t)i));
+					      c->alarms &&
+						      alarm_device_shelved(c->alarms, (uint32_t)i));
 			if (s) {
-				json_object_set_new(o, "state", json_string(s->online ? "online" : "offline"));
+				json_object_set_new(o, "state",
+						    json_string(s->online ? "online" : "offline"));
 				json_object_set_new(o, "last_ok", json_integer(s->last_ok_ms));
 				json_object_set_new(
 					o, "counters",
-					json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "requests",
-						  (json_int_t)s->requests, "timeouts",
+					json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}",
+						  "requests", (json_int_t)s->requests, "timeouts",
 						  (json_int_t)s->timeouts, "exceptions",
 						  (json_int_t)s->exceptions, "crc_errors",
 						  (json_int_t)s->crc_errors, "conn_errors",
 						  (json_int_t)s->conn_errors, "bad_payloads",
 						  (json_int_t)s->bad_payloads, "polls_due",
 						  (json_int_t)s->polls_due, "polls_done",
-						  (json_int_t)s->polls_done, "rtt_ms_avg", s->rtt_ms_avg));
+						  (json_int_t)s->polls_done, "rtt_ms_avg",
+						  s->rtt_ms_avg));
 				if (s->last_error[0])
-					json_object_set_new(o, "last_error", json_string(s->last_error));
+					json_object_set_new(o, "last_error",
+							    json_string(s->last_error));
 			} else {
 				json_object_set_new(o, "state", json_string("unknown"));
 			}
@@ -1089,15 +1122,17 @@ json_t *core_status_json(struct core *c)
 
 	snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)cfg->hash);
 	o = json_pack("{s:s,s:s,s:f,s:s,s:s,s:b}", "gateway", cfg->gateway.id, "site",
-		      cfg->gateway.site, "uptime_s", (double)(cgw_mono_ms() - c->started_ms) / 1000.0,
-		      "config", cfg->path, "config_hash", hash, "healthy", core_healthy(c));
+		      cfg->gateway.site, "uptime_s",
+		      (double)(cgw_mono_ms() - c->started_ms) / 1000.0, "config", cfg->path,
+		      "config_hash", hash, "healthy", core_healthy(c));
 	for (size_t b = 0; b < cfg->n_buses; b++) {
 		struct driver_stats ds = {0};
 		const struct driver_ops *ops = driver_ops_for(cfg->buses[b].type);
 		json_t *bo = json_pack("{s:s,s:s,s:I}", "name", cfg->buses[b].name, "type",
 				       cfg_bus_type_name(cfg->buses[b].type), "devices",
 				       (json_int_t)cfg->buses[b].n_devices);
-		if (c->drivers && c->drivers[b] && ops->status && ops->status(c->drivers[b], &ds) == 0) {
+		if (c->drivers && c->drivers[b] && ops->status &&
+		    ops->status(c->drivers[b], &ds) == 0) {
 			size_t online = 0;
 			for (size_t k = 0; k < ds.n_devices; k++)
 				online += ds.devices[k].online;
@@ -1110,7 +1145,8 @@ json_t *core_status_json(struct core *c)
 			free(ds.devices);
 		} else {
 			json_object_set_new(bo, "connected", json_false());
-			json_object_set_new(bo, "running", json_boolean(c->drivers && c->drivers[b]));
+			json_object_set_new(bo, "running",
+					    json_boolean(c->drivers && c->drivers[b]));
 		}
 		json_array_append_new(buses, bo);
 	}
@@ -1120,9 +1156,10 @@ json_t *core_status_json(struct core *c)
 		if (!c->uplinks[i])
 			continue;
 		c->uplink_ops[i]->status(c->uplinks[i], &us);
-		json_t *uo = json_pack("{s:s,s:s,s:b,s:I,s:I,s:I}", "name", us.name, "type", us.type,
-				       "connected", us.connected, "since", (json_int_t)us.since_ms,
-				       "sent", (json_int_t)us.sent, "acked", (json_int_t)us.acked);
+		json_t *uo = json_pack("{s:s,s:s,s:b,s:I,s:I,s:I}", "name", us.name, "type",
+				       us.type, "connected", us.connected, "since",
+				       (json_int_t)us.since_ms, "sent", (json_int_t)us.sent,
+				       "acked", (json_int_t)us.acked);
 		if (us.last_error[0])
 			json_object_set_new(uo, "last_error", json_string(us.last_error));
 		json_array_append_new(ups, uo);
@@ -1140,11 +1177,12 @@ json_t *core_status_json(struct core *c)
 				  (json_int_t)st.dead_letters));
 	}
 	for (int s = 0; s < 4; s++)
-		json_object_set_new(sev, cfg_severity_name(s),
-				    json_integer(c->alarms ? (json_int_t)alarm_active_count(c->alarms, s)
-							   : 0));
+		json_object_set_new(
+			sev, cfg_severity_name(s),
+			json_integer(c->alarms ? (json_int_t)alarm_active_count(c->alarms, s) : 0));
 	json_object_set_new(o, "alarms_active", sev);
-	json_object_set_new(o, "alarm_flood", json_boolean(c->alarms && alarm_flood_active(c->alarms)));
+	json_object_set_new(o, "alarm_flood",
+			    json_boolean(c->alarms && alarm_flood_active(c->alarms)));
 	if (c->queue) {
 		struct queue_stats qs;
 		queue_get_stats(c->queue, &qs);
@@ -1192,15 +1230,19 @@ void core_print_plan(const struct cgw_config *cfg, FILE *f)
 			spans = ns;
 			for (size_t p = 0; p < pr->n_points; p++) {
 				const struct cfg_point *pt = &pr->points[p];
-				struct mb_format fmt = {.type = pt->type, .order = pt->order,
-							.str_len = pt->str_len, .bit = (int)pt->bit};
+				struct mb_format fmt = {.type = pt->type,
+							.order = pt->order,
+							.str_len = pt->str_len,
+							.bit = (int)pt->bit};
 				spans[n++] = (struct mb_span){
 					.device = (uint32_t)i,
 					.point = (uint32_t)p,
 					.unit = (uint8_t)d->unit,
 					.table = pt->table,
 					.addr = (uint16_t)(pt->address - d->address_base),
-					.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(&fmt) : 1),
+					.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ?
+								    mbd_reg_count(&fmt) :
+								    1),
 					.max_gap = (uint16_t)d->max_gap,
 					.max_regs = (uint16_t)d->max_registers,
 				};

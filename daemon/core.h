@@ -38,12 +38,13 @@ void core_command(struct core *c, const char *source, const char *device, const 
  * for a write that is after the device answered. The result is borrowed
  * for the call. A caller that goes away first calls core_cancel_replies(). */
 typedef void (*core_reply_fn)(void *arg, json_t *result);
-void core_command_reply(struct core *c, const char *source, const char *device,
-			const char *payload, size_t len, core_reply_fn reply, void *arg);
+void core_command_reply(struct core *c, const char *source, const char *device, const char *payload,
+			size_t len, core_reply_fn reply, void *arg);
 void core_cancel_replies(struct core *c, void *arg);
 
 /* Introspection for cgwctl, metrics and health (new references). */
-json_t *core_status_json(struct core *c);  /* uptime, config, buses, uplinks, outbox, store, alarms */
+json_t *
+core_status_json(struct core *c); /* uptime, config, buses, uplinks, outbox, store, alarms */
 json_t *core_devices_json(struct core *c); /* per device: state, last good read, error counts */
 json_t *core_alarms_json(struct core *c);  /* every alarm that is not normal */
 json_t *core_queue_json(struct core *c);   /* outbox depth and oldest age per uplink and lane */

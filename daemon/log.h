@@ -13,8 +13,13 @@
 #include <stdbool.h>
 #include <syslog.h>
 
-enum log_level { LOG_L_ERR = LOG_ERR, LOG_L_WARN = LOG_WARNING, LOG_L_NOTICE = LOG_NOTICE,
-		 LOG_L_INFO = LOG_INFO, LOG_L_DEBUG = LOG_DEBUG };
+enum log_level {
+	LOG_L_ERR = LOG_ERR,
+	LOG_L_WARN = LOG_WARNING,
+	LOG_L_NOTICE = LOG_NOTICE,
+	LOG_L_INFO = LOG_INFO,
+	LOG_L_DEBUG = LOG_DEBUG
+};
 
 void log_setup(bool to_stderr, int level);
 int log_level_parse(const char *s); /* -1 if unknown: error|warn|notice|info|debug */
@@ -26,10 +31,10 @@ void log_msg(int level, const char *module, const char *fmt, ...)
 #define log_warn(m, ...) log_msg(LOG_WARNING, m, __VA_ARGS__)
 #define log_notice(m, ...) log_msg(LOG_NOTICE, m, __VA_ARGS__)
 #define log_info(m, ...) log_msg(LOG_INFO, m, __VA_ARGS__)
-#define log_debug(m, ...)                                       \
-	do {                                                    \
-		if (log_get_level() >= LOG_DEBUG)               \
-			log_msg(LOG_DEBUG, m, __VA_ARGS__);     \
+#define log_debug(m, ...)                                   \
+	do {                                                \
+		if (log_get_level() >= LOG_DEBUG)           \
+			log_msg(LOG_DEBUG, m, __VA_ARGS__); \
 	} while (0)
 
 #endif

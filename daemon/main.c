@@ -6,8 +6,8 @@
  * (READY, WATCHDOG, STATUS, STOPPING). SIGHUP reloads the configuration and
  * keeps the running one if the new one is broken; SIGTERM/SIGINT stop.
  */
-#include <errno.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
 #include <mosquitto.h>
@@ -147,12 +147,15 @@ static void on_signal(struct loop *l, int signo, void *arg)
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 't'},
-		{"verbose", no_argument, NULL, 'v'},	  {"foreground", no_argument, NULL, 'f'},
-		{"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},	  {"help-config", no_argument, NULL, 'H'},
-		{NULL, 0, NULL, 0}};
+	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+					     {"check-config", no_argument, NULL, 't'},
+					     {"verbose", no_argument, NULL, 'v'},
+					     {"foreground", no_argument, NULL, 'f'},
+					     {"log-level", required_argument, NULL, 'l'},
+					     {"help", no_argument, NULL, 'h'},
+					     {"version", no_argument, NULL, 'V'},
+					     {"help-config", no_argument, NULL, 'H'},
+					     {NULL, 0, NULL, 0}};
 	static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
 	struct daemon d = {0};
 	struct cfg_errors errs = {0};
@@ -177,8 +180,9 @@ int main(int argc, char **argv)
 		case 'l':
 			level = log_level_parse(optarg);
 			if (level < 0) {
-				fprintf(stderr, "cgwd: --log-level: '%s' is not one of error, warn, "
-						"notice, info, debug\n",
+				fprintf(stderr,
+					"cgwd: --log-level: '%s' is not one of error, warn, "
+					"notice, info, debug\n",
 					optarg);
 				return 2;
 			}
@@ -198,7 +202,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (optind < argc || !d.config_path) {
-		fprintf(stderr, "cgwd: %s\n", d.config_path ? "unexpected argument" : "-c FILE is required");
+		fprintf(stderr, "cgwd: %s\n",
+			d.config_path ? "unexpected argument" : "-c FILE is required");
 		usage(stderr);
 		return 2;
 	}

@@ -63,7 +63,13 @@ enum cgw_quality {
 };
 
 /* Outbox lanes, in delivery priority order. */
-enum cgw_lane { CGW_LANE_ALARM, CGW_LANE_EVENT, CGW_LANE_STATUS, CGW_LANE_TELEMETRY, CGW_LANE_COUNT };
+enum cgw_lane {
+	CGW_LANE_ALARM,
+	CGW_LANE_EVENT,
+	CGW_LANE_STATUS,
+	CGW_LANE_TELEMETRY,
+	CGW_LANE_COUNT
+};
 
 /* What a driver hands to the core. */
 enum cgw_item_kind {
@@ -75,14 +81,14 @@ enum cgw_item_kind {
 
 struct cgw_item {
 	enum cgw_item_kind kind;
-	uint32_t device;  /* index into cfg->devices */
-	uint32_t point;   /* index into the device's profile points (READING/EVENT) */
+	uint32_t device; /* index into cfg->devices */
+	uint32_t point;  /* index into the device's profile points (READING/EVENT) */
 	enum cgw_quality quality;
-	bool online;      /* DEVICE_STATE */
-	int64_t ts_ms;    /* source timestamp, ms since the epoch (UTC) */
+	bool online;            /* DEVICE_STATE */
+	int64_t ts_ms;          /* source timestamp, ms since the epoch (UTC) */
 	struct cgw_value value; /* READING/EVENT; WRITE_RESULT: detail text or NONE */
-	uint64_t token;   /* WRITE_RESULT: the token given to the write */
-	int result;       /* WRITE_RESULT: 0 or a negative errno */
+	uint64_t token;         /* WRITE_RESULT: the token given to the write */
+	int result;             /* WRITE_RESULT: 0 or a negative errno */
 };
 
 static inline void cgw_value_clear(struct cgw_value *v)

@@ -135,8 +135,8 @@ static void watch(struct uplink *u)
 	if (fd < 0)
 		return;
 	if (u->fd < 0) {
-		if (loop_add_fd(u->env.loop, fd, EPOLLIN | (want_out ? EPOLLOUT : 0), on_io,
-				u) == 0) {
+		if (loop_add_fd(u->env.loop, fd, EPOLLIN | (want_out ? EPOLLOUT : 0), on_io, u) ==
+		    0) {
 			u->fd = fd;
 			u->watching_out = want_out;
 		}
@@ -234,8 +234,8 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags,
 	u->last_error[0] = '\0';
 	fl_clear(u);
 	if (u->outage_start_ms)
-		log_notice("uplink", "[%s] connected to %s:%lld after %lld s",
-			   u->cfg->name, u->cfg->host, (long long)u->cfg->port,
+		log_notice("uplink", "[%s] connected to %s:%lld after %lld s", u->cfg->name,
+			   u->cfg->host, (long long)u->cfg->port,
 			   (long long)((now - u->outage_start_ms) / 1000));
 	else
 		log_notice("uplink", "[%s] connected to %s:%lld", u->cfg->name, u->cfg->host,
@@ -246,7 +246,8 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags,
 	store_uplink_rearm(u->env.store, u->store_id);
 
 	snprintf(topic, sizeof(topic), "%s/status", u->prefix);
-	snprintf(birth, sizeof(birth), "{\"state\":\"online\",\"gateway\":\"%s\",\"site\":\"%s\",\"ts\":%lld}",
+	snprintf(birth, sizeof(birth),
+		 "{\"state\":\"online\",\"gateway\":\"%s\",\"site\":\"%s\",\"ts\":%lld}",
 		 u->env.cfg->gateway.id, u->env.cfg->gateway.site, (long long)now);
 	mosquitto_publish(u->mosq, NULL, topic, (int)strlen(birth), birth, 1, true);
 	snprintf(topic, sizeof(topic), "%s/cmd/+", u->prefix);
@@ -384,29 +385,33 @@ static void pump(struct uplink *u)
 			if (want > FETCH_MAX)
 				want = FETCH_MAX;
 			if (store_fetch(u->env.store, u->store_id, lane, u->cursor[lane], want, now,
-					u->items, &n) < 0 || n == 0)
+					u->items, &n) < 0 ||
+			    n == 0)
 				break;
 			for (size_t i = 0; i < n; i++) {
 				const struct store_item *it = &u->items[i];
 				char topic[512];
-				char *body = uplink_render(u->env.cfg->gateway.id, it->seq, it->payload,
-							   it->ts_ms, now, u->cfg->late_after_ms);
+				char *body = uplink_render(u->env.cfg->gateway.id, it->seq,
+							   it->payload, it->ts_ms, now,
+							   u->cfg->late_after_ms);
 				int mid = 0, rc;
 				/* retained: the gateway's and each device's current state */
-				bool retain = strcmp(it->topic, "status") == 0 ||
-					      (strncmp(it->topic, "device/", 7) == 0 &&
-					       strlen(it->topic) > 6 &&
-					       !strcmp(it->topic + strlen(it->topic) - 6, "/state"));
+				bool retain =
+					strcmp(it->topic, "status") == 0 ||
+					(strncmp(it->topic, "device/", 7) == 0 &&
+					 strlen(it->topic) > 6 &&
+					 !strcmp(it->topic + strlen(it->topic) - 6, "/state"));
 
 				snprintf(topic, sizeof(topic), "%s/%s", u->prefix, it->topic);
 				if (!body) {
 					store_ack(u->env.store, u->store_id, lane, it->seq,
-						  STORE_ACK_ERROR, -1, "payload is not a JSON object", now);
+						  STORE_ACK_ERROR, -1,
+						  "payload is not a JSON object", now);
 					u->cursor[lane] = it->seq;
 					continue;
 				}
-				rc = mosquitto_publish(u->mosq, &mid, topic, (int)strlen(body), body, 1,
-						       retain);
+				rc = mosquitto_publish(u->mosq, &mid, topic, (int)strlen(body),
+						       body, 1, retain);
 				free(body);
 				if (rc != MOSQ_ERR_SUCCESS) {
 					store_items_clear(u->items, n);
@@ -476,7 +481,8 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 	mosquitto_message_v5_callback_set(u->mosq, on_message);
 	mosquitto_disconnect_v5_callback_set(u->mosq, on_disconnect);
 	snprintf(topic, sizeof(topic), "%s/status", u->prefix);
-	if (mosquitto_will_set(u->mosq, topic, (int)strlen(will), will, 1, true) != MOSQ_ERR_SUCCESS)
+	if (mosquitto_will_set(u->mosq, topic, (int)strlen(will), will, 1, true) !=
+	    MOSQ_ERR_SUCCESS)
 		goto fail;
 	if (cfg->password_file) {
 		u->password = secret_read(cfg->password_file, err, sizeof(err));
@@ -489,8 +495,9 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 	if (cfg->username || u->password)
 		mosquitto_username_pw_set(u->mosq, cfg->username, u->password);
 	if (cfg->tls) {
-		int rc = mosquitto_tls_set(u->mosq, cfg->ca_file, cfg->ca_file ? NULL : "/etc/ssl/certs",
-					   cfg->cert_file, cfg->key_file, NULL);
+		int rc = mosquitto_tls_set(u->mosq, cfg->ca_file,
+					   cfg->ca_file ? NULL : "/etc/ssl/certs", cfg->cert_file,
+					   cfg->key_file, NULL);
 		if (rc == MOSQ_ERR_SUCCESS)
 			rc = mosquitto_tls_opts_set(u->mosq, 1 /* SSL_VERIFY_PEER */, NULL, NULL);
 		if (rc == MOSQ_ERR_SUCCESS)
@@ -501,8 +508,9 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 			goto fail;
 		}
 	} else if (cfg->insecure) {
-		log_warn("uplink", "[%s] insecure: true: plaintext MQTT to %s; credentials and "
-				   "alarms cross the network unencrypted",
+		log_warn("uplink",
+			 "[%s] insecure: true: plaintext MQTT to %s; credentials and "
+			 "alarms cross the network unencrypted",
 			 cfg->name, cfg->host);
 	}
 	u->timer = loop_timer_new(env->loop, on_timer, u);

@@ -14,10 +14,10 @@
 #include <strings.h>
 
 static const char *const type_names[] = {
-	[CGW_T_BOOL] = "bool",       [CGW_T_INT16] = "int16",     [CGW_T_UINT16] = "uint16",
-	[CGW_T_INT32] = "int32",     [CGW_T_UINT32] = "uint32",   [CGW_T_INT64] = "int64",
-	[CGW_T_UINT64] = "uint64",   [CGW_T_FLOAT32] = "float32", [CGW_T_FLOAT64] = "float64",
-	[CGW_T_STRING] = "string",   [CGW_T_BITS] = "bits",       [CGW_T_NUMBER] = "number",
+	[CGW_T_BOOL] = "bool",     [CGW_T_INT16] = "int16",     [CGW_T_UINT16] = "uint16",
+	[CGW_T_INT32] = "int32",   [CGW_T_UINT32] = "uint32",   [CGW_T_INT64] = "int64",
+	[CGW_T_UINT64] = "uint64", [CGW_T_FLOAT32] = "float32", [CGW_T_FLOAT64] = "float64",
+	[CGW_T_STRING] = "string", [CGW_T_BITS] = "bits",       [CGW_T_NUMBER] = "number",
 };
 
 static const char *const order_names[] = {
@@ -511,7 +511,8 @@ static int encode_string(const struct mb_format *f, const struct cgw_value *in, 
 	for (unsigned i = 0; i < (f->str_len + 1) / 2; i++) {
 		unsigned char a = 2 * i < len ? (unsigned char)in->s[2 * i] : 0;
 		unsigned char b = 2 * i + 1 < len ? (unsigned char)in->s[2 * i + 1] : 0;
-		regs[i] = f->order == CGW_ORDER_ABCD ? (uint16_t)(a << 8 | b) : (uint16_t)(b << 8 | a);
+		regs[i] = f->order == CGW_ORDER_ABCD ? (uint16_t)(a << 8 | b) :
+						       (uint16_t)(b << 8 | a);
 	}
 	return 0;
 }

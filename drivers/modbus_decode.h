@@ -58,9 +58,11 @@ struct mb_format {
 };
 
 /* Defaults of a point: uint16, ABCD, no bit, no scaling. */
-#define MB_FORMAT_INIT                                                                     \
-	{ .type = CGW_T_UINT16, .order = CGW_ORDER_ABCD, .str_len = 0, .bit = -1, .scale = 1.0, \
-	  .offset = 0.0 }
+#define MB_FORMAT_INIT                                                                  \
+	{                                                                               \
+		.type = CGW_T_UINT16, .order = CGW_ORDER_ABCD, .str_len = 0, .bit = -1, \
+		.scale = 1.0, .offset = 0.0                                             \
+	}
 
 /*
  * Validate a format for a point in `table`: returns 0, or -EINVAL with *why

@@ -67,10 +67,10 @@ int mbp_check_span(const struct mb_span *s, const char **why)
 	else if (span_end(s) > 65536)
 		msg = "point extends past address 65535";
 	else if (s->count > span_limit(s))
-		msg = bit_table(s->table) ? "point is larger than one read (2000 bits)"
-		      : s->max_regs && s->max_regs < MBP_MAX_REGS
-			      ? "point is larger than the device's max_registers"
-			      : "point is larger than one read (125 registers)";
+		msg = bit_table(s->table) ? "point is larger than one read (2000 bits)" :
+		      s->max_regs && s->max_regs < MBP_MAX_REGS ?
+					    "point is larger than the device's max_registers" :
+					    "point is larger than one read (125 registers)";
 	if (msg && why)
 		*why = msg;
 	return msg ? -EINVAL : 0;

@@ -40,14 +40,14 @@
 
 /* One point's range. The caller fills it from the configuration. */
 struct mb_span {
-	uint32_t device;      /* index into cfg->devices */
-	uint32_t point;       /* index into the device's points */
-	uint8_t unit;         /* Modbus unit id */
+	uint32_t device; /* index into cfg->devices */
+	uint32_t point;  /* index into the device's points */
+	uint8_t unit;    /* Modbus unit id */
 	enum cgw_table table;
-	uint16_t addr;        /* 0-based protocol address (address_base already applied) */
-	uint16_t count;       /* registers, or bits for coil/discrete (mbd_reg_count()) */
-	uint16_t max_gap;     /* unread addresses that may be bridged; taken literally, 0 = none */
-	uint16_t max_regs;    /* per-request register limit; 0 or > 125 = 125 */
+	uint16_t addr;     /* 0-based protocol address (address_base already applied) */
+	uint16_t count;    /* registers, or bits for coil/discrete (mbd_reg_count()) */
+	uint16_t max_gap;  /* unread addresses that may be bridged; taken literally, 0 = none */
+	uint16_t max_regs; /* per-request register limit; 0 or > 125 = 125 */
 };
 
 /* One read. Its spans are mbp_span(p, first_span .. first_span + nspans - 1);
@@ -74,8 +74,8 @@ int mbp_check_span(const struct mb_span *s, const char **why);
 int mbp_build(const struct mb_span *spans, size_t n, struct mb_plan **out);
 void mbp_free(struct mb_plan *p);
 
-size_t mbp_count(const struct mb_plan *p);                        /* requests */
-const struct mb_req *mbp_req(const struct mb_plan *p, size_t i);   /* NULL if out of range */
+size_t mbp_count(const struct mb_plan *p);                       /* requests */
+const struct mb_req *mbp_req(const struct mb_plan *p, size_t i); /* NULL if out of range */
 size_t mbp_span_count(const struct mb_plan *p);
 const struct mb_span *mbp_span(const struct mb_plan *p, size_t i); /* NULL if out of range */
 

@@ -102,9 +102,10 @@ static bool drain_lines(struct sim_modbus *mb, struct client *c, int out_fd)
 			go = run_line(mb, c->buf, f);
 			fclose(f);
 			for (size_t off = 0; off < rlen;) {
-				ssize_t w = out_fd == STDOUT_FILENO ? write(out_fd, reply + off, rlen - off)
-								    : send(out_fd, reply + off, rlen - off,
-									   MSG_NOSIGNAL);
+				ssize_t w =
+					out_fd == STDOUT_FILENO ?
+						write(out_fd, reply + off, rlen - off) :
+						send(out_fd, reply + off, rlen - off, MSG_NOSIGNAL);
 				if (w <= 0)
 					break;
 				off += (size_t)w;
@@ -158,12 +159,15 @@ static int listen_control(const char *path)
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'}, {"control", required_argument, NULL, 'C'},
-		{"strict", no_argument, NULL, 'S'},	  {"churn", required_argument, NULL, 'R'},
-		{"verbose", no_argument, NULL, 'v'},	  {"help", no_argument, NULL, 'h'},
-		{"scenario", required_argument, NULL, 'P'}, {"speed", required_argument, NULL, 'X'},
-		{NULL, 0, NULL, 0}};
+	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+					     {"control", required_argument, NULL, 'C'},
+					     {"strict", no_argument, NULL, 'S'},
+					     {"churn", required_argument, NULL, 'R'},
+					     {"verbose", no_argument, NULL, 'v'},
+					     {"help", no_argument, NULL, 'h'},
+					     {"scenario", required_argument, NULL, 'P'},
+					     {"speed", required_argument, NULL, 'X'},
+					     {NULL, 0, NULL, 0}};
 	struct sim_modbus_opts mopts = {0};
 	const char *config = NULL, *control = NULL, *scenario = NULL;
 	double speed = 1.0;
@@ -228,7 +232,8 @@ int main(int argc, char **argv)
 	if (control) {
 		lfd = listen_control(control);
 		if (lfd < 0) {
-			fprintf(stderr, "cgw-sim: control socket %s: %s\n", control, strerror(-lfd));
+			fprintf(stderr, "cgw-sim: control socket %s: %s\n", control,
+				strerror(-lfd));
 			goto out;
 		}
 	}

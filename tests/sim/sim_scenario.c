@@ -93,7 +93,8 @@ static void *run(void *arg)
 			/* start over: one-shot steps again, periodic ones keep going */
 			start = mono_ms();
 			for (size_t i = 0; i < s->n; i++)
-				s->steps[i].next_ms = s->steps[i].at_ms >= 0 ? s->steps[i].at_ms : 0;
+				s->steps[i].next_ms = s->steps[i].at_ms >= 0 ? s->steps[i].at_ms :
+									       0;
 			log_notice("scenario", "%s: starting over", s->name);
 			continue;
 		}
@@ -175,7 +176,8 @@ int sim_scenario_start(const char *path, double speed, sim_exec_fn exec, void *a
 		if (get_duration(e, "every", &st.every_ms) < 0)
 			st.every_ms = 0;
 		if (!st.line || (st.at_ms < 0 && st.every_ms <= 0)) {
-			log_err("scenario", "%s: step %zu needs do: and at: or every:", path, s->n + 1);
+			log_err("scenario", "%s: step %zu needs do: and at: or every:", path,
+				s->n + 1);
 			free(st.line);
 			free(st.say);
 			goto bad;

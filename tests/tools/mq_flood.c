@@ -72,7 +72,8 @@ int main(int argc, char **argv)
 			pthread_cond_wait(&cv, &mu);
 		inflight++;
 		pthread_mutex_unlock(&mu);
-		if (mosquitto_publish(m, NULL, argv[2], (int)size, payload, 1, false) != MOSQ_ERR_SUCCESS) {
+		if (mosquitto_publish(m, NULL, argv[2], (int)size, payload, 1, false) !=
+		    MOSQ_ERR_SUCCESS) {
 			fprintf(stderr, "mq_flood: publish failed\n");
 			return 1;
 		}

@@ -42,8 +42,11 @@ int main(int argc, char **argv)
 		snprintf(topic, sizeof(topic), "device/%s/telemetry", dev);
 		snprintf(payload, sizeof(payload), "{\"ts\":%lld,\"device\":\"%s\",\"k\":%ld}",
 			 (long long)now, dev, k);
-		struct store_msg m = {.lane = CGW_LANE_TELEMETRY, .device = dev, .topic = topic,
-				      .ts_ms = now, .payload = payload};
+		struct store_msg m = {.lane = CGW_LANE_TELEMETRY,
+				      .device = dev,
+				      .topic = topic,
+				      .ts_ms = now,
+				      .payload = payload};
 		uint64_t seq;
 		if (store_enqueue(s, &m, cgw_mono_ms(), &seq, NULL) < 0) {
 			fprintf(stderr, "outbox_fill: %s\n", store_errmsg(s));
