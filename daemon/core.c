@@ -23,8 +23,7 @@
 #include "command.h"
 #include "driver.h"
 #include "log.h"
-#include "modbus_decode.h"
-#include "modbus_plan.h"
+#include "modbus_driver.h"
 #include "queue.h"
 #include "store.h"
 #include "uplink.h"
@@ -1211,49 +1210,5 @@ int core_shelve(struct core *c, const char *device, bool shelve, const char *by)
 
 void core_print_plan(const struct cgw_config *cfg, FILE *f)
 {
-	for (size_t b = 0; b < cfg->n_buses; b++) {
-		const struct cfg_bus *bus = &cfg->buses[b];
-		struct mb_span *spans = NULL;
-		size_t n = 0;
-		struct mb_plan *plan = NULL;
-
-		if (bus->type == CFG_BUS_MQTT)
-			continue;
-		for (size_t i = 0; i < cfg->n_devices; i++) {
-			const struct cfg_device *d = &cfg->devices[i];
-			const struct cfg_profile *pr = cfg_device_profile(cfg, d);
-			if (d->bus != b)
-				continue;
-			struct mb_span *ns = realloc(spans, (n + pr->n_points) * sizeof(*ns));
-			if (!ns)
-				break;
-			spans = ns;
-			for (size_t p = 0; p < pr->n_points; p++) {
-				const struct cfg_point *pt = &pr->points[p];
-				struct mb_format fmt = {.type = pt->type,
-							.order = pt->order,
-							.str_len = pt->str_len,
-							.bit = (int)pt->bit};
-				spans[n++] = (struct mb_span){
-					.device = (uint32_t)i,
-					.point = (uint32_t)p,
-					.unit = (uint8_t)d->unit,
-					.table = pt->table,
-					.addr = (uint16_t)(pt->address - d->address_base),
-					.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ?
-								    mbd_reg_count(&fmt) :
-								    1),
-					.max_gap = (uint16_t)d->max_gap,
-					.max_regs = (uint16_t)d->max_registers,
-				};
-			}
-		}
-		if (mbp_build(spans, n, &plan) == 0) {
-			fprintf(f, "bus %s: %zu requests per cycle for %zu points\n", bus->name,
-				mbp_count(plan), n);
-			mbp_print(plan, f);
-		}
-		mbp_free(plan);
-		free(spans);
-	}
+	modbus_print_plan(cfg, f);
 }

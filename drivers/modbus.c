@@ -42,6 +42,7 @@
  * next poll immediate so the new value shows up quickly.
  */
 #include "driver.h"
+#include "modbus_driver.h"
 
 #include <errno.h>
 #include <math.h>
@@ -152,7 +153,7 @@ struct driver {
 /* ---- small helpers ------------------------------------------------------------------ */
 
 /* Formats are not stored: 32 bytes a point add up at 10,000s of points. */
-static struct mb_format point_format(const struct cfg_point *pt)
+struct mb_format modbus_point_format(const struct cfg_point *pt)
 {
 	return (struct mb_format){.type = pt->type,
 				  .order = pt->order,
@@ -160,6 +161,71 @@ static struct mb_format point_format(const struct cfg_point *pt)
 				  .bit = (int)pt->bit,
 				  .scale = pt->scale,
 				  .offset = pt->offset};
+}
+
+struct mb_span modbus_point_span(const struct cfg_device *cd, uint32_t dev, uint32_t p,
+				 const struct cfg_point *pt)
+{
+	struct mb_format f = modbus_point_format(pt);
+
+	return (struct mb_span){
+		.device = dev,
+		.point = p,
+		.unit = (uint8_t)cd->unit,
+		.table = pt->table,
+		.addr = (uint16_t)(pt->address - cd->address_base),
+		.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(&f) : 1),
+		.max_gap = (uint16_t)cd->max_gap,
+		.max_regs = (uint16_t)cd->max_registers,
+	};
+}
+
+int modbus_bus_plan(const struct cgw_config *cfg, size_t bus, struct mb_plan **out,
+		    size_t *npoints)
+{
+	struct mb_span *spans = NULL;
+	size_t n = 0;
+	int r;
+
+	*out = NULL;
+	for (size_t i = 0; i < cfg->n_devices; i++) {
+		const struct cfg_device *d = &cfg->devices[i];
+		const struct cfg_profile *pr = cfg_device_profile(cfg, d);
+		struct mb_span *ns;
+
+		if (d->bus != bus || pr->mqtt)
+			continue;
+		ns = realloc(spans, (n + pr->n_points + 1) * sizeof(*ns));
+		if (!ns) {
+			free(spans);
+			return -ENOMEM;
+		}
+		spans = ns;
+		for (size_t p = 0; p < pr->n_points; p++)
+			spans[n++] = modbus_point_span(d, (uint32_t)i, (uint32_t)p, &pr->points[p]);
+	}
+	r = mbp_build(spans, n, out);
+	free(spans);
+	if (npoints)
+		*npoints = n;
+	return r;
+}
+
+void modbus_print_plan(const struct cgw_config *cfg, FILE *f)
+{
+	for (size_t b = 0; b < cfg->n_buses; b++) {
+		struct mb_plan *plan;
+		size_t n;
+
+		if (cfg->buses[b].type == CFG_BUS_MQTT)
+			continue;
+		if (modbus_bus_plan(cfg, b, &plan, &n) == 0) {
+			fprintf(f, "bus %s: %zu requests per cycle for %zu points\n",
+				cfg->buses[b].name, mbp_count(plan), n);
+			mbp_print(plan, f);
+		}
+		mbp_free(plan);
+	}
 }
 
 static int64_t mono_us(void)
@@ -627,7 +693,7 @@ static void deliver(struct driver *d, struct mb_dev *dev, const struct mb_req *r
 		if (r->table == CGW_TBL_COIL || r->table == CGW_TBL_DISCRETE) {
 			rc = mbd_decode_bit(d->bits, r->count, off, &v);
 		} else {
-			struct mb_format f = point_format(&dev->prof->points[s->point]);
+			struct mb_format f = modbus_point_format(&dev->prof->points[s->point]);
 			rc = mbd_decode_regs(&f, d->regs + off, r->count - off, &v, &q);
 		}
 		if (rc < 0)
@@ -695,7 +761,7 @@ static void exec_write(struct driver *d, struct mb_write *w)
 {
 	struct mb_dev *dev = &d->devs[d->dev_map[w->device]];
 	const struct cfg_point *pt = &dev->prof->points[w->point];
-	const struct mb_format fmt = point_format(pt), *f = &fmt;
+	const struct mb_format fmt = modbus_point_format(pt), *f = &fmt;
 	int addr = (int)(pt->address - dev->cfg->address_base);
 	struct cgw_item it = {.kind = CGW_ITEM_WRITE_RESULT,
 			      .device = w->device,
@@ -1062,21 +1128,12 @@ static int build_devices(struct driver *d, size_t bus, struct mb_span **spans_ou
 		}
 		for (size_t p = 0; p < dev->prof->n_points; p++) {
 			const struct cfg_point *pt = &dev->prof->points[p];
-			const struct mb_format fmt = point_format(pt), *f = &fmt;
+			const struct mb_format fmt = modbus_point_format(pt), *f = &fmt;
 			struct mb_span s;
 			const char *why = NULL;
 
-			s = (struct mb_span){
-				.device = (uint32_t)i,
-				.point = (uint32_t)p,
-				.unit = (uint8_t)cd->unit,
-				.table = pt->table,
-				.addr = (uint16_t)(pt->address - cd->address_base),
-				.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(f) :
-										 1),
-				.max_gap = (uint16_t)cd->max_gap,
-				.max_regs = (uint16_t)cd->max_registers,
-			};
+			s = modbus_point_span(cd, (uint32_t)i, (uint32_t)p, pt);
+
 			if (pt->mqtt || mbd_check_format(f, pt->table, &why) < 0 ||
 			    mbp_check_span(&s, &why) < 0) {
 				/* the configuration checks this; never poll what cannot be decoded */

@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "modbus_decode.h"
+#include "modbus_driver.h"
 #include "modbus_plan.h"
 
 struct bus_run {
@@ -39,43 +40,14 @@ struct bus_run {
 
 static struct mb_plan *plan_for(const struct cgw_config *cfg, size_t bus, int64_t *poll_ms)
 {
-	struct mb_span *spans = NULL;
-	size_t n = 0;
 	struct mb_plan *plan = NULL;
 
 	*poll_ms = 1000;
-	for (size_t i = 0; i < cfg->n_devices; i++) {
-		const struct cfg_device *d = &cfg->devices[i];
-		const struct cfg_profile *pr = cfg_device_profile(cfg, d);
-		if (d->bus != bus)
-			continue;
-		*poll_ms = d->poll_ms;
-		struct mb_span *ns = realloc(spans, (n + pr->n_points) * sizeof(*ns));
-		if (!ns)
-			break;
-		spans = ns;
-		for (size_t p = 0; p < pr->n_points; p++) {
-			const struct cfg_point *pt = &pr->points[p];
-			struct mb_format f = {.type = pt->type,
-					      .order = pt->order,
-					      .str_len = pt->str_len,
-					      .bit = (int)pt->bit};
-			spans[n++] = (struct mb_span){
-				.device = (uint32_t)i,
-				.point = (uint32_t)p,
-				.unit = (uint8_t)d->unit,
-				.table = pt->table,
-				.addr = (uint16_t)(pt->address - d->address_base),
-				.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(&f) :
-										 1),
-				.max_gap = (uint16_t)d->max_gap,
-				.max_regs = (uint16_t)d->max_registers,
-			};
-		}
-	}
-	if (mbp_build(spans, n, &plan) < 0)
-		plan = NULL;
-	free(spans);
+	for (size_t i = 0; i < cfg->n_devices; i++)
+		if (cfg->devices[i].bus == bus)
+			*poll_ms = cfg->devices[i].poll_ms;
+	if (modbus_bus_plan(cfg, bus, &plan, NULL) < 0)
+		return NULL;
 	return plan;
 }
 
