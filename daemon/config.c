@@ -895,6 +895,9 @@ static const struct key point_keys[] = {
 	 "mqtt: dotted path into the JSON payload, e.g. door.state (empty: whole payload)"},
 	{"event", K_BOOL, OFF(struct cfg_point, event), "false", 0, 0, 0, NULL, NULL,
 	 "mqtt: something that happens (card swipe) rather than a state"},
+	{"rate_limit", K_DURATION, OFF(struct cfg_point, rate_limit_ms), "0ms", 0, 0, 0, NULL, NULL,
+	 "events: at most one per this interval; the ones between are counted, not sent "
+	 "(camera motion)"},
 };
 
 static const struct key alarm_keys[] = {
@@ -1833,7 +1836,7 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 		const struct cfg_obj *o = &pt->o;
 		bool mb = key_given(&point_tab, o, "table") || key_given(&point_tab, o, "address");
 		bool mq = key_given(&point_tab, o, "topic") || key_given(&point_tab, o, "json") ||
-			  key_given(&point_tab, o, "event");
+			  key_given(&point_tab, o, "event") || key_given(&point_tab, o, "rate_limit");
 
 		if (!pt->name)
 			continue;
@@ -1863,6 +1866,11 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 				err_at(ld, o->file, key_line(&point_tab, o, "topic"),
 				       "point '%s': '%s' is not a valid MQTT topic filter",
 				       pt->name, pt->topic);
+				nerr++;
+			}
+			if (pt->rate_limit_ms > 0 && !pt->event) {
+				err_at(ld, o->file, key_line(&point_tab, o, "rate_limit"),
+				       "point '%s': rate_limit is for event: true points", pt->name);
 				nerr++;
 			}
 			if (pt->json && *pt->json && jp_path_check(pt->json, &why) < 0) {

@@ -69,6 +69,7 @@ struct cfg_point {
 	char *topic;
 	char *json;
 	bool event;
+	int64_t rate_limit_ms; /* events: at most one per this interval (0: all) */
 	/* both */
 	struct cfg_enum *enums;
 	size_t n_enums;

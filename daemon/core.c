@@ -240,10 +240,12 @@ static void on_event(struct core *c, const struct cgw_item *it)
 	alarm_on_reading(c->alarms, it->device, it->point, &it->value, it->quality, it->ts_ms,
 			 cgw_mono_ms());
 	snprintf(topic, sizeof(topic), "device/%s/event", d->id);
-	emit(c, CGW_LANE_EVENT, d->id, topic, it->ts_ms,
-	     json_pack("{s:I,s:s,s:s,s:s,s:o,s:o}", "ts", (json_int_t)it->ts_ms, "device", d->id,
-		       "name", d->name, "event", pt->name, "value", core_value_json(pt, &it->value),
-		       "location", location_json(d)));
+	json_t *o = json_pack("{s:I,s:s,s:s,s:s,s:o,s:o}", "ts", (json_int_t)it->ts_ms, "device",
+			      d->id, "name", d->name, "event", pt->name, "value",
+			      core_value_json(pt, &it->value), "location", location_json(d));
+	if (o && it->suppressed) /* rate_limit: how many were held back since the last one */
+		json_object_set_new(o, "suppressed", json_integer(it->suppressed));
+	emit(c, CGW_LANE_EVENT, d->id, topic, it->ts_ms, o);
 }
 
 static void on_device_state(struct core *c, const struct cgw_item *it)

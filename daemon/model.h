@@ -89,6 +89,7 @@ struct cgw_item {
 	struct cgw_value value; /* READING/EVENT; WRITE_RESULT: detail text or NONE */
 	uint64_t token;         /* WRITE_RESULT: the token given to the write */
 	int result;             /* WRITE_RESULT: 0 or a negative errno */
+	uint32_t suppressed;    /* EVENT: events of the point held back since the last (rate_limit) */
 };
 
 static inline void cgw_value_clear(struct cgw_value *v)

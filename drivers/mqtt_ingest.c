@@ -52,6 +52,7 @@ struct mi_pstate {
 	int64_t last_sent;     /* monotonic */
 	bool sent;             /* a good value was sent and nothing since voids it */
 	bool bad_sent;         /* a bad-quality reading was sent for this episode */
+	uint32_t suppressed;   /* events held back by the point's rate_limit */
 };
 
 struct mi_dev {
@@ -403,10 +404,22 @@ static void handle_point(struct driver *d, struct mi_dev *dv, uint32_t point, co
 	}
 	it.kind = pt->event ? CGW_ITEM_EVENT : CGW_ITEM_READING;
 	it.quality = r == 0 ? CGW_Q_GOOD : CGW_Q_BAD;
-	if (pt->event)
+	if (pt->event) {
+		struct mi_pstate *ps = &dv->pts[point];
+		if (pt->rate_limit_ms > 0 && ps->sent && mono_ms - ps->last_sent < pt->rate_limit_ms) {
+			/* counted, and said with the next one that goes out */
+			ps->suppressed++;
+			cgw_value_clear(&it.value);
+			return;
+		}
+		it.suppressed = ps->suppressed;
+		ps->suppressed = 0;
+		ps->sent = true;
+		ps->last_sent = mono_ms;
 		push(d, &it);
-	else
+	} else {
 		report(d, dv, &it, mono_ms);
+	}
 }
 
 void mqtt_ingest_feed(struct driver *d, const char *topic, const void *payload, size_t len,

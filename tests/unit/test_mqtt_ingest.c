@@ -50,7 +50,9 @@ static const char locker_profile[] =
 	/* (an invalid filter such as x/#/y is refused by the configuration
 	 * check now; this point keeps the indices of the ones after it) */
 	"  - {name: note, topic: status, json: note, type: string}\n"
-	"  - {name: first_id, topic: list, json: items.0.id, type: string}\n";
+	"  - {name: first_id, topic: list, json: items.0.id, type: string}\n"
+	"  - {name: motion, topic: motion, json: active, type: bool, event: true,"
+	" rate_limit: 30s}\n";
 
 /* one point on every locker's status: overlaps the lockers' own filters */
 static const char watcher_profile[] =
@@ -300,8 +302,9 @@ static void test_filters(void **state)
 	size_t n = mqtt_ingest_filter_count(fx->d);
 	static const char *const want[] = {
 		"lockers/a/status", "lockers/a/door/+", "lockers/a/parcel", "lockers/a/raw",
-		"lockers/a/list",   "lockers/b/status", "lockers/b/door/+", "lockers/b/parcel",
-		"lockers/b/raw",    "lockers/b/list",   "lockers/+/status"};
+		"lockers/a/list",   "lockers/a/motion", "lockers/b/status", "lockers/b/door/+",
+		"lockers/b/parcel", "lockers/b/raw",    "lockers/b/list",   "lockers/b/motion",
+		"lockers/+/status"};
 
 	/* the status points of a device share one filter */
 	assert_int_equal(n, sizeof(want) / sizeof(want[0]));
@@ -537,6 +540,39 @@ static void test_retained(void **state)
 	assert_int_equal(fx->items[1].kind, CGW_ITEM_EVENT);
 }
 
+static void test_rate_limit(void **state)
+{
+	struct fx *fx = *state;
+	const char *on = "{\"active\":true}";
+
+	/* the first motion event goes out; the next ones within 30 s are
+	 * counted; the first after the interval says how many were held */
+	feed(fx, "lockers/a/status", "{\"mains\":true}"); /* online first */
+	feed(fx, "lockers/b/status", "{\"mains\":true}");
+	feed(fx, "lockers/a/motion", on);
+	assert_int_equal(fx->n, 1);
+	assert_int_equal(fx->items[0].kind, CGW_ITEM_EVENT);
+	assert_int_equal(fx->items[0].suppressed, 0);
+	for (int i = 0; i < 5; i++) {
+		fx->mono += 1000;
+		feed(fx, "lockers/a/motion", on);
+		assert_int_equal(fx->n, 0);
+	}
+	fx->mono += 30000;
+	feed(fx, "lockers/a/motion", on);
+	assert_int_equal(fx->n, 1);
+	assert_int_equal(fx->items[0].suppressed, 5);
+	/* another device's motion has its own interval */
+	feed(fx, "lockers/b/motion", on);
+	assert_int_equal(fx->n, 1);
+	assert_int_equal(fx->items[0].suppressed, 0);
+	/* events without a rate_limit are never held back */
+	for (int i = 0; i < 3; i++) {
+		feed(fx, "lockers/a/parcel", "{\"action\":\"stored\"}");
+		assert_int_equal(fx->n, 1);
+	}
+}
+
 static void test_report_changes(void **state)
 {
 	struct fx *fx = *state;
@@ -619,6 +655,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_quarantine_bounded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_retained, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rate_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_report_changes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
 	};
