@@ -5,6 +5,7 @@
 #include <string.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
+#include <unistd.h>
 
 static bool log_stderr = true;
 static int log_level = LOG_INFO;
@@ -16,6 +17,10 @@ static const char *const level_names[] = {
 
 void log_setup(bool to_stderr, int level)
 {
+	/* without a journal to write to (a container, a plain shell), stderr
+	 * is the only place a line can still be read */
+	if (!to_stderr && access("/run/systemd/journal/socket", W_OK) != 0)
+		to_stderr = true;
 	log_stderr = to_stderr;
 	log_level = level;
 }

@@ -208,9 +208,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	/* Under systemd without --foreground, stderr goes to the journal anyway;
-	 * the journal API keeps levels and the module field. */
-	log_setup(foreground || check || !getenv("JOURNAL_STREAM"), level);
+	/* In the foreground, stderr; otherwise the journal, whose API keeps the
+	 * level and the module as fields. */
+	log_setup(foreground || check, level);
 
 	if (config_load(d.config_path, &cfg, &errs) < 0) {
 		print_errors(&errs);
