@@ -25,7 +25,7 @@ run_suite() { # name cmd...
 	local name=$1; shift
 	local log=$logdir/${name//\//_}.log
 	local t0=$SECONDS
-	timeout --kill-after=10 "${SUITE_TIMEOUT:-300}" "$@" >"$log" 2>&1
+	timeout --kill-after=10 "${SUITE_TIMEOUT:-300}" "$@" </dev/null >"$log" 2>&1
 	local rc=$?
 	local p f
 	p=$(grep -cE '^ok [0-9]+' "$log")

@@ -9,6 +9,7 @@
 #include "sim_ext.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -217,6 +218,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	if (fcntl(STDIN_FILENO, F_GETFD) < 0)
+		stdin_open = false; /* started with stdin closed */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
@@ -262,7 +265,7 @@ int main(int argc, char **argv)
 		}
 		if (pfd[0].revents & POLLIN)
 			break; /* SIGTERM / SIGINT */
-		if (pfd[1].revents & (POLLIN | POLLHUP)) {
+		if (pfd[1].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) {
 			ssize_t r = read(STDIN_FILENO, in.buf + in.len, sizeof(in.buf) - in.len);
 			if (r <= 0)
 				stdin_open = false; /* run on without a terminal */
