@@ -12,6 +12,9 @@ MQPORT=${DEMO_MQTT_PORT:-1883}
 MBPORT=${DEMO_MODBUS_PORT:-15020}
 METRICSPORT=${DEMO_METRICS_PORT:-9273}
 export CGW_PROFILES_DIR=$TOP/config/profiles
+# a fresh community each time: alarms latched in an earlier run (never
+# acknowledged) would otherwise stay active and the fire would not be new
+rm -rf "$DIR/state"
 mkdir -p "$DIR/sim" "$DIR/state"
 pids=()
 cleanup() {
@@ -66,8 +69,9 @@ cat <<TXT
 
   Within a minute: telemetry, card and parcel events, then a fire alarm at 20 s
   ("3号楼3层东侧楼梯间烟感 烟感报警"), low hydrant pressure, a forced door, an invalid
-  card, a forced locker, an intrusion, a detector going offline; all clear at
-  ~95 s; the story repeats every 2 minutes. Also try:
+  card, a forced locker, an intrusion, a detector going offline; conditions
+  clear at ~95 s and the story repeats every 2 minutes. Latched alarms (the
+  fire, the forced door) stay active until someone acknowledges them:
 
       $B/cgwctl -s $DIR/cgwd.sock status      (and: devices, alarms, queue)
       $B/cgwctl -s $DIR/cgwd.sock ack smoke-b3-3f-01/smoke
