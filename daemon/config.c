@@ -2181,60 +2181,7 @@ static int check_files(struct loader *ld, const struct keytab *t, void *obj, str
 	return nerr;
 }
 
-/* Keys that only make sense for some types of bus. */
-static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
-{
-	static const char *const only_rtu[] = {"device",    "baud",  "parity",      "data_bits",
-					       "stop_bits", "rs485", "frame_delay", NULL};
-	static const char *const only_tcp[] = {"host", "port", NULL};
-	static const char *const only_modbus[] = {"timeout", "byte_timeout",
-						  "retries", "offline_after",
-						  "max_gap", "max_registers",
-						  NULL};
-	static const char *const only_mqtt[] = {"url",           "client_id", "username",
-						"password_file", "ca_file",   "cert_file",
-						"key_file",      "insecure",  "stale_after",
-						"max_payload",   NULL};
-	const char *const *groups[] = {only_rtu, only_tcp, only_modbus, only_mqtt};
-	const bool allowed[3][4] = {
-		{true, false, true, false}, /* rtu */
-		{false, true, true, false}, /* tcp */
-		{false, false, false, true} /* mqtt */
-	};
-	int nerr = 0;
-
-	if (b->type < 0)
-		return 0;
-	for (int g = 0; g < 4; g++) {
-		if (allowed[b->type][g])
-			continue;
-		for (int i = 0; groups[g][i]; i++) {
-			if (key_given(&bus_tab, &b->o, groups[g][i])) {
-				err_at(ld, b->o.file, key_line(&bus_tab, &b->o, groups[g][i]),
-				       "bus '%s': key '%s' does not apply to a %s bus", b->name,
-				       groups[g][i], bus_types[b->type]);
-				nerr++;
-			}
-		}
-	}
-	if (b->type == CFG_BUS_MODBUS_RTU && !b->device) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'device'",
-		       b->name);
-		nerr++;
-	}
-	if (b->type == CFG_BUS_MODBUS_TCP && !b->host) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'host'", b->name);
-		nerr++;
-	}
-	if (b->type == CFG_BUS_MQTT && !b->url) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'url'", b->name);
-		nerr++;
-	}
-	nerr += check_files(ld, &bus_tab, b, &b->o);
-	return nerr;
-}
-
-static bool is_loopback(const char *host)
+bool cfg_is_loopback(const char *host)
 {
 	return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1") ||
 	       !strcmp(host, "[::1]");
@@ -2303,6 +2250,69 @@ bad:
 	return -EINVAL;
 }
 
+/* Keys that only make sense for some types of bus. */
+static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
+{
+	static const char *const only_rtu[] = {"device",    "baud",  "parity",      "data_bits",
+					       "stop_bits", "rs485", "frame_delay", NULL};
+	static const char *const only_tcp[] = {"host", "port", NULL};
+	static const char *const only_modbus[] = {"timeout", "byte_timeout",
+						  "retries", "offline_after",
+						  "max_gap", "max_registers",
+						  NULL};
+	static const char *const only_mqtt[] = {"url",           "client_id", "username",
+						"password_file", "ca_file",   "cert_file",
+						"key_file",      "insecure",  "stale_after",
+						"max_payload",   NULL};
+	const char *const *groups[] = {only_rtu, only_tcp, only_modbus, only_mqtt};
+	const bool allowed[3][4] = {
+		{true, false, true, false}, /* rtu */
+		{false, true, true, false}, /* tcp */
+		{false, false, false, true} /* mqtt */
+	};
+	int nerr = 0;
+
+	if (b->type < 0)
+		return 0;
+	for (int g = 0; g < 4; g++) {
+		if (allowed[b->type][g])
+			continue;
+		for (int i = 0; groups[g][i]; i++) {
+			if (key_given(&bus_tab, &b->o, groups[g][i])) {
+				err_at(ld, b->o.file, key_line(&bus_tab, &b->o, groups[g][i]),
+				       "bus '%s': key '%s' does not apply to a %s bus", b->name,
+				       groups[g][i], bus_types[b->type]);
+				nerr++;
+			}
+		}
+	}
+	if (b->type == CFG_BUS_MODBUS_RTU && !b->device) {
+		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'device'",
+		       b->name);
+		nerr++;
+	}
+	if (b->type == CFG_BUS_MODBUS_TCP && !b->host) {
+		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'host'", b->name);
+		nerr++;
+	}
+	if (b->type == CFG_BUS_MQTT && !b->url) {
+		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'url'", b->name);
+		nerr++;
+	} else if (b->type == CFG_BUS_MQTT) {
+		bool http = false;
+		free(b->host); /* not settable on an mqtt bus (checked above): from the url */
+		b->host = NULL;
+		if (parse_url(b->url, &b->host, &b->port, &b->tls, &http) < 0 || http) {
+			err_at(ld, b->o.file, key_line(&bus_tab, &b->o, "url"),
+			       "bus '%s': url '%s' is not mqtt://host[:port] or mqtts://host[:port]",
+			       b->name, b->url);
+			nerr++;
+		}
+	}
+	nerr += check_files(ld, &bus_tab, b, &b->o);
+	return nerr;
+}
+
 static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 {
 	const struct cfg_obj *o = &u->o;
@@ -2324,7 +2334,7 @@ static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 		       u->type == CFG_UPLINK_HTTP ? "http:// or https://" : "mqtt:// or mqtts://");
 		nerr++;
 	}
-	if (!u->tls && !u->insecure && !is_loopback(u->host)) {
+	if (!u->tls && !u->insecure && !cfg_is_loopback(u->host)) {
 		err_at(ld, o->file, key_line(&uplink_tab, o, "url"),
 		       "uplink '%s': plaintext to %s, which is not this machine; use %s or set "
 		       "insecure: true",

@@ -134,9 +134,10 @@ struct cfg_bus {
 	int64_t data_bits, stop_bits;
 	bool rs485;
 	int64_t frame_delay_ms;
-	/* modbus-tcp */
+	/* modbus-tcp: given; mqtt: parsed from url (where to connect, either way) */
 	char *host;
 	int64_t port;
+	bool tls; /* mqtt: mqtts:// */
 	/* modbus */
 	int64_t timeout_ms, byte_timeout_ms, retries, offline_after, max_gap, max_registers;
 	/* mqtt */
@@ -258,6 +259,8 @@ const struct cfg_profile *cfg_device_profile(const struct cgw_config *cfg,
 					     const struct cfg_device *d);
 /* The value of a device's location key, or NULL. */
 const char *cfg_device_location(const struct cfg_device *d, const char *key);
+/* localhost, 127.x, ::1: plaintext there never leaves the machine. */
+bool cfg_is_loopback(const char *host);
 /* Index of a device by id, or -1. */
 long cfg_find_device(const struct cgw_config *cfg, const char *id);
 

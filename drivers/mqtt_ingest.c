@@ -80,7 +80,7 @@ struct driver {
 	struct driver_env env;
 	const struct cfg_bus *bus;
 	struct mosquitto *mosq;
-	char *host;
+	const char *host; /* the configuration's */
 	int port;
 	bool tls;
 	char *client_id;
@@ -114,74 +114,6 @@ static void on_io(struct loop *l, int fd, uint32_t ev, void *arg);
 static void schedule_reconnect(struct driver *d);
 
 /* ---- helpers --------------------------------------------------------------- */
-
-static bool is_loopback(const char *host)
-{
-	return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1");
-}
-
-/* scheme://host[:port][/...] with scheme mqtt/tcp (1883) or mqtts/ssl (8883). */
-static int parse_url(const char *url, char **host, int *port, bool *tls)
-{
-	static const struct {
-		const char *scheme;
-		bool tls;
-		int port;
-	} schemes[] = {{"mqtt", false, 1883},
-		       {"tcp", false, 1883},
-		       {"mqtts", true, 8883},
-		       {"ssl", true, 8883}};
-	const char *sep = url ? strstr(url, "://") : NULL;
-	const char *h, *end, *colon;
-	size_t i, n = sizeof(schemes) / sizeof(schemes[0]);
-
-	*host = NULL;
-	if (!sep)
-		return -EINVAL;
-	for (i = 0; i < n; i++)
-		if (strlen(schemes[i].scheme) == (size_t)(sep - url) &&
-		    !strncmp(url, schemes[i].scheme, (size_t)(sep - url)))
-			break;
-	if (i == n)
-		return -EINVAL;
-	*tls = schemes[i].tls;
-	*port = schemes[i].port;
-	h = sep + 3;
-	end = h + strcspn(h, "/?#");
-	if (*h == '[') {
-		const char *rb = memchr(h, ']', (size_t)(end - h));
-		if (!rb)
-			return -EINVAL;
-		*host = strndup(h + 1, (size_t)(rb - h - 1));
-		colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
-	} else {
-		colon = memchr(h, ':', (size_t)(end - h));
-		*host = strndup(h, (size_t)((colon ? colon : end) - h));
-	}
-	if (!*host)
-		return -ENOMEM;
-	if (!**host)
-		goto bad;
-	if (colon) {
-		long p = 0;
-		const char *c = colon + 1;
-		if (c == end)
-			goto bad;
-		for (; c < end; c++) {
-			if (*c < '0' || *c > '9' || p > 65535)
-				goto bad;
-			p = p * 10 + (*c - '0');
-		}
-		if (p < 1 || p > 65535)
-			goto bad;
-		*port = (int)p;
-	}
-	return 0;
-bad:
-	free(*host);
-	*host = NULL;
-	return -EINVAL;
-}
 
 static void push(struct driver *d, struct cgw_item *it)
 {
@@ -881,12 +813,10 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 	d->fd = -1;
 	d->conn = MI_IDLE;
 	d->start_mono = cgw_mono_ms();
-	if (parse_url(d->bus->url, &d->host, &d->port, &d->tls) < 0) {
-		log_err(MOD, "[%s] url '%s' is not mqtt://host[:port] or mqtts://host[:port]",
-			d->bus->name, d->bus->url ? d->bus->url : "");
-		r = -EINVAL;
-		goto fail;
-	}
+	/* the configuration parsed the url */
+	d->host = d->bus->host;
+	d->port = (int)d->bus->port;
+	d->tls = d->bus->tls;
 	r = build(d);
 	if (r < 0)
 		goto fail;
@@ -929,7 +859,7 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 			r = -EINVAL;
 			goto fail;
 		}
-	} else if (!is_loopback(d->host)) {
+	} else if (!cfg_is_loopback(d->host)) {
 		if (d->bus->insecure)
 			log_notice(MOD, "[%s] plaintext MQTT to %s (insecure: true)", d->bus->name,
 				   d->host);
@@ -987,7 +917,6 @@ static void mi_close(struct driver *d)
 	free(d->sub_mids);
 	free(d->devs);
 	free(d->client_id);
-	free(d->host);
 	free(d);
 }
 

@@ -24,24 +24,6 @@ struct sim_mqtt {
 	struct sim_bus *bus; /* indexed like cfg->buses; mosq NULL if not mqtt */
 };
 
-static int parse_broker(const char *url, char *host, size_t hlen, int *port)
-{
-	const char *h = strstr(url, "://");
-	const char *colon;
-
-	h = h ? h + 3 : url;
-	colon = strrchr(h, ':');
-	*port = 1883;
-	if (colon) {
-		*port = atoi(colon + 1);
-		snprintf(host, hlen, "%.*s", (int)(colon - h), h);
-	} else {
-		snprintf(host, hlen, "%s", h);
-	}
-	host[strcspn(host, "/")] = '\0';
-	return *port > 0 ? 0 : -EINVAL;
-}
-
 int sim_mqtt_start(const struct cgw_config *cfg, struct sim_mqtt **out)
 {
 	struct sim_mqtt *m;
@@ -64,8 +46,8 @@ int sim_mqtt_start(const struct cgw_config *cfg, struct sim_mqtt **out)
 		if (cfg->buses[i].type != CFG_BUS_MQTT || !cfg->buses[i].n_devices)
 			continue;
 		b->cfg = &cfg->buses[i];
-		if (parse_broker(b->cfg->url, b->host, sizeof(b->host), &b->port) < 0)
-			continue;
+		snprintf(b->host, sizeof(b->host), "%s", b->cfg->host);
+		b->port = (int)b->cfg->port;
 		b->mosq = mosquitto_new(NULL, true, NULL);
 		if (!b->mosq)
 			continue;
