@@ -989,7 +989,7 @@ bool core_healthy(const struct core *c)
 
 void core_status_line(const struct core *c, char *buf, size_t len)
 {
-	size_t up = 0, offline = 0;
+	size_t up = 0;
 	uint64_t depth = 0;
 	struct store_stats st;
 
@@ -1004,7 +1004,6 @@ void core_status_line(const struct core *c, char *buf, size_t len)
 		for (size_t i = 0; i < st.n_uplinks; i++)
 			for (int l = 0; l < CGW_LANE_COUNT; l++)
 				depth += st.uplink[i].lane[l].depth;
-	(void)offline;
 	snprintf(buf, len,
 		 "%zu devices on %zu buses; %zu active alarms; outbox %llu; uplinks %zu/%zu up",
 		 c->cfg->n_devices, c->cfg->n_buses,

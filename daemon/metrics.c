@@ -151,6 +151,22 @@ static const char *jstr(const json_t *o, const char *key)
 
 /* ---- /metrics ------------------------------------------------------------------- */
 
+/* One family with a sample per array item: labelled by the item's `idkey`
+ * (as label `label`), valued by its `field`. */
+static void per_item(struct sb *b, const json_t *arr, const char *name, const char *type,
+		     const char *help, const char *label, const char *idkey, const char *field)
+{
+	size_t i;
+	json_t *x;
+
+	family(b, name, type, help);
+	json_array_foreach(arr, i, x)
+	{
+		const char *labels[] = {label, jstr(x, idkey), NULL};
+		sample(b, name, labels, json_object_get(x, field));
+	}
+}
+
 static bool bus_is_modbus(const json_t *buses, const char *bus)
 {
 	size_t i;
@@ -229,13 +245,8 @@ static void devices_metrics(struct sb *b, json_t *devices, json_t *buses)
 		const char *labels[] = {"device", jstr(d, "id"), NULL};
 		sample_num(b, "cgw_device_online", labels, !strcmp(jstr(d, "state"), "online"));
 	}
-	family(b, "cgw_device_shelved", "gauge",
-	       "1 if the device's alarms are shelved (maintenance).");
-	json_array_foreach(devices, i, d)
-	{
-		const char *labels[] = {"device", jstr(d, "id"), NULL};
-		sample(b, "cgw_device_shelved", labels, json_object_get(d, "shelved"));
-	}
+	per_item(b, devices, "cgw_device_shelved", "gauge",
+		 "1 if the device's alarms are shelved (maintenance).", "device", "id", "shelved");
 	family(b, "cgw_device_last_ok_timestamp_seconds", "gauge",
 	       "When the device last answered or reported, seconds since the epoch (0: never).");
 	json_array_foreach(devices, i, d)
@@ -303,39 +314,19 @@ static void status_metrics(struct sb *b, json_t *st)
 		const char *labels[] = {"bus", jstr(x, "name"), "type", jstr(x, "type"), NULL};
 		sample(b, "cgw_bus_connected", labels, json_object_get(x, "connected"));
 	}
-	family(b, "cgw_bus_devices", "gauge", "Devices configured on the bus.");
-	json_array_foreach(buses, i, x)
-	{
-		const char *labels[] = {"bus", jstr(x, "name"), NULL};
-		sample(b, "cgw_bus_devices", labels, json_object_get(x, "devices"));
-	}
-	family(b, "cgw_bus_devices_online", "gauge", "Devices of the bus that are online.");
-	json_array_foreach(buses, i, x)
-	{
-		const char *labels[] = {"bus", jstr(x, "name"), NULL};
-		sample(b, "cgw_bus_devices_online", labels, json_object_get(x, "online"));
-	}
+	per_item(b, buses, "cgw_bus_devices", "gauge", "Devices configured on the bus.", "bus",
+		 "name", "devices");
+	per_item(b, buses, "cgw_bus_devices_online", "gauge", "Devices of the bus that are online.",
+		 "bus", "name", "online");
 
-	family(b, "cgw_uplink_connected", "gauge",
-	       "1 if the uplink is connected (MQTT) or its last request succeeded (HTTP).");
-	json_array_foreach(ups, i, x)
-	{
-		const char *labels[] = {"uplink", jstr(x, "name"), NULL};
-		sample(b, "cgw_uplink_connected", labels, json_object_get(x, "connected"));
-	}
-	family(b, "cgw_uplink_sent_total", "counter", "Messages the uplink sent.");
-	json_array_foreach(ups, i, x)
-	{
-		const char *labels[] = {"uplink", jstr(x, "name"), NULL};
-		sample(b, "cgw_uplink_sent_total", labels, json_object_get(x, "sent"));
-	}
-	family(b, "cgw_uplink_acked_total", "counter",
-	       "Messages the platform confirmed (PUBACK or 2xx); only these leave the store.");
-	json_array_foreach(ups, i, x)
-	{
-		const char *labels[] = {"uplink", jstr(x, "name"), NULL};
-		sample(b, "cgw_uplink_acked_total", labels, json_object_get(x, "acked"));
-	}
+	per_item(b, ups, "cgw_uplink_connected", "gauge",
+		 "1 if the uplink is connected (MQTT) or its last request succeeded (HTTP).",
+		 "uplink", "name", "connected");
+	per_item(b, ups, "cgw_uplink_sent_total", "counter", "Messages the uplink sent.", "uplink",
+		 "name", "sent");
+	per_item(b, ups, "cgw_uplink_acked_total", "counter",
+		 "Messages the platform confirmed (PUBACK or 2xx); only these leave the store.",
+		 "uplink", "name", "acked");
 
 	family(b, "cgw_outbox_messages", "gauge",
 	       "Messages waiting in the store for the uplink, by lane.");
