@@ -380,6 +380,11 @@ static void pump(struct uplink *u)
 	for (int lane = 0; lane < CGW_LANE_COUNT; lane++) {
 		if (!(u->cfg->send_mask & (1u << lane)))
 			continue;
+		/* Refill a lane once half its window is free, not per PUBACK: one
+		 * store query per batch instead of one per message. The alarm
+		 * lane goes out at once, always. */
+		if (lane != CGW_LANE_ALARM && u->inflight[lane] > u->budget / 2)
+			continue;
 		while (u->inflight[lane] < u->budget) {
 			size_t want = u->budget - u->inflight[lane], n = 0;
 			if (want > FETCH_MAX)
