@@ -163,6 +163,12 @@ static int transact(const char *path, json_t *req, int timeout_s, json_t **resp)
 			continue;
 		if (off < tlen) {
 			ssize_t w = send(fd, text + off, tlen - off, MSG_NOSIGNAL);
+			if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+				/* cgwd answered and closed before reading us (too
+				 * many clients): read what it said */
+				off = tlen;
+				continue;
+			}
 			if (w < 0 && errno != EINTR && errno != EAGAIN) {
 				fprintf(stderr, "cgwctl: sending to cgwd: %s\n", strerror(errno));
 				goto out;
