@@ -5,6 +5,7 @@
 #   make test       install missing packages, build, run every test suite
 #   make asan       the test suite under AddressSanitizer + UBSan
 #   make bench      run the benchmarks, write tests/bench/RESULTS.md
+#   make bench-peers  cgwd beside Node-RED on the 500-device load (npm; not in make test)
 #   make fuzz       build the libFuzzer targets (clang) and run each briefly
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make deps       install the Debian packages cgw needs (as root)
@@ -56,7 +57,7 @@ DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev 
 DEPS_RUN   := mosquitto mosquitto-clients
 DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl
 
-.PHONY: all run test asan bench fuzz install clean deps deps-test check-config format test-faults soak
+.PHONY: all run test asan bench bench-peers fuzz install clean deps deps-test check-config format test-faults soak
 .DELETE_ON_ERROR:
 
 all: $(PROGS) $(TOOL_BIN)
@@ -140,6 +141,15 @@ asan:
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@tests/bench/run.sh $(B)
+
+# Peers from the npm registry, pinned by tests/bench/peers/package-lock.json,
+# installed under $(B)/peers (nothing global); install scripts are not run.
+bench-peers: deps
+	@$(MAKE) --no-print-directory all
+	@command -v npm >/dev/null || { echo "bench-peers: needs node and npm (apt-get install nodejs npm)"; exit 1; }
+	@mkdir -p $(B)/peers && cp tests/bench/peers/package.json tests/bench/peers/package-lock.json $(B)/peers/
+	@cd $(B)/peers && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@tests/bench/peers/peers.sh $(B)
 
 fuzz:
 	@$(MAKE) --no-print-directory B=build-fuzz CC=clang OPT='-O1 -g' \

@@ -19,56 +19,16 @@ source "$(dirname "$0")/../lib.sh"
 
 WINDOW=${WINDOW:-20}
 WARMUP=${WARMUP:-5}
-BUSES=10
-UNITS=50
 SIM=$CGW_BUILD/cgw-sim
 POLL=$CGW_BUILD/tools/mb_poll
 REF=$CGW_BUILD/tools/mb_ref
 for b in "$SIM" "$POLL" "$REF"; do
 	[ -x "$b" ] || { echo "modbus bench: missing $b (make all)" >&2; exit 1; }
 done
+source "$(dirname "$0")/load500.lib"
 
-# 30 registers per device: 20 one-register points and 5 float32
-mkdir -p "$TMP/profiles"
-{
-	echo "profile: bench-device"
-	echo "class: service"
-	echo "points:"
-	for i in $(seq 0 9); do echo "  - {name: u$i, table: holding, address: $i, type: uint16}"; done
-	for i in $(seq 10 19); do echo "  - {name: t$i, table: holding, address: $i, type: int16, scale: 0.1}"; done
-	for i in 0 1 2 3 4; do echo "  - {name: f$i, table: holding, address: $((20 + 2 * i)), type: float32, order: CDAB}"; done
-} >"$TMP/profiles/bench-device.yaml"
-{
-	echo "gateway: {id: gw-bench, site: bench, state_dir: $TMP}"
-	echo "profile_dirs: [$TMP/profiles]"
-	echo "buses:"
-	ports=" "
-	for b in $(seq 1 $BUSES); do
-		p=$(free_port)
-		while [[ $ports == *" $p "* ]]; do p=$(free_port); done
-		ports="$ports$p "
-		echo "  - {name: tcp-$b, type: modbus-tcp, host: 127.0.0.1, port: $p, timeout: 1s}"
-	done
-	echo "devices:"
-	for b in $(seq 1 $BUSES); do
-		for u in $(seq 1 $UNITS); do
-			echo "  - {id: dev-$b-$u, name: 'Device $b/$u', profile: bench-device, bus: tcp-$b, unit: $u, poll: 1s}"
-		done
-	done
-} >"$TMP/cgw.yaml"
-
-# CPU ticks (utime + stime) of a process
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-# private (anonymous) memory: what the program itself allocates; the rest of
-# RSS is shared library pages (libcrypto, libcurl, libsqlite3...), the same
-# for any program linked with them (mb_ref shows it)
-anon_kb() { awk '/^RssAnon:/ { print $2 }' "/proc/$1/status"; }
 # last "summary key=value" value printed by a tool
 sumval() { grep '^summary ' "$1" | tail -1 | sed -n "s/.* $2=\([0-9]*\).*/\1/p"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-HZ=$(getconf CLK_TCK)
 
 bg_start "$SIM" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
 wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "modbus bench: simulator did not start" >&2; cat "$TMP/sim.err" >&2; exit 1; }
