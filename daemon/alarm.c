@@ -1298,6 +1298,103 @@ int alarm_restore(struct alarm_engine *e, const struct alarm_record *r, size_t n
 	return taken;
 }
 
+/* ---- reload: carrying state over ------------------------------------------------ */
+
+int alarm_adopt_device(struct alarm_engine *e, uint32_t to, const struct alarm_engine *old,
+		       uint32_t from)
+{
+	const struct dev_rt *od, *nd;
+
+	if (!e || !old || to >= e->cfg->n_devices || from >= old->cfg->n_devices)
+		return -EINVAL;
+	od = &old->devs[from];
+	nd = &e->devs[to];
+	if (od->cp->n_rules != nd->cp->n_rules || od->cp->n_unl != nd->cp->n_unl ||
+	    od->cp->n_val != nd->cp->n_val ||
+	    strcmp(old->cfg->devices[from].id, e->cfg->devices[to].id))
+		return -EINVAL;
+	for (size_t k = 0; k <= nd->cp->n_rules; k++) {
+		const struct slot *os = &old->slots[od->slot_base + k];
+		struct slot *s = &e->slots[nd->slot_base + k];
+
+		if (strcmp(od->cp->rules[k].name, nd->cp->rules[k].name) ||
+		    strlen(os->id) >= s->id_cap)
+			return -EINVAL;
+	}
+	for (size_t k = 0; k <= nd->cp->n_rules; k++) {
+		const struct slot *os = &old->slots[od->slot_base + k];
+		struct slot *s = &e->slots[nd->slot_base + k];
+
+		memcpy(s->id, os->id, strlen(os->id) + 1);
+		s->raised_at = os->raised_at;
+		s->last_raised = os->last_raised;
+		s->t_change = os->t_change;
+		s->chatter_last = os->chatter_last;
+		memcpy(s->toggles, os->toggles, sizeof(s->toggles));
+		s->chatter_count = os->chatter_count;
+		s->n_tog = os->n_tog;
+		s->tog_head = os->tog_head;
+		s->state = os->state;
+		s->rep_state = os->rep_state;
+		s->raw = os->raw;
+		s->qual = os->qual;
+		s->pending = os->pending;
+		s->excused = os->excused;
+		s->restored = os->restored;
+		s->seen = os->seen;
+		s->chattering = os->chattering;
+		heap_set(e, s, os->deadline);
+	}
+	memcpy(&e->unl[nd->unl_base], &old->unl[od->unl_base], nd->cp->n_unl * sizeof(*e->unl));
+	for (size_t i = 0; i < nd->cp->n_val; i++) {
+		const struct val_slot *ov = &old->vals[od->val_base + i];
+		struct val_slot *v = &e->vals[nd->val_base + i];
+
+		cgw_value_clear(&v->v);
+		v->valid = ov->valid && cgw_value_copy(&v->v, &ov->v) == 0;
+	}
+	e->devs[to].shelved = od->shelved;
+	return 0;
+}
+
+void alarm_adopt_flood(struct alarm_engine *e, const struct alarm_engine *old)
+{
+	if (!e || !old)
+		return;
+	memcpy(e->flood_ring, old->flood_ring, sizeof(e->flood_ring));
+	e->flood_n = old->flood_n;
+	e->flood_head = old->flood_head;
+	e->flood_count = old->flood_count;
+	e->flood = old->flood;
+}
+
+int alarm_retire(struct alarm_engine *e, uint32_t dev, const char *rule_name, const char *note,
+		 int64_t wall_ms)
+{
+	const struct dev_rt *dr;
+	int n = 0;
+
+	if (!e || dev >= e->cfg->n_devices)
+		return -EINVAL;
+	dr = &e->devs[dev];
+	for (size_t k = 0; k <= dr->cp->n_rules; k++) {
+		struct slot *s = &e->slots[dr->slot_base + k];
+
+		if (rule_name && strcmp(dr->cp->rules[k].name, rule_name))
+			continue;
+		heap_set(e, s, -1);
+		s->pending = s->chattering = false;
+		if (s->state == ALARM_NORMAL)
+			continue;
+		s->raw = s->qual = false;
+		s->state = ALARM_NORMAL;
+		/* what the platform never saw it need not see end */
+		emit(e, s, "cleared", wall_ms, NULL, note, !s->seen);
+		n++;
+	}
+	return n;
+}
+
 /* ---- queries -------------------------------------------------------------------- */
 
 size_t alarm_active_count(const struct alarm_engine *e, int severity)

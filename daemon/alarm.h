@@ -55,7 +55,8 @@
  * or shelved: only their own on_delay holds them back.
  *
  * Ownership: the engine borrows cfg, which must outlive it (on a reload the
- * core makes a new engine and restores it from the store). A struct
+ * core makes a new engine on the new configuration and carries each device
+ * over with alarm_adopt_device(); see core.h). A struct
  * alarm_change and everything it points to is valid during the callback only.
  * Callbacks must not call back into the engine.
  */
@@ -160,6 +161,25 @@ struct alarm_record {
 	bool shelved;
 };
 int alarm_restore(struct alarm_engine *e, const struct alarm_record *r, size_t n, bool *kept);
+
+/* Reload. alarm_adopt_device() carries everything the engine `old` knows
+ * about its device `from` over to device `to` of e (a new engine on the new
+ * configuration): every alarm's state and id, on/off delays and chatter
+ * windows still running (on their original deadlines), the last values,
+ * what `unless` points showed, and the device's shelving. The two devices
+ * must have the same id and the same profile content (the core checks with
+ * cfg_profile_equal()); -EINVAL otherwise, with nothing changed. Emits
+ * nothing. alarm_adopt_flood() carries the gateway-wide flood window over.
+ * alarm_retire() ends the device's alarms that are not normal (all of them,
+ * or only rule_name's) because the configuration no longer has them: each
+ * goes to normal with event "cleared" and `note` saying why (sent unless the
+ * platform never saw the occurrence), and delays running stop. Returns how
+ * many ended, or -EINVAL. */
+int alarm_adopt_device(struct alarm_engine *e, uint32_t to, const struct alarm_engine *old,
+		       uint32_t from);
+void alarm_adopt_flood(struct alarm_engine *e, const struct alarm_engine *old);
+int alarm_retire(struct alarm_engine *e, uint32_t dev, const char *rule_name, const char *note,
+		 int64_t wall_ms);
 
 /* Alarms in state active-unacked or active-acked (shelved included), of one
  * severity or all (-1). */

@@ -21,6 +21,7 @@
 
 #include "alarm.h"
 #include "command.h"
+#include "config_diff.h"
 #include "driver.h"
 #include "log.h"
 #include "modbus_driver.h"
@@ -32,6 +33,42 @@
 #define POP_BATCH 512
 #define MAINTAIN_MS 10000
 #define MAX_PENDING_WRITES 256
+#define DEV_NONE UINT32_MAX
+#define SHELF_KEY "shelved_devices" /* store meta: {"DEVICE": {"by": ..., "ts": ...}} */
+#define SHELF_MAX (1u << 20)
+
+/* A configuration that running drivers or uplinks were opened with (they
+ * borrow it), and the queue its drivers push to. Items carry device indexes
+ * of this configuration; `map` turns them into the running one's. */
+struct gen {
+	struct core *core;
+	struct cgw_config *cfg;
+	struct queue *queue;
+	uint32_t *map;  /* cfg device -> running device, DEV_NONE gone; NULL: identity */
+	unsigned users; /* drivers and uplinks opened on cfg */
+	struct gen *next;
+};
+
+/* Per bus / uplink of the running configuration: which configuration it
+ * was opened with and when (files it read may have changed since). */
+struct bus_rt {
+	struct gen *gen;
+	size_t bus; /* index into gen->cfg->buses */
+	struct timespec opened;
+};
+
+struct uplink_rt {
+	struct gen *gen;
+	int64_t store_id;
+	struct timespec opened;
+};
+
+/* Per device of the running configuration. */
+struct dev_rt {
+	uint32_t local; /* its index in its driver's configuration (writes, stats) */
+	int8_t online;  /* the state last reported to the platform; -1 none yet */
+	bool adopted;   /* reload: alarm state carried over from the old engine */
+};
 
 struct pending_write {
 	uint64_t token;
@@ -46,7 +83,11 @@ struct core {
 	struct cgw_config *cfg;
 	struct loop *loop;
 	struct store *store;
-	struct queue *queue;
+	struct queue *queue; /* the running configuration's: new drivers push here */
+	struct gen *gens;    /* every configuration still in use; the first is cfg's */
+	struct bus_rt *bus_rt;
+	struct uplink_rt *uplink_rt;
+	struct dev_rt *devs;
 	struct alarm_engine *alarms;
 	struct uplink **uplinks;
 	const struct uplink_ops **uplink_ops;
@@ -72,6 +113,9 @@ struct core {
 	size_t n_forget;
 	struct cgw_item items[POP_BATCH];
 };
+
+static void core_queue_stats(struct core *c, struct queue_stats *qs);
+static void shelf_save(struct core *c, const char *device, bool shelve, const char *by);
 
 static int ensure_dir(const char *path)
 {
@@ -253,6 +297,11 @@ static void on_device_state(struct core *c, const struct cgw_item *it)
 	const struct cfg_device *d = &c->cfg->devices[it->device];
 	char topic[160];
 
+	/* a bus restarted by a reload finds its unchanged devices as they were:
+	 * no new `since`, nothing to tell */
+	if (c->devs[it->device].online == (int8_t)it->online)
+		return;
+	c->devs[it->device].online = (int8_t)it->online;
 	log_notice("core", "device %s (%s) is %s", d->id, d->name,
 		   it->online ? "online" : "offline");
 	snprintf(topic, sizeof(topic), "device/%s/state", d->id);
@@ -417,7 +466,7 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 			return;
 		}
 		uint64_t token = ++c->write_token;
-		int r = ops->write(drv, dev, (uint32_t)pidx, &v, token);
+		int r = ops->write(drv, c->devs[dev].local, (uint32_t)pidx, &v, token);
 		cgw_value_clear(&v);
 		if (r < 0) {
 			command_result(c, rt, source, d->id, command_id, "failed", strerror(-r),
@@ -634,7 +683,10 @@ static int restore_one(void *ctx, const struct store_alarm *a)
 		.shelved = a->shelved,
 	};
 	bool kept = false;
+	long dev = cfg_find_device(c->cfg, a->device);
 
+	if (dev >= 0 && c->devs[dev].adopted)
+		return 0; /* carried over by a reload: the engine knows better */
 	alarm_restore(c->alarms, &r, 1, &kept);
 	if (!kept) { /* its device or rule is gone from the configuration */
 		char **nv = realloc(c->forget, (c->n_forget + 1) * sizeof(*nv));
@@ -652,7 +704,8 @@ static int restore_one(void *ctx, const struct store_alarm *a)
 
 static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
 {
-	struct core *c = arg;
+	struct gen *g = arg;
+	struct core *c = g->core;
 	size_t n;
 	int rounds = 0;
 
@@ -660,9 +713,13 @@ static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
 	(void)fd;
 	(void)ev;
 	/* bounded work per wake-up so timers and uplinks keep their turn */
-	while (rounds++ < 16 && (n = queue_pop_batch(c->queue, c->items, POP_BATCH)) > 0) {
+	while (rounds++ < 16 && (n = queue_pop_batch(g->queue, c->items, POP_BATCH)) > 0) {
 		for (size_t i = 0; i < n; i++) {
 			struct cgw_item *it = &c->items[i];
+			/* from a driver kept across a reload: its configuration's index */
+			if (g->map)
+				it->device = it->device < g->cfg->n_devices ? g->map[it->device] :
+									      DEV_NONE;
 			if (it->device < c->cfg->n_devices) {
 				switch (it->kind) {
 				case CGW_ITEM_READING:
@@ -732,7 +789,7 @@ static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
 		if (rep.episode_ended)
 			log_notice("core", "store below its cap again");
 	}
-	queue_get_stats(c->queue, &qs);
+	core_queue_stats(c, &qs);
 	if (qs.full && !c->queue_full_logged)
 		log_warn("core", "driver queue full (%zu items): bus workers are slowed down",
 			 qs.capacity);
@@ -743,61 +800,129 @@ static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
 
-static void stop_components(struct core *c)
+static void core_queue_stats(struct core *c, struct queue_stats *qs)
 {
-	/* drivers first: nothing new arrives; then what they queued is handled */
-	if (c->drivers) {
-		for (size_t i = 0; i < c->cfg->n_buses; i++) {
-			if (c->drivers[i])
-				driver_ops_for(c->cfg->buses[i].type)->close(c->drivers[i]);
-		}
-		free(c->drivers);
-		c->drivers = NULL;
+	memset(qs, 0, sizeof(*qs));
+	for (struct gen *g = c->gens; g; g = g->next) {
+		struct queue_stats s;
+		if (!g->queue)
+			continue;
+		queue_get_stats(g->queue, &s);
+		qs->capacity += s.capacity;
+		qs->depth += s.depth;
+		qs->high_water = s.high_water > qs->high_water ? s.high_water : qs->high_water;
+		qs->waiting += s.waiting;
+		qs->pushes += s.pushes;
+		qs->drops += s.drops;
+		qs->waits += s.waits;
+		qs->full_episodes += s.full_episodes;
+		qs->full = qs->full || s.full;
 	}
-	if (c->queue && c->store && c->alarms)
-		on_queue(c->loop, -1, 0, c);
-	for (size_t i = 0; i < c->n_uplinks; i++)
-		if (c->uplinks[i])
-			c->uplink_ops[i]->close(c->uplinks[i]);
-	free(c->uplinks);
-	free(c->uplink_ops);
-	c->uplinks = NULL;
-	c->uplink_ops = NULL;
-	c->n_uplinks = 0;
-	for (size_t i = 0; i < MAX_PENDING_WRITES; i++) {
-		struct pending_write *pw = &c->writes[i];
-		if (pw->token && pw->reply) {
-			/* the bus stopped before the device answered: say so */
-			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", pw->command_id,
-					      "result", "failed", "detail",
-					      "the daemon stopped or reloaded "
-					      "before the device answered");
-			pw->reply(pw->reply_arg, o);
-			json_decref(o);
-		}
-		free(pw->source);
-		free(pw->command_id);
-	}
-	memset(c->writes, 0, sizeof(c->writes));
-	alarm_engine_free(c->alarms);
-	c->alarms = NULL;
-	if (c->queue) {
-		loop_del_fd(c->loop, queue_fd(c->queue));
-		queue_free(c->queue);
-		c->queue = NULL;
-	}
-	json_decref(c->tele);
-	c->tele = NULL;
-	store_close(c->store);
-	c->store = NULL;
-	if (c->lock_fd >= 0)
-		close(c->lock_fd);
-	c->lock_fd = -1;
 }
 
-static int start_components(struct core *c)
+/* A generation for cfg with its queue; the caller links it in. */
+static int gen_new(struct core *c, struct gen **out)
 {
-	const struct cgw_config *cfg = c->cfg;
+	struct gen *g = calloc(1, sizeof(*g));
+	int r;
+
+	*out = NULL;
+	if (!g)
+		return -ENOMEM;
+	g->core = c;
+	r = queue_new(&g->queue, QUEUE_CAPACITY);
+	if (r < 0 || (r = loop_add_fd(c->loop, queue_fd(g->queue), EPOLLIN, on_queue, g)) < 0) {
+		log_err("core", "queue: %s", strerror(-r));
+		queue_free(g->queue);
+		free(g);
+		return r;
+	}
+	*out = g;
+	return 0;
+}
+
+/* g becomes the running configuration's generation (cfg taken). */
+static void gen_push(struct core *c, struct gen *g, struct cgw_config *cfg)
+{
+	g->cfg = cfg;
+	g->next = c->gens;
+	c->gens = g;
+	c->cfg = cfg;
+	c->queue = g->queue;
+}
+
+static void gen_free(struct core *c, struct gen *g)
+{
+	if (!g)
+		return;
+	loop_del_fd(c->loop, queue_fd(g->queue));
+	queue_free(g->queue);
+	free(g->map);
+	config_free(g->cfg);
+	free(g);
+}
+
+/* Frees the configurations nothing uses any more (never the running one). */
+static void gens_prune(struct core *c)
+{
+	for (struct gen **gp = &c->gens->next; *gp;) {
+		struct gen *g = *gp;
+		if (g->users) {
+			gp = &g->next;
+			continue;
+		}
+		*gp = g->next;
+		gen_free(c, g);
+	}
+}
+
+/* Handles what every driver queued so far. */
+static void drain_all(struct core *c)
+{
+	if (!c->store || !c->alarms)
+		return;
+	for (struct gen *g = c->gens; g; g = g->next)
+		on_queue(c->loop, -1, 0, g);
+}
+
+static void fail_write(struct pending_write *pw, const char *why)
+{
+	if (pw->token && pw->reply) {
+		json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", pw->command_id, "result",
+				      "failed", "detail", why);
+		pw->reply(pw->reply_arg, o);
+		json_decref(o);
+	}
+	free(pw->source);
+	free(pw->command_id);
+	memset(pw, 0, sizeof(*pw));
+}
+
+static void close_bus(struct core *c, size_t b)
+{
+	if (!c->drivers || !c->drivers[b])
+		return;
+	driver_ops_for(c->cfg->buses[b].type)->close(c->drivers[b]);
+	c->drivers[b] = NULL;
+	c->bus_rt[b].gen->users--;
+	/* writes in flight on it get no answer now */
+	for (size_t i = 0; i < MAX_PENDING_WRITES; i++)
+		if (c->writes[i].token && c->cfg->devices[c->writes[i].device].bus == b)
+			fail_write(&c->writes[i],
+				   "the bus restarted before the device answered (reload)");
+}
+
+static void close_uplink(struct core *c, size_t i)
+{
+	if (!c->uplinks || !c->uplinks[i])
+		return;
+	c->uplink_ops[i]->close(c->uplinks[i]);
+	c->uplinks[i] = NULL;
+	c->uplink_rt[i].gen->users--;
+}
+
+static int open_store(struct core *c, const struct cgw_config *cfg)
+{
 	struct store_opts so = {
 		.sync_full = cfg->store.sync == CFG_SYNC_FULL,
 		.max_size = cfg->store.max_size,
@@ -829,19 +954,92 @@ static int start_components(struct core *c)
 		return r;
 	}
 	c->store_ok = true;
+	return 0;
+}
 
-	r = queue_new(&c->queue, QUEUE_CAPACITY);
-	if (r < 0 || (r = loop_add_fd(c->loop, queue_fd(c->queue), EPOLLIN, on_queue, c)) < 0) {
-		log_err("core", "queue: %s", strerror(-r));
-		return r;
-	}
+static void close_store(struct core *c)
+{
+	store_close(c->store);
+	c->store = NULL;
+	if (c->lock_fd >= 0)
+		close(c->lock_fd);
+	c->lock_fd = -1;
+}
 
-	r = alarm_engine_new(cfg, on_alarm, c, &c->alarms);
-	if (r < 0) {
-		log_err("core", "alarm engine: %s", strerror(-r));
-		return r;
+/* ---- shelving, persisted: a device can be shelved with no alarm at all ---- */
+
+static json_t *shelf_load(struct core *c)
+{
+	char *buf = malloc(SHELF_MAX);
+	json_t *o = NULL;
+
+	if (buf && store_meta_get(c->store, SHELF_KEY, buf, SHELF_MAX) == 0)
+		o = json_loads(buf, 0, NULL);
+	free(buf);
+	if (!json_is_object(o)) {
+		json_decref(o);
+		o = json_object();
 	}
-	alarm_engine_set_flood_cb(c->alarms, on_flood);
+	return o;
+}
+
+static void shelf_write(struct core *c, json_t *o)
+{
+	char *text = json_dumps(o, JSON_COMPACT);
+
+	if (!text || strlen(text) >= SHELF_MAX || store_meta_set(c->store, SHELF_KEY, text) < 0 ||
+	    store_flush(c->store) < 0)
+		log_err("core", "store: shelving not persisted: %s",
+			text ? store_errmsg(c->store) : "out of memory");
+	free(text);
+}
+
+static void shelf_save(struct core *c, const char *device, bool shelve, const char *by)
+{
+	json_t *o = shelf_load(c);
+
+	if (shelve)
+		json_object_set_new(o, device,
+				    json_pack("{s:s,s:I}", "by", by ? by : "", "ts",
+					      (json_int_t)cgw_now_ms()));
+	else
+		json_object_del(o, device);
+	shelf_write(c, o);
+	json_decref(o);
+}
+
+/* Shelves the devices the store says are, except those a reload carried
+ * over (their engine state is the truth); forgets unknown devices. Before
+ * the alarms are restored, so nothing is emitted. */
+static void shelf_apply(struct core *c)
+{
+	json_t *o = shelf_load(c), *v;
+	const char *key;
+	void *tmp;
+	bool changed = false;
+
+	json_object_foreach_safe(o, tmp, key, v)
+	{
+		long dev = cfg_find_device(c->cfg, key);
+		if (dev < 0) {
+			json_object_del(o, key);
+			changed = true;
+			continue;
+		}
+		if (c->devs[dev].adopted)
+			continue;
+		alarm_shelve(c->alarms, (uint32_t)dev, true,
+			     json_string_value(json_object_get(v, "by")),
+			     (int64_t)json_integer_value(json_object_get(v, "ts")));
+	}
+	if (changed)
+		shelf_write(c, o);
+	json_decref(o);
+}
+
+/* Alarms from the store for devices the engine does not know yet. */
+static void restore_alarms(struct core *c)
+{
 	store_alarm_foreach(c->store, restore_one, c);
 	/* deleted after the walk, not during it */
 	for (size_t i = 0; i < c->n_forget; i++) {
@@ -854,57 +1052,169 @@ static int start_components(struct core *c)
 	free(c->forget);
 	c->forget = NULL;
 	c->n_forget = 0;
+}
 
-	/* uplinks: register every configured one, forget the others */
-	c->uplinks = calloc(cfg->n_uplinks ? cfg->n_uplinks : 1, sizeof(*c->uplinks));
-	c->uplink_ops = calloc(cfg->n_uplinks ? cfg->n_uplinks : 1, sizeof(*c->uplink_ops));
-	if (!c->uplinks || !c->uplink_ops)
-		return -ENOMEM;
-	int64_t ids[32];
-	for (size_t i = 0; i < cfg->n_uplinks; i++) {
-		r = store_uplink_register(c->store, cfg->uplinks[i].name, cfg->uplinks[i].send_mask,
-					  &ids[i]);
-		if (r < 0) {
-			log_err("core", "store: uplink %s: %s", cfg->uplinks[i].name,
-				store_errmsg(c->store));
-			return r;
-		}
-	}
-	store_uplink_prune(c->store);
+static int open_uplink(struct core *c, size_t i)
+{
+	const struct cfg_uplink *u = &c->cfg->uplinks[i];
 	struct uplink_env env = {.loop = c->loop,
 				 .store = c->store,
-				 .cfg = cfg,
+				 .cfg = c->cfg,
 				 .on_command = on_uplink_command,
 				 .arg = c};
-	c->n_uplinks = cfg->n_uplinks;
-	for (size_t i = 0; i < cfg->n_uplinks; i++) {
-		c->uplink_ops[i] = uplink_ops_for(cfg->uplinks[i].type);
-		r = c->uplink_ops[i]->open(&env, &cfg->uplinks[i], ids[i], &c->uplinks[i]);
-		if (r < 0) {
-			log_err("core", "uplink %s: %s", cfg->uplinks[i].name, strerror(-r));
-			return r;
-		}
-	}
+	int r;
 
-	c->drivers = calloc(cfg->n_buses ? cfg->n_buses : 1, sizeof(*c->drivers));
-	if (!c->drivers)
-		return -ENOMEM;
-	for (size_t i = 0; i < cfg->n_buses; i++) {
-		struct driver_env denv = {.cfg = cfg,
-					  .bus = i,
-					  .queue = c->queue,
-					  .loop = c->loop,
-					  .store = c->store};
-		if (!cfg->buses[i].n_devices)
-			continue;
-		r = driver_ops_for(cfg->buses[i].type)->open(&denv, &c->drivers[i]);
-		if (r < 0) {
-			/* a bus that cannot start (port missing) must not take the
-			 * others down; the driver retries by itself where it can */
-			log_err("core", "bus %s: %s", cfg->buses[i].name, strerror(-r));
-			c->drivers[i] = NULL;
-		}
+	r = store_uplink_register(c->store, u->name, u->send_mask, &c->uplink_rt[i].store_id);
+	if (r < 0) {
+		log_err("core", "store: uplink %s: %s", u->name, store_errmsg(c->store));
+		return r;
 	}
+	c->uplink_ops[i] = uplink_ops_for(u->type);
+	clock_gettime(CLOCK_REALTIME, &c->uplink_rt[i].opened);
+	r = c->uplink_ops[i]->open(&env, u, c->uplink_rt[i].store_id, &c->uplinks[i]);
+	if (r < 0) {
+		log_err("core", "uplink %s: %s", u->name, strerror(-r));
+		c->uplinks[i] = NULL;
+		return r;
+	}
+	c->uplink_rt[i].gen = c->gens;
+	c->gens->users++;
+	return 0;
+}
+
+static void open_bus(struct core *c, size_t b)
+{
+	struct driver_env denv = {.cfg = c->cfg,
+				  .bus = b,
+				  .queue = c->queue,
+				  .loop = c->loop,
+				  .store = c->store};
+	int r;
+
+	c->bus_rt[b].gen = c->gens;
+	c->bus_rt[b].bus = b;
+	clock_gettime(CLOCK_REALTIME, &c->bus_rt[b].opened);
+	for (size_t i = 0; i < c->cfg->n_devices; i++)
+		if (c->cfg->devices[i].bus == b)
+			c->devs[i].local = (uint32_t)i;
+	if (!c->cfg->buses[b].n_devices)
+		return;
+	r = driver_ops_for(c->cfg->buses[b].type)->open(&denv, &c->drivers[b]);
+	if (r < 0) {
+		/* a bus that cannot start (port missing) must not take the
+		 * others down; the driver retries by itself where it can */
+		log_err("core", "bus %s: %s", c->cfg->buses[b].name, strerror(-r));
+		c->drivers[b] = NULL;
+		return;
+	}
+	c->gens->users++;
+}
+
+/* Per-bus, per-uplink and per-device arrays for cfg, all empty. */
+struct rt_arrays {
+	struct driver **drivers;
+	struct bus_rt *bus_rt;
+	struct uplink **uplinks;
+	const struct uplink_ops **uplink_ops;
+	struct uplink_rt *uplink_rt;
+	struct dev_rt *devs;
+};
+
+static int rt_alloc(const struct cgw_config *cfg, struct rt_arrays *a)
+{
+	size_t nb = cfg->n_buses + 1, nu = cfg->n_uplinks + 1, nd = cfg->n_devices + 1;
+
+	a->drivers = calloc(nb, sizeof(*a->drivers));
+	a->bus_rt = calloc(nb, sizeof(*a->bus_rt));
+	a->uplinks = calloc(nu, sizeof(*a->uplinks));
+	a->uplink_ops = calloc(nu, sizeof(*a->uplink_ops));
+	a->uplink_rt = calloc(nu, sizeof(*a->uplink_rt));
+	a->devs = calloc(nd, sizeof(*a->devs));
+	if (!a->drivers || !a->bus_rt || !a->uplinks || !a->uplink_ops || !a->uplink_rt || !a->devs)
+		return -ENOMEM;
+	for (size_t i = 0; i < nd; i++)
+		a->devs[i].online = -1;
+	return 0;
+}
+
+static void rt_free(struct rt_arrays *a)
+{
+	free(a->drivers);
+	free(a->bus_rt);
+	free(a->uplinks);
+	free(a->uplink_ops);
+	free(a->uplink_rt);
+	free(a->devs);
+	memset(a, 0, sizeof(*a));
+}
+
+static void rt_install(struct core *c, struct rt_arrays *a)
+{
+	struct rt_arrays old = {c->drivers,    c->bus_rt,    c->uplinks,
+				c->uplink_ops, c->uplink_rt, c->devs};
+
+	c->drivers = a->drivers;
+	c->bus_rt = a->bus_rt;
+	c->uplinks = a->uplinks;
+	c->uplink_ops = a->uplink_ops;
+	c->uplink_rt = a->uplink_rt;
+	c->devs = a->devs;
+	c->n_uplinks = c->cfg->n_uplinks;
+	rt_free(&old);
+	memset(a, 0, sizeof(*a));
+}
+
+static void stop_components(struct core *c)
+{
+	/* drivers first: nothing new arrives; then what they queued is handled */
+	for (size_t i = 0; c->drivers && i < c->cfg->n_buses; i++)
+		close_bus(c, i);
+	drain_all(c);
+	for (size_t i = 0; i < c->n_uplinks; i++)
+		close_uplink(c, i);
+	for (size_t i = 0; i < MAX_PENDING_WRITES; i++)
+		fail_write(&c->writes[i], "the daemon stopped before the device answered");
+	alarm_engine_free(c->alarms);
+	c->alarms = NULL;
+	json_decref(c->tele);
+	c->tele = NULL;
+	close_store(c);
+}
+
+/* Start: everything on the configuration of c->gens (c->cfg). */
+static int start_components(struct core *c)
+{
+	const struct cgw_config *cfg = c->cfg;
+	struct rt_arrays a = {0};
+	int r;
+
+	r = open_store(c, cfg);
+	if (r < 0)
+		return r;
+	r = rt_alloc(cfg, &a);
+	if (r < 0) {
+		rt_free(&a);
+		return r;
+	}
+	rt_install(c, &a);
+	r = alarm_engine_new(cfg, on_alarm, c, &c->alarms);
+	if (r < 0) {
+		log_err("core", "alarm engine: %s", strerror(-r));
+		return r;
+	}
+	alarm_engine_set_flood_cb(c->alarms, on_flood);
+	shelf_apply(c);
+	restore_alarms(c);
+
+	/* uplinks: register every configured one, forget the others */
+	for (size_t i = 0; i < cfg->n_uplinks; i++) {
+		r = open_uplink(c, i);
+		if (r < 0)
+			return r;
+	}
+	store_uplink_prune(c->store);
+	for (size_t i = 0; i < cfg->n_buses; i++)
+		open_bus(c, i);
 	loop_timer_in(c->maint_timer, MAINTAIN_MS);
 	arm_alarm_timer(c);
 	return 0;
@@ -920,10 +1230,17 @@ int core_new(struct cgw_config *cfg, struct loop *l, struct core **out)
 		config_free(cfg);
 		return -ENOMEM;
 	}
-	c->cfg = cfg;
 	c->loop = l;
 	c->lock_fd = -1;
 	c->started_ms = cgw_mono_ms();
+	struct gen *g;
+	r = gen_new(c, &g);
+	if (r < 0) {
+		config_free(cfg);
+		free(c);
+		return r;
+	}
+	gen_push(c, g, cfg);
 	c->flush_timer = loop_timer_new(l, on_flush_timer, c);
 	c->maint_timer = loop_timer_new(l, on_maint_timer, c);
 	c->alarm_timer = loop_timer_new(l, on_alarm_timer, c);
@@ -942,39 +1259,286 @@ int core_new(struct cgw_config *cfg, struct loop *l, struct core **out)
 
 void core_free(struct core *c)
 {
+	struct rt_arrays none = {0};
+
 	if (!c)
 		return;
 	stop_components(c);
+	rt_install(c, &none);
 	loop_timer_free(c->flush_timer);
 	loop_timer_free(c->maint_timer);
 	loop_timer_free(c->alarm_timer);
-	config_free(c->cfg);
+	while (c->gens) {
+		struct gen *g = c->gens;
+		c->gens = g->next;
+		gen_free(c, g);
+	}
 	free(c);
 }
 
-int core_reload(struct core *c, struct cgw_config *cfg)
+static long find_bus(const struct cgw_config *cfg, const char *name)
 {
-	struct cgw_config *old = c->cfg;
+	for (size_t i = 0; i < cfg->n_buses; i++)
+		if (!strcmp(cfg->buses[i].name, name))
+			return (long)i;
+	return -1;
+}
+
+static long find_uplink(const struct cgw_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_uplinks; i++)
+		if (!strcmp(cfg->uplinks[i].name, name))
+			return (long)i;
+	return -1;
+}
+
+static void persist_one(void *arg, const struct alarm_change *ch)
+{
+	struct core *c = arg;
+	struct store_alarm sa = {
+		.alarm_id = ch->alarm_id,
+		.device = ch->device_id,
+		.rule = ch->rule_name,
+		.state = alarm_state_name(ch->state),
+		.severity = cfg_severity_name(ch->severity),
+		.raised_at_ms = ch->raised_at_ms,
+		.updated_at_ms = ch->ts_ms,
+		.latched = ch->latched,
+		.shelved = ch->shelved,
+	};
+	store_alarm_put(c->store, &sa);
+}
+
+/* Ends the alarms the new configuration no longer has: of removed devices,
+ * and of rules gone from a device's profile. On the old engine and
+ * configuration, before the swap. */
+static void retire_alarms(struct core *c, const struct cgw_config *nc)
+{
+	const struct cgw_config *oc = c->cfg;
+	int64_t now = cgw_now_ms();
+
+	for (size_t i = 0; i < oc->n_devices; i++) {
+		const struct cfg_device *d = &oc->devices[i];
+		const struct cfg_profile *op = cfg_device_profile(oc, d);
+		long n = cfg_find_device(nc, d->id);
+
+		if (n < 0) {
+			alarm_retire(c->alarms, (uint32_t)i, NULL,
+				     "the device was removed from the configuration", now);
+			continue;
+		}
+		const struct cfg_profile *np = cfg_device_profile(nc, &nc->devices[n]);
+		if (cfg_profile_equal(op, np))
+			continue;
+		for (size_t k = 0; k < op->n_alarms; k++) {
+			bool kept = false;
+			for (size_t m = 0; m < np->n_alarms && !kept; m++)
+				kept = !strcmp(op->alarms[k].name, np->alarms[m].name);
+			if (!kept)
+				alarm_retire(c->alarms, (uint32_t)i, op->alarms[k].name,
+					     "the rule was removed from the device's profile", now);
+		}
+	}
+}
+
+int core_reload(struct core *c, struct cgw_config *nc)
+{
+	struct cgw_config *oc = c->cfg;
+	struct alarm_engine *ne = NULL, *oe = c->alarms;
+	struct rt_arrays a = {0};
+	struct gen *ng = NULL;
+	uint32_t *cur_map = NULL; /* the running generation's, to be */
+	json_t *shelf = NULL;
+	uint32_t *omap = NULL;                  /* old device -> new, DEV_NONE */
+	long *bus_from = NULL, *up_from = NULL; /* new bus/uplink kept from old index, or -1 */
+	bool store_moves = cfg_store_differs(oc, nc);
+	size_t kept_buses = 0, kept_uplinks = 0;
 	int r;
 
-	/* Everything but the loop restarts on the new configuration; the store
-	 * keeps the outbox and the active alarms across it. */
-	stop_components(c);
-	c->cfg = cfg;
-	r = start_components(c);
+	/* 1. everything that can fail, before anything changes */
+	r = alarm_engine_new(nc, on_alarm, c, &ne);
 	if (r < 0) {
-		log_err("core", "the new configuration could not start; going back to the old one");
-		stop_components(c);
-		c->cfg = old;
-		if (start_components(c) < 0) {
-			config_free(cfg);
-			return -EIO;
-		}
-		config_free(cfg);
-		return r;
+		log_err("core", "alarm engine: %s", strerror(-r));
+		goto fail;
 	}
-	config_free(old);
+	alarm_engine_set_flood_cb(ne, on_flood);
+	omap = malloc((oc->n_devices + 1) * sizeof(*omap));
+	bus_from = malloc((nc->n_buses + 1) * sizeof(*bus_from));
+	up_from = malloc((nc->n_uplinks + 1) * sizeof(*up_from));
+	cur_map = malloc((oc->n_devices + 1) * sizeof(*cur_map));
+	r = -ENOMEM;
+	if (!omap || !bus_from || !up_from || !cur_map || rt_alloc(nc, &a) < 0)
+		goto fail;
+	r = gen_new(c, &ng);
+	if (r < 0)
+		goto fail;
+	for (size_t i = 0; i < oc->n_devices; i++)
+		cur_map[i] = (uint32_t)i;
+
+	/* 2. what stays: equal, running, and (the store staying) files unchanged */
+	for (size_t b = 0; b < nc->n_buses; b++) {
+		long o = find_bus(oc, nc->buses[b].name);
+		bus_from[b] = -1;
+		if (!store_moves && o >= 0 && c->drivers[o] &&
+		    cfg_bus_equal(c->bus_rt[o].gen->cfg, c->bus_rt[o].bus, nc, b) &&
+		    !cfg_bus_files_changed_since(&nc->buses[b], &c->bus_rt[o].opened))
+			bus_from[b] = o;
+	}
+	for (size_t i = 0; i < nc->n_uplinks; i++) {
+		long o = find_uplink(oc, nc->uplinks[i].name);
+		up_from[i] = -1;
+		if (!store_moves && o >= 0 && c->uplinks[o] &&
+		    cfg_uplink_equal(c->uplink_rt[o].gen->cfg, &oc->uplinks[o], nc,
+				     &nc->uplinks[i]) &&
+		    !cfg_uplink_files_changed_since(&nc->uplinks[i], &c->uplink_rt[o].opened))
+			up_from[i] = o;
+	}
+
+	/* 3. stop what goes: drivers, then what they queued is handled on the
+	 * old configuration, then uplinks */
+	for (size_t o = 0; o < oc->n_buses; o++) {
+		bool kept = false;
+		for (size_t b = 0; b < nc->n_buses && !kept; b++)
+			kept = bus_from[b] == (long)o;
+		if (!kept)
+			close_bus(c, o);
+	}
+	drain_all(c);
+	for (size_t o = 0; o < c->n_uplinks; o++) {
+		bool kept = false;
+		for (size_t i = 0; i < nc->n_uplinks && !kept; i++)
+			kept = up_from[i] == (long)o;
+		if (!kept)
+			close_uplink(c, o);
+		if (find_uplink(nc, oc->uplinks[o].name) < 0 &&
+		    store_uplink_remove(c->store, oc->uplinks[o].name) < 0)
+			log_err("core", "store: uplink %s: %s", oc->uplinks[o].name,
+				store_errmsg(c->store));
+	}
+	retire_alarms(c, nc);
+
+	/* 4. alarm state and device state carried over device by device */
+	for (size_t i = 0; i < oc->n_devices; i++) {
+		const struct cfg_device *d = &oc->devices[i];
+		long n = cfg_find_device(nc, d->id);
+		omap[i] = DEV_NONE;
+		if (n < 0 || !cfg_profile_equal(cfg_device_profile(oc, d),
+						cfg_device_profile(nc, &nc->devices[n])))
+			continue;
+		if (alarm_adopt_device(ne, (uint32_t)n, oe, (uint32_t)i) < 0)
+			continue;
+		omap[i] = (uint32_t)n;
+		a.devs[n].adopted = true;
+		/* an unchanged device keeps its state and `since`, even when a
+		 * sibling's change restarts its bus */
+		if (cfg_device_equal(oc, d, nc, &nc->devices[n]))
+			a.devs[n].online = c->devs[i].online;
+	}
+	alarm_adopt_flood(ne, oe);
+	for (size_t i = 0; i < MAX_PENDING_WRITES; i++) {
+		struct pending_write *pw = &c->writes[i];
+		if (!pw->token)
+			continue;
+		if (omap[pw->device] == DEV_NONE)
+			fail_write(pw, "the device was removed before it answered (reload)");
+		else
+			pw->device = omap[pw->device];
+	}
+	json_decref(c->tele); /* empty after the drain; the index would be stale */
+	c->tele = NULL;
+
+	/* 5. the swap: items already queued by kept drivers, and all they send
+	 * later, arrive with indexes of the configuration they were opened on */
+	for (struct gen *g = c->gens; g; g = g->next) {
+		if (!g->map) { /* the running configuration until now */
+			g->map = cur_map;
+			cur_map = NULL;
+		}
+		for (size_t i = 0; i < g->cfg->n_devices; i++)
+			g->map[i] = g->map[i] == DEV_NONE ? DEV_NONE : omap[g->map[i]];
+	}
+	gen_push(c, ng, nc);
+	ng = NULL;
+	c->alarms = ne;
+	ne = NULL;
+	if (store_moves) {
+		/* nothing runs on the store now: move, taking what is not in the
+		 * outbox along (alarm states, shelving) */
+		shelf = shelf_load(c);
+		close_store(c);
+		r = open_store(c, nc);
+		if (r < 0) {
+			log_err("core", "the new store settings could not be applied; the store "
+					"stays where it was");
+			close_store(c);
+			open_store(c, oc);
+		}
+		shelf_write(c, shelf);
+		json_decref(shelf);
+		alarm_foreach(c->alarms, persist_one, c);
+	}
+	for (size_t b = 0; b < nc->n_buses; b++) {
+		long o = bus_from[b];
+		if (o < 0)
+			continue;
+		a.drivers[b] = c->drivers[o];
+		a.bus_rt[b] = c->bus_rt[o];
+		c->drivers[o] = NULL;
+		kept_buses++;
+		for (size_t i = 0; i < oc->n_devices; i++)
+			if (oc->devices[i].bus == (size_t)o && omap[i] != DEV_NONE)
+				a.devs[omap[i]].local = c->devs[i].local;
+	}
+	for (size_t i = 0; i < nc->n_uplinks; i++) {
+		long o = up_from[i];
+		if (o < 0)
+			continue;
+		a.uplinks[i] = c->uplinks[o];
+		a.uplink_ops[i] = c->uplink_ops[o];
+		a.uplink_rt[i] = c->uplink_rt[o];
+		c->uplinks[o] = NULL;
+		kept_uplinks++;
+	}
+	rt_install(c, &a);
+	alarm_engine_free(oe);
+
+	/* 6. the new engine learns what a reload did not carry over */
+	shelf_apply(c);
+	restore_alarms(c);
+
+	/* 7. start what is new or changed */
+	for (size_t i = 0; i < nc->n_uplinks; i++)
+		if (up_from[i] < 0)
+			open_uplink(c, i);
+	for (size_t b = 0; b < nc->n_buses; b++)
+		if (bus_from[b] < 0)
+			open_bus(c, b);
+	if (store_moves)
+		store_uplink_prune(c->store);
+	gens_prune(c);
+	log_notice("core",
+		   "reload: %zu of %zu buses and %zu of %zu uplinks kept running, the rest "
+		   "(re)started%s",
+		   kept_buses, nc->n_buses, kept_uplinks, nc->n_uplinks,
+		   store_moves ? "; the store was reopened" : "");
+	free(omap);
+	free(bus_from);
+	free(up_from);
+	arm_alarm_timer(c);
+	arm_flush(c);
+	kick_uplinks(c);
 	return 0;
+
+fail:
+	alarm_engine_free(ne);
+	gen_free(c, ng);
+	free(cur_map);
+	rt_free(&a);
+	free(omap);
+	free(bus_from);
+	free(up_from);
+	config_free(nc);
+	return r;
 }
 
 const struct cgw_config *core_config(const struct core *c)
@@ -1077,7 +1641,7 @@ json_t *core_devices_json(struct core *c)
 			if (d->bus != b)
 				continue;
 			for (size_t k = 0; have && k < ds.n_devices; k++)
-				if (ds.devices[k].device == i)
+				if (ds.devices[k].device == c->devs[i].local)
 					s = &ds.devices[k];
 			json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b}", "id", d->id, "name", d->name,
 					      "bus", cfg->buses[b].name, "profile",
@@ -1185,7 +1749,7 @@ json_t *core_status_json(struct core *c)
 			    json_boolean(c->alarms && alarm_flood_active(c->alarms)));
 	if (c->queue) {
 		struct queue_stats qs;
-		queue_get_stats(c->queue, &qs);
+		core_queue_stats(c, &qs);
 		json_object_set_new(o, "queue",
 				    json_pack("{s:I,s:I,s:I,s:I}", "depth", (json_int_t)qs.depth,
 					      "high_water", (json_int_t)qs.high_water, "capacity",
@@ -1205,6 +1769,8 @@ int core_shelve(struct core *c, const char *device, bool shelve, const char *by)
 	if (dev < 0)
 		return -ENOENT;
 	r = alarm_shelve(c->alarms, (uint32_t)dev, shelve, by, cgw_now_ms());
+	if (r == 0)
+		shelf_save(c, c->cfg->devices[dev].id, shelve, by);
 	kick_uplinks(c);
 	return r;
 }

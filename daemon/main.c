@@ -102,10 +102,64 @@ static void on_status(struct loop *l, struct loop_timer *t, void *arg)
 	loop_timer_in(t, 10000);
 }
 
+static bool same_str(const char *a, const char *b)
+{
+	return (!a || !b) ? a == b : !strcmp(a, b);
+}
+
+/* A changed control socket (path or group) or metrics listener is opened
+ * anew: the new one first where it can be (another path or address), so a
+ * failure keeps the old one answering; the same path is closed first. */
+static void rebind(struct daemon *d, const char *old_sock, const char *old_group, bool old_m_on,
+		   const char *old_listen)
+{
+	const struct cgw_config *cfg = core_config(d->core);
+	bool m_on = cfg->metrics.enabled;
+
+	if (!same_str(old_sock, cfg->control.socket) || !same_str(old_group, cfg->control.group)) {
+		struct control *ctl = NULL;
+		bool same_path = same_str(old_sock, cfg->control.socket);
+		if (same_path) {
+			control_close(d->control);
+			d->control = NULL;
+		}
+		if (control_open(d->core, d->loop, cfg, &ctl) < 0) {
+			log_warn("main", "control socket %s not opened%s", cfg->control.socket,
+				 same_path || !d->control ? ": running without cgwctl" :
+							    ": the old one stays");
+		} else {
+			control_close(d->control);
+			d->control = ctl;
+			log_notice("main", "control socket now %s", cfg->control.socket);
+		}
+	}
+	if (old_m_on != m_on || (m_on && !same_str(old_listen, cfg->metrics.listen))) {
+		struct metrics *m = NULL;
+		if (!m_on) {
+			metrics_close(d->metrics);
+			d->metrics = NULL;
+			log_notice("main", "metrics disabled");
+		} else if (metrics_open(d->core, d->loop, cfg, &m) < 0) {
+			log_warn("main", "metrics on %s not opened%s", cfg->metrics.listen,
+				 d->metrics ? "; still answering on the old address" : "");
+		} else {
+			metrics_close(d->metrics);
+			d->metrics = m;
+			log_notice("main", "metrics now on %s", cfg->metrics.listen);
+		}
+	}
+}
+
 static void reload(struct daemon *d)
 {
 	struct cfg_errors errs = {0};
 	struct cgw_config *cfg;
+	const struct cgw_config *run = core_config(d->core);
+	/* the running configuration is freed by a successful reload */
+	char *old_sock = run->control.socket ? strdup(run->control.socket) : NULL;
+	char *old_group = run->control.group ? strdup(run->control.group) : NULL;
+	char *old_listen = run->metrics.listen ? strdup(run->metrics.listen) : NULL;
+	bool old_m_on = run->metrics.enabled;
 
 	sd_notify(0, "RELOADING=1");
 	log_notice("main", "SIGHUP: reloading %s", d->config_path);
@@ -118,10 +172,14 @@ static void reload(struct daemon *d)
 	} else if (core_reload(d->core, cfg) < 0) {
 		log_err("main", "reload could not be applied: keeping the running configuration");
 	} else {
+		rebind(d, old_sock, old_group, old_m_on, old_listen);
 		malloc_trim(0);
 		log_notice("main", "configuration reloaded (%016llx)",
 			   (unsigned long long)core_config(d->core)->hash);
 	}
+	free(old_sock);
+	free(old_group);
+	free(old_listen);
 	sd_notify(0, "READY=1");
 	notify_status(d);
 }
