@@ -2,8 +2,44 @@
  * core.h - the running daemon: configuration, store, queue, drivers, alarm
  * engine and uplinks, all driven from the one core loop.
  *
- * Ownership: core_new() takes the configuration (also on failure); a
- * successful core_reload() takes the new one and frees the old one.
+ * Ownership: core_new() takes the configuration (also on failure), and so
+ * does core_reload() (freed at once on failure; on success the running one
+ * is replaced and freed as soon as nothing opened on it runs any more).
+ *
+ * Reload (SIGHUP) applies the difference, and a failure changes nothing:
+ * - Compared object by object (config_diff.h): a bus is kept running when
+ *   it is equal (fields, gateway id, the same devices in the same order, each
+ *   equal with its profile) and no file it reads changed since it opened; an
+ *   uplink when it is equal (fields, gateway id and site) and its files did
+ *   not change. Everything else is closed (drivers first), what the drivers
+ *   queued is handled on the old configuration, and then opened anew; a
+ *   removed uplink's deliveries are dropped (store_uplink_remove). A change
+ *   of state_dir or of the store section reopens the store, and then every
+ *   bus and uplink starts again (they borrow the store).
+ * - Generations: drivers and uplinks borrow the configuration they were
+ *   opened with, so a kept one keeps its own (struct gen), and a kept
+ *   driver's items, already queued or not, carry device indexes of it. Each
+ *   generation has its own queue and a map from its device indexes to the
+ *   running configuration's (DEV_NONE: gone, the item is dropped); maps are
+ *   composed at every reload, and a generation nothing runs on is freed.
+ *   Writes go to a driver with the device's index in its generation.
+ * - Alarms: a device with the same id and the same profile content has its
+ *   alarm state carried over to the new engine (alarm_adopt_device): states,
+ *   ids, acknowledgements, latches, shelving, and on/off delays and chatter
+ *   windows still running, on their original schedule; the flood window too.
+ *   Alarms of removed devices, and of rules gone from a device's profile, are
+ *   cleared first, on the old configuration, with a note saying why. Other
+ *   devices are restored from the store as at start.
+ * - Device state: the state last told to the platform is kept per device; an
+ *   unchanged device on a bus restarted because of a sibling keeps it, and
+ *   the restarted driver's report of the same state is not told again (no new
+ *   `since`). A changed device starts afresh.
+ * - Shelving is persisted (store meta "shelved_devices", with who and when)
+ *   and applied at start and to devices not carried over, so a device
+ *   shelved with no alarm at all stays shelved across reloads and restarts.
+ *   Acknowledgements and latches persist with each alarm (store_alarm).
+ * The control socket and metrics listener belong to main.c, which re-binds
+ * them when their settings change.
  */
 #ifndef CGW_CORE_H
 #define CGW_CORE_H
@@ -48,7 +84,8 @@ core_status_json(struct core *c); /* uptime, config, buses, uplinks, outbox, sto
 json_t *core_devices_json(struct core *c); /* per device: state, last good read, error counts */
 json_t *core_alarms_json(struct core *c);  /* every alarm that is not normal */
 json_t *core_queue_json(struct core *c);   /* outbox depth and oldest age per uplink and lane */
-/* Shelve or unshelve a device's alarms (maintenance). -ENOENT unknown device. */
+/* Shelve or unshelve a device's alarms (maintenance), persisted at once.
+ * -ENOENT unknown device, -EALREADY. */
 int core_shelve(struct core *c, const char *device, bool shelve, const char *by);
 
 /* `cgwd --check-config -v`: the Modbus request plan of every bus. */

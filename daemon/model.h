@@ -4,9 +4,11 @@
  *
  * Ownership: a struct cgw_value of type CGW_V_STRING owns its `s` (heap,
  * NUL-terminated); cgw_value_clear() frees it. Everything else is plain data.
- * Readings refer to devices and points by index into the running
- * configuration (struct cgw_config); the core drains the queue before it
- * swaps configurations, so an index is never read against the wrong config.
+ * Readings refer to devices and points by index into the configuration the
+ * driver was opened with (struct cgw_config); a driver kept running across a
+ * reload keeps its configuration and queue, and the core maps its indexes to
+ * the running configuration's (see core.h), so an index is never read
+ * against the wrong config.
  */
 #ifndef CGW_MODEL_H
 #define CGW_MODEL_H
