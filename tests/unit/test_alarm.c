@@ -1171,6 +1171,75 @@ static void test_new_errors(void **state)
 	assert_false(alarm_flood_active(NULL));
 }
 
+/* ---- reload: state carried over ------------------------------------------------- */
+
+static void test_adopt(void **state)
+{
+	struct cgw_config *oc = F.cfg, *nc;
+	struct alarm_engine *oe = F.e, *ne = NULL;
+	/* reordered, f1 removed, d1 renamed (same profile), s1 on the same profile */
+	static const char NEW_DEVICES[] =
+		"  - {id: d2, name: 二号设备, profile: tp, bus: mq, topic: t/d2}\n"
+		"  - {id: s1, name: 3号楼3层东侧楼梯间烟感, profile: smoke-detector, bus: rtu, unit: 3}\n"
+		"  - {id: d1, name: 东侧门, profile: tp, bus: mq, topic: t/d1b}\n"
+		"  - {id: f1x, name: x, profile: fp, bus: mq, topic: t/f1x}\n";
+
+	(void)state;
+	num(D1, P_PRESS, 0.10, 0); /* low: on_delay 5 s running */
+	num(D1, P_TEMP, 60, 1000); /* hot raised ... */
+	assert_int_equal(alarm_ack(F.e, "d1/hot", "duty", W0 + 1500), 0); /* ... and acked */
+	assert_int_equal(alarm_shelve(F.e, D2, true, "duty", W0 + 1600), 0);
+	num(D2, P_COUNT, 7, 1700); /* latched, shelved */
+	num(D2, P_COUNT, 0, 1800); /* condition gone: the latch holds */
+	bol(F1, FP_SMOKE, true, 1900);
+	size_t before = F.n;
+
+	nc = load_cfg(NEW_DEVICES);
+	assert_int_equal(alarm_engine_new(nc, on_emit, &F, &ne), 0);
+	/* a removed device's alarms end on the old engine, with the reason */
+	assert_int_equal(alarm_retire(oe, F1, NULL, "the device was removed", W0 + 2000), 1);
+	assert_int_equal(F.n, before + 1);
+	check(last(), "smoke", "cleared", ALARM_NORMAL);
+	assert_string_equal(last()->note, "the device was removed");
+	assert_int_equal(alarm_retire(oe, F1, NULL, "again", W0 + 2000), 0);
+	/* different id or shape: refused */
+	assert_int_equal(alarm_adopt_device(ne, 3, oe, D1), -EINVAL);
+	assert_int_equal(alarm_adopt_device(ne, 1, oe, D1), -EINVAL);
+	assert_int_equal(alarm_adopt_device(ne, 0, oe, D2), 0);
+	assert_int_equal(alarm_adopt_device(ne, 1, oe, S1), 0);
+	assert_int_equal(alarm_adopt_device(ne, 2, oe, D1), 0);
+	alarm_adopt_flood(ne, oe);
+	F.cfg = nc;
+	F.e = ne;
+	alarm_engine_free(oe);
+	config_free(oc);
+	before = F.n;
+
+	/* the on_delay runs on: due at 5000 as before the reload */
+	assert_int_equal(alarm_next_deadline(F.e), 5000);
+	tick(4999);
+	assert_int_equal(F.n, before);
+	tick(5000);
+	assert_int_equal(F.n, before + 1);
+	check(last(), "low", "raised", ALARM_ACTIVE_UNACKED);
+	assert_int_equal(last()->dev, 2);
+	assert_int_equal(last()->raised_at, W0 + 5000);
+	/* the acknowledgement, the latch and the shelving are kept */
+	assert_int_equal(alarm_ack(F.e, "d1/hot", "duty", W0 + 6000), -EALREADY);
+	assert_true(alarm_device_shelved(F.e, 0));
+	assert_false(alarm_device_shelved(F.e, 2));
+	num(0, P_COUNT, 0, 6100);
+	assert_int_equal(F.n, before + 1);
+	assert_int_equal(alarm_ack(F.e, "d2/latched", "duty", W0 + 6200), 0);
+	check(last(), "latched", "acknowledged", ALARM_NORMAL);
+	assert_true(last()->json && strstr(last()->json, "\"name\":\"二号设备\""));
+	/* the last value is known: the hot alarm clears on it without a new reading */
+	num(2, P_TEMP, 20, 7000);
+	check(last(), "hot", "cleared", ALARM_NORMAL);
+	assert_string_equal(last()->id, "d1/hot/1700000001000");
+	assert_int_equal(alarm_active_count(F.e, -1), 1); /* low */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1203,6 +1272,7 @@ int main(void)
 		T(test_deadline_order),
 		T(test_shipped_smoke_detector),
 		T(test_new_errors),
+		T(test_adopt),
 #undef T
 	};
 
