@@ -24,14 +24,15 @@ m2=$(free_port)
 start_mosquitto "$mq" || not_ok "mosquitto starts"
 mkdir -p "$TMP/state"
 
-# devices.yaml: DOOR1_POLL [without-door-1]
+# devices.yaml: DOOR1_POLL [without-door-1]. door-1 comes first: removing it
+# moves every other device to another index, on buses that keep running.
 write_devices() {
 	cat >"$TMP/devices.yaml" <<Y
 buses:
   - {name: fire-io, type: modbus-tcp, host: 127.0.0.1, port: $mb1, timeout: 300ms, retries: 0, offline_after: 3}
   - {name: door-io, type: modbus-tcp, host: 127.0.0.1, port: $mb2, timeout: 300ms, retries: 0, offline_after: 3}
+  - {name: lan, type: mqtt, url: "mqtt://127.0.0.1:$mq"}
 devices:
-  - {id: station-1, name: 1号楼微型消防站, profile: fire-station, bus: fire-io, unit: 1, poll: 200ms}
 Y
 	if [ -z "${2:-}" ]; then
 		cat >>"$TMP/devices.yaml" <<Y
@@ -39,6 +40,8 @@ Y
 Y
 	fi
 	cat >>"$TMP/devices.yaml" <<Y
+  - {id: locker-1, name: 北门快递柜, profile: parcel-locker, bus: lan, topic: lockers/north}
+  - {id: station-1, name: 1号楼微型消防站, profile: fire-station, bus: fire-io, unit: 1, poll: 200ms}
   - {id: door-2, name: 2号楼单元门, profile: door-io, bus: door-io, unit: 3, poll: 200ms}
 Y
 }
@@ -94,12 +97,18 @@ both_report() { # telemetry is by exception: a value changed after MARK
 	seen_after_mark "^$P/device/station-1/telemetry .*\"tank_level\":$1" &&
 		seen_after_mark "^$P/device/door-2/telemetry .*\"exit_button\":$2"
 }
+locker() { # battery: the locker reports it; it arrives as locker-1's
+	mosquitto_pub -p "$mq" -q 1 -t lockers/north/status -m "{\"mains\":true,\"battery\":$1}"
+}
+locker_reports() { seen_after_mark "^$P/device/locker-1/telemetry .*\"battery\":$1"; }
 shelved() { ctl --json devices | jq -e --arg d "$1" '.[] | select(.id == $d) | .shelved' >/dev/null; }
 field() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 
 MARK=0
 start_cgwd
-check "all three devices come online" wait_for 20 all_online station-1 door-1 door-2
+wait_for 10 count_above "\[lan\] subscribed" 0
+locker 80
+check "all four devices come online" wait_for 20 all_online station-1 door-1 door-2 locker-1
 
 # ---- shelving with no alarm survives a restart ----------------------------------------
 check "door-1 shelved (no alarm active)" quiet ctl shelve door-1
@@ -107,7 +116,10 @@ kill -TERM "$CGWD_PID"
 wait_for 10 bash -c "! kill -0 $CGWD_PID 2>/dev/null"
 mark
 start_cgwd
+wait_for 10 count_above "\[lan\] subscribed" 1
 check "cgwd restarts" wait_for 20 all_online station-1 door-1
+locker 81
+check "the locker reports after the restart" wait_for 10 all_online locker-1
 check "door-1 is still shelved after a restart" shelved door-1
 
 # ---- an identical file during an on_delay, with a device shelved --------------------
@@ -135,7 +147,9 @@ check "the on_delay ran on its original schedule (${delay} ms < 12500 ms)" test 
 check "the platform saw no status change (no offline/online)" not_after_mark "^$P/status "
 check "the platform saw no device state" not_after_mark "^$P/device/[^/]*/state "
 check "nothing unshelved" not_after_mark "unshelved"
-check "the log says every bus and uplink kept running" grep -q "reload: 2 of 2 buses and 1 of 1 uplinks kept running" "$TMP/cgwd.log"
+check "the log says every bus and uplink kept running" grep -q "reload: 3 of 3 buses and 1 of 1 uplinks kept running" "$TMP/cgwd.log"
+locker 82
+check "the MQTT bus kept running: the locker's report arrives as its own" wait_for 10 locker_reports 82
 
 # ---- a changed device: only it starts again -------------------------------------------
 write_devices 300ms
@@ -170,6 +184,14 @@ check "the clear says the device was removed" grep -q '"note":"[^"]*removed from
 check "the clear goes to normal" grep -q '"state":"normal"' <<<"$line"
 check "cgwctl alarms no longer lists door-1" bash -c "! '$CTL' -s '$TMP/cgwd.sock' --json alarms | grep -q door-1"
 check "door-2's alarm is untouched" bash -c "'$CTL' -s '$TMP/cgwd.sock' --json alarms | grep -q door-2/tamper/"
+# every device moved one index down, on the two buses that kept running
+sim set station-1 tank_level 1.5 >/dev/null
+sim set door-2 exit_button true >/dev/null
+locker 83
+check "kept buses after the re-indexing: each report lands on its own device" \
+	wait_for 10 both_report 1.5 true
+check "the kept MQTT bus too" wait_for 10 locker_reports 83
+check "no state told again for the moved devices" not_after_mark "^$P/device/[^/]*/state "
 
 # ---- a changed metrics.listen is re-bound ----------------------------------------------
 check "metrics answer on the first address" quiet curl -sf "http://127.0.0.1:$m1/metrics"
