@@ -9,7 +9,8 @@
 # - a changed device: only its state is told again, its siblings on the same
 #   (restarted) bus and the other bus keep theirs; its shelving stays;
 # - a removed device's active alarm is cleared, with the reason in words;
-# - a changed metrics.listen is re-bound;
+# - a kept bus's devices moved to other indexes: their reports land right;
+# - a changed metrics.listen and control.socket are re-bound;
 # - a broken file changes nothing.
 . "$(dirname "$0")/../lib.sh"
 CGWD=$CGW_BUILD/cgwd
@@ -45,11 +46,12 @@ Y
   - {id: door-2, name: 2号楼单元门, profile: door-io, bus: door-io, unit: 3, poll: 200ms}
 Y
 }
+SOCK=$TMP/cgwd.sock
 write_config() { # METRICS_PORT
 	cat >"$TMP/cgw.yaml" <<Y
 gateway: {id: gw-rl, site: garden, state_dir: $TMP/state}
 include: [devices.yaml]
-control: {socket: $TMP/cgwd.sock}
+control: {socket: $SOCK}
 metrics: {enabled: true, listen: "127.0.0.1:$1"}
 uplinks:
   - {name: platform, type: mqtt, url: "mqtt://127.0.0.1:$mq"}
@@ -75,7 +77,7 @@ start_cgwd() {
 	bg_start "$CGWD" -c "$TMP/cgw.yaml" -f --log-level debug 2>>"$TMP/cgwd.log"
 	CGWD_PID=$BG_PID
 }
-ctl() { "$CTL" -s "$TMP/cgwd.sock" "$@"; }
+ctl() { "$CTL" -s "$SOCK" "$@"; }
 # lines of the subscription after line $MARK
 since_mark() { tail -n +"$((MARK + 1))" "$TMP/sub.txt"; }
 mark() { MARK=$(wc -l <"$TMP/sub.txt"); }
@@ -171,7 +173,7 @@ check "station-1 (other bus) kept its state and since" not_after_mark "^$P/devic
 check "door-2 (unchanged, on the restarted bus) kept its state and since" not_after_mark "^$P/device/door-2/state "
 check "no status change" not_after_mark "^$P/status "
 check "door-1 is still shelved after its change" shelved door-1
-check "door-1's tamper alarm is still active" bash -c "'$CTL' -s '$TMP/cgwd.sock' --json alarms | jq -e '.[] | select(.alarm_id | startswith(\"door-1/tamper/\"))' >/dev/null"
+check "door-1's tamper alarm is still active" bash -c "'$CTL' -s '$SOCK' --json alarms | jq -e '.[] | select(.alarm_id | startswith(\"door-1/tamper/\"))' >/dev/null"
 
 # ---- a removed device: its alarm is cleared, with the reason ---------------------------
 write_devices 300ms without-door-1
@@ -182,8 +184,8 @@ check "door-1's alarm is cleared" \
 line=$(since_mark | grep -m1 "^$P/device/door-1/alarm .*\"event\":\"cleared\"")
 check "the clear says the device was removed" grep -q '"note":"[^"]*removed from the configuration' <<<"$line"
 check "the clear goes to normal" grep -q '"state":"normal"' <<<"$line"
-check "cgwctl alarms no longer lists door-1" bash -c "! '$CTL' -s '$TMP/cgwd.sock' --json alarms | grep -q door-1"
-check "door-2's alarm is untouched" bash -c "'$CTL' -s '$TMP/cgwd.sock' --json alarms | grep -q door-2/tamper/"
+check "cgwctl alarms no longer lists door-1" bash -c "! '$CTL' -s '$SOCK' --json alarms | grep -q door-1"
+check "door-2's alarm is untouched" bash -c "'$CTL' -s '$SOCK' --json alarms | grep -q door-2/tamper/"
 # every device moved one index down, on the two buses that kept running
 sim set station-1 tank_level 1.5 >/dev/null
 sim set door-2 exit_button true >/dev/null
@@ -193,12 +195,15 @@ check "kept buses after the re-indexing: each report lands on its own device" \
 check "the kept MQTT bus too" wait_for 10 locker_reports 83
 check "no state told again for the moved devices" not_after_mark "^$P/device/[^/]*/state "
 
-# ---- a changed metrics.listen is re-bound ----------------------------------------------
+# ---- a changed metrics.listen and control.socket are re-bound --------------------------
 check "metrics answer on the first address" quiet curl -sf "http://127.0.0.1:$m1/metrics"
+SOCK=$TMP/cgwd-2.sock
 write_config "$m2"
-check "metrics.listen changed: the reload is applied" hup_and_wait
+check "metrics.listen and control.socket changed: the reload is applied" hup_and_wait
 check "metrics answer on the new address" wait_for 5 quiet curl -sf "http://127.0.0.1:$m2/metrics"
 check "the old address is closed" bash -c "! curl -sf http://127.0.0.1:$m1/metrics >/dev/null"
+check "cgwctl answers on the new control socket" quiet ctl status
+check "the old control socket is gone" test ! -e "$TMP/cgwd.sock"
 
 # ---- a broken file changes nothing ------------------------------------------------------
 cp "$TMP/cgw.yaml" "$TMP/cgw.good"
