@@ -6,6 +6,7 @@
 #   shelved: the platform sees nothing (no status offline/online, no device
 #   state), the shelved device's next alarm is still "shelved", and the
 #   on_delay alarm raises on its original schedule;
+# - a changed uplink reconnects alone, the other does not flap;
 # - a changed device: only its state is told again, its siblings on the same
 #   (restarted) bus and the other bus keep theirs; its shelving stays;
 # - a removed device's active alarm is cleared, with the reason in words;
@@ -47,6 +48,7 @@ Y
 Y
 }
 SOCK=$TMP/cgwd.sock
+BACKUP_KA=30s
 write_config() { # METRICS_PORT
 	cat >"$TMP/cgw.yaml" <<Y
 gateway: {id: gw-rl, site: garden, state_dir: $TMP/state}
@@ -55,6 +57,7 @@ control: {socket: $SOCK}
 metrics: {enabled: true, listen: "127.0.0.1:$1"}
 uplinks:
   - {name: platform, type: mqtt, url: "mqtt://127.0.0.1:$mq"}
+  - {name: backup, type: mqtt, url: "mqtt://127.0.0.1:$mq", client_id: gw-rl-backup, topic_prefix: "backup/{site}/{gateway}", keepalive: $BACKUP_KA}
 Y
 }
 write_devices 200ms
@@ -73,6 +76,7 @@ for p in "hydrant_pressure 0.35" "sprinkler_pressure 0.4" "tank_level 3" "exting
 done
 
 bg_start mosquitto_sub -p "$mq" -v -q 1 -t 'cgw/#' >"$TMP/sub.txt" 2>/dev/null
+bg_start mosquitto_sub -p "$mq" -v -q 1 -t 'backup/+/+/status' >"$TMP/backup.txt" 2>/dev/null
 start_cgwd() {
 	bg_start "$CGWD" -c "$TMP/cgw.yaml" -f --log-level debug 2>>"$TMP/cgwd.log"
 	CGWD_PID=$BG_PID
@@ -149,7 +153,7 @@ check "the on_delay ran on its original schedule (${delay} ms < 12500 ms)" test 
 check "the platform saw no status change (no offline/online)" not_after_mark "^$P/status "
 check "the platform saw no device state" not_after_mark "^$P/device/[^/]*/state "
 check "nothing unshelved" not_after_mark "unshelved"
-check "the log says every bus and uplink kept running" grep -q "reload: 3 of 3 buses and 1 of 1 uplinks kept running" "$TMP/cgwd.log"
+check "the log says every bus and uplink kept running" grep -q "reload: 3 of 3 buses and 2 of 2 uplinks kept running" "$TMP/cgwd.log"
 locker 82
 check "the MQTT bus kept running: the locker's report arrives as its own" wait_for 10 locker_reports 82
 
@@ -174,6 +178,16 @@ check "door-2 (unchanged, on the restarted bus) kept its state and since" not_af
 check "no status change" not_after_mark "^$P/status "
 check "door-1 is still shelved after its change" shelved door-1
 check "door-1's tamper alarm is still active" bash -c "'$CTL' -s '$SOCK' --json alarms | jq -e '.[] | select(.alarm_id | startswith(\"door-1/tamper/\"))' >/dev/null"
+
+# ---- a changed uplink reconnects alone ---------------------------------------------------
+BACKUP_KA=20s
+write_config "$m1"
+mark
+b0=$(grep -c '"state":"online"' "$TMP/backup.txt")
+check "changed uplink: the reload is applied" hup_and_wait
+check "the changed uplink (backup) reconnects: a new online" \
+	wait_for 10 bash -c "test \$(grep -c '\"state\":\"online\"' '$TMP/backup.txt') -gt $b0"
+check "the other uplink (platform) did not flap" not_after_mark "^$P/status "
 
 # ---- a removed device: its alarm is cleared, with the reason ---------------------------
 write_devices 300ms without-door-1
