@@ -1388,8 +1388,7 @@ int core_reload(struct core *c, struct cgw_config *nc)
 		long o = find_uplink(oc, nc->uplinks[i].name);
 		up_from[i] = -1;
 		if (!store_moves && o >= 0 && c->uplinks[o] &&
-		    cfg_uplink_equal(c->uplink_rt[o].gen->cfg, &oc->uplinks[o], nc,
-				     &nc->uplinks[i]) &&
+		    cfg_uplink_equal(oc, &oc->uplinks[o], nc, &nc->uplinks[i]) &&
 		    !cfg_uplink_files_changed_since(&nc->uplinks[i], &c->uplink_rt[o].opened))
 			up_from[i] = o;
 	}
