@@ -10,6 +10,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +21,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -2181,10 +2183,38 @@ static int check_files(struct loader *ld, const struct keytab *t, void *obj, str
 	return nerr;
 }
 
+/* Only what cannot be made to point elsewhere: the name "localhost" and
+ * addresses, parsed (inet_pton), not prefix-matched: "127.attacker.example"
+ * or "127.0.0.1.nip.io" are names a resolver may send anywhere. inet_pton
+ * takes only the canonical dotted quad, so "0177.0.0.1" or "127.1" (which
+ * the resolver would read as 127.0.0.1) count as remote: the safe side. An
+ * IPv4-mapped ::ffff:127.x.y.z is an address on the loopback net too. */
 bool cfg_is_loopback(const char *host)
 {
-	return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1") ||
-	       !strcmp(host, "[::1]");
+	unsigned char a[sizeof(struct in6_addr)];
+	char buf[INET6_ADDRSTRLEN + 2];
+	size_t n;
+
+	if (!host)
+		return false;
+	if (!strcasecmp(host, "localhost"))
+		return true;
+	if (inet_pton(AF_INET, host, a) == 1)
+		return a[0] == 127;
+	n = strlen(host);
+	if (n >= 2 && host[0] == '[' && host[n - 1] == ']') { /* as written in a URL */
+		if (n - 2 >= sizeof(buf))
+			return false;
+		memcpy(buf, host + 1, n - 2);
+		buf[n - 2] = '\0';
+		host = buf;
+	}
+	if (inet_pton(AF_INET6, host, a) == 1) {
+		static const unsigned char lo6[16] = {[15] = 1};
+		static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+		return !memcmp(a, lo6, 16) || (!memcmp(a, mapped, 12) && a[12] == 127);
+	}
+	return false;
 }
 
 /* scheme://host[:port][/path] -> host, port, tls. */

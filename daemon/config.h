@@ -259,7 +259,9 @@ const struct cfg_profile *cfg_device_profile(const struct cgw_config *cfg,
 					     const struct cfg_device *d);
 /* The value of a device's location key, or NULL. */
 const char *cfg_device_location(const struct cfg_device *d, const char *key);
-/* localhost, 127.x, ::1: plaintext there never leaves the machine. */
+/* "localhost", an address in 127.0.0.0/8, ::1 (also "[::1]") or
+ * ::ffff:127.x.y.z: plaintext there never leaves the machine. Addresses are
+ * parsed, not prefix-matched: "127.0.0.1.nip.io" is a name, not loopback. */
 bool cfg_is_loopback(const char *host);
 /* Index of a device by id, or -1. */
 long cfg_find_device(const struct cgw_config *cfg, const char *id);

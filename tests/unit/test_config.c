@@ -222,6 +222,63 @@ static void test_ipv6_and_tls_urls(void **state)
 	config_free(cfg);
 }
 
+/* Loopback means loopback: names and addresses, parsed, never a prefix. */
+static void test_loopback_is_parsed(void **state)
+{
+	static const char *const local[] = {"localhost", "LocalHost", "127.0.0.1", "127.255.3.4",
+					    "::1", "[::1]", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1",
+					    NULL};
+	static const char *const remote[] = {
+		"127.0.0.1.nip.io", "127.attacker.example", "localhost.example", "localhost.",
+		"0177.0.0.1", "127.1", "2130706433", "0x7f.0.0.1", "127.0.0.1 ", " 127.0.0.1",
+		"128.0.0.1", "::2", "[::1", "::ffff:10.0.0.1", "::127.0.0.1", "[127.0.0.1]",
+		"", "localhost:1883", "127.0.0.01", NULL};
+
+	(void)state;
+	for (int i = 0; local[i]; i++)
+		if (!cfg_is_loopback(local[i]))
+			fail_msg("'%s' must count as loopback", local[i]);
+	for (int i = 0; remote[i]; i++)
+		if (cfg_is_loopback(remote[i]))
+			fail_msg("'%s' must not count as loopback", remote[i]);
+	assert_false(cfg_is_loopback(NULL));
+}
+
+/* The same rule decides for MQTT and HTTP uplinks: a near miss needs TLS or
+ * insecure: true. */
+static void test_plaintext_near_misses_refused(void **state)
+{
+	static const char *const hosts[] = {"127.0.0.1.nip.io", "127.attacker.example",
+					    "localhost.example", "0177.0.0.1", NULL};
+	char text[512];
+	struct cfg_errors errs;
+
+	(void)state;
+	for (int i = 0; hosts[i]; i++) {
+		for (int http = 0; http < 2; http++) {
+			snprintf(text, sizeof(text),
+				 "gateway: {id: g, site: s}\n"
+				 "uplinks:\n"
+				 "  - {name: a, type: %s, url: '%s://%s:1999'}\n",
+				 http ? "http" : "mqtt", http ? "http" : "mqtt", hosts[i]);
+			struct cgw_config *cfg = load(text, &errs);
+			if (cfg)
+				fail_msg("plaintext %s to %s accepted", http ? "http" : "mqtt",
+					 hosts[i]);
+			cfg_errors_free(&errs);
+			snprintf(text, sizeof(text),
+				 "gateway: {id: g, site: s}\n"
+				 "uplinks:\n"
+				 "  - {name: a, type: %s, url: '%s://%s:1999', insecure: true}\n",
+				 http ? "http" : "mqtt", http ? "http" : "mqtt", hosts[i]);
+			cfg = load(text, &errs);
+			assert_non_null(cfg);
+			config_free(cfg);
+			cfg_errors_free(&errs);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -232,6 +289,8 @@ int main(void)
 		cmocka_unit_test(test_all_errors_reported),
 		cmocka_unit_test(test_wrong_shapes),
 		cmocka_unit_test(test_ipv6_and_tls_urls),
+		cmocka_unit_test(test_loopback_is_parsed),
+		cmocka_unit_test(test_plaintext_near_misses_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
