@@ -18,7 +18,8 @@
 
 struct command {
 	json_t *root;
-	const char *id;     /* required: 1..COMMAND_ID_MAX printable characters */
+	char id[COMMAND_ID_MAX + 1]; /* 1..COMMAND_ID_MAX printable characters;
+					"" when no id could be read */
 	const char *action; /* may be NULL (then rejected by the caller, with the id) */
 	const char *alarm;  /* ack */
 	const char *point;  /* read, write */
@@ -26,9 +27,12 @@ struct command {
 	json_t *value;      /* write; borrowed from root */
 };
 
-/* 0, or -EINVAL with a reason in `why` (no id to answer to, not JSON, too
- * big, a field of the wrong type). On success the caller calls
- * command_clear(). */
+/* 0, or -EINVAL with a reason in `why` (not JSON, too big, not an object, no
+ * usable id, a field of the wrong type). On -EINVAL, out->id still holds the
+ * command's id when one could be read (from the object, or for a payload
+ * that is not JSON or too big, from a top-level "id" string without escapes
+ * near its start), so that the refusal can be answered; "" when not. On
+ * success the caller calls command_clear() (harmless after a failure). */
 int command_parse(const char *payload, size_t len, struct command *out, char *why, size_t whylen);
 void command_clear(struct command *c);
 /* The request as compact JSON for the audit (malloc'd). */

@@ -10,6 +10,7 @@
  */
 #include "core.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -23,6 +24,7 @@
 #include "command.h"
 #include "config_diff.h"
 #include "driver.h"
+#include "episode.h"
 #include "log.h"
 #include "modbus_driver.h"
 #include "queue.h"
@@ -107,8 +109,8 @@ struct core {
 	uint32_t tele_dev;
 	int64_t tele_ts;
 	uint64_t readings, messages, enqueue_errors;
-	uint64_t bad_commands;
-	int64_t bad_command_logged_ms;
+	uint64_t cmd_count[5];      /* by enum cmd_outcome */
+	struct episode cmd_refused; /* every kind of refusal, one episode */
 	char **forget; /* restored alarms that no longer match the configuration */
 	size_t n_forget;
 	struct cgw_item items[POP_BATCH];
@@ -314,31 +316,169 @@ static void on_device_state(struct core *c, const struct cgw_item *it)
 
 /* ---- commands ----------------------------------------------------------------- */
 
+/*
+ * Every command gets exactly one result, on P/cmd/{device}/result (and to
+ * the cgwctl client that sent it):
+ *   ok / failed       executed (failed: the device or bus said no);
+ *   rejected          not executed: unknown device, unknown action, no such
+ *                     point or alarm, malformed with a readable id, too big;
+ *   duplicate         the id was seen before: not executed again; carries
+ *                     the first outcome ("first").
+ * A command whose id cannot be read, or whose device name cannot be a topic
+ * level, cannot be answered: it is counted (status "commands", metrics).
+ * Executed commands are logged one line each (they are real actions and
+ * rare); refusals of any kind share one episode: a line when they start, a
+ * count at most once a minute, a line when they stop.
+ * Replay protection is the store's command-id table (store_cmdid_claim):
+ * executed ids are kept 7 days whatever number of refusals comes meanwhile.
+ * Commands for unknown devices are not recorded there and only sampled into
+ * the audit (one per log line of the episode).
+ */
+enum cmd_outcome { CMD_OK, CMD_FAILED, CMD_REJECTED, CMD_DUPLICATE, CMD_UNANSWERED, CMD_N };
+static const char *const cmd_outcome_names[CMD_N] = {"ok", "failed", "rejected", "duplicate",
+						     "unanswered"};
+
 struct reply_to {
 	core_reply_fn fn;
 	void *arg;
 };
 
+/* What a command result says. `record`: the command is in the audit and the
+ * id table (a known device's command that passed parsing). */
+struct cmd_answer {
+	const char *source, *device, *command_id;
+	enum cmd_outcome outcome;
+	const char *detail;
+	json_t *extra;                  /* consumed; merged into the payload */
+	const struct store_cmdid *first; /* duplicate: the first outcome */
+	bool record;  /* in the audit and the id table: set their result */
+	bool known;   /* a configured device */
+	bool audited; /* already in the audit */
+};
+
+/* The one place the command result payload is built. */
+static json_t *command_result_json(const struct cmd_answer *a, int64_t ts_ms)
+{
+	json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "ts", (json_int_t)ts_ms, "device", a->device,
+			      "command_id", a->command_id, "result",
+			      cmd_outcome_names[a->outcome]);
+
+	if (!o)
+		return NULL;
+	if (a->detail)
+		json_object_set_new(o, "detail", json_string(a->detail));
+	if (a->first) {
+		json_t *f = json_pack("{s:I,s:s}", "ts", (json_int_t)a->first->ts_ms, "result",
+				      a->first->result);
+		if (f && a->first->detail[0])
+			json_object_set_new(f, "detail", json_string(a->first->detail));
+		json_object_set_new(o, "first", f);
+	}
+	if (a->extra)
+		json_object_update(o, a->extra);
+	return o;
+}
+
+/* A device name from outside (the topic level after P/cmd/) that may go
+ * back into a topic: what a configured device id may be. */
+static bool answerable_device(const char *s)
+{
+	size_t n = 0;
+
+	for (; s[n]; n++)
+		if (n >= 64 || !(isalnum((unsigned char)s[n]) || s[n] == '-' || s[n] == '_' ||
+				 s[n] == '.'))
+			return false;
+	return n > 0;
+}
+
+static void refusal_audit(struct core *c, const struct cmd_answer *a, const char *request)
+{
+	struct store_audit au = {.ts_ms = cgw_now_ms(),
+				 .source = a->source,
+				 .device = a->device,
+				 .command_id = a->command_id && *a->command_id ? a->command_id : "",
+				 .action = "?",
+				 .request_json = request,
+				 .result = cmd_outcome_names[a->outcome],
+				 .detail = a->detail};
+	/* a sample may repeat an id sampled before: then the first one stays */
+	store_audit_add(c->store, &au);
+}
+
+/* Counts, records, logs and sends one command result. */
+static void command_answer(struct core *c, const struct reply_to *rt, struct cmd_answer *a)
+{
+	int64_t now = cgw_now_ms();
+	json_t *o = NULL;
+	enum episode_say say = EPISODE_SILENT;
+	bool refused = a->outcome != CMD_OK && a->outcome != CMD_FAILED;
+
+	c->cmd_count[a->outcome]++;
+	if (refused) {
+		say = log_episode_bad(&c->cmd_refused, cgw_mono_ms(), LOG_WARNING, "core",
+				      "command %s from %s for %.64s refused (%s%s%s); commands "
+				      "refused so far: %llu",
+				      a->command_id && *a->command_id ? a->command_id : "(no id)",
+				      a->source, a->device, cmd_outcome_names[a->outcome],
+				      a->detail ? ": " : "", a->detail ? a->detail : "",
+				      (unsigned long long)(c->cmd_count[CMD_REJECTED] +
+							   c->cmd_count[CMD_DUPLICATE] +
+							   c->cmd_count[CMD_UNANSWERED]));
+	} else {
+		log_info("core", "command %s from %s for %s: %s%s%s", a->command_id, a->source,
+			 a->device, cmd_outcome_names[a->outcome], a->detail ? ": " : "",
+			 a->detail ? a->detail : "");
+	}
+	if (a->record) {
+		store_audit_result(c->store, a->source, a->command_id,
+				   cmd_outcome_names[a->outcome], a->detail);
+		store_cmdid_result(c->store, a->source, a->command_id,
+				   cmd_outcome_names[a->outcome], a->detail);
+	} else if (refused && !a->audited && say != EPISODE_SILENT &&
+		   a->outcome != CMD_DUPLICATE) {
+		refusal_audit(c, a, NULL); /* sampled */
+	}
+	if (a->outcome != CMD_UNANSWERED)
+		o = command_result_json(a, now);
+	json_decref(a->extra);
+	a->extra = NULL;
+	if (rt && rt->fn) {
+		if (o) {
+			rt->fn(rt->arg, o);
+		} else {
+			json_t *r = json_pack("{s:s,s:s}", "result", "rejected", "detail",
+					      a->detail ? a->detail : "refused");
+			rt->fn(rt->arg, r);
+			json_decref(r);
+		}
+	}
+	if (o) {
+		char topic[200];
+		snprintf(topic, sizeof(topic), "cmd/%s/result", a->device);
+		/* answers for devices we do not have go behind everything else,
+		 * so that a flood of them never delays a real result */
+		emit(c, a->known ? CGW_LANE_EVENT : CGW_LANE_TELEMETRY, a->known ? a->device : NULL,
+		     topic, now, o);
+	}
+}
+
+/* The short form used by run_command for a recorded command. */
 static void command_result(struct core *c, const struct reply_to *rt, const char *source,
 			   const char *device, const char *command_id, const char *result,
 			   const char *detail, json_t *extra)
 {
-	char topic[200];
-	json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "ts", (json_int_t)cgw_now_ms(), "device", device,
-			      "command_id", command_id, "result", result);
-
-	if (detail)
-		json_object_set_new(o, "detail", json_string(detail));
-	if (extra)
-		json_object_update(o, extra);
-	json_decref(extra);
-	store_audit_result(c->store, source, command_id, result, detail);
-	if (rt && rt->fn)
-		rt->fn(rt->arg, o);
-	snprintf(topic, sizeof(topic), "cmd/%s/result", device);
-	emit(c, CGW_LANE_EVENT, device, topic, cgw_now_ms(), o);
-	log_info("core", "command %s from %s for %s: %s%s%s", command_id, source, device, result,
-		 detail ? ": " : "", detail ? detail : "");
+	struct cmd_answer a = {.source = source,
+			       .device = device,
+			       .command_id = command_id,
+			       .outcome = !strcmp(result, "ok")     ? CMD_OK :
+					  !strcmp(result, "failed") ? CMD_FAILED :
+								      CMD_REJECTED,
+			       .detail = detail,
+			       .extra = extra,
+			       .record = true,
+			       .known = true};
+	command_answer(c, rt, &a);
 }
 
 static int parse_write_value(const struct cfg_point *pt, json_t *jv, struct cgw_value *out)
@@ -398,11 +538,19 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 				       "ack needs \"alarm\": an alarm id or a rule name", NULL);
 			return;
 		}
-		/* a rule name is taken as this device's occurrence of it */
-		if (!strchr(alarm, '/'))
+		/* a rule name is taken as this device's occurrence of it; an
+		 * alarm id must be one of this device's: P/cmd/{id} acts on
+		 * device {id} only */
+		size_t dl = strlen(d->id);
+		if (!strchr(alarm, '/')) {
 			snprintf(key, sizeof(key), "%s/%s", d->id, alarm);
-		else
+		} else if (strncmp(alarm, d->id, dl) != 0 || alarm[dl] != '/') {
+			command_result(c, rt, source, d->id, command_id, "rejected",
+				       "the alarm is not one of this device's", NULL);
+			return;
+		} else {
 			snprintf(key, sizeof(key), "%s", alarm);
+		}
 		int r = alarm_ack(c->alarms, key, who, cgw_now_ms());
 		command_result(c, rt, source, d->id, command_id, r == 0 ? "ok" : "rejected",
 			       r == -ENOENT   ? "no such active alarm" :
@@ -525,64 +673,64 @@ void core_command_reply(struct core *c, const char *source, const char *device, 
 	struct command cmd;
 	char why[160], *text;
 	long dev = cfg_find_device(c->cfg, device);
-	int64_t now = cgw_mono_ms();
+	struct cmd_answer a = {.source = source, .device = device, .known = dev >= 0};
+	struct store_cmdid first;
+	int r;
 
-	if (command_parse(payload, len, &cmd, why, sizeof(why)) < 0) {
-		/* without an id there is nothing to answer to: log, at most once
-		 * a minute, with how many were refused meanwhile */
-		c->bad_commands++;
-		if (now - c->bad_command_logged_ms > 60000) {
-			log_warn("core",
-				 "command for %.64s from %s refused: %s (%llu refused so far)",
-				 device, source, why, (unsigned long long)c->bad_commands);
-			c->bad_command_logged_ms = now;
+	r = command_parse(payload, len, &cmd, why, sizeof(why));
+	a.command_id = cmd.id;
+	if (r < 0 || dev < 0) {
+		/* refused before anything is recorded: answered when there is
+		 * an id and a topic to answer on, else counted */
+		a.detail = r < 0 ? why : "unknown device";
+		a.outcome = *cmd.id && answerable_device(device) ? CMD_REJECTED : CMD_UNANSWERED;
+		if (r == 0 && !cmd.action) /* the reason a platform can act on first */
+			a.detail = "unknown device (and no \"action\")";
+		if (r < 0 && !*cmd.id)
+			snprintf(why + strlen(why), sizeof(why) - strlen(why), "; no id to answer to");
+		if (dev >= 0 && a.outcome == CMD_REJECTED) {
+			/* a device of ours: every such command is in the audit */
+			refusal_audit(c, &a, NULL);
+			a.audited = true;
 		}
-		if (reply) {
-			json_t *o = json_pack("{s:s,s:s}", "result", "rejected", "detail", why);
-			reply(arg, o);
-			json_decref(o);
-		}
+		command_answer(c, rt, &a);
+		command_clear(&cmd);
+		kick_uplinks(c);
+		return;
+	}
+	r = store_cmdid_claim(c->store, source, cmd.id, cgw_now_ms(), &first);
+	if (r == -EEXIST) {
+		/* QoS 1 redelivery or a replay: executed once already */
+		a.outcome = CMD_DUPLICATE;
+		a.detail = "this command id was already received; not executed again";
+		a.first = &first;
+		command_answer(c, rt, &a);
+		command_clear(&cmd);
+		kick_uplinks(c);
+		return;
+	}
+	if (r < 0) {
+		/* without the record a replay could run it twice: refuse */
+		a.outcome = CMD_REJECTED;
+		a.detail = "the store cannot record the command id; not executed";
+		command_answer(c, rt, &a);
+		command_clear(&cmd);
+		kick_uplinks(c);
 		return;
 	}
 	text = command_dump(&cmd);
-	struct store_audit a = {.ts_ms = cgw_now_ms(),
-				.source = source,
-				.device = device,
-				.command_id = cmd.id,
-				.action = cmd.action ? cmd.action : "?",
-				.request_json = text,
-				.result = "pending"};
-	int r = store_audit_add(c->store, &a);
+	struct store_audit au = {.ts_ms = cgw_now_ms(),
+				 .source = source,
+				 .device = device,
+				 .command_id = cmd.id,
+				 .action = cmd.action ? cmd.action : "?",
+				 .request_json = text,
+				 .result = "pending"};
+	/* an older row with this id (a sampled refusal, or one older than the
+	 * id table keeps) is updated by the result: the id table decides */
+	store_audit_add(c->store, &au);
 	free(text);
-	if (r == -EEXIST) {
-		/* QoS 1 redelivery: executed once already */
-		log_info("core", "command %s from %s: duplicate id, not executed again", cmd.id,
-			 source);
-		if (reply) {
-			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cmd.id, "result",
-					      "duplicate", "detail",
-					      "this command id was already executed");
-			reply(arg, o);
-			json_decref(o);
-		}
-		command_clear(&cmd);
-		return;
-	}
-	if (dev < 0) {
-		/* no result topic for a device we do not have: the name came
-		 * from outside */
-		log_warn("core", "command %s from %s: unknown device '%.64s'", cmd.id, source,
-			 device);
-		store_audit_result(c->store, source, cmd.id, "rejected", "unknown device");
-		if (reply) {
-			json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", cmd.id, "result",
-					      "rejected", "detail", "unknown device");
-			reply(arg, o);
-			json_decref(o);
-		}
-	} else {
-		run_command(c, rt, source, (uint32_t)dev, &cmd);
-	}
+	run_command(c, rt, source, (uint32_t)dev, &cmd);
 	command_clear(&cmd);
 	kick_uplinks(c);
 }
@@ -789,6 +937,7 @@ static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
 		if (rep.episode_ended)
 			log_notice("core", "store below its cap again");
 	}
+	log_episode_good(&c->cmd_refused, cgw_mono_ms(), "core", "commands are no longer refused");
 	core_queue_stats(c, &qs);
 	if (qs.full && !c->queue_full_logged)
 		log_warn("core", "driver queue full (%zu items): bus workers are slowed down",
@@ -885,9 +1034,16 @@ static void drain_all(struct core *c)
 		on_queue(c->loop, -1, 0, g);
 }
 
-static void fail_write(struct pending_write *pw, const char *why)
+/* A write in flight that will get no answer from its device: its result
+ * is "failed", on the result topic too (it goes out after a restart), and
+ * in the audit and the id table. `device`: its id. */
+static void fail_write(struct core *c, struct pending_write *pw, const char *device,
+		       const char *why)
 {
-	if (pw->token && pw->reply) {
+	if (pw->token && c->store) {
+		struct reply_to rt = {pw->reply, pw->reply_arg};
+		command_result(c, &rt, pw->source, device, pw->command_id, "failed", why, NULL);
+	} else if (pw->token && pw->reply) {
 		json_t *o = json_pack("{s:s,s:s,s:s}", "command_id", pw->command_id, "result",
 				      "failed", "detail", why);
 		pw->reply(pw->reply_arg, o);
@@ -908,7 +1064,7 @@ static void close_bus(struct core *c, size_t b)
 	/* writes in flight on it get no answer now */
 	for (size_t i = 0; i < MAX_PENDING_WRITES; i++)
 		if (c->writes[i].token && c->cfg->devices[c->writes[i].device].bus == b)
-			fail_write(&c->writes[i],
+			fail_write(c, &c->writes[i], c->cfg->devices[c->writes[i].device].id,
 				   "the bus restarted before the device answered (reload)");
 }
 
@@ -1173,7 +1329,9 @@ static void stop_components(struct core *c)
 	for (size_t i = 0; i < c->n_uplinks; i++)
 		close_uplink(c, i);
 	for (size_t i = 0; i < MAX_PENDING_WRITES; i++)
-		fail_write(&c->writes[i], "the daemon stopped before the device answered");
+		if (c->writes[i].token)
+			fail_write(c, &c->writes[i], c->cfg->devices[c->writes[i].device].id,
+				   "the daemon stopped before the device answered");
 	alarm_engine_free(c->alarms);
 	c->alarms = NULL;
 	json_decref(c->tele);
@@ -1439,7 +1597,8 @@ int core_reload(struct core *c, struct cgw_config *nc)
 		if (!pw->token)
 			continue;
 		if (omap[pw->device] == DEV_NONE)
-			fail_write(pw, "the device was removed before it answered (reload)");
+			fail_write(c, pw, oc->devices[pw->device].id,
+				   "the device was removed before it answered (reload)");
 		else
 			pw->device = omap[pw->device];
 	}
@@ -1754,6 +1913,13 @@ json_t *core_status_json(struct core *c)
 					      "high_water", (json_int_t)qs.high_water, "capacity",
 					      (json_int_t)qs.capacity, "full_episodes",
 					      (json_int_t)qs.full_episodes));
+	}
+	{
+		json_t *cmds = json_object();
+		for (int k = 0; k < CMD_N; k++)
+			json_object_set_new(cmds, cmd_outcome_names[k],
+					    json_integer((json_int_t)c->cmd_count[k]));
+		json_object_set_new(o, "commands", cmds);
 	}
 	json_object_set_new(o, "readings", json_integer((json_int_t)c->readings));
 	json_object_set_new(o, "messages", json_integer((json_int_t)c->messages));

@@ -384,6 +384,17 @@ static void status_metrics(struct sb *b, json_t *st)
 		sample(b, "cgw_store_dead_letters", NULL, json_object_get(store, "dead_letters"));
 	}
 
+	{
+		json_t *cmds = json_object_get(st, "commands");
+		family(b, "cgw_commands_total", "counter",
+		       "Platform and cgwctl commands, by result (unanswered: no id or no "
+		       "topic to answer on).");
+		json_object_foreach(cmds, key, x)
+		{
+			const char *labels[] = {"result", key, NULL};
+			sample(b, "cgw_commands_total", labels, x);
+		}
+	}
 	family(b, "cgw_readings_total", "counter", "Point readings the core processed.");
 	sample(b, "cgw_readings_total", NULL, json_object_get(st, "readings"));
 	family(b, "cgw_messages_total", "counter", "Messages the core stored for delivery.");

@@ -58,6 +58,9 @@ enum st {
 	ST_DEL_ALARM,
 	ST_INS_AUDIT,
 	ST_UPD_AUDIT,
+	ST_INS_CMDID,
+	ST_GET_CMDID,
+	ST_UPD_CMDID,
 	ST_INS_QUAR,
 	ST_META_GET,
 	ST_META_SET,
@@ -106,6 +109,12 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_INS_AUDIT] = "INSERT INTO audit(ts_ms, source, device, command_id, action, request,"
 			 " result, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
 	[ST_UPD_AUDIT] = "UPDATE audit SET result = ?3, detail = ?4"
+			 " WHERE source = ?1 AND command_id = ?2",
+	[ST_INS_CMDID] = "INSERT INTO command_ids(source, command_id, ts_ms, kept, result)"
+			 " VALUES(?1, ?2, ?3, 1, 'pending')",
+	[ST_GET_CMDID] = "SELECT ts_ms, result, detail FROM command_ids"
+			 " WHERE source = ?1 AND command_id = ?2",
+	[ST_UPD_CMDID] = "UPDATE command_ids SET result = ?3, detail = ?4, kept = ?5"
 			 " WHERE source = ?1 AND command_id = ?2",
 	[ST_INS_QUAR] = "INSERT INTO quarantine(ts_ms, bus, device, topic, reason, payload,"
 			" payload_len) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -158,6 +167,16 @@ static const char *const migrations[] = {
 	" state TEXT NOT NULL, severity TEXT NOT NULL, raised_at INTEGER NOT NULL,"
 	" updated_at INTEGER NOT NULL, value TEXT, latched INTEGER NOT NULL DEFAULT 0,"
 	" shelved INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;",
+	/* v1 -> v2: replay protection on its own, kept by age, not by the
+	 * audit's row count (a flood of refused commands trimmed the audit and
+	 * a replayed write ran again). The audit's history seeds it. */
+	"CREATE TABLE command_ids(source TEXT NOT NULL, command_id TEXT NOT NULL,"
+	" ts_ms INTEGER NOT NULL, kept INTEGER NOT NULL, result TEXT, detail TEXT,"
+	" PRIMARY KEY(source, command_id)) WITHOUT ROWID;"
+	"CREATE INDEX command_ids_age ON command_ids(kept, ts_ms);"
+	"INSERT OR IGNORE INTO command_ids(source, command_id, ts_ms, kept, result, detail)"
+	" SELECT source, command_id, ts_ms, coalesce(result, '') <> 'rejected', result, detail"
+	" FROM audit;",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(N_MIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -1429,6 +1448,8 @@ static int trim_table(struct store *s, const char *table, int keep)
 	return exec(s, sql);
 }
 
+static int cmdid_trim(struct store *s, int64_t now_ms);
+
 int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r)
 {
 	struct store_maint_report dummy;
@@ -1469,6 +1490,8 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 		rc = trim_table(s, "quarantine", STORE_QUARANTINE_KEEP);
 	if (!rc)
 		rc = trim_table(s, "audit", STORE_AUDIT_KEEP);
+	if (!rc)
+		rc = cmdid_trim(s, now_ms);
 	if (!rc && s->o.max_size > 0)
 		rc = evict_to(s, s->o.max_size / 100 * TARGET_PCT);
 	if (!rc)
@@ -1947,5 +1970,110 @@ int store_meta_set(struct store *s, const char *key, const char *value)
 		tx_abort(s);
 		return rc;
 	}
+	return batch_wrote(s, NULL);
+}
+
+/* ----------------------------------------------------------- command ids */
+
+/* Executed ids go by age only; refused ones also by count, so that no
+ * number of refused commands can push an executed id out. */
+static int cmdid_trim(struct store *s, int64_t now_ms)
+{
+	char sql[256];
+	int rc;
+
+	snprintf(sql, sizeof(sql), "DELETE FROM command_ids WHERE kept IN (0, 1) AND ts_ms < %lld",
+		 (long long)(now_ms - STORE_CMDID_RETENTION_MS));
+	rc = exec(s, sql);
+	if (rc)
+		return rc;
+	snprintf(sql, sizeof(sql),
+		 "DELETE FROM command_ids WHERE kept = 0 AND ts_ms <= (SELECT ts_ms FROM"
+		 " command_ids WHERE kept = 0 ORDER BY ts_ms DESC LIMIT 1 OFFSET %d)",
+		 STORE_CMDID_REFUSED_KEEP);
+	return exec(s, sql);
+}
+
+static void copy_col(sqlite3_stmt *st, int col, char *buf, size_t len)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	snprintf(buf, len, "%s", t ? (const char *)t : "");
+}
+
+int store_cmdid_claim(struct store *s, const char *source, const char *command_id,
+		      int64_t now_ms, struct store_cmdid *first)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (!source || !command_id)
+		return -EINVAL;
+	st = stmt(s, ST_GET_CMDID);
+	if (!st)
+		return -EIO;
+	sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, command_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		if (first) {
+			first->ts_ms = sqlite3_column_int64(st, 0);
+			copy_col(st, 1, first->result, sizeof(first->result));
+			copy_col(st, 2, first->detail, sizeof(first->detail));
+		}
+		sqlite3_reset(st);
+		return -EEXIST;
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return db_fail(s, "command ids", rc);
+	rc = tx_begin(s, -1);
+	if (rc)
+		return rc;
+	st = stmt(s, ST_INS_CMDID);
+	if (!st) {
+		tx_abort(s);
+		return -EIO;
+	}
+	sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, command_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, now_ms);
+	rc = step_done(s, st, "command ids");
+	if (rc) {
+		tx_abort(s);
+		return rc;
+	}
+	/* committed before the command acts: a crash cannot make it run twice */
+	return tx_commit(s, true);
+}
+
+int store_cmdid_result(struct store *s, const char *source, const char *command_id,
+		       const char *result, const char *detail)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (!source || !command_id || !result)
+		return -EINVAL;
+	rc = tx_begin(s, -1);
+	if (rc)
+		return rc;
+	st = stmt(s, ST_UPD_CMDID);
+	if (!st) {
+		tx_abort(s);
+		return -EIO;
+	}
+	sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, command_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, result, -1, SQLITE_STATIC);
+	bind_text(st, 4, detail);
+	sqlite3_bind_int(st, 5, strcmp(result, "rejected") != 0);
+	rc = step_done(s, st, "command ids");
+	if (rc) {
+		tx_abort(s);
+		return rc;
+	}
+	/* joins the batch: the outcome is also in the result message and the
+	 * audit; what must be durable at once is the claim */
 	return batch_wrote(s, NULL);
 }

@@ -60,7 +60,7 @@
 /* Other notable returns: -ENOSPC (cap reached for a non-alarm message, or the
  * disk is full), -EEXIST (duplicate audit command id), -ENOENT (no such row). */
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_APPLICATION_ID 0x43475731 /* "CGW1" */
 #define STORE_SEQ_GAP 1000000           /* seqs skipped after an unclean NORMAL close */
 #define STORE_MAX_UPLINKS 16
@@ -284,6 +284,29 @@ struct store_audit {
 int store_audit_add(struct store *s, const struct store_audit *a);
 /* Sets the outcome of a recorded command; commits. -ENOENT if unknown. */
 int store_audit_result(struct store *s, const char *source, const char *command_id,
+		       const char *result, const char *detail);
+
+/* ---- command ids (replay protection) ---- */
+/* Every command id the core executed (or refused for a device it has) is
+ * kept per source: executed ones for STORE_CMDID_RETENTION_MS whatever else
+ * happens; refused ones ("rejected") also only the newest
+ * STORE_CMDID_REFUSED_KEEP. Commands for unknown devices are not recorded
+ * (a flood of them costs nothing here). store_maintain() trims. */
+#define STORE_CMDID_RETENTION_MS (7LL * 24 * 3600 * 1000)
+#define STORE_CMDID_REFUSED_KEEP 100000
+struct store_cmdid {
+	int64_t ts_ms;    /* when it was first seen */
+	char result[16];  /* "ok", "failed", "rejected", "pending" (a write in flight) */
+	char detail[256]; /* "" if none */
+};
+/* 0: a new id, recorded as "pending" and committed before the call returns,
+ * so the caller may execute it. -EEXIST: seen before; *first (may be NULL)
+ * says when and with what result. */
+int store_cmdid_claim(struct store *s, const char *source, const char *command_id,
+		      int64_t now_ms, struct store_cmdid *first);
+/* The outcome of a claimed id ("rejected" makes it a refused one). Joins the
+ * batch. */
+int store_cmdid_result(struct store *s, const char *source, const char *command_id,
 		       const char *result, const char *detail);
 
 /* ---- quarantine (malformed MQTT payloads) ---- */

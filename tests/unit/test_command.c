@@ -90,12 +90,14 @@ static void test_limits(void **state)
 	big[n] = '\0';
 	assert_int_equal(command_parse(big, n, &c, why, sizeof(why)), -EINVAL);
 	assert_non_null(strstr(why, "bytes"));
+	assert_string_equal(c.id, "a"); /* answerable: the id is at its start */
 	/* an id longer than COMMAND_ID_MAX */
 	memset(big, 'x', 300);
 	big[300] = '\0';
 	char *msg;
 	assert_true(asprintf(&msg, "{\"id\":\"%s\"}", big) > 0);
 	assert_int_equal(parse(msg, &c, why), -EINVAL);
+	assert_string_equal(c.id, "");
 	free(msg);
 	/* deep nesting and binary junk do not crash */
 	char deep[2100];
@@ -110,12 +112,50 @@ static void test_limits(void **state)
 	free(big);
 }
 
+/* A refusal is answered whenever an id can be read: from a JSON object
+ * with bad fields, and from a payload that is not JSON at all. */
+static void test_refusal_keeps_id(void **state)
+{
+	static const struct {
+		const char *in, *id;
+	} cases[] = {
+		{"{\"id\":\"a\",\"action\":[\"ack\"]}", "a"},
+		{"{\"id\":\"b\",\"by\":5}", "b"},
+		{"{\"id\":\"c\",\"action\":\"ack\"", "c"},          /* cut short */
+		{"{ \"id\" : \"d-1\" , \"action\": ack}", "d-1"},     /* a bare word */
+		{"{\"action\":\"ack\",\"id\":\"e\",\"alarm\":}", "e"}, /* id not first */
+		{"{\"by\":\"x\\\"id\\\":\\\"no\",\"id\":\"f\",", "f"}, /* "id" inside a string */
+		{"{\"x\":{\"id\":\"inner\"},\"action\":", ""},        /* nested: not the command's */
+		{"{\"id\":\"a\",\"id\":\"b\"}", ""},                     /* two ids */
+		{"{\"id\":\"a\",\"x\":1,\"id\":\"b\",", ""},            /* two ids, cut */
+		{"{\"id\":\"a\\nb\",", ""},                             /* escapes: not plain */
+		{"{\"id\":7,", ""},
+		{"{\"id\":\"", ""},
+		{"not json", ""},
+		{"", ""},
+		{"{\"action\":\"ack\"}", ""},                            /* valid, no id */
+		{"{\"id\":\"\"}", ""},
+	};
+	struct command c;
+	char why[128];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(parse(cases[i].in, &c, why), -EINVAL);
+		if (strcmp(c.id, cases[i].id))
+			fail_msg("%s: id '%s', expected '%s'", cases[i].in, c.id, cases[i].id);
+		assert_true(why[0] != '\0');
+		command_clear(&c);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_good),
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_limits),
+		cmocka_unit_test(test_refusal_keeps_id),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,9 +155,10 @@ static void test_open_close_reopen(void **state)
 	assert_int_equal(peek_int(f->path, "PRAGMA auto_vacuum"), 2); /* incremental */
 	assert_int_equal(peek_int(f->path, "PRAGMA application_id"), STORE_APPLICATION_ID);
 	assert_int_equal(peek_int(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
-	static const char *const tables[] = {"latest",      "msg",   "delivery",
-					     "dead_letter", "audit", "quarantine",
-					     "alarms",      "meta",  "uplinks"};
+	static const char *const tables[] = {"latest",      "msg",        "delivery",
+					     "dead_letter", "audit",      "quarantine",
+					     "alarms",      "meta",       "uplinks",
+					     "command_ids"};
 	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
 		char sql[128];
 		snprintf(sql, sizeof(sql), "SELECT count(*) FROM sqlite_schema WHERE name='%s'",
@@ -1036,6 +1037,80 @@ static void test_audit_duplicates(void **state)
 	store_close(s);
 }
 
+/* Replay protection: an executed id stays for 7 days whatever number of
+ * refused commands comes after it; refused ones are bounded by count. */
+static void test_command_ids(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = open_ok(f->path, NULL);
+	struct store_cmdid first;
+	int64_t t0 = 1700000000000LL;
+	char id[32];
+
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "w-1", t0, &first), 0);
+	/* committed before the call returns: the command may act now */
+	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM command_ids"), 1);
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "w-1", t0 + 5, &first), -EEXIST);
+	assert_string_equal(first.result, "pending");
+	assert_int_equal(store_cmdid_result(s, "mqtt:p", "w-1", "ok", NULL), 0);
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "w-1", t0 + 6, &first), -EEXIST);
+	assert_string_equal(first.result, "ok");
+	assert_string_equal(first.detail, "");
+	assert_true(first.ts_ms == t0);
+	assert_int_equal(store_cmdid_claim(s, "cgwctl", "w-1", t0, NULL), 0); /* other source */
+	/* more refused commands than the refused bound */
+	for (int i = 0; i < 3; i++) {
+		snprintf(id, sizeof(id), "junk-%d", i);
+		assert_int_equal(store_cmdid_claim(s, "mqtt:p", id, t0 + 10 + i, NULL), 0);
+		assert_int_equal(
+			store_cmdid_result(s, "mqtt:p", id, "rejected", "unknown action"), 0);
+	}
+	assert_int_equal(store_flush(s), 0);
+	char sql[512];
+	snprintf(sql, sizeof(sql),
+		 "WITH RECURSIVE n(i) AS (SELECT 3 UNION ALL SELECT i + 1 FROM n WHERE i < %d)"
+		 " INSERT INTO command_ids SELECT 'mqtt:p', 'junk-' || i, %lld + i, 0,"
+		 " 'rejected', 'unknown action' FROM n",
+		 STORE_CMDID_REFUSED_KEEP + 500, (long long)t0 + 10);
+	raw_exec(f->path, sql);
+	assert_int_equal(store_maintain(s, t0 + 86400000LL, NULL), 0);
+	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM command_ids WHERE kept = 0"),
+			 STORE_CMDID_REFUSED_KEEP);
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "junk-0", t0, NULL), 0); /* trimmed */
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "w-1", t0, &first), -EEXIST);
+	assert_string_equal(first.result, "ok");
+	store_close(s);
+	/* across a restart, until the retention ends */
+	s = open_ok(f->path, NULL);
+	assert_int_equal(store_maintain(s, t0 + STORE_CMDID_RETENTION_MS - 1000, NULL), 0);
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "w-1", t0, NULL), -EEXIST);
+	assert_int_equal(store_maintain(s, t0 + STORE_CMDID_RETENTION_MS + 1, NULL), 0);
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "w-1", t0, NULL), 0);
+	store_close(s);
+}
+
+/* A store of schema 1 knows executed ids only from its audit: the upgrade
+ * seeds the id table from it, so nothing executed before runs again. */
+static void test_command_ids_migration(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = open_ok(f->path, NULL);
+	struct store_cmdid first;
+
+	store_close(s);
+	raw_exec(f->path, "DROP TABLE command_ids; PRAGMA user_version = 1;"
+			  "INSERT INTO audit(ts_ms, source, device, command_id, action, result)"
+			  " VALUES(7, 'mqtt:p', 'pump', 'w-old', 'write', 'ok'),"
+			  " (8, 'mqtt:p', 'pump', 'x-old', 'format', 'rejected')");
+	s = open_ok(f->path, NULL);
+	assert_int_equal(peek_int(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
+	assert_int_equal(store_cmdid_claim(s, "mqtt:p", "w-old", 9, &first), -EEXIST);
+	assert_string_equal(first.result, "ok");
+	assert_int_equal(peek_int(f->path, "SELECT kept FROM command_ids WHERE command_id='x-old'"),
+			 0);
+	store_close(s);
+}
+
 static void test_quarantine_truncation(void **state)
 {
 	struct fx *f = *state;
@@ -1290,6 +1365,8 @@ int main(void)
 		T(test_vacuum_shrinks),
 		T(test_disk_full_alarm_makes_room),
 		T(test_audit_duplicates),
+		T(test_command_ids),
+		T(test_command_ids_migration),
 		T(test_quarantine_truncation),
 		T(test_latest_values),
 		T(test_latest_foreach),
