@@ -57,7 +57,8 @@ static void scan_id(const char *p, size_t len, char *id)
 			}
 			if (j >= len)
 				return; /* cut inside a string */
-			if (depth == 1 && want_key && j - start == 2 && !memcmp(p + start, "id", 2)) {
+			if (depth == 1 && want_key && j - start == 2 &&
+			    !memcmp(p + start, "id", 2)) {
 				size_t k = j + 1, vs;
 				while (k < len && strchr(" \t\r\n", p[k]))
 					k++;

@@ -20,11 +20,11 @@ struct command {
 	json_t *root;
 	char id[COMMAND_ID_MAX + 1]; /* 1..COMMAND_ID_MAX printable characters;
 					"" when no id could be read */
-	const char *action; /* may be NULL (then rejected by the caller, with the id) */
-	const char *alarm;  /* ack */
-	const char *point;  /* read, write */
-	const char *by;     /* who, optional */
-	json_t *value;      /* write; borrowed from root */
+	const char *action;          /* may be NULL (then rejected by the caller, with the id) */
+	const char *alarm;           /* ack */
+	const char *point;           /* read, write */
+	const char *by;              /* who, optional */
+	json_t *value;               /* write; borrowed from root */
 };
 
 /* 0, or -EINVAL with a reason in `why` (not JSON, too big, not an object, no

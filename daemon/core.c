@@ -2,8 +2,8 @@
  * core.c - the running daemon, on one thread: drains the driver queue,
  * applies alarm rules, writes the store, kicks the uplinks.
  *
- * The core is the only writer of the store. Readings of one device that
- * arrive together (one poll cycle) become one telemetry message. An alarm
+ * The core is the only writer of the store. Readings of one device's poll
+ * cycle become one telemetry message (gather.h). An alarm
  * change is committed on its own at once (store_enqueue commits the alarm
  * lane before it returns) and handed to the uplinks in the same turn of the
  * loop, ahead of anything queued behind it.
@@ -25,6 +25,7 @@
 #include "config_diff.h"
 #include "driver.h"
 #include "episode.h"
+#include "gather.h"
 #include "log.h"
 #include "modbus_driver.h"
 #include "queue.h"
@@ -95,7 +96,7 @@ struct core {
 	const struct uplink_ops **uplink_ops;
 	size_t n_uplinks;
 	struct driver **drivers; /* one per bus, NULL where none */
-	struct loop_timer *flush_timer, *maint_timer, *alarm_timer;
+	struct loop_timer *flush_timer, *maint_timer, *alarm_timer; /* tele_timer below */
 	int64_t started_ms;
 	bool store_ok;
 	int lock_fd;
@@ -103,15 +104,14 @@ struct core {
 	bool queue_full_logged;
 	uint64_t write_token;
 	struct pending_write writes[MAX_PENDING_WRITES];
-	/* telemetry being gathered for one device: flushed when another
-	 * device's reading arrives or the batch ends */
-	json_t *tele;
-	uint32_t tele_dev;
-	int64_t tele_ts;
+	/* telemetry being gathered per device: one message per poll cycle */
+	struct gather *gather;
+	struct loop_timer *tele_timer;
+	uint32_t *tele_due; /* scratch: n_devices */
 	uint64_t readings, messages, enqueue_errors;
 	uint64_t cmd_count[5];      /* by enum cmd_outcome */
 	struct episode cmd_refused; /* every kind of refusal, one episode */
-	char **forget; /* restored alarms that no longer match the configuration */
+	char **forget;              /* restored alarms that no longer match the configuration */
 	size_t n_forget;
 	struct cgw_item items[POP_BATCH];
 };
@@ -214,17 +214,60 @@ static json_t *core_value_json(const struct cfg_point *pt, const struct cgw_valu
 	return json_null();
 }
 
-static void flush_telemetry(struct core *c)
+/* The one place the telemetry payload is built. Takes values and quality. */
+static json_t *telemetry_json(const struct cfg_device *d, int64_t ts_ms, json_t *values,
+			      json_t *quality)
 {
-	char topic[160];
-	const struct cfg_device *d;
+	json_t *o = json_pack("{s:I,s:s,s:o}", "ts", (json_int_t)ts_ms, "device", d->id, "values",
+			      values);
 
-	if (!c->tele)
+	if (o && quality)
+		json_object_set_new(o, "quality", quality);
+	else
+		json_decref(quality);
+	return o;
+}
+
+static void send_telemetry(struct core *c, uint32_t dev)
+{
+	const struct cfg_device *d = &c->cfg->devices[dev];
+	json_t *values, *quality;
+	int64_t ts;
+	char topic[160];
+
+	if (!gather_take(c->gather, dev, &values, &quality, &ts))
 		return;
-	d = &c->cfg->devices[c->tele_dev];
 	snprintf(topic, sizeof(topic), "device/%s/telemetry", d->id);
-	emit(c, CGW_LANE_TELEMETRY, d->id, topic, c->tele_ts, c->tele);
-	c->tele = NULL;
+	emit(c, CGW_LANE_TELEMETRY, d->id, topic, ts, telemetry_json(d, ts, values, quality));
+}
+
+/* Sends what is due: after a drain (drain_end) the readings without a
+ * cycle, always the cycles past their deadline; `all` sends everything
+ * (stopping). Re-arms the deadline timer. */
+static void flush_telemetry(struct core *c, bool drain_end, bool all)
+{
+	int64_t now = cgw_mono_ms(), next;
+	size_t n;
+
+	if (!c->gather)
+		return;
+	n = gather_pending(c->gather, c->tele_due, c->cfg->n_devices);
+	for (size_t i = 0; i < n; i++)
+		if (all || gather_due(c->gather, c->tele_due[i], drain_end, now))
+			send_telemetry(c, c->tele_due[i]);
+	next = gather_next_deadline(c->gather);
+	if (next >= 0 && next != loop_timer_due(c->tele_timer))
+		loop_timer_at(c->tele_timer, next);
+}
+
+static void on_tele_timer(struct loop *l, struct loop_timer *t, void *arg)
+{
+	struct core *c = arg;
+
+	(void)l;
+	(void)t;
+	flush_telemetry(c, false, false);
+	kick_uplinks(c);
 }
 
 static void on_reading(struct core *c, const struct cgw_item *it)
@@ -241,29 +284,11 @@ static void on_reading(struct core *c, const struct cgw_item *it)
 			 cgw_mono_ms());
 	alarm_on_reading(c->alarms, it->device, it->point, &it->value, it->quality, it->ts_ms,
 			 cgw_mono_ms());
-
-	/* one telemetry message per device per cycle: same device, same second */
-	if (c->tele && (c->tele_dev != it->device || it->ts_ms - c->tele_ts > 1000))
-		flush_telemetry(c);
-	if (!c->tele) {
-		c->tele = json_pack("{s:I,s:s,s:{}}", "ts", (json_int_t)it->ts_ms, "device", d->id,
-				    "values");
-		c->tele_dev = it->device;
-		c->tele_ts = it->ts_ms;
-		if (!c->tele)
-			return;
-	}
-	json_object_set_new(json_object_get(c->tele, "values"), pt->name,
-			    it->quality == CGW_Q_GOOD ? core_value_json(pt, &it->value) :
-							json_null());
-	if (it->quality != CGW_Q_GOOD) {
-		json_t *q = json_object_get(c->tele, "quality");
-		if (!q) {
-			q = json_object();
-			json_object_set_new(c->tele, "quality", q);
-		}
-		json_object_set_new(q, pt->name, json_string(cgw_quality_name(it->quality)));
-	}
+	/* one telemetry message per device per poll cycle (see gather.h) */
+	gather_add(c->gather, it->device, pt->name,
+		   it->quality == CGW_Q_GOOD ? core_value_json(pt, &it->value) : json_null(),
+		   it->quality == CGW_Q_GOOD ? NULL : cgw_quality_name(it->quality), it->ts_ms,
+		   it->in_cycle, cgw_mono_ms());
 }
 
 static json_t *location_json(const struct cfg_device *d)
@@ -349,19 +374,18 @@ struct cmd_answer {
 	const char *source, *device, *command_id;
 	enum cmd_outcome outcome;
 	const char *detail;
-	json_t *extra;                  /* consumed; merged into the payload */
+	json_t *extra;                   /* consumed; merged into the payload */
 	const struct store_cmdid *first; /* duplicate: the first outcome */
-	bool record;  /* in the audit and the id table: set their result */
-	bool known;   /* a configured device */
-	bool audited; /* already in the audit */
+	bool record;                     /* in the audit and the id table: set their result */
+	bool known;                      /* a configured device */
+	bool audited;                    /* already in the audit */
 };
 
 /* The one place the command result payload is built. */
 static json_t *command_result_json(const struct cmd_answer *a, int64_t ts_ms)
 {
 	json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "ts", (json_int_t)ts_ms, "device", a->device,
-			      "command_id", a->command_id, "result",
-			      cmd_outcome_names[a->outcome]);
+			      "command_id", a->command_id, "result", cmd_outcome_names[a->outcome]);
 
 	if (!o)
 		return NULL;
@@ -386,8 +410,8 @@ static bool answerable_device(const char *s)
 	size_t n = 0;
 
 	for (; s[n]; n++)
-		if (n >= 64 || !(isalnum((unsigned char)s[n]) || s[n] == '-' || s[n] == '_' ||
-				 s[n] == '.'))
+		if (n >= 64 ||
+		    !(isalnum((unsigned char)s[n]) || s[n] == '-' || s[n] == '_' || s[n] == '.'))
 			return false;
 	return n > 0;
 }
@@ -435,8 +459,7 @@ static void command_answer(struct core *c, const struct reply_to *rt, struct cmd
 				   cmd_outcome_names[a->outcome], a->detail);
 		store_cmdid_result(c->store, a->source, a->command_id,
 				   cmd_outcome_names[a->outcome], a->detail);
-	} else if (refused && !a->audited && say != EPISODE_SILENT &&
-		   a->outcome != CMD_DUPLICATE) {
+	} else if (refused && !a->audited && say != EPISODE_SILENT && a->outcome != CMD_DUPLICATE) {
 		refusal_audit(c, a, NULL); /* sampled */
 	}
 	if (a->outcome != CMD_UNANSWERED)
@@ -687,7 +710,8 @@ void core_command_reply(struct core *c, const char *source, const char *device, 
 		if (r == 0 && !cmd.action) /* the reason a platform can act on first */
 			a.detail = "unknown device (and no \"action\")";
 		if (r < 0 && !*cmd.id)
-			snprintf(why + strlen(why), sizeof(why) - strlen(why), "; no id to answer to");
+			snprintf(why + strlen(why), sizeof(why) - strlen(why),
+				 "; no id to answer to");
 		if (dev >= 0 && a.outcome == CMD_REJECTED) {
 			/* a device of ours: every such command is in the audit */
 			refusal_audit(c, &a, NULL);
@@ -882,12 +906,16 @@ static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
 				case CGW_ITEM_WRITE_RESULT:
 					on_write_result(c, it);
 					break;
+				case CGW_ITEM_CYCLE_END:
+					gather_end_cycle(c->gather, it->device);
+					send_telemetry(c, it->device);
+					break;
 				}
 			}
 			cgw_value_clear(&it->value);
 		}
 	}
-	flush_telemetry(c);
+	flush_telemetry(c, true, false);
 	arm_alarm_timer(c);
 	arm_flush(c);
 	kick_uplinks(c);
@@ -1334,8 +1362,13 @@ static void stop_components(struct core *c)
 				   "the daemon stopped before the device answered");
 	alarm_engine_free(c->alarms);
 	c->alarms = NULL;
-	json_decref(c->tele);
-	c->tele = NULL;
+	if (c->store && c->gather)
+		flush_telemetry(c, true, true); /* a cycle cut short goes out as it is */
+	gather_free(c->gather);
+	c->gather = NULL;
+	free(c->tele_due);
+	c->tele_due = NULL;
+	loop_timer_at(c->tele_timer, -1);
 	close_store(c);
 }
 
@@ -1355,6 +1388,11 @@ static int start_components(struct core *c)
 		return r;
 	}
 	rt_install(c, &a);
+	c->tele_due = calloc(cfg->n_devices ? cfg->n_devices : 1, sizeof(*c->tele_due));
+	if (!c->tele_due || gather_new(cfg->n_devices, &c->gather) < 0) {
+		log_err("core", "telemetry: out of memory");
+		return -ENOMEM;
+	}
 	r = alarm_engine_new(cfg, on_alarm, c, &c->alarms);
 	if (r < 0) {
 		log_err("core", "alarm engine: %s", strerror(-r));
@@ -1402,7 +1440,8 @@ int core_new(struct cgw_config *cfg, struct loop *l, struct core **out)
 	c->flush_timer = loop_timer_new(l, on_flush_timer, c);
 	c->maint_timer = loop_timer_new(l, on_maint_timer, c);
 	c->alarm_timer = loop_timer_new(l, on_alarm_timer, c);
-	if (!c->flush_timer || !c->maint_timer || !c->alarm_timer) {
+	c->tele_timer = loop_timer_new(l, on_tele_timer, c);
+	if (!c->flush_timer || !c->maint_timer || !c->alarm_timer || !c->tele_timer) {
 		core_free(c);
 		return -ENOMEM;
 	}
@@ -1426,6 +1465,7 @@ void core_free(struct core *c)
 	loop_timer_free(c->flush_timer);
 	loop_timer_free(c->maint_timer);
 	loop_timer_free(c->alarm_timer);
+	loop_timer_free(c->tele_timer);
 	while (c->gens) {
 		struct gen *g = c->gens;
 		c->gens = g->next;
@@ -1505,6 +1545,8 @@ int core_reload(struct core *c, struct cgw_config *nc)
 	struct alarm_engine *ne = NULL, *oe = c->alarms;
 	struct rt_arrays a = {0};
 	struct gen *ng = NULL;
+	struct gather *ngather = NULL;
+	uint32_t *ntele_due = NULL;
 	uint32_t *cur_map = NULL; /* the running generation's, to be */
 	json_t *shelf = NULL;
 	uint32_t *omap = NULL;                  /* old device -> new, DEV_NONE */
@@ -1525,7 +1567,9 @@ int core_reload(struct core *c, struct cgw_config *nc)
 	up_from = malloc((nc->n_uplinks + 1) * sizeof(*up_from));
 	cur_map = malloc((oc->n_devices + 1) * sizeof(*cur_map));
 	r = -ENOMEM;
-	if (!omap || !bus_from || !up_from || !cur_map || rt_alloc(nc, &a) < 0)
+	ntele_due = calloc(nc->n_devices ? nc->n_devices : 1, sizeof(*ntele_due));
+	if (!omap || !bus_from || !up_from || !cur_map || !ntele_due || rt_alloc(nc, &a) < 0 ||
+	    gather_new(nc->n_devices, &ngather) < 0)
 		goto fail;
 	r = gen_new(c, &ng);
 	if (r < 0)
@@ -1602,8 +1646,15 @@ int core_reload(struct core *c, struct cgw_config *nc)
 		else
 			pw->device = omap[pw->device];
 	}
-	json_decref(c->tele); /* empty after the drain; the index would be stale */
-	c->tele = NULL;
+	/* telemetry gathered so far goes out on the old indexes: a cycle a
+	 * kept driver is in the middle of is sent in two messages, once */
+	flush_telemetry(c, true, true);
+	gather_free(c->gather);
+	free(c->tele_due);
+	c->gather = ngather;
+	c->tele_due = ntele_due;
+	ngather = NULL;
+	ntele_due = NULL;
 
 	/* 5. the swap: items already queued by kept drivers, and all they send
 	 * later, arrive with indexes of the configuration they were opened on */
@@ -1689,6 +1740,8 @@ int core_reload(struct core *c, struct cgw_config *nc)
 
 fail:
 	alarm_engine_free(ne);
+	gather_free(ngather);
+	free(ntele_due);
 	gen_free(c, ng);
 	free(cur_map);
 	rt_free(&a);

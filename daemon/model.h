@@ -79,6 +79,7 @@ enum cgw_item_kind {
 	CGW_ITEM_EVENT,        /* something that happened (card swipe, parcel picked up) */
 	CGW_ITEM_DEVICE_STATE, /* device went online/offline */
 	CGW_ITEM_WRITE_RESULT, /* outcome of a write: token, result (0 or -errno), detail */
+	CGW_ITEM_CYCLE_END,    /* the device's poll cycle is complete (after its last reading) */
 };
 
 struct cgw_item {
@@ -91,7 +92,12 @@ struct cgw_item {
 	struct cgw_value value; /* READING/EVENT; WRITE_RESULT: detail text or NONE */
 	uint64_t token;         /* WRITE_RESULT: the token given to the write */
 	int result;             /* WRITE_RESULT: 0 or a negative errno */
-	uint32_t suppressed;    /* EVENT: events of the point held back since the last (rate_limit) */
+	uint32_t suppressed; /* EVENT: events of the point held back since the last (rate_limit) */
+	/* READING: part of a poll cycle that a CGW_ITEM_CYCLE_END of the same
+	 * device will close (Modbus): the core gathers the device's readings
+	 * until then into one telemetry message. Readings without it (MQTT)
+	 * are gathered per drain of the queue. */
+	bool in_cycle;
 };
 
 static inline void cgw_value_clear(struct cgw_value *v)

@@ -2001,8 +2001,8 @@ static void copy_col(sqlite3_stmt *st, int col, char *buf, size_t len)
 	snprintf(buf, len, "%s", t ? (const char *)t : "");
 }
 
-int store_cmdid_claim(struct store *s, const char *source, const char *command_id,
-		      int64_t now_ms, struct store_cmdid *first)
+int store_cmdid_claim(struct store *s, const char *source, const char *command_id, int64_t now_ms,
+		      struct store_cmdid *first)
 {
 	sqlite3_stmt *st;
 	int rc;

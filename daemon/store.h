@@ -302,8 +302,8 @@ struct store_cmdid {
 /* 0: a new id, recorded as "pending" and committed before the call returns,
  * so the caller may execute it. -EEXIST: seen before; *first (may be NULL)
  * says when and with what result. */
-int store_cmdid_claim(struct store *s, const char *source, const char *command_id,
-		      int64_t now_ms, struct store_cmdid *first);
+int store_cmdid_claim(struct store *s, const char *source, const char *command_id, int64_t now_ms,
+		      struct store_cmdid *first);
 /* The outcome of a claimed id ("rejected" makes it a refused one). Joins the
  * batch. */
 int store_cmdid_result(struct store *s, const char *source, const char *command_id,

@@ -110,6 +110,8 @@ struct mb_dev {
 	unsigned failed_cycles;
 	enum mb_devstate state;
 	bool refresh;               /* poll now, off schedule (after a write) */
+	int64_t cycle_ts;           /* wall time of the cycle's first answer, 0 before */
+	bool cycle_readings;        /* the cycle handed readings to the core */
 	bool io_fault;              /* a failed-cycle episode is going on (logged) */
 	char label[64];             /* "unit 3 (smoke-1)" */
 	struct driver_dev_stats st; /* under d->lock */
@@ -630,10 +632,12 @@ static void fail_point(struct driver *d, struct mb_dev *dev, size_t p, enum cgw_
 			      .device = dev->index,
 			      .point = (uint32_t)p,
 			      .quality = q,
-			      .ts_ms = cgw_now_ms()};
+			      .ts_ms = dev->cycle_ts ? dev->cycle_ts : cgw_now_ms(),
+			      .in_cycle = true};
 
 	if (ps->failed && ps->fail_q == q)
 		return;
+	dev->cycle_readings = true;
 	ps->failed = true;
 	ps->fail_q = q;
 	ps->sent = false;
@@ -651,7 +655,8 @@ static void report(struct driver *d, struct mb_dev *dev, size_t p, struct cgw_va
 			      .device = dev->index,
 			      .point = (uint32_t)p,
 			      .quality = CGW_Q_GOOD,
-			      .ts_ms = ts};
+			      .ts_ms = ts,
+			      .in_cycle = true};
 	bool due;
 
 	if (q != CGW_Q_GOOD || v->type == CGW_V_NONE) {
@@ -675,13 +680,19 @@ static void report(struct driver *d, struct mb_dev *dev, size_t p, struct cgw_va
 	v->type = CGW_V_NONE;
 	ps->last_sent = now;
 	ps->sent = true;
+	dev->cycle_readings = true;
 	push(d, &it);
 }
 
 /* Decode every point a successful read covers. */
 static void deliver(struct driver *d, struct mb_dev *dev, const struct mb_req *r)
 {
-	int64_t now = cgw_mono_ms(), ts = cgw_now_ms();
+	int64_t now = cgw_mono_ms(), ts;
+
+	/* one time for the whole cycle: its readings are one telemetry message */
+	if (!dev->cycle_ts)
+		dev->cycle_ts = cgw_now_ms();
+	ts = dev->cycle_ts;
 
 	for (size_t k = 0; k < r->nspans; k++) {
 		const struct mb_span *s = mbp_span(d->plan, r->first_span + k);
@@ -884,7 +895,19 @@ static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e, bool 
 	set_state(d, dev, DEV_ONLINE);
 }
 
-static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled)
+/* Closes the cycle for the core: it sends what the cycle read as one
+ * telemetry message, however many requests and tables it took. */
+static void end_cycle(struct driver *d, struct mb_dev *dev)
+{
+	struct cgw_item it = {.kind = CGW_ITEM_CYCLE_END, .device = dev->index};
+
+	if (dev->cycle_readings)
+		push(d, &it);
+	dev->cycle_readings = false;
+	dev->cycle_ts = 0;
+}
+
+static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled)
 {
 	int fail_e = 0;
 
@@ -948,6 +971,14 @@ static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled)
 		i++;
 	}
 	finish_cycle(d, dev, fail_e, scheduled);
+}
+
+static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled)
+{
+	dev->cycle_ts = 0;
+	dev->cycle_readings = false;
+	poll_cycle(d, dev, scheduled);
+	end_cycle(d, dev);
 }
 
 /* ---- the worker ----------------------------------------------------------------------- */

@@ -133,6 +133,9 @@ static void print_item(struct run *r, const struct cgw_item *it)
 		print_value(&it->value, stdout);
 		putchar('\n');
 		break;
+	case CGW_ITEM_CYCLE_END:
+		printf("cycle-end %s\n", d->id);
+		break;
 	}
 }
 

@@ -120,6 +120,8 @@ static void print_items(struct app *a)
 				printf("write_result %s token=%llu result=%d\n", d->id,
 				       (unsigned long long)it->token, it->result);
 				break;
+			case CGW_ITEM_CYCLE_END:
+				break;
 			}
 			cgw_value_clear(&it->value);
 		}

@@ -121,19 +121,19 @@ static void test_refusal_keeps_id(void **state)
 	} cases[] = {
 		{"{\"id\":\"a\",\"action\":[\"ack\"]}", "a"},
 		{"{\"id\":\"b\",\"by\":5}", "b"},
-		{"{\"id\":\"c\",\"action\":\"ack\"", "c"},          /* cut short */
-		{"{ \"id\" : \"d-1\" , \"action\": ack}", "d-1"},     /* a bare word */
+		{"{\"id\":\"c\",\"action\":\"ack\"", "c"},             /* cut short */
+		{"{ \"id\" : \"d-1\" , \"action\": ack}", "d-1"},      /* a bare word */
 		{"{\"action\":\"ack\",\"id\":\"e\",\"alarm\":}", "e"}, /* id not first */
 		{"{\"by\":\"x\\\"id\\\":\\\"no\",\"id\":\"f\",", "f"}, /* "id" inside a string */
-		{"{\"x\":{\"id\":\"inner\"},\"action\":", ""},        /* nested: not the command's */
-		{"{\"id\":\"a\",\"id\":\"b\"}", ""},                     /* two ids */
-		{"{\"id\":\"a\",\"x\":1,\"id\":\"b\",", ""},            /* two ids, cut */
-		{"{\"id\":\"a\\nb\",", ""},                             /* escapes: not plain */
+		{"{\"x\":{\"id\":\"inner\"},\"action\":", ""}, /* nested: not the command's */
+		{"{\"id\":\"a\",\"id\":\"b\"}", ""},           /* two ids */
+		{"{\"id\":\"a\",\"x\":1,\"id\":\"b\",", ""},   /* two ids, cut */
+		{"{\"id\":\"a\\nb\",", ""},                    /* escapes: not plain */
 		{"{\"id\":7,", ""},
 		{"{\"id\":\"", ""},
 		{"not json", ""},
 		{"", ""},
-		{"{\"action\":\"ack\"}", ""},                            /* valid, no id */
+		{"{\"action\":\"ack\"}", ""}, /* valid, no id */
 		{"{\"id\":\"\"}", ""},
 	};
 	struct command c;

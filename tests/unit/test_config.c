@@ -225,14 +225,29 @@ static void test_ipv6_and_tls_urls(void **state)
 /* Loopback means loopback: names and addresses, parsed, never a prefix. */
 static void test_loopback_is_parsed(void **state)
 {
-	static const char *const local[] = {"localhost", "LocalHost", "127.0.0.1", "127.255.3.4",
-					    "::1", "[::1]", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1",
-					    NULL};
-	static const char *const remote[] = {
-		"127.0.0.1.nip.io", "127.attacker.example", "localhost.example", "localhost.",
-		"0177.0.0.1", "127.1", "2130706433", "0x7f.0.0.1", "127.0.0.1 ", " 127.0.0.1",
-		"128.0.0.1", "::2", "[::1", "::ffff:10.0.0.1", "::127.0.0.1", "[127.0.0.1]",
-		"", "localhost:1883", "127.0.0.01", NULL};
+	static const char *const local[] = {
+		"localhost", "LocalHost",       "127.0.0.1",        "127.255.3.4", "::1",
+		"[::1]",     "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", NULL};
+	static const char *const remote[] = {"127.0.0.1.nip.io",
+					     "127.attacker.example",
+					     "localhost.example",
+					     "localhost.",
+					     "0177.0.0.1",
+					     "127.1",
+					     "2130706433",
+					     "0x7f.0.0.1",
+					     "127.0.0.1 ",
+					     " 127.0.0.1",
+					     "128.0.0.1",
+					     "::2",
+					     "[::1",
+					     "::ffff:10.0.0.1",
+					     "::127.0.0.1",
+					     "[127.0.0.1]",
+					     "",
+					     "localhost:1883",
+					     "127.0.0.01",
+					     NULL};
 
 	(void)state;
 	for (int i = 0; local[i]; i++)

@@ -824,6 +824,48 @@ static void test_open_refuses(void **state)
 	assert_ptr_equal(driver_ops_for(CFG_BUS_MQTT), &mqtt_ingest_ops);
 }
 
+/* One cycle of a device whose points span four tables (four requests): its
+ * readings carry one ts and in_cycle, and exactly one cycle end follows the
+ * last of them, so the core makes one telemetry message of them. */
+static void test_cycle_end(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0, n = 0;
+	int64_t ts = -1;
+
+	fx_open(f);
+	expect(f, &at,
+	       (struct match){.kind = CGW_ITEM_CYCLE_END,
+			      .device = 0,
+			      .point = -1,
+			      .quality = -1,
+			      .online = -1});
+	for (size_t i = 0; i + 1 < at; i++) {
+		const struct cgw_item *it = &f->items[i];
+		if (it->device != 0)
+			continue;
+		assert_int_not_equal(it->kind, CGW_ITEM_CYCLE_END);
+		if (it->kind != CGW_ITEM_READING)
+			continue;
+		assert_true(it->in_cycle);
+		if (ts < 0)
+			ts = it->ts_ms;
+		assert_true(it->ts_ms == ts); /* one time for the cycle */
+		n++;
+	}
+	assert_int_equal(n, 10); /* the first cycle reports every point, of every table */
+	/* later cycles: one end per cycle that reported something, never more */
+	wait_polls(f, 0, 5);
+	size_t ends = count(f, 0,
+			    (struct match){.kind = CGW_ITEM_CYCLE_END,
+					   .device = 0,
+					   .point = -1,
+					   .quality = -1,
+					   .online = -1});
+	assert_true(ends >= 2); /* flow: report_every 200ms */
+	assert_true(ends <= dev_stats(f, 0).polls_done + 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -837,6 +879,7 @@ int main(void)
 						fx_teardown),
 		cmocka_unit_test_setup_teardown(test_reconnect, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_open_refuses, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_cycle_end, fx_setup, fx_teardown),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests_name("modbus_driver", tests, NULL, NULL);

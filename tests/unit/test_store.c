@@ -155,10 +155,9 @@ static void test_open_close_reopen(void **state)
 	assert_int_equal(peek_int(f->path, "PRAGMA auto_vacuum"), 2); /* incremental */
 	assert_int_equal(peek_int(f->path, "PRAGMA application_id"), STORE_APPLICATION_ID);
 	assert_int_equal(peek_int(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
-	static const char *const tables[] = {"latest",      "msg",        "delivery",
-					     "dead_letter", "audit",      "quarantine",
-					     "alarms",      "meta",       "uplinks",
-					     "command_ids"};
+	static const char *const tables[] = {"latest",  "msg",        "delivery", "dead_letter",
+					     "audit",   "quarantine", "alarms",   "meta",
+					     "uplinks", "command_ids"};
 	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
 		char sql[128];
 		snprintf(sql, sizeof(sql), "SELECT count(*) FROM sqlite_schema WHERE name='%s'",
@@ -1062,8 +1061,8 @@ static void test_command_ids(void **state)
 	for (int i = 0; i < 3; i++) {
 		snprintf(id, sizeof(id), "junk-%d", i);
 		assert_int_equal(store_cmdid_claim(s, "mqtt:p", id, t0 + 10 + i, NULL), 0);
-		assert_int_equal(
-			store_cmdid_result(s, "mqtt:p", id, "rejected", "unknown action"), 0);
+		assert_int_equal(store_cmdid_result(s, "mqtt:p", id, "rejected", "unknown action"),
+				 0);
 	}
 	assert_int_equal(store_flush(s), 0);
 	char sql[512];
