@@ -444,8 +444,12 @@ static void command_answer(struct core *c, const struct reply_to *rt, struct cmd
 				      "command %s from %s for %.64s refused (%s%s%s); commands "
 				      "refused so far: %llu",
 				      a->command_id && *a->command_id ? a->command_id : "(no id)",
-				      a->source, a->device, cmd_outcome_names[a->outcome],
-				      a->detail ? ": " : "", a->detail ? a->detail : "",
+				      a->source,
+				      a->known || answerable_device(a->device) ?
+					      a->device :
+					      "(not a device name)",
+				      cmd_outcome_names[a->outcome], a->detail ? ": " : "",
+				      a->detail ? a->detail : "",
 				      (unsigned long long)(c->cmd_count[CMD_REJECTED] +
 							   c->cmd_count[CMD_DUPLICATE] +
 							   c->cmd_count[CMD_UNANSWERED]));

@@ -119,6 +119,8 @@ check "the audit has no ack of smoke-2 by smoke-1" \
 for i in $(seq 50); do echo "{\"id\":\"burst-$i\",\"action\":\"format-disk\"}"; done |
 	mosquitto_pub -p "$mq" -q 1 -t "$P/cmd/station-1" -l
 check "50 unknown actions: 50 results" wait_for 15 bash -c "[ \$(grep -c '\"command_id\":\"burst-' '$TMP/sub.txt') -eq 50 ]"
+n=$(grep -c 'burst-' "$TMP/cgwd.log")
+check "50 unknown actions: not a log line each ($n lines)" test "$n" -le 1
 
 # ---- a flood of refused commands does not flush the replay protection ----
 before=$(status_commands rejected)
