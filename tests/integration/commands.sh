@@ -146,5 +146,7 @@ lines=$(grep -c "refused" "$TMP/cgwd.log")
 grep "refused" "$TMP/cgwd.log" | head -5 | sed 's/^/# /'
 check "every refusal above (more than $FLOOD, of every kind) is logged in at most 4 lines, not one per command ($lines)" \
 	test "$lines" -le 4
+n=$(grep -c "no-such-device\|junk-" "$TMP/cgwd.log")
+check "the flood of $FLOOD commands for an unknown device: at most 2 log lines ($n)" test "$n" -le 2
 check "the refusal lines carry a count" grep -q "refused so far" "$TMP/cgwd.log"
 done_testing
