@@ -42,7 +42,7 @@ uplinks:
 Y
 P=cgw/garden/gw-cmd
 bg_start "$SIM" -c "$TMP/sim.yaml" --control "$TMP/sim.sock" >"$TMP/sim.log" 2>&1 </dev/null
-wait_for 5 test -S "$TMP/sim.sock" || not_ok "simulator starts"
+wait_for 15 test -S "$TMP/sim.sock" || { not_ok "simulator starts"; sed 's/^/# /' "$TMP/sim.log"; }
 sim() { echo "$*" | socat -t 2 - UNIX-CONNECT:"$TMP/sim.sock"; }
 sim set station-1 hydrant_pressure 0.35 >/dev/null
 # what a platform sees: results of our devices, alarms (not the flood's results)

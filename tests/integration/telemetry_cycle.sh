@@ -32,8 +32,11 @@ Y
 {
 	echo "profile_dirs: [$TMP/profiles]"
 	echo "buses:"
+	used=" $mq "
 	for b in 1 2 3; do
 		port=$(free_port)
+		while [[ $used == *" $port "* ]]; do port=$(free_port); done # three distinct ports
+		used="$used$port "
 		echo "  - {name: bus-$b, type: modbus-tcp, host: 127.0.0.1, port: $port, timeout: 300ms}"
 	done
 	echo "devices:"
@@ -62,7 +65,7 @@ uplinks:
 Y
 P=cgw/garden/gw-t
 bg_start "$SIM" -c "$TMP/sim.yaml" --control "$TMP/sim.sock" >"$TMP/sim.log" 2>&1 </dev/null
-wait_for 5 test -S "$TMP/sim.sock" || not_ok "simulator starts"
+wait_for 15 test -S "$TMP/sim.sock" || { not_ok "simulator starts"; sed 's/^/# /' "$TMP/sim.log"; }
 bg_start mosquitto_sub -p "$mq" -v -q 1 -t "$P/device/+/telemetry" >"$TMP/sub.txt" 2>/dev/null
 bg_start "$CGWD" -c "$TMP/cgw.yaml" -f 2>"$TMP/cgwd.log"
 # a dozen cycles of every device (poll 300 ms)
