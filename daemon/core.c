@@ -285,6 +285,8 @@ static void on_reading(struct core *c, const struct cgw_item *it)
 	alarm_on_reading(c->alarms, it->device, it->point, &it->value, it->quality, it->ts_ms,
 			 cgw_mono_ms());
 	/* one telemetry message per device per poll cycle (see gather.h) */
+	if (!it->in_cycle && gather_splits(c->gather, it->device, it->ts_ms))
+		send_telemetry(c, it->device);
 	gather_add(c->gather, it->device, pt->name,
 		   it->quality == CGW_Q_GOOD ? core_value_json(pt, &it->value) : json_null(),
 		   it->quality == CGW_Q_GOOD ? NULL : cgw_quality_name(it->quality), it->ts_ms,

@@ -6,7 +6,8 @@
 
 struct acc {
 	json_t *values, *quality;
-	int64_t ts_ms;
+	int64_t ts_ms;    /* the newest value's */
+	int64_t first_ms; /* the oldest value's */
 	int64_t deadline; /* monotonic */
 	bool in_cycle, ended;
 	size_t pos; /* index in g->order, valid while values != NULL */
@@ -68,6 +69,7 @@ int gather_add(struct gather *g, uint32_t dev, const char *point, json_t *value,
 		}
 		a->quality = NULL;
 		a->ts_ms = ts_ms;
+		a->first_ms = ts_ms;
 		a->deadline = mono_ms + GATHER_MAX_MS;
 		a->in_cycle = in_cycle;
 		a->ended = false;
@@ -79,6 +81,8 @@ int gather_add(struct gather *g, uint32_t dev, const char *point, json_t *value,
 	a->in_cycle = a->in_cycle || in_cycle;
 	if (ts_ms > a->ts_ms)
 		a->ts_ms = ts_ms; /* latest wins, and says when */
+	if (ts_ms < a->first_ms)
+		a->first_ms = ts_ms;
 	if (json_object_set_new(a->values, point, value) < 0)
 		return -ENOMEM;
 	if (quality) {
@@ -90,6 +94,16 @@ int gather_add(struct gather *g, uint32_t dev, const char *point, json_t *value,
 		json_object_del(a->quality, point);
 	}
 	return 0;
+}
+
+bool gather_splits(const struct gather *g, uint32_t dev, int64_t ts_ms)
+{
+	const struct acc *a;
+
+	if (dev >= g->n || !g->a[dev].values)
+		return false;
+	a = &g->a[dev];
+	return !a->in_cycle && ts_ms - a->first_ms > GATHER_SPAN_MS;
 }
 
 void gather_end_cycle(struct gather *g, uint32_t dev)

@@ -11,6 +11,9 @@
  * Coalescing: a point read twice before its device's message goes out
  * keeps its latest value (latest wins; a good value also clears the point's
  * earlier bad quality), and the message's ts is the newest of its values'.
+ * Readings without a cycle coalesce only within GATHER_SPAN_MS of the
+ * message's oldest value (gather_splits() says when to send first), so that
+ * a backlog does not merge seconds of history into one message.
  * Only states are gathered; events never are (the core sends each one).
  *
  * Ownership: gather_add() takes the value (a JSON value, new reference);
@@ -24,7 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define GATHER_MAX_MS 5000 /* a cycle not closed by then goes out as it is */
+#define GATHER_MAX_MS 5000  /* a cycle not closed by then goes out as it is */
+#define GATHER_SPAN_MS 1000 /* readings without a cycle coalesce within this span */
 
 struct gather;
 
@@ -37,6 +41,10 @@ void gather_free(struct gather *g); /* NULL is fine */
  * mono_ms: now (CLOCK_MONOTONIC), for the deadline. 0, -EINVAL or -ENOMEM. */
 int gather_add(struct gather *g, uint32_t dev, const char *point, json_t *value,
 	       const char *quality, int64_t ts_ms, bool in_cycle, int64_t mono_ms);
+/* Whether a reading without a cycle at ts_ms must not join the device's
+ * gathered message (it is more than GATHER_SPAN_MS newer than the message's
+ * oldest value): send that message first. */
+bool gather_splits(const struct gather *g, uint32_t dev, int64_t ts_ms);
 /* The device's cycle is complete: its message is due now. */
 void gather_end_cycle(struct gather *g, uint32_t dev);
 /* Whether the device has a message due: its cycle ended, or it has no

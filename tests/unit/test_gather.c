@@ -80,6 +80,17 @@ static void test_coalesced_ts(void **state)
 	assert_true(gather_take(g, 0, &v, &q, &ts));
 	assert_true(ts == t + 2000);
 	json_decref(v);
+	/* a backlog does not merge seconds of history: beyond GATHER_SPAN_MS a
+	 * new message starts */
+	assert_int_equal(gather_add(g, 0, "battery", json_integer(1), NULL, t + 5000, false, 5), 0);
+	assert_false(gather_splits(g, 0, t + 5000 + GATHER_SPAN_MS));
+	assert_true(gather_splits(g, 0, t + 5001 + GATHER_SPAN_MS));
+	assert_true(gather_take(g, 0, &v, &q, &ts));
+	json_decref(v);
+	assert_false(gather_splits(g, 0, t + 9000)); /* nothing gathered */
+	/* a cycle is never split by time */
+	assert_int_equal(gather_add(g, 0, "battery", json_integer(1), NULL, t, true, 5), 0);
+	assert_false(gather_splits(g, 0, t + 10 * GATHER_SPAN_MS));
 	gather_free(g);
 }
 
