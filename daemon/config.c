@@ -798,7 +798,9 @@ static const struct key bus_keys[] = {
 	{"url", K_STR, OFF(struct cfg_bus, url), NULL, 0, 0, 0, NULL, NULL,
 	 "mqtt: broker URL, mqtt://host:port or mqtts://host:port"},
 	{"client_id", K_STR, OFF(struct cfg_bus, client_id), NULL, 0, 0, 0, NULL, NULL,
-	 "mqtt: client id (default: {gateway}-{bus})"},
+	 "mqtt: client id (default: {gateway}-{bus}); stable, for the persistent session"},
+	{"clean_session", K_BOOL, OFF(struct cfg_bus, clean_session), "false", 0, 0, 0, NULL, NULL,
+	 "mqtt: true: the broker forgets what devices sent while cgwd was away"},
 	{"username", K_STR, OFF(struct cfg_bus, username), NULL, 0, 0, 0, NULL, NULL,
 	 "mqtt: user name"},
 	{"password_file", K_STR, OFF(struct cfg_bus, password_file), NULL, KF_SECRET, 0, 0, NULL,
@@ -2290,10 +2292,10 @@ static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 						  "retries", "offline_after",
 						  "max_gap", "max_registers",
 						  NULL};
-	static const char *const only_mqtt[] = {"url",           "client_id", "username",
-						"password_file", "ca_file",   "cert_file",
-						"key_file",      "insecure",  "stale_after",
-						"max_payload",   NULL};
+	static const char *const only_mqtt[] = {"url",           "client_id",     "username",
+						"password_file", "ca_file",       "cert_file",
+						"key_file",      "insecure",      "stale_after",
+						"max_payload",   "clean_session", NULL};
 	const char *const *groups[] = {only_rtu, only_tcp, only_modbus, only_mqtt};
 	const bool allowed[3][4] = {
 		{true, false, true, false}, /* rtu */

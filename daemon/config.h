@@ -149,6 +149,7 @@ struct cfg_bus {
 	int64_t stale_after_ms;
 	int64_t max_payload;
 	bool insecure;
+	bool clean_session; /* mqtt: false = persistent session (the default) */
 	size_t n_devices;
 };
 

@@ -140,7 +140,8 @@ static bool bus_fields_eq(const struct cfg_bus *a, const struct cfg_bus *b)
 	       str_eq(a->password_file, b->password_file) && str_eq(a->ca_file, b->ca_file) &&
 	       str_eq(a->cert_file, b->cert_file) && str_eq(a->key_file, b->key_file) &&
 	       a->stale_after_ms == b->stale_after_ms && a->max_payload == b->max_payload &&
-	       a->insecure == b->insecure && a->n_devices == b->n_devices;
+	       a->insecure == b->insecure && a->clean_session == b->clean_session &&
+	       a->n_devices == b->n_devices;
 }
 
 bool cfg_bus_equal(const struct cgw_config *ca, size_t a, const struct cgw_config *cb, size_t b)

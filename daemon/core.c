@@ -880,6 +880,37 @@ static int restore_one(void *ctx, const struct store_alarm *a)
 
 /* ---- queue and timers -------------------------------------------------------------- */
 
+/* One item from a driver of generation g, by whichever way it came (queue
+ * or deliver); a driver kept across a reload speaks its configuration's
+ * device index, mapped here to the running one. */
+static void handle_item(struct gen *g, struct cgw_item *it)
+{
+	struct core *c = g->core;
+
+	if (g->map)
+		it->device = it->device < g->cfg->n_devices ? g->map[it->device] : DEV_NONE;
+	if (it->device >= c->cfg->n_devices)
+		return;
+	switch (it->kind) {
+	case CGW_ITEM_READING:
+		on_reading(c, it);
+		break;
+	case CGW_ITEM_EVENT:
+		on_event(c, it);
+		break;
+	case CGW_ITEM_DEVICE_STATE:
+		on_device_state(c, it);
+		break;
+	case CGW_ITEM_WRITE_RESULT:
+		on_write_result(c, it);
+		break;
+	case CGW_ITEM_CYCLE_END:
+		gather_end_cycle(c->gather, it->device);
+		send_telemetry(c, it->device);
+		break;
+	}
+}
+
 static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
 {
 	struct gen *g = arg;
@@ -893,32 +924,8 @@ static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
 	/* bounded work per wake-up so timers and uplinks keep their turn */
 	while (rounds++ < 16 && (n = queue_pop_batch(g->queue, c->items, POP_BATCH)) > 0) {
 		for (size_t i = 0; i < n; i++) {
-			struct cgw_item *it = &c->items[i];
-			/* from a driver kept across a reload: its configuration's index */
-			if (g->map)
-				it->device = it->device < g->cfg->n_devices ? g->map[it->device] :
-									      DEV_NONE;
-			if (it->device < c->cfg->n_devices) {
-				switch (it->kind) {
-				case CGW_ITEM_READING:
-					on_reading(c, it);
-					break;
-				case CGW_ITEM_EVENT:
-					on_event(c, it);
-					break;
-				case CGW_ITEM_DEVICE_STATE:
-					on_device_state(c, it);
-					break;
-				case CGW_ITEM_WRITE_RESULT:
-					on_write_result(c, it);
-					break;
-				case CGW_ITEM_CYCLE_END:
-					gather_end_cycle(c->gather, it->device);
-					send_telemetry(c, it->device);
-					break;
-				}
-			}
-			cgw_value_clear(&it->value);
+			handle_item(g, &c->items[i]);
+			cgw_value_clear(&c->items[i].value);
 		}
 	}
 	flush_telemetry(c, true, false);
@@ -927,12 +934,37 @@ static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
 	kick_uplinks(c);
 }
 
-static void on_flush_timer(struct loop *l, struct loop_timer *t, void *arg)
+/* driver_env.deliver (arg: the driver's generation): a core-thread
+ * driver's item, handled now. */
+static void core_deliver(void *arg, struct cgw_item *it)
 {
-	struct core *c = arg;
+	struct gen *g = arg;
 
-	(void)l;
-	(void)t;
+	if (g->core->store && g->core->alarms)
+		handle_item(g, it);
+	cgw_value_clear(&it->value);
+}
+
+static void flush_store(struct core *c);
+
+/* driver_env.settle: commit what was delivered (the driver acknowledges it to
+ * its source next), and send what it raised. */
+static void core_settle(void *arg)
+{
+	struct core *c = ((struct gen *)arg)->core;
+
+	if (!c->store)
+		return;
+	flush_telemetry(c, true, false);
+	if (store_pending(c->store))
+		flush_store(c);
+	arm_alarm_timer(c);
+	arm_flush(c);
+	kick_uplinks(c);
+}
+
+static void flush_store(struct core *c)
+{
 	if (store_flush(c->store) < 0) {
 		if (c->store_ok)
 			log_err("core", "store commit failed: %s", store_errmsg(c->store));
@@ -942,6 +974,15 @@ static void on_flush_timer(struct loop *l, struct loop_timer *t, void *arg)
 			log_notice("core", "store commits again");
 		c->store_ok = true;
 	}
+}
+
+static void on_flush_timer(struct loop *l, struct loop_timer *t, void *arg)
+{
+	struct core *c = arg;
+
+	(void)l;
+	(void)t;
+	flush_store(c);
 	arm_flush(c);
 	kick_uplinks(c);
 }
@@ -1278,7 +1319,10 @@ static void open_bus(struct core *c, size_t b)
 				  .bus = b,
 				  .queue = c->queue,
 				  .loop = c->loop,
-				  .store = c->store};
+				  .store = c->store,
+				  .deliver = core_deliver,
+				  .settle = core_settle,
+				  .core = c->gens};
 	int r;
 
 	c->bus_rt[b].gen = c->gens;

@@ -1,6 +1,7 @@
 /*
- * uplink_mqtt.c - MQTT delivery to the platform (libmosquitto, on the core
- * loop: no library thread).
+ * uplink_mqtt.c - MQTT delivery to the platform, over one mqtt_link (the
+ * connection, its reconnects and outage logging: mqtt_link.h; name
+ * resolution and connect happen off the core loop).
  *
  * QoS 1, persistent session (clean_session=false, stable client id). A row
  * leaves the outbox only when its PUBACK arrives (on_publish). Each lane has
@@ -11,27 +12,23 @@
  *
  * After a disconnect nothing in flight is acknowledged: every lane cursor goes
  * back to 0 and the rows are sent again on the next connection (duplicates
- * carry the same id). The outage is logged once when it starts and once when
- * it ends.
+ * carry the same id). While an alarm waits for this uplink and the link is
+ * down, the link is probed every MQTT_LINK_PROBE_MS (jittered) instead of
+ * after its backoff, so the alarm goes out within about that time after the
+ * broker is back.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <mosquitto.h>
-#include <mqtt_protocol.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "log.h"
+#include "mqtt_link.h"
 #include "secret.h"
 #include "uplink.h"
 
 #define FETCH_MAX 64
-#define RECONNECT_MIN_MS 500
-#define RECONNECT_MAX_MS 60000
 
 struct flight {
 	uint64_t seq; /* 0: free slot */
@@ -43,18 +40,10 @@ struct uplink {
 	struct uplink_env env;
 	const struct cfg_uplink *cfg;
 	int64_t store_id;
-	struct mosquitto *mosq;
+	struct mqtt_link *link;
 	char *prefix;
 	char *password;
-	int fd;
-	bool watching_out;
-	bool connected;
-	bool connecting;
 	bool ever_connected;
-	int64_t since_ms;
-	int64_t outage_start_ms;
-	int64_t backoff_ms;
-	struct loop_timer *timer;
 	uint64_t cursor[CGW_LANE_COUNT];
 	unsigned inflight[CGW_LANE_COUNT];
 	unsigned budget;
@@ -62,14 +51,11 @@ struct uplink {
 	struct flight *fl;
 	size_t fl_size;
 	uint64_t sent, acked;
-	char last_error[128];
 	char *cmd_topic_prefix; /* "P/cmd/" */
 	struct store_item items[FETCH_MAX];
 };
 
 static void pump(struct uplink *u);
-static void schedule_reconnect(struct uplink *u);
-static void on_io(struct loop *l, int fd, uint32_t ev, void *arg);
 
 static struct flight *fl_find(struct uplink *u, int mid)
 {
@@ -121,126 +107,14 @@ static void fl_clear(struct uplink *u)
 	memset(u->cursor, 0, sizeof(u->cursor));
 }
 
-static void watch(struct uplink *u)
-{
-	int fd = mosquitto_socket(u->mosq);
-	bool want_out = mosquitto_want_write(u->mosq);
-
-	if (fd != u->fd) {
-		if (u->fd >= 0)
-			loop_del_fd(u->env.loop, u->fd);
-		u->fd = -1;
-		u->watching_out = false;
-	}
-	if (fd < 0)
-		return;
-	if (u->fd < 0) {
-		if (loop_add_fd(u->env.loop, fd, EPOLLIN | (want_out ? EPOLLOUT : 0), on_io, u) ==
-		    0) {
-			u->fd = fd;
-			u->watching_out = want_out;
-		}
-		return;
-	}
-	if (want_out != u->watching_out) {
-		loop_mod_fd(u->env.loop, fd, EPOLLIN | (want_out ? EPOLLOUT : 0));
-		u->watching_out = want_out;
-	}
-}
-
-static void drop_connection(struct uplink *u, const char *why)
-{
-	int64_t now = cgw_now_ms();
-
-	if (u->fd >= 0) {
-		loop_del_fd(u->env.loop, u->fd);
-		u->fd = -1;
-	}
-	if (u->connected) {
-		struct store_stats st;
-		uint64_t depth = 0;
-		if (store_stats(u->env.store, &st) == 0)
-			for (size_t i = 0; i < st.n_uplinks; i++)
-				if (st.uplink[i].id == u->store_id)
-					for (int l = 0; l < CGW_LANE_COUNT; l++)
-						depth += st.uplink[i].lane[l].depth;
-		log_warn("uplink", "[%s] connection to %s:%lld lost (%s); %llu messages waiting",
-			 u->cfg->name, u->cfg->host, (long long)u->cfg->port, why,
-			 (unsigned long long)depth);
-		u->outage_start_ms = now;
-		u->since_ms = now;
-	} else if (strcmp(u->last_error, why) != 0) {
-		/* a connect that fails (TLS handshake, refused): once per reason */
-		log_warn("uplink", "[%s] cannot connect to %s:%lld: %s", u->cfg->name, u->cfg->host,
-			 (long long)u->cfg->port, why);
-		if (!u->outage_start_ms)
-			u->outage_start_ms = now;
-	}
-	snprintf(u->last_error, sizeof(u->last_error), "%s", why);
-	u->connected = false;
-	u->connecting = false;
-	fl_clear(u);
-	schedule_reconnect(u);
-}
-
-static void on_io(struct loop *l, int fd, uint32_t ev, void *arg)
+static void on_up(void *arg)
 {
 	struct uplink *u = arg;
-	int rc = MOSQ_ERR_SUCCESS;
-
-	(void)l;
-	(void)fd;
-	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
-		rc = mosquitto_loop_read(u->mosq, 1);
-	if (rc == MOSQ_ERR_SUCCESS && (ev & EPOLLOUT))
-		rc = mosquitto_loop_write(u->mosq, 1);
-	if (rc != MOSQ_ERR_SUCCESS) {
-		drop_connection(u, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
-		return;
-	}
-	if (u->connected)
-		pump(u);
-	watch(u);
-}
-
-static void on_connect(struct mosquitto *m, void *arg, int rc, int flags,
-		       const mosquitto_property *props)
-{
-	struct uplink *u = arg;
+	struct mosquitto *m = mqtt_link_mosq(u->link);
 	int64_t now = cgw_now_ms();
 	char topic[512], birth[256];
 
-	(void)m;
-	(void)flags;
-	(void)props;
-	u->connecting = false;
-	if (rc != 0) {
-		char why[96];
-		snprintf(why, sizeof(why), "refused: %s", mosquitto_connack_string(rc));
-		if (!u->outage_start_ms || strcmp(u->last_error, why) != 0)
-			log_err("uplink", "[%s] %s:%lld %s", u->cfg->name, u->cfg->host,
-				(long long)u->cfg->port, why);
-		snprintf(u->last_error, sizeof(u->last_error), "%s", why);
-		mosquitto_disconnect(u->mosq);
-		if (!u->outage_start_ms)
-			u->outage_start_ms = now;
-		fl_clear(u);
-		schedule_reconnect(u);
-		return;
-	}
-	u->connected = true;
-	u->backoff_ms = 0;
-	u->since_ms = now;
-	u->last_error[0] = '\0';
 	fl_clear(u);
-	if (u->outage_start_ms)
-		log_notice("uplink", "[%s] connected to %s:%lld after %lld s", u->cfg->name,
-			   u->cfg->host, (long long)u->cfg->port,
-			   (long long)((now - u->outage_start_ms) / 1000));
-	else
-		log_notice("uplink", "[%s] connected to %s:%lld", u->cfg->name, u->cfg->host,
-			   (long long)u->cfg->port);
-	u->outage_start_ms = 0;
 	u->ever_connected = true;
 	/* Backed-off rows go out now: the link is back. */
 	store_uplink_rearm(u->env.store, u->store_id);
@@ -249,20 +123,24 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags,
 	snprintf(birth, sizeof(birth),
 		 "{\"state\":\"online\",\"gateway\":\"%s\",\"site\":\"%s\",\"ts\":%lld}",
 		 u->env.cfg->gateway.id, u->env.cfg->gateway.site, (long long)now);
-	mosquitto_publish(u->mosq, NULL, topic, (int)strlen(birth), birth, 1, true);
+	mosquitto_publish(m, NULL, topic, (int)strlen(birth), birth, 1, true);
 	snprintf(topic, sizeof(topic), "%s/cmd/+", u->prefix);
-	mosquitto_subscribe(u->mosq, NULL, topic, 1);
+	mosquitto_subscribe(m, NULL, topic, 1);
 	pump(u);
 }
 
-static void on_publish(struct mosquitto *m, void *arg, int mid, int reason,
-		       const mosquitto_property *props)
+/* After a disconnect nothing in flight is acknowledged: sent again on the
+ * next connection. */
+static void on_down(void *arg)
+{
+	fl_clear(arg);
+}
+
+static void on_publish(void *arg, int mid, int reason)
 {
 	struct uplink *u = arg;
 	struct flight *f = fl_find(u, mid);
 
-	(void)m;
-	(void)props;
 	if (!f)
 		return; /* the birth message, or a flight from before a reconnect */
 	int lane = f->lane;
@@ -282,14 +160,11 @@ static void on_publish(struct mosquitto *m, void *arg, int mid, int reason,
 	store_ack(u->env.store, u->store_id, lane, seq, STORE_ACK_OK, -1, NULL, cgw_now_ms());
 }
 
-static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg,
-		       const mosquitto_property *props)
+static void on_message(void *arg, const struct mosquitto_message *msg)
 {
 	struct uplink *u = arg;
 	size_t pl = strlen(u->cmd_topic_prefix);
 
-	(void)m;
-	(void)props;
 	if (strncmp(msg->topic, u->cmd_topic_prefix, pl) != 0 || strchr(msg->topic + pl, '/'))
 		return;
 	if (u->env.on_command)
@@ -297,77 +172,27 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 				  (size_t)msg->payloadlen);
 }
 
-static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitto_property *props)
+/* PUBACKs read: refill the windows. */
+static void on_read_done(void *arg)
+{
+	pump(arg);
+}
+
+/* An alarm waits in the outbox for this uplink: while the link is down it
+ * is probed every MQTT_LINK_PROBE_MS instead of after the backoff. One
+ * indexed row at most. */
+static bool alarm_waiting(void *arg)
 {
 	struct uplink *u = arg;
+	struct store_item it;
+	size_t n = 0;
 
-	(void)m;
-	(void)props;
-	if (u->connected || u->connecting)
-		drop_connection(u, rc == 0 ? "disconnected" : mosquitto_strerror(rc));
-}
-
-static void try_connect(struct uplink *u)
-{
-	int rc;
-
-	u->connecting = true;
-	rc = mosquitto_connect_bind_async(u->mosq, u->cfg->host, (int)u->cfg->port,
-					  (int)(u->cfg->keepalive_ms / 1000), NULL);
-	if (rc != MOSQ_ERR_SUCCESS) {
-		const char *why = rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
-		if (strcmp(u->last_error, why) != 0)
-			log_warn("uplink", "[%s] cannot connect to %s:%lld: %s", u->cfg->name,
-				 u->cfg->host, (long long)u->cfg->port, why);
-		snprintf(u->last_error, sizeof(u->last_error), "%s", why);
-		if (!u->outage_start_ms)
-			u->outage_start_ms = cgw_now_ms();
-		u->connecting = false;
-		schedule_reconnect(u);
-		return;
-	}
-	watch(u);
-	/* the connect itself may take a while: the timer checks it */
-	loop_timer_in(u->timer, 1000);
-}
-
-static void schedule_reconnect(struct uplink *u)
-{
-	uint32_t r = 0;
-
-	/* exponential backoff with full jitter, so a fleet of gateways does not
-	 * reconnect in step after a platform restart */
-	u->backoff_ms = u->backoff_ms ? u->backoff_ms * 2 : RECONNECT_MIN_MS;
-	if (u->backoff_ms > RECONNECT_MAX_MS)
-		u->backoff_ms = RECONNECT_MAX_MS;
-	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) < 0)
-		r = (uint32_t)cgw_mono_ms();
-	loop_timer_in(u->timer, RECONNECT_MIN_MS / 2 + (int64_t)(r % (uint32_t)u->backoff_ms));
-}
-
-static void on_timer(struct loop *l, struct loop_timer *t, void *arg)
-{
-	struct uplink *u = arg;
-
-	(void)l;
-	if (!u->connected && !u->connecting) {
-		try_connect(u);
-		return;
-	}
-	/* keepalive, and the PINGRESP check that detects a dead link */
-	int rc = mosquitto_loop_misc(u->mosq);
-	if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
-		drop_connection(u, mosquitto_strerror(rc));
-		return;
-	}
-	if (u->connecting && rc == MOSQ_ERR_NO_CONN) {
-		drop_connection(u, "connect timed out");
-		return;
-	}
-	if (u->connected)
-		pump(u);
-	watch(u);
-	loop_timer_in(t, 1000);
+	if (!(u->cfg->send_mask & (1u << CGW_LANE_ALARM)))
+		return false;
+	if (store_fetch(u->env.store, u->store_id, CGW_LANE_ALARM, 0, 1, INT64_MAX, &it, &n) < 0)
+		return false;
+	store_items_clear(&it, n);
+	return n > 0;
 }
 
 /* Fill every lane's window, alarms first. */
@@ -375,7 +200,9 @@ static void pump(struct uplink *u)
 {
 	int64_t now = cgw_now_ms();
 
-	if (!u->connected)
+	struct mosquitto *m = mqtt_link_mosq(u->link);
+
+	if (!m)
 		return;
 	for (int lane = 0; lane < CGW_LANE_COUNT; lane++) {
 		if (!(u->cfg->send_mask & (1u << lane)))
@@ -415,12 +242,13 @@ static void pump(struct uplink *u)
 					u->cursor[lane] = it->seq;
 					continue;
 				}
-				rc = mosquitto_publish(u->mosq, &mid, topic, (int)strlen(body),
-						       body, 1, retain);
+				rc = mosquitto_publish(m, &mid, topic, (int)strlen(body), body, 1,
+						       retain);
 				free(body);
 				if (rc != MOSQ_ERR_SUCCESS) {
+					/* the link is going; it finds out on its next
+					 * read or write, and the row is sent again */
 					store_items_clear(u->items, n);
-					drop_connection(u, mosquitto_strerror(rc));
 					return;
 				}
 				fl_put(u, mid, it->seq, lane);
@@ -433,17 +261,17 @@ static void pump(struct uplink *u)
 				break;
 		}
 	}
-	watch(u);
 }
 
 static void mqtt_kick(struct uplink *u)
 {
-	if (u->connected) {
+	if (mqtt_link_up(u->link)) {
 		pump(u);
 		/* write now rather than on the next loop turn: an alarm should
 		 * not wait for epoll */
-		mosquitto_loop_write(u->mosq, 1);
-		watch(u);
+		mqtt_link_flush(u->link);
+	} else if (alarm_waiting(u)) {
+		mqtt_link_probe(u->link);
 	}
 }
 
@@ -454,7 +282,6 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 {
 	struct uplink *u = calloc(1, sizeof(*u));
 	char topic[512], err[256];
-	const char *will = "{\"state\":\"offline\"}";
 	int r = -ENOMEM;
 
 	*out = NULL;
@@ -463,31 +290,12 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 	u->env = *env;
 	u->cfg = cfg;
 	u->store_id = store_id;
-	u->fd = -1;
 	u->budget = (unsigned)cfg->inflight;
-	u->since_ms = cgw_now_ms();
 	for (u->fl_size = 64; u->fl_size < (size_t)u->budget * CGW_LANE_COUNT * 2;)
 		u->fl_size *= 2;
 	u->fl = calloc(u->fl_size, sizeof(*u->fl));
 	u->prefix = uplink_prefix(env->cfg, cfg->topic_prefix);
 	if (!u->fl || !u->prefix || asprintf(&u->cmd_topic_prefix, "%s/cmd/", u->prefix) < 0)
-		goto fail;
-	u->mosq = mosquitto_new(cfg->client_id, false, u);
-	if (!u->mosq)
-		goto fail;
-	mosquitto_int_option(u->mosq, MOSQ_OPT_PROTOCOL_VERSION,
-			     cfg->protocol == 5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
-	/* we bound the window per lane ourselves; libmosquitto must not
-	 * queue behind its own limit */
-	mosquitto_int_option(u->mosq, MOSQ_OPT_SEND_MAXIMUM, 65535);
-	mosquitto_int_option(u->mosq, MOSQ_OPT_TCP_NODELAY, 1);
-	mosquitto_connect_v5_callback_set(u->mosq, on_connect);
-	mosquitto_publish_v5_callback_set(u->mosq, on_publish);
-	mosquitto_message_v5_callback_set(u->mosq, on_message);
-	mosquitto_disconnect_v5_callback_set(u->mosq, on_disconnect);
-	snprintf(topic, sizeof(topic), "%s/status", u->prefix);
-	if (mosquitto_will_set(u->mosq, topic, (int)strlen(will), will, 1, true) !=
-	    MOSQ_ERR_SUCCESS)
 		goto fail;
 	if (cfg->password_file) {
 		u->password = secret_read(cfg->password_file, err, sizeof(err));
@@ -497,31 +305,44 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 			goto fail;
 		}
 	}
-	if (cfg->username || u->password)
-		mosquitto_username_pw_set(u->mosq, cfg->username, u->password);
-	if (cfg->tls) {
-		int rc = mosquitto_tls_set(u->mosq, cfg->ca_file,
-					   cfg->ca_file ? NULL : "/etc/ssl/certs", cfg->cert_file,
-					   cfg->key_file, NULL);
-		if (rc == MOSQ_ERR_SUCCESS)
-			rc = mosquitto_tls_opts_set(u->mosq, 1 /* SSL_VERIFY_PEER */, NULL, NULL);
-		if (rc == MOSQ_ERR_SUCCESS)
-			rc = mosquitto_tls_insecure_set(u->mosq, false); /* verify the host name */
-		if (rc != MOSQ_ERR_SUCCESS) {
-			log_err("uplink", "[%s] TLS setup: %s", cfg->name, mosquitto_strerror(rc));
-			r = -EINVAL;
-			goto fail;
-		}
-	} else if (cfg->insecure) {
-		log_warn("uplink",
-			 "[%s] insecure: true: plaintext MQTT to %s; credentials and "
-			 "alarms cross the network unencrypted",
-			 cfg->name, cfg->host);
-	}
-	u->timer = loop_timer_new(env->loop, on_timer, u);
-	if (!u->timer)
+	snprintf(topic, sizeof(topic), "%s/status", u->prefix);
+	struct mqtt_link_opts o = {
+		.module = "uplink",
+		.name = cfg->name,
+		.host = cfg->host,
+		.port = (int)cfg->port,
+		.tls = cfg->tls,
+		.ca_file = cfg->ca_file,
+		.cert_file = cfg->cert_file,
+		.key_file = cfg->key_file,
+		.username = cfg->username,
+		.password = u->password,
+		.insecure = cfg->insecure,
+		.client_id = cfg->client_id,
+		.clean_session = false, /* the broker keeps our subscription to P/cmd */
+		.protocol = (int)cfg->protocol,
+		.keepalive_s = (int)(cfg->keepalive_ms / 1000),
+		.connect_timeout_ms = cfg->timeout_ms,
+		.will_topic = topic,
+		.will_payload = "{\"state\":\"offline\"}",
+		.will_retain = true,
+		.read_budget = 0,
+		/* we bound the window per lane ourselves; libmosquitto must not
+		 * queue behind its own limit */
+		.unlimited_send = true,
+	};
+	struct mqtt_link_cbs cb = {
+		.arg = u,
+		.up = on_up,
+		.down = on_down,
+		.message = on_message,
+		.published = on_publish,
+		.read_done = on_read_done,
+		.urgent = alarm_waiting,
+	};
+	r = mqtt_link_new(env->loop, &o, &cb, &u->link);
+	if (r < 0)
 		goto fail;
-	try_connect(u);
 	*out = u;
 	return 0;
 fail:
@@ -531,25 +352,20 @@ fail:
 
 static void mqtt_close(struct uplink *u)
 {
+	struct mosquitto *m;
+
 	if (!u)
 		return;
-	if (u->fd >= 0)
-		loop_del_fd(u->env.loop, u->fd);
-	if (u->mosq) {
-		if (u->connected) {
-			u->connected = false; /* a stop is not an outage: no log line */
-			/* a clean disconnect publishes no will: say we are going */
-			char topic[512];
-			const char *bye = "{\"state\":\"offline\",\"reason\":\"stopped\"}";
-			snprintf(topic, sizeof(topic), "%s/status", u->prefix);
-			mosquitto_publish(u->mosq, NULL, topic, (int)strlen(bye), bye, 1, true);
-			mosquitto_loop_write(u->mosq, 1);
-			mosquitto_disconnect(u->mosq);
-			mosquitto_loop_write(u->mosq, 1);
-		}
-		mosquitto_destroy(u->mosq);
+	m = mqtt_link_mosq(u->link);
+	if (m) {
+		/* a clean disconnect publishes no will: say we are going */
+		char topic[512];
+		const char *bye = "{\"state\":\"offline\",\"reason\":\"stopped\"}";
+		snprintf(topic, sizeof(topic), "%s/status", u->prefix);
+		mosquitto_publish(m, NULL, topic, (int)strlen(bye), bye, 1, true);
+		mqtt_link_flush(u->link);
 	}
-	loop_timer_free(u->timer);
+	mqtt_link_free(u->link); /* a stop is not an outage: no log line */
 	secret_free(u->password);
 	free(u->fl);
 	free(u->prefix);
@@ -562,12 +378,12 @@ static void mqtt_status(const struct uplink *u, struct uplink_status *st)
 	memset(st, 0, sizeof(*st));
 	st->name = u->cfg->name;
 	st->type = "mqtt";
-	st->connected = u->connected;
-	st->since_ms = u->since_ms;
+	st->connected = mqtt_link_up(u->link);
+	st->since_ms = mqtt_link_since_ms(u->link);
 	st->sent = u->sent;
 	st->acked = u->acked;
 	memcpy(st->inflight, u->inflight, sizeof(st->inflight));
-	snprintf(st->last_error, sizeof(st->last_error), "%s", u->last_error);
+	snprintf(st->last_error, sizeof(st->last_error), "%s", mqtt_link_last_error(u->link));
 }
 
 const struct uplink_ops uplink_mqtt_ops = {

@@ -3,8 +3,9 @@
  *
  * A driver serves one bus of the configuration (a serial line, a Modbus TCP
  * endpoint, or an MQTT broker on the LAN). It hands everything it learns to
- * the core as struct cgw_item through the core queue (daemon/queue.h):
- * readings, events, device online/offline changes and write results.
+ * the core as struct cgw_item: readings, events, device online/offline
+ * changes and write results, through the core queue (daemon/queue.h) from a
+ * worker thread, or through env->deliver from the core thread.
  *
  * Threads: Modbus drivers run one worker thread per bus (libmodbus blocks);
  * the MQTT ingest driver runs on the core loop. open/close/write/status are
@@ -35,6 +36,15 @@ struct driver_env {
 	struct queue *queue; /* to the core */
 	struct loop *loop;   /* the core loop (drivers on the core thread only) */
 	struct store *store; /* core thread only: quarantine of bad payloads */
+	/* Drivers on the core thread (MQTT ingest) hand items straight to the
+	 * core instead of the queue, which only the core drains and so could
+	 * not wait for room: deliver() handles one item at once and takes its
+	 * value (the caller's is reset); settle() commits what was delivered,
+	 * and the driver calls it before it acknowledges anything to its
+	 * source. NULL (tools, tests): the queue is used. */
+	void (*deliver)(void *core, struct cgw_item *it);
+	void (*settle)(void *core);
+	void *core;
 };
 
 /* Per-device counters, for status and metrics. */

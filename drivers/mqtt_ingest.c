@@ -21,17 +21,15 @@
 
 #include "json_path.h"
 #include "log.h"
+#include "mqtt_link.h"
 #include "secret.h"
 #include "store.h"
 
 #define MOD "mqtt-ingest"
 #define SUB_CHUNK 32       /* filters per SUBSCRIBE packet */
-#define READ_PACKETS 64    /* packets handled per readable event */
 #define STATE_RETRY_MS 200 /* a device state the full queue refused is retried */
 #define WHY_MAX 160
-#define STABLE_MS 10000 /* a connection that lasted this long resets the backoff */
 
-enum mi_conn { MI_IDLE, MI_CONNECTING, MI_CONNECTED };
 enum mi_dstate { MI_UNKNOWN, MI_ONLINE, MI_OFFLINE };
 
 struct mi_target {
@@ -79,21 +77,10 @@ struct mi_dev {
 struct driver {
 	struct driver_env env;
 	const struct cfg_bus *bus;
-	struct mosquitto *mosq;
-	const char *host; /* the configuration's */
-	int port;
-	bool tls;
+	struct mqtt_link *link;
 	char *client_id;
 	char *password;
-	int fd;
-	bool watching_out;
-	int conn;                /* enum mi_conn */
-	int64_t connect_started; /* monotonic */
-	int64_t connected_at;    /* monotonic, of the last CONNACK */
-	int64_t outage_start_ms; /* wall clock; valid while in_outage */
-	bool in_outage;
-	int64_t backoff_ms;
-	struct loop_timer *conn_timer, *stale_timer;
+	struct loop_timer *stale_timer;
 	struct mi_filter *filters;
 	size_t n_filters;
 	size_t *hits; /* scratch: filters matching the message being handled */
@@ -110,13 +97,17 @@ struct driver {
 	char last_error[128];
 };
 
-static void on_io(struct loop *l, int fd, uint32_t ev, void *arg);
-static void schedule_reconnect(struct driver *d);
-
 /* ---- helpers --------------------------------------------------------------- */
 
+/* Core-thread delivery: straight to the core, which takes the item (nothing
+ * can be dropped here); without it (tests, tools) the queue. */
 static void push(struct driver *d, struct cgw_item *it)
 {
+	if (d->env.deliver) {
+		d->env.deliver(d->env.core, it);
+		cgw_value_clear(&it->value);
+		return;
+	}
 	if (queue_push(d->env.queue, it) < 0) {
 		/* full or closed: the core logs the full episode; we count */
 		d->drops++;
@@ -172,7 +163,9 @@ static bool push_state(struct driver *d, struct mi_dev *dv, bool online, int64_t
 			      .ts_ms = wall_ms,
 			      .quality = CGW_Q_GOOD};
 
-	if (queue_push(d->env.queue, &it) < 0) {
+	if (d->env.deliver) {
+		d->env.deliver(d->env.core, &it);
+	} else if (queue_push(d->env.queue, &it) < 0) {
 		d->drops++;
 		return false;
 	}
@@ -216,9 +209,13 @@ void mqtt_ingest_check_stale(struct driver *d, int64_t wall_ms, int64_t mono_ms)
 
 static void on_stale_timer(struct loop *l, struct loop_timer *t, void *arg)
 {
+	struct driver *d = arg;
+
 	(void)l;
 	(void)t;
-	mqtt_ingest_check_stale(arg, cgw_now_ms(), cgw_mono_ms());
+	mqtt_ingest_check_stale(d, cgw_now_ms(), cgw_mono_ms());
+	if (d->env.settle)
+		d->env.settle(d->env.core);
 }
 
 /* A live message from the device: online first, then its values. */
@@ -338,7 +335,8 @@ static void handle_point(struct driver *d, struct mi_dev *dv, uint32_t point, co
 	it.quality = r == 0 ? CGW_Q_GOOD : CGW_Q_BAD;
 	if (pt->event) {
 		struct mi_pstate *ps = &dv->pts[point];
-		if (pt->rate_limit_ms > 0 && ps->sent && mono_ms - ps->last_sent < pt->rate_limit_ms) {
+		if (pt->rate_limit_ms > 0 && ps->sent &&
+		    mono_ms - ps->last_sent < pt->rate_limit_ms) {
 			/* counted, and said with the next one that goes out */
 			ps->suppressed++;
 			cgw_value_clear(&it.value);
@@ -437,152 +435,37 @@ void mqtt_ingest_feed(struct driver *d, const char *topic, const void *payload, 
 
 /* ---- connection ------------------------------------------------------------ */
 
-static void unwatch(struct driver *d)
-{
-	if (d->fd >= 0)
-		loop_del_fd(d->env.loop, d->fd);
-	d->fd = -1;
-	d->watching_out = false;
-}
-
-static void watch(struct driver *d)
-{
-	int fd;
-	bool want_out;
-
-	if (d->conn == MI_IDLE)
-		return;
-	fd = mosquitto_socket(d->mosq);
-	want_out = mosquitto_want_write(d->mosq);
-	if (fd != d->fd)
-		unwatch(d);
-	if (fd < 0)
-		return;
-	if (d->fd < 0) {
-		if (loop_add_fd(d->env.loop, fd, EPOLLIN | (want_out ? EPOLLOUT : 0), on_io, d) ==
-		    0) {
-			d->fd = fd;
-			d->watching_out = want_out;
-		}
-		return;
-	}
-	if (want_out != d->watching_out &&
-	    loop_mod_fd(d->env.loop, fd, EPOLLIN | (want_out ? EPOLLOUT : 0)) == 0)
-		d->watching_out = want_out;
-}
-
-/* The connection is gone or never came: log the outage once, retry later.
- * Idempotent: libmosquitto may report one loss twice (callback and return
- * code). */
-static void drop(struct driver *d, const char *why)
-{
-	int64_t now = cgw_now_ms();
-
-	if (d->conn == MI_IDLE)
-		return;
-	unwatch(d);
-	if (d->conn == MI_CONNECTED) {
-		log_warn(MOD, "[%s] connection to %s:%d lost: %s; reconnecting", d->bus->name,
-			 d->host, d->port, why);
-		d->in_outage = true;
-		d->outage_start_ms = now;
-		/* a link that held a while starts the backoff over; one the
-		 * broker drops at once (a client id taken over, an ACL) does not */
-		if (cgw_mono_ms() - d->connected_at >= STABLE_MS)
-			d->backoff_ms = 0;
-	} else if (!d->in_outage) {
-		log_warn(MOD, "[%s] cannot connect to %s:%d: %s; retrying", d->bus->name, d->host,
-			 d->port, why);
-		d->in_outage = true;
-		d->outage_start_ms = now;
-	} else if (strcmp(d->last_error, why) != 0) {
-		log_debug(MOD, "[%s] still cannot connect to %s:%d: %s", d->bus->name, d->host,
-			  d->port, why);
-	}
-	snprintf(d->last_error, sizeof(d->last_error), "%s", why);
-	d->conn = MI_IDLE;
-	schedule_reconnect(d);
-}
-
-static const char *mosq_why(int rc)
-{
-	return rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
-}
-
-static void on_io(struct loop *l, int fd, uint32_t ev, void *arg)
-{
-	struct driver *d = arg;
-	int rc = MOSQ_ERR_SUCCESS;
-
-	(void)l;
-	(void)fd;
-	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
-		rc = mosquitto_loop_read(d->mosq, READ_PACKETS);
-	if (rc == MOSQ_ERR_SUCCESS && d->conn != MI_IDLE &&
-	    ((ev & EPOLLOUT) || mosquitto_want_write(d->mosq)))
-		rc = mosquitto_loop_write(d->mosq, READ_PACKETS);
-	if (rc != MOSQ_ERR_SUCCESS) {
-		drop(d, mosq_why(rc));
-		return;
-	}
-	watch(d);
-}
-
 static void subscribe_all(struct driver *d)
 {
+	struct mosquitto *m = mqtt_link_mosq(d->link);
 	char *subs[SUB_CHUNK];
 
 	d->n_chunks = 0;
 	d->chunks_acked = 0;
-	for (size_t i = 0; i < d->n_filters; i += SUB_CHUNK) {
+	for (size_t i = 0; m && i < d->n_filters; i += SUB_CHUNK) {
 		size_t n = d->n_filters - i < SUB_CHUNK ? d->n_filters - i : SUB_CHUNK;
-		int mid = 0, rc;
+		int mid = 0;
 
 		for (size_t k = 0; k < n; k++)
 			subs[k] = d->filters[i + k].filter;
-		rc = mosquitto_subscribe_multiple(d->mosq, &mid, (int)n, subs, 1, 0, NULL);
-		if (rc != MOSQ_ERR_SUCCESS) {
-			drop(d, mosq_why(rc));
-			return;
-		}
+		/* QoS 1: with the persistent session the broker keeps what the
+		 * devices send while we are away */
+		if (mosquitto_subscribe_multiple(m, &mid, (int)n, subs, 1, 0, NULL) !=
+		    MOSQ_ERR_SUCCESS)
+			return; /* the link is going: subscribed again at the next connect */
 		d->sub_mids[d->n_chunks++] = mid;
 	}
 }
 
-static void on_connect(struct mosquitto *m, void *arg, int rc, int flags,
-		       const mosquitto_property *props)
+static void on_up(void *arg)
 {
-	struct driver *d = arg;
-	int64_t now = cgw_now_ms();
-
-	(void)m;
-	(void)flags;
-	(void)props;
-	if (rc != 0) {
-		char why[96];
-		snprintf(why, sizeof(why), "refused: %s", mosquitto_connack_string(rc));
-		drop(d, why);
-		return;
-	}
-	d->conn = MI_CONNECTED;
-	d->connected_at = cgw_mono_ms();
-	d->last_error[0] = '\0';
-	if (d->in_outage)
-		log_notice(MOD, "[%s] connected to %s:%d after %lld s", d->bus->name, d->host,
-			   d->port, (long long)((now - d->outage_start_ms) / 1000));
-	else
-		log_notice(MOD, "[%s] connected to %s:%d", d->bus->name, d->host, d->port);
-	d->in_outage = false;
-	subscribe_all(d);
+	subscribe_all(arg);
 }
 
-static void on_subscribe(struct mosquitto *m, void *arg, int mid, int qos_count, const int *granted,
-			 const mosquitto_property *props)
+static void on_subscribe(void *arg, int mid, int qos_count, const int *granted)
 {
 	struct driver *d = arg;
 
-	(void)m;
-	(void)props;
 	for (size_t c = 0; c < d->n_chunks; c++) {
 		if (d->sub_mids[c] != mid)
 			continue;
@@ -604,80 +487,21 @@ static void on_subscribe(struct mosquitto *m, void *arg, int mid, int qos_count,
 	}
 }
 
-static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg,
-		       const mosquitto_property *props)
+static void on_message(void *arg, const struct mosquitto_message *msg)
 {
-	(void)m;
-	(void)props;
 	mqtt_ingest_feed(arg, msg->topic, msg->payload,
 			 msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, msg->retain,
 			 cgw_now_ms(), cgw_mono_ms());
 }
 
-static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitto_property *props)
-{
-	(void)m;
-	(void)props;
-	drop(arg, rc == 0 ? "disconnected" : mosquitto_strerror(rc));
-}
-
-static void try_connect(struct driver *d)
-{
-	int rc;
-
-	d->conn = MI_CONNECTING;
-	d->connect_started = cgw_mono_ms();
-	rc = mosquitto_connect_bind_async(d->mosq, d->host, d->port, MI_KEEPALIVE_S, NULL);
-	if (rc != MOSQ_ERR_SUCCESS) {
-		drop(d, mosq_why(rc));
-		return;
-	}
-	watch(d);
-	loop_timer_in(d->conn_timer, 1000);
-}
-
-static void schedule_reconnect(struct driver *d)
-{
-	uint32_t r = 0;
-
-	/* exponential backoff with full jitter: the devices' broker restarting
-	 * must not see every gateway of the site come back in step */
-	d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : MI_RECONNECT_MIN_MS;
-	if (d->backoff_ms > MI_RECONNECT_MAX_MS)
-		d->backoff_ms = MI_RECONNECT_MAX_MS;
-	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
-		r = (uint32_t)cgw_mono_ms();
-	loop_timer_in(d->conn_timer,
-		      MI_RECONNECT_MIN_MS / 2 + (int64_t)(r % (uint32_t)d->backoff_ms));
-}
-
-static void on_conn_timer(struct loop *l, struct loop_timer *t, void *arg)
+/* What this batch of messages carried is committed before the link writes
+ * their PUBACKs: a crash now loses nothing the broker let go of. */
+static void on_read_done(void *arg)
 {
 	struct driver *d = arg;
-	int rc;
 
-	(void)l;
-	if (d->conn == MI_IDLE) {
-		try_connect(d);
-		return;
-	}
-	if (d->conn == MI_CONNECTING &&
-	    cgw_mono_ms() - d->connect_started > MI_CONNECT_TIMEOUT_MS) {
-		drop(d, "connect timed out");
-		return;
-	}
-	/* keepalive, and the PINGRESP check that finds a dead link */
-	rc = mosquitto_loop_misc(d->mosq);
-	if (rc != MOSQ_ERR_SUCCESS) {
-		drop(d, rc == MOSQ_ERR_NO_CONN ? "connection closed" : mosq_why(rc));
-		return;
-	}
-	if (d->conn == MI_IDLE)
-		return;
-	if (mosquitto_want_write(d->mosq))
-		mosquitto_loop_write(d->mosq, READ_PACKETS);
-	watch(d);
-	loop_timer_in(t, 1000);
+	if (d->env.settle)
+		d->env.settle(d->env.core);
 }
 
 /* ---- setup ----------------------------------------------------------------- */
@@ -803,20 +627,15 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 	int r = -ENOMEM;
 
 	*out = NULL;
-	if (!env || !env->cfg || env->bus >= env->cfg->n_buses || !env->queue || !env->loop)
+	if (!env || !env->cfg || env->bus >= env->cfg->n_buses || (!env->queue && !env->deliver) ||
+	    !env->loop)
 		return -EINVAL;
 	d = calloc(1, sizeof(*d));
 	if (!d)
 		return -ENOMEM;
 	d->env = *env;
 	d->bus = &env->cfg->buses[env->bus];
-	d->fd = -1;
-	d->conn = MI_IDLE;
 	d->start_mono = cgw_mono_ms();
-	/* the configuration parsed the url */
-	d->host = d->bus->host;
-	d->port = (int)d->bus->port;
-	d->tls = d->bus->tls;
 	r = build(d);
 	if (r < 0)
 		goto fail;
@@ -828,14 +647,6 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 		d->client_id = NULL;
 	if (!d->client_id)
 		goto fail;
-	d->mosq = mosquitto_new(d->client_id, true, d);
-	if (!d->mosq)
-		goto fail;
-	mosquitto_int_option(d->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
-	mosquitto_connect_v5_callback_set(d->mosq, on_connect);
-	mosquitto_subscribe_v5_callback_set(d->mosq, on_subscribe);
-	mosquitto_message_v5_callback_set(d->mosq, on_message);
-	mosquitto_disconnect_v5_callback_set(d->mosq, on_disconnect);
 	if (d->bus->password_file) {
 		d->password = secret_read(d->bus->password_file, err, sizeof(err));
 		if (!d->password) {
@@ -844,39 +655,45 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 			goto fail;
 		}
 	}
-	if (d->bus->username || d->password)
-		mosquitto_username_pw_set(d->mosq, d->bus->username, d->password);
-	if (d->tls) {
-		int rc = mosquitto_tls_set(d->mosq, d->bus->ca_file,
-					   d->bus->ca_file ? NULL : "/etc/ssl/certs",
-					   d->bus->cert_file, d->bus->key_file, NULL);
-		if (rc == MOSQ_ERR_SUCCESS)
-			rc = mosquitto_tls_opts_set(d->mosq, 1 /* SSL_VERIFY_PEER */, NULL, NULL);
-		if (rc == MOSQ_ERR_SUCCESS)
-			rc = mosquitto_tls_insecure_set(d->mosq, false);
-		if (rc != MOSQ_ERR_SUCCESS) {
-			log_err(MOD, "[%s] TLS setup: %s", d->bus->name, mosq_why(rc));
-			r = -EINVAL;
-			goto fail;
-		}
-	} else if (!cfg_is_loopback(d->host)) {
-		if (d->bus->insecure)
-			log_notice(MOD, "[%s] plaintext MQTT to %s (insecure: true)", d->bus->name,
-				   d->host);
-		else
-			log_warn(MOD,
-				 "[%s] plaintext MQTT to %s: device data and the password "
-				 "cross the LAN unencrypted; use mqtts:// or set insecure: true",
-				 d->bus->name, d->host);
-	}
-	d->conn_timer = loop_timer_new(env->loop, on_conn_timer, d);
 	d->stale_timer = loop_timer_new(env->loop, on_stale_timer, d);
-	if (!d->conn_timer || !d->stale_timer)
+	if (!d->stale_timer)
 		goto fail;
-	log_info(MOD, "[%s] %zu devices, %zu topic filters, broker %s:%d%s", d->bus->name,
-		 d->n_devs, d->n_filters, d->host, d->port, d->tls ? " (TLS)" : "");
+	log_info(MOD, "[%s] %zu devices, %zu topic filters, broker %s:%lld%s, client id %s%s",
+		 d->bus->name, d->n_devs, d->n_filters, d->bus->host, (long long)d->bus->port,
+		 d->bus->tls ? " (TLS)" : "", d->client_id,
+		 d->bus->clean_session ? " (clean session)" : "");
 	mqtt_ingest_check_stale(d, cgw_now_ms(), d->start_mono);
-	try_connect(d);
+	struct mqtt_link_opts o = {
+		.module = MOD,
+		.name = d->bus->name,
+		.host = d->bus->host, /* the configuration parsed the url */
+		.port = (int)d->bus->port,
+		.tls = d->bus->tls,
+		.ca_file = d->bus->ca_file,
+		.cert_file = d->bus->cert_file,
+		.key_file = d->bus->key_file,
+		.username = d->bus->username,
+		.password = d->password,
+		.insecure = d->bus->insecure,
+		.client_id = d->client_id,
+		/* persistent by default: the broker keeps the devices' QoS 1
+		 * messages while cgwd restarts */
+		.clean_session = d->bus->clean_session,
+		.protocol = 4,
+		.keepalive_s = MI_KEEPALIVE_S,
+		.connect_timeout_ms = MI_CONNECT_TIMEOUT_MS,
+		.read_budget = MI_READ_BUDGET,
+	};
+	struct mqtt_link_cbs cb = {
+		.arg = d,
+		.up = on_up,
+		.message = on_message,
+		.subscribed = on_subscribe,
+		.read_done = on_read_done,
+	};
+	r = mqtt_link_new(env->loop, &o, &cb, &d->link);
+	if (r < 0)
+		goto fail;
 	*out = d;
 	return 0;
 fail:
@@ -888,17 +705,7 @@ static void mi_close(struct driver *d)
 {
 	if (!d)
 		return;
-	unwatch(d);
-	if (d->mosq) {
-		if (d->conn == MI_CONNECTED) {
-			/* idle first: the disconnect callback is not an outage */
-			d->conn = MI_IDLE;
-			mosquitto_disconnect(d->mosq);
-			mosquitto_loop_write(d->mosq, 1);
-		}
-		mosquitto_destroy(d->mosq);
-	}
-	loop_timer_free(d->conn_timer);
+	mqtt_link_free(d->link);
 	loop_timer_free(d->stale_timer);
 	secret_free(d->password);
 	for (size_t i = 0; d->filters && i < d->n_filters; i++) {
@@ -934,10 +741,11 @@ static int mi_write(struct driver *d, uint32_t device, uint32_t point, const str
 static int mi_status(struct driver *d, struct driver_stats *st)
 {
 	memset(st, 0, sizeof(*st));
-	st->connected = d->conn == MI_CONNECTED;
+	st->connected = mqtt_link_up(d->link);
 	st->requests = d->messages;
 	st->errors = d->bad + d->drops;
-	snprintf(st->last_error, sizeof(st->last_error), "%s", d->last_error);
+	snprintf(st->last_error, sizeof(st->last_error), "%s",
+		 d->last_error[0] ? d->last_error : mqtt_link_last_error(d->link));
 	if (!d->n_devs)
 		return 0;
 	st->devices = calloc(d->n_devs, sizeof(*st->devices));

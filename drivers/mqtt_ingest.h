@@ -79,8 +79,7 @@
 
 #define MI_KEEPALIVE_S 30
 #define MI_CONNECT_TIMEOUT_MS 10000
-#define MI_RECONNECT_MIN_MS 500
-#define MI_RECONNECT_MAX_MS 60000
+#define MI_READ_BUDGET 64 /* messages read per loop turn; the rest waits in the socket */
 #define MI_QUARANTINE_BURST 10        /* quarantined payloads per device ... */
 #define MI_QUARANTINE_WINDOW_MS 60000 /* ... per window */
 
