@@ -54,6 +54,13 @@ struct uplink_ops {
 extern const struct uplink_ops uplink_mqtt_ops;
 extern const struct uplink_ops uplink_http_ops;
 
+/* libcurl must resolve host names off the calling thread (its threaded or
+ * c-ares resolver: CURL_VERSION_ASYNCHDNS in `features`), or every HTTP
+ * request would block the core loop in getaddrinfo(). 0 if it does;
+ * -ENOTSUP with the reason in words (naming `version`) if not. The HTTP
+ * uplink checks it at open and logs a warning when it fails. */
+int uplink_http_check_resolver(long features, const char *version, char *why, size_t len);
+
 /* The table of uplink types, by config type. */
 const struct uplink_ops *uplink_ops_for(int type);
 

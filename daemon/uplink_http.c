@@ -733,6 +733,22 @@ static void http_kick(struct uplink *u)
 /* ------------------------------------------------------------ open/close */
 
 /* The whole file, less one trailing newline ("\n" or "\r\n"). */
+int uplink_http_check_resolver(long features, const char *version, char *why, size_t len)
+{
+	if (features & CURL_VERSION_ASYNCHDNS) {
+		if (len)
+			why[0] = '\0';
+		return 0;
+	}
+	snprintf(why, len,
+		 "libcurl %s resolves host names synchronously (no AsynchDNS): every HTTP "
+		 "request may stall the core loop, and every alarm with it, while a name "
+		 "resolves; use a libcurl built with the threaded or c-ares resolver, or an "
+		 "address in the url",
+		 version ? version : "?");
+	return -ENOTSUP;
+}
+
 static int read_key(const char *path, unsigned char **key, size_t *len, char *err, size_t errlen)
 {
 	unsigned char *buf = NULL;
@@ -835,6 +851,10 @@ static int http_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 		}
 		r = -ENOMEM;
 	}
+	const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+	if (uplink_http_check_resolver(cv ? cv->features : 0, cv ? cv->version : NULL, err,
+				       sizeof(err)) < 0)
+		log_warn("uplink", "[%s] %s", cfg->name, err);
 	u->multi = curl_multi_init();
 	u->curl_timer = loop_timer_new(env->loop, on_curl_timer, u);
 	u->tick = loop_timer_new(env->loop, on_tick, u);

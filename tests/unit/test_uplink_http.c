@@ -1085,6 +1085,29 @@ static void test_https_wrong_host(void **state)
 	assert_int_equal(depth(f, -1), 1);
 }
 
+/* The resolver check: names the problem without AsynchDNS, silent with it,
+ * and the libcurl this is linked with has it (Debian's does: the threaded
+ * resolver), so a build that lost it fails here. */
+static void test_resolver_check(void **state)
+{
+	char why[512];
+	const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+
+	(void)state;
+	assert_int_equal(uplink_http_check_resolver(CURL_VERSION_SSL, "7.0-test", why, sizeof(why)),
+			 -ENOTSUP);
+	assert_non_null(strstr(why, "7.0-test"));
+	assert_non_null(strstr(why, "AsynchDNS"));
+	assert_non_null(strstr(why, "core loop"));
+	assert_int_equal(uplink_http_check_resolver(CURL_VERSION_SSL | CURL_VERSION_ASYNCHDNS,
+						    "7.0-test", why, sizeof(why)),
+			 0);
+	assert_string_equal(why, "");
+	assert_non_null(cv);
+	assert_int_equal(uplink_http_check_resolver(cv->features, cv->version, why, sizeof(why)),
+			 0);
+}
+
 int main(void)
 {
 	static const char *const proxies[] = {"http_proxy",  "https_proxy", "HTTP_PROXY",
@@ -1104,7 +1127,7 @@ int main(void)
 		T(test_order_per_device),    T(test_order_one_device),
 		T(test_close_in_flight),     T(test_https_verified),
 		T(test_https_unknown_ca),    T(test_https_wrong_host),
-		T(test_bad_payload),
+		T(test_bad_payload),         cmocka_unit_test(test_resolver_check),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	curl_global_cleanup();
