@@ -1054,7 +1054,9 @@ static int gen_new(struct core *c, struct gen **out)
 	if (!g)
 		return -ENOMEM;
 	g->core = c;
-	r = queue_new(&g->queue, QUEUE_CAPACITY);
+	/* CGW_TEST_QUEUE_CAPACITY: tests fill the queue with a few devices */
+	const char *qcap = getenv("CGW_TEST_QUEUE_CAPACITY");
+	r = queue_new(&g->queue, qcap ? strtoul(qcap, NULL, 10) : QUEUE_CAPACITY);
 	if (r < 0 || (r = loop_add_fd(c->loop, queue_fd(g->queue), EPOLLIN, on_queue, g)) < 0) {
 		log_err("core", "queue: %s", strerror(-r));
 		queue_free(g->queue);

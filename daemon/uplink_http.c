@@ -638,6 +638,12 @@ static int send_one(struct uplink *u, int lane, const struct store_item *it, int
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "cgwd");
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075700
+	/* a request that ends (timeout, close, reload) while its name is still
+	 * resolving must not join the resolver thread on the core loop: libcurl
+	 * waits for it unless told to leave it */
+	curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
+#endif
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
 #if LIBCURL_VERSION_NUM >= 0x075500
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
