@@ -227,8 +227,6 @@ diag "LAN broker delivered $delivered distinct, the platform got $got distinct; 
 check "C: the core queue overflowed during the flood ($f0 -> $f1 episodes)" test "${f1:-0}" -gt "${f0:-0}"
 check "C: all $delivered messages the LAN broker delivered reached the platform ($got)" \
 	test "$got" -eq "$delivered" -a "$delivered" -eq $N
-check "C: the flood was read in bounded slices, the PUBACKs after the commit" \
-	test "$(grep -c 'mqtt-ingest.*drop' "$TMP/gw-fl.log")" -eq 0
 kill -TERM "$fpid"; wait "$fpid" 2>/dev/null
 
 # ---- D. SIGKILL while a device publishes at QoS 1 ---------------------------
