@@ -644,6 +644,53 @@ static void test_queue_full(void **state)
 	assert_int_equal(fx->n, QCAP);
 }
 
+struct sink {
+	size_t items, events, settles;
+};
+
+static void sink_deliver(void *core, struct cgw_item *it)
+{
+	struct sink *k = core;
+
+	k->items++;
+	k->events += it->kind == CGW_ITEM_EVENT;
+	cgw_value_clear(&it->value); /* the core owns it */
+}
+
+static void sink_settle(void *core)
+{
+	((struct sink *)core)->settles++;
+}
+
+/* The core-thread way: every item goes straight to the core, none is
+ * dropped however many come, and the queue is not used at all. */
+static void test_direct_delivery(void **state)
+{
+	struct fx *fx = *state;
+	struct sink k = {0};
+	struct driver *d = NULL;
+	struct driver_stats st;
+	struct driver_env env = {.cfg = fx->cfg,
+				 .bus = 0,
+				 .loop = fx->loop,
+				 .store = fx->store,
+				 .deliver = sink_deliver,
+				 .settle = sink_settle,
+				 .core = &k};
+
+	assert_int_equal(mqtt_ingest_ops.open(&env, &d), 0);
+	for (int i = 0; i < 4 * QCAP; i++)
+		mqtt_ingest_feed(d, "lockers/a/parcel", "{\"action\":\"stored\"}", 19, false,
+				 fx->wall, fx->mono);
+	assert_int_equal(k.events, 4 * QCAP);
+	assert_int_equal(k.items, 4 * QCAP + 1); /* and "online" first */
+	assert_int_equal(mqtt_ingest_ops.status(d, &st), 0);
+	assert_int_equal(st.errors, 0);
+	free(st.devices);
+	assert_int_equal(queue_pop_batch(fx->q, fx->items, QCAP), 0);
+	mqtt_ingest_ops.close(d);
+}
+
 int main(void)
 {
 	mosquitto_lib_init();
@@ -658,6 +705,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rate_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_report_changes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_direct_delivery, setup, teardown),
 	};
 	int r = cmocka_run_group_tests(tests, NULL, NULL);
 	mosquitto_lib_cleanup();
