@@ -25,6 +25,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "mqtt_link.h"
 
 #define CGW_VERSION "0.1.0"
 
@@ -346,7 +347,10 @@ out:
 	loop_timer_free(d.status);
 	loop_free(d.loop);
 	curl_global_cleanup();
-	mosquitto_lib_cleanup();
+	/* a connect abandoned in a hanging getaddrinfo() may still wake up and
+	 * use libmosquitto's TLS state: leave it to the process exit */
+	if (mqtt_link_connectors() == 0)
+		mosquitto_lib_cleanup();
 	if (!d.exit_code)
 		log_notice("main", "stopped");
 	return d.exit_code;

@@ -136,11 +136,17 @@ PY
 	diag "READY $ready ms, first telemetry $first ms after the start"
 	check "the silent nameserver is being asked" wait_for 5 test "$(grep -vc listening "$TMP/dns.txt")" -gt 0
 	# one fire alarm every ~1.5 s for 24 s: across several 10 s resolver
-	# timeouts of each of the three clients that use host names
+	# timeouts of each of the three clients that use host names, and a reload
 	worst=0 n=0 late=0
 	t_end=$(($(now_ms) + 24000))
 	for u in $(seq 1 $NDET); do
 		[ "$(now_ms)" -ge "$t_end" ] && break
+		if [ "$u" -eq 8 ]; then # a reload half-way: every client is closed and opened again
+			r0=$(now_ms)
+			kill -HUP "$dpid"
+			wait_for 5 grep -q "configuration reloaded" "$TMP/gw-dns.log"
+			reload=$(($(now_ms) - r0))
+		fi
 		t0=$(date +%s.%N)
 		sim set "smoke-$u" status 1
 		if ! wait_for 5 has_raised gw-dns "smoke-$u"; then
@@ -154,6 +160,7 @@ PY
 		[ "$c" -gt 1000 ] && { late=$((late + 1)); diag "cgwctl status took $c ms"; }
 		sleep 1
 	done
+	check "a reload with connects stuck in the resolver is prompt (${reload:-?} ms)" test "${reload:-99999}" -lt 2000
 	queries=$(grep -vc listening "$TMP/dns.txt")
 	diag "$n fire alarms over 24 s, worst register change -> platform $worst ms; $queries resolver queries meanwhile"
 	check "every fire alarm reached the platform within 2 s while the resolver hangs ($n alarms, worst $worst ms)" \
