@@ -4,19 +4,26 @@
  * The driver itself is `mqtt_ingest_ops` (driver.h); this header adds the
  * hooks that tests and tools use to drive it without a broker or a clock.
  *
- * Runs on the core loop (no thread): libmosquitto's socket is one more fd of
- * the loop, a 1 s timer does keepalive, connect timeout and reconnects
- * (exponential backoff with full jitter, 0.5 s .. 60 s; a link the broker
- * drops within 10 s does not reset it), another timer the
- * staleness of devices. Everything it learns goes to the core queue with
- * queue_push(), which never blocks; when the queue is full the item is
- * dropped and counted (the core logs the full episode).
+ * Runs on the core loop over one mqtt_link (daemon/mqtt_link.h: the
+ * connection, name resolution and connect off the loop, keepalive,
+ * reconnects with backoff, outage logging); another timer watches the
+ * staleness of devices. Everything it learns goes straight to the core
+ * (driver_env.deliver), which handles it at once: nothing waits in the core
+ * queue, so a queue that Modbus workers filled drops nothing of MQTT. A flood
+ * is bounded instead: at most MI_READ_BUDGET messages per loop turn, the rest
+ * stays in the socket (and at the broker: QoS 1). After each batch the
+ * driver calls driver_env.settle (the core commits what it was handed), and
+ * only then does the link write the batch's PUBACKs: a crash never loses a
+ * message the broker let go of. Without deliver (tools, tests) items go to
+ * the queue with queue_push(), dropped and counted when it is full.
  *
  * Subscriptions: one per distinct filter "{device topic}/{point topic}" (the
- * device topic alone when the point has no topic), QoS 1, clean session,
- * renewed after every reconnect. A filter mosquitto refuses (a '#' in the
- * middle, ...) or an invalid json path is logged at open and that point is
- * left out. Client id: the bus's client_id, else "{gateway}-{bus}".
+ * device topic alone when the point has no topic), QoS 1, renewed after
+ * every reconnect. The session is persistent (clean_session: false unless
+ * configured) under a stable client id, the bus's client_id, else
+ * "{gateway}-{bus}": the broker keeps what devices publish while cgwd
+ * restarts. A filter mosquitto refuses (a '#' in the middle, ...) or an
+ * invalid json path is logged at open and that point is left out.
  *
  * Per message: the topic is looked up among the filters (exact ones by
  * binary search, those with + or # one by one: 2 us per 6-value message with
@@ -65,8 +72,6 @@
  *
  * Limits: libmosquitto receives a whole packet before we see its size;
  * the broker's message_size_limit bounds memory, max_payload bounds parsing.
- * The broker host name is resolved with a blocking getaddrinfo() at each
- * connect: use an address or /etc/hosts for the LAN broker.
  */
 #ifndef CGW_MQTT_INGEST_H
 #define CGW_MQTT_INGEST_H
