@@ -90,23 +90,24 @@ struct loader {
 
 /* ---- errors ------------------------------------------------------------ */
 
-static void err_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+static void err_vat(struct loader *ld, const char *file, int line, int col, const char *fmt,
+		    va_list ap) __attribute__((format(printf, 5, 0)));
 
-static void err_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+/* "FILE:LINE: message", or "FILE:LINE:COL: message" when col > 0. */
+static void err_vat(struct loader *ld, const char *file, int line, int col, const char *fmt,
+		    va_list ap)
 {
 	struct cfg_errors *e = ld->errs;
-	char msg[768], *s;
-	va_list ap;
+	char msg[768], pos[24] = "", *s;
 
 	if (e->n >= MAX_ERRORS)
 		return;
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	if (e->n == MAX_ERRORS - 1)
 		snprintf(msg, sizeof(msg), "too many errors, giving up");
-	if (asprintf(&s, "%s:%d: %s", file ? file : "?", line, msg) < 0)
+	if (col > 0)
+		snprintf(pos, sizeof(pos), ":%d", col);
+	if (asprintf(&s, "%s:%d%s: %s", file ? file : "?", line, pos, msg) < 0)
 		return;
 	char **nv = realloc(e->v, (e->n + 1) * sizeof(*nv));
 	if (!nv) {
@@ -115,6 +116,54 @@ static void err_at(struct loader *ld, const char *file, int line, const char *fm
 	}
 	e->v = nv;
 	e->v[e->n++] = s;
+}
+
+static void err_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void err_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	err_vat(ld, file, line, 0, fmt, ap);
+	va_end(ap);
+}
+
+static void err_at_col(struct loader *ld, const char *file, int line, int col, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static void err_at_col(struct loader *ld, const char *file, int line, int col, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	err_vat(ld, file, line, col, fmt, ap);
+	va_end(ap);
+}
+
+static int strlist_push(struct cfg_strlist *l, char *s);
+
+/* A warning: the configuration loads, but something is probably a mistake.
+ * "FILE:LINE: warning: message" in cfg->warnings (check-config prints them,
+ * the daemon logs them). */
+static void warn_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void warn_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+{
+	char msg[512], *s;
+	va_list ap;
+
+	if (ld->cfg->warnings.n >= MAX_ERRORS)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (asprintf(&s, "%s:%d: warning: %s", file ? file : "?", line, msg) < 0)
+		return;
+	if (strlist_push(&ld->cfg->warnings, s) < 0)
+		free(s);
 }
 
 void cfg_errors_free(struct cfg_errors *errs)
@@ -1197,6 +1246,7 @@ static void device_init(void *obj)
 	d->timeout_ms = d->retries = d->offline_after = d->max_gap = d->max_registers = -1;
 	d->stale_after_ms = -1;
 	d->bus = SIZE_MAX; /* until resolved */
+	d->profile = SIZE_MAX;
 }
 
 static void bus_init(void *obj)
@@ -1318,7 +1368,7 @@ static void hash_update(uint64_t *h, const char *p, size_t n)
  * "FILE:LINE:COL: error: MESSAGE" lines through this callback, and we keep
  * the first error's line and message. */
 struct yaml_diag {
-	int line;
+	int line, col;
 	char msg[256];
 };
 
@@ -1343,8 +1393,11 @@ static void on_yaml_diag(struct fy_diag *diag, void *user, const char *buf, size
 	for (p = e - 1; p > text && colons < 2; p--)
 		if (*p == ':')
 			colons++;
-	if (colons == 2)
+	if (colons == 2) {
+		const char *c = strchr(p + 2, ':');
 		yd->line = atoi(p + 2);
+		yd->col = c && c < e ? atoi(c + 1) : 0;
+	}
 	snprintf(yd->msg, sizeof(yd->msg), "%.*s", (int)strcspn(e + 9, "\n"), e + 9);
 }
 
@@ -1388,11 +1441,42 @@ static size_t utf8_invalid_at(const unsigned char *p, size_t len)
 	return len;
 }
 
-/* Parse YAML text into a document; syntax errors become FILE:LINE errors. */
+/* The key that starts at LINE:COL (1-based) of text, for "duplicate key":
+ * a plain scalar up to ':' (or ',' '}' in flow), or a quoted one. */
+static bool yaml_key_at(const char *text, size_t len, int line, int col, char *out, size_t cap)
+{
+	size_t i = 0, n = 0;
+	char quote = 0;
+
+	if (line < 1 || col < 1 || cap < 2)
+		return false;
+	for (int l = 1; l < line && i < len; i++)
+		l += text[i] == '\n';
+	for (int c = 1; c < col && i < len && text[i] != '\n'; c++)
+		i++;
+	if (i < len && (text[i] == '"' || text[i] == '\''))
+		quote = text[i++];
+	else if (i > 0 && (text[i - 1] == '"' || text[i - 1] == '\''))
+		quote = text[i - 1]; /* the column of a quoted key is its first character */
+	for (; i < len && n < cap - 1; i++) {
+		char ch = text[i];
+		if (ch == '\n' || (quote && ch == quote) ||
+		    (!quote && (ch == ':' || ch == ',' || ch == '}' || ch == '#')))
+			break;
+		out[n++] = ch;
+	}
+	while (n > 0 && !quote && (out[n - 1] == ' ' || out[n - 1] == '\t'))
+		n--;
+	out[n] = '\0';
+	return n > 0;
+}
+
+/* Parse YAML text into a document; syntax errors become FILE:LINE:COL errors. */
 static struct fy_document *parse_yaml(struct loader *ld, const char *file, const char *text,
 				      size_t len)
 {
 	struct yaml_diag yd = {0};
+	char key[128];
 	struct fy_diag_cfg dcfg;
 	struct fy_diag *diag;
 	struct fy_parse_cfg pcfg;
@@ -1422,8 +1506,13 @@ static struct fy_document *parse_yaml(struct loader *ld, const char *file, const
 	doc = fy_document_build_from_string(&pcfg, text, len);
 	if (!doc || !fy_document_root(doc)) {
 		ld->yaml_failed = true;
-		if (yd.msg[0])
-			err_at(ld, file, yd.line ? yd.line : 1, "YAML: %s", yd.msg);
+		if (yd.msg[0] && !strcmp(yd.msg, "duplicate key") &&
+		    yaml_key_at(text, len, yd.line, yd.col, key, sizeof(key)))
+			err_at_col(ld, file, yd.line ? yd.line : 1, yd.col,
+				   "YAML: duplicate key '%s' (a key may appear once in a mapping)",
+				   key);
+		else if (yd.msg[0])
+			err_at_col(ld, file, yd.line ? yd.line : 1, yd.col, "YAML: %s", yd.msg);
 		else
 			err_at(ld, file, 1, "the file is empty");
 		fy_document_destroy(doc);
@@ -1830,6 +1919,113 @@ static int resolve_operand(struct loader *ld, const char *file, int line, const 
 
 /* Resolve equals/not_equals operands against the point, and check each rule
  * form fits its point. */
+static unsigned point_regs(const struct cfg_point *pt)
+{
+	struct mb_format f = {.type = pt->type, .order = pt->order, .str_len = pt->str_len};
+
+	if (pt->table < CGW_TBL_INPUT)
+		return 1;
+	return mbd_reg_count(&f);
+}
+
+/* Two points of one profile reading the same registers as different things
+ * is usually a map typed wrong (a float32 at 10 and a uint16 at 11). Bit
+ * points of one register (a status word) are the exception. A warning: some
+ * devices do mirror a value in two forms. */
+static void check_overlaps(struct loader *ld, const struct cfg_profile *pr)
+{
+	for (size_t i = 0; i < pr->n_points; i++) {
+		const struct cfg_point *a = &pr->points[i];
+		if (a->mqtt || !a->name || a->table < 0 || a->address < 0 || a->type < 0)
+			continue;
+		for (size_t j = 0; j < i; j++) {
+			const struct cfg_point *b = &pr->points[j];
+			if (b->mqtt || !b->name || b->table != a->table || b->address < 0 ||
+			    b->type < 0)
+				continue;
+			int64_t ae = a->address + point_regs(a), be = b->address + point_regs(b);
+			if (a->address >= be || b->address >= ae)
+				continue;
+			bool abit = a->bit >= 0 || a->type == CGW_T_BITS;
+			bool bbit = b->bit >= 0 || b->type == CGW_T_BITS;
+			if (abit && bbit && a->address == b->address && ae == be)
+				continue; /* bits of one word */
+			if (a->table < CGW_TBL_INPUT && a->address == b->address &&
+			    a->bit != b->bit)
+				continue;
+			warn_at(ld, a->o.file, key_line(&point_tab, &a->o, "address"),
+				"point '%s' (%s %lld..%lld) overlaps point '%s' (%s %lld..%lld, line "
+				"%d): the same registers read as two things",
+				a->name, tables[a->table], (long long)a->address, (long long)ae - 1,
+				b->name, tables[b->table], (long long)b->address, (long long)be - 1,
+				b->o.line);
+			break;
+		}
+	}
+}
+
+/* Characters (not bytes) from s to end: what an installer counts. */
+static size_t utf8_chars(const char *s, const char *end)
+{
+	size_t n = 0;
+
+	for (; s < end; s++)
+		n += ((unsigned char)*s & 0xc0) != 0x80;
+	return n;
+}
+
+/* The placeholders a message template may use (alarm_format_message()). */
+static const char *const template_keys[] = {"name", "device", "alarm", "value", "unit", NULL};
+
+/* Check a message template: balanced braces and known placeholders; a
+ * {location.KEY} is checked against the devices later (check_locations()).
+ * Any rule key that holds a template is checked with it. */
+static int check_template(struct loader *ld, const char *file, int line, const char *what,
+			  const char *tmpl)
+{
+	int nerr = 0;
+
+	for (const char *p = tmpl; p && *p; p++) {
+		if (*p == '}') {
+			err_at(ld, file, line, "%s: '}' without a '{' at character %zu of \"%s\"",
+			       what, utf8_chars(tmpl, p) + 1, tmpl);
+			return nerr + 1;
+		}
+		if (*p != '{')
+			continue;
+		const char *q = p + 1 + strcspn(p + 1, "{}");
+		if (*q != '}') {
+			err_at(ld, file, line, "%s: '{' without a '}' at character %zu of \"%s\"",
+			       what, utf8_chars(tmpl, p) + 1, tmpl);
+			return nerr + 1;
+		}
+		size_t kl = (size_t)(q - p - 1);
+		char key[72];
+		snprintf(key, sizeof(key), "%.*s", (int)(kl < 64 ? kl : 64), p + 1);
+		bool known = choice_index(template_keys, key) >= 0 ||
+			     (kl > 9 && kl <= 64 && !strncmp(key, "location.", 9));
+		if (!known) {
+			const char *best = NULL;
+			size_t bd = 3;
+			for (size_t i = 0; template_keys[i]; i++) {
+				size_t dd = edit_distance(key, template_keys[i]);
+				if (dd < bd)
+					bd = dd, best = template_keys[i];
+			}
+			if (!best && !strncmp(key, "loc", 3))
+				best = "location.KEY";
+			err_at(ld, file, line,
+			       "%s: unknown placeholder {%s}%s%s%s (known: {name} {device} {alarm} "
+			       "{value} {unit} {location.KEY})",
+			       what, key, best ? " (did you mean {" : "", best ? best : "",
+			       best ? "}?)" : "");
+			nerr++;
+		}
+		p = q;
+	}
+	return nerr;
+}
+
 static int check_profile(struct loader *ld, struct cfg_profile *pr)
 {
 	int nerr = 0;
@@ -1950,6 +2146,7 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 		}
 	}
 	pr->mqtt = pr->n_points > 0 && n_mqtt == pr->n_points;
+	check_overlaps(ld, pr);
 	if (n_mqtt && n_mqtt != pr->n_points) {
 		err_at(ld, pr->o.file, pr->o.line,
 		       "profile '%s': mixes Modbus and MQTT points; a device speaks one of them",
@@ -1968,6 +2165,12 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 
 		if (!a->name || !a->point)
 			continue;
+		if (a->message && key_given(&alarm_tab, o, "message")) {
+			char what[96];
+			snprintf(what, sizeof(what), "alarm '%s': message", a->name);
+			nerr += check_template(ld, o->file, key_line(&alarm_tab, o, "message"),
+					       what, a->message);
+		}
 		if (!strcmp(a->name, "offline")) {
 			err_at(ld, o->file, key_line(&alarm_tab, o, "name"),
 			       "alarm 'offline' is implicit on every device; choose another name");
@@ -2546,6 +2749,111 @@ static int check_unique(struct loader *ld, const char *what, const struct keytab
 	return nerr;
 }
 
+/* Where a Modbus bus's frames go: two buses on one serial line or one TCP
+ * endpoint share their unit ids. */
+static void bus_endpoint(const struct cfg_bus *b, char *buf, size_t cap)
+{
+	if (b->device)
+		snprintf(buf, cap, "serial line %s", b->device);
+	else
+		snprintf(buf, cap, "endpoint %s:%lld", b->host ? b->host : "?", (long long)b->port);
+}
+
+/* Two devices answering to one unit id on one line: the classic site
+ * mistake (detectors ship at address 1); both would answer, or one never. */
+static int check_units(struct loader *ld)
+{
+	struct cgw_config *cfg = ld->cfg;
+	int nerr = 0;
+
+	for (size_t i = 0; i < cfg->n_devices; i++) {
+		const struct cfg_device *d = &cfg->devices[i];
+		char ei[300], ej[300];
+		if (d->bus >= cfg->n_buses || cfg->buses[d->bus].type == CFG_BUS_MQTT)
+			continue;
+		bus_endpoint(&cfg->buses[d->bus], ei, sizeof(ei));
+		for (size_t j = 0; j < i; j++) {
+			const struct cfg_device *e = &cfg->devices[j];
+			if (e->bus >= cfg->n_buses || cfg->buses[e->bus].type == CFG_BUS_MQTT ||
+			    e->unit != d->unit)
+				continue;
+			bus_endpoint(&cfg->buses[e->bus], ej, sizeof(ej));
+			if (e->bus != d->bus && strcmp(ei, ej))
+				continue;
+			int line = key_line(&device_tab, &d->o, "unit");
+			if (e->bus == d->bus)
+				err_at(ld, d->o.file, line ? line : d->o.line,
+				       "device '%s': unit %lld on bus '%s' is already device '%s' "
+				       "(%s:%d); give each device on a line its own unit id",
+				       d->id, (long long)d->unit, cfg->buses[d->bus].name, e->id,
+				       e->o.file, e->o.line);
+			else
+				err_at(ld, d->o.file, line ? line : d->o.line,
+				       "device '%s': unit %lld on %s (bus '%s') is already device '%s' "
+				       "on bus '%s' (%s:%d); buses sharing a line share unit ids",
+				       d->id, (long long)d->unit, ei, cfg->buses[d->bus].name,
+				       e->id, cfg->buses[e->bus].name, e->o.file, e->o.line);
+			nerr++;
+			break;
+		}
+	}
+	return nerr;
+}
+
+/* {location.KEY} in a template: some device of the profile must have KEY,
+ * or the duty room gets an alarm that does not say where. */
+static int check_locations(struct loader *ld)
+{
+	struct cgw_config *cfg = ld->cfg;
+	int nerr = 0;
+
+	for (size_t p = 0; p < cfg->n_profiles; p++) {
+		const struct cfg_profile *pr = &cfg->profiles[p];
+		for (size_t a = 0; a < pr->n_alarms; a++) {
+			const struct cfg_alarm *al = &pr->alarms[a];
+			const char *m = al->message;
+			if (!m || !key_given(&alarm_tab, &al->o, "message"))
+				continue;
+			while ((m = strstr(m, "{location."))) {
+				const char *k = m + 10;
+				size_t kl = strcspn(k, "{}");
+				bool used = false, found = false;
+				const char *best = NULL;
+				size_t bd = 3;
+				char key[72];
+
+				m = k + kl;
+				if (*m != '}' || kl == 0 || kl > 64)
+					continue;
+				snprintf(key, sizeof(key), "%.*s", (int)kl, k);
+				for (size_t i = 0; i < cfg->n_devices && !found; i++) {
+					const struct cfg_device *d = &cfg->devices[i];
+					if (d->profile != p)
+						continue;
+					used = true;
+					for (size_t j = 0; j < d->n_location; j++) {
+						size_t dd = edit_distance(key, d->location[j].key);
+						if (dd == 0)
+							found = true;
+						else if (dd < bd)
+							bd = dd, best = d->location[j].key;
+					}
+				}
+				if (!used || found)
+					continue;
+				err_at(ld, al->o.file, key_line(&alarm_tab, &al->o, "message"),
+				       "alarm '%s': message: {location.%s}: no device of profile '%s' "
+				       "has location key '%s'%s%s%s",
+				       al->name, key, pr->name, key,
+				       best ? " (did you mean {location." : "", best ? best : "",
+				       best ? "}?)" : "");
+				nerr++;
+			}
+		}
+	}
+	return nerr;
+}
+
 static int check_all(struct loader *ld)
 {
 	struct cgw_config *cfg = ld->cfg;
@@ -2578,6 +2886,8 @@ static int check_all(struct loader *ld)
 		if (cfg->devices[i].bus < cfg->n_buses)
 			cfg->buses[cfg->devices[i].bus].n_devices++;
 	}
+	nerr += check_units(ld);
+	nerr += check_locations(ld);
 	if (cfg->metrics.listen && ld->seen_metrics) {
 		struct sockaddr_storage ss;
 		socklen_t sl;
@@ -2739,6 +3049,7 @@ void config_free(struct cgw_config *cfg)
 	free(cfg->devices);
 	free(cfg->profiles);
 	strlist_free(&cfg->files);
+	strlist_free(&cfg->warnings);
 	free(cfg->path);
 	free(cfg);
 }

@@ -227,6 +227,7 @@ struct cgw_config {
 	size_t n_devices;
 	struct cfg_profile *profiles;
 	size_t n_profiles;
+	struct cfg_strlist warnings; /* "FILE:LINE: warning: ...": loads, but looks wrong */
 };
 
 /* Errors: every "FILE:LINE: message", in the order found. */

@@ -76,6 +76,12 @@ static void print_errors(const struct cfg_errors *errs)
 		fprintf(stderr, "%s\n", errs->v[i]);
 }
 
+static void log_config_warnings(const struct cgw_config *cfg)
+{
+	for (size_t i = 0; i < cfg->warnings.n; i++)
+		log_warn("config", "%s", cfg->warnings.v[i]);
+}
+
 static void notify_status(struct daemon *d)
 {
 	char line[256];
@@ -170,7 +176,7 @@ static void reload(struct daemon *d)
 		log_err("main", "reload failed (%zu error%s): keeping the running configuration",
 			errs.n, errs.n == 1 ? "" : "s");
 		cfg_errors_free(&errs);
-	} else if (core_reload(d->core, cfg) < 0) {
+	} else if ((log_config_warnings(cfg), core_reload(d->core, cfg)) < 0) {
 		log_err("main", "reload could not be applied: keeping the running configuration");
 	} else {
 		rebind(d, old_sock, old_group, old_m_on, old_listen);
@@ -280,6 +286,12 @@ int main(int argc, char **argv)
 	}
 	/* the YAML parser leaves freed heap behind: give it back */
 	malloc_trim(0);
+	for (size_t i = 0; i < cfg->warnings.n; i++) {
+		if (check)
+			fprintf(stderr, "%s\n", cfg->warnings.v[i]);
+		else
+			log_warn("config", "%s", cfg->warnings.v[i]);
+	}
 	if (check) {
 		config_print_summary(cfg, stdout);
 		if (verbose)

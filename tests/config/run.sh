@@ -2,6 +2,7 @@
 # Golden tests of the configuration checker.
 #   bad/NAME.yaml  must exit 2 and print exactly bad/NAME.expected on stderr
 #   good/NAME.yaml must exit 0
+#   warn/NAME.yaml must exit 0 and print exactly warn/NAME.expected on stderr
 # Paths in messages are as given on the command line, so run from the top.
 . "$(dirname "$0")/../lib.sh"
 cd "$TOP"
@@ -22,6 +23,17 @@ for f in tests/config/bad/*.yaml; do
 		ok "rejected with the expected FILE:LINE errors: $f"
 	else
 		not_ok "rejected with the expected FILE:LINE errors: $f (exit $rc)"
+		sed 's/^/# /' "$TMP/diff"
+	fi
+done
+for f in tests/config/warn/*.yaml; do
+	exp=${f%.yaml}.expected
+	"$CGWD" --check-config -c "$f" >/dev/null 2>"$TMP/err"
+	rc=$?
+	if [ $rc -eq 0 ] && diff -u "$exp" "$TMP/err" >"$TMP/diff"; then
+		ok "accepted with the expected FILE:LINE warnings: $f"
+	else
+		not_ok "accepted with the expected FILE:LINE warnings: $f (exit $rc)"
 		sed 's/^/# /' "$TMP/diff"
 	fi
 done
