@@ -9,6 +9,7 @@
  * recorded in each object's struct cfg_obj.
  */
 #include "config.h"
+#include "secret.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -52,7 +53,7 @@ enum ktype {
 };
 
 #define KF_REQUIRED 1u
-#define KF_SECRET 2u /* a file that must be readable and private to its owner */
+#define KF_SECRET 2u /* a secret file (secret.h: owner, group, mode; credential:NAME) */
 #define KF_FILE 4u   /* a file that must be readable */
 
 struct loader;
@@ -782,13 +783,13 @@ static const struct key uplink_keys[] = {
 	{"username", K_STR, OFF(struct cfg_uplink, username), NULL, 0, 0, 0, NULL, NULL,
 	 "MQTT user name"},
 	{"password_file", K_STR, OFF(struct cfg_uplink, password_file), NULL, KF_SECRET, 0, 0, NULL,
-	 NULL, "file holding the MQTT password (mode 0600)"},
+	 NULL, "file holding the MQTT password (0640 root:cgw at most), or credential:NAME"},
 	{"ca_file", K_STR, OFF(struct cfg_uplink, ca_file), NULL, KF_FILE, 0, 0, NULL, NULL,
 	 "CA bundle to verify the server (default: the system's)"},
 	{"cert_file", K_STR, OFF(struct cfg_uplink, cert_file), NULL, KF_FILE, 0, 0, NULL, NULL,
 	 "client certificate for mutual TLS"},
 	{"key_file", K_STR, OFF(struct cfg_uplink, key_file), NULL, KF_SECRET, 0, 0, NULL, NULL,
-	 "client key for mutual TLS (mode 0600)"},
+	 "client key for mutual TLS (0640 root:cgw at most), or credential:NAME"},
 	{"topic_prefix", K_STR, OFF(struct cfg_uplink, topic_prefix), "cgw/{site}/{gateway}", 0, 0,
 	 0, NULL, NULL, "MQTT topic prefix; {site} and {gateway} are filled in"},
 	{"insecure", K_BOOL, OFF(struct cfg_uplink, insecure), "false", 0, 0, 0, NULL, NULL,
@@ -796,7 +797,8 @@ static const struct key uplink_keys[] = {
 	{"send", K_CUSTOM, OFF(struct cfg_uplink, send_mask), NULL, 0, 0, 0, NULL, custom_send,
 	 "classes to deliver: alarm, event, telemetry, status (mqtt: all; http: [alarm])"},
 	{"hmac_secret_file", K_STR, OFF(struct cfg_uplink, hmac_secret_file), NULL, KF_SECRET, 0, 0,
-	 NULL, NULL, "HTTP: key for X-CGW-Signature: sha256=<HMAC of the body> (mode 0600)"},
+	 NULL, NULL,
+	 "HTTP: key for X-CGW-Signature: sha256=<HMAC of the body> (0640 root:cgw at most), or credential:NAME"},
 	{"late_after", K_DURATION, OFF(struct cfg_uplink, late_after_ms), "30s", 0, 0, 0, NULL,
 	 NULL, "a message sent later than this after it was produced carries \"delayed\": true"},
 	{"timeout", K_DURATION, OFF(struct cfg_uplink, timeout_ms), "10s", 0, 100, 600000, NULL,
@@ -853,13 +855,13 @@ static const struct key bus_keys[] = {
 	{"username", K_STR, OFF(struct cfg_bus, username), NULL, 0, 0, 0, NULL, NULL,
 	 "mqtt: user name"},
 	{"password_file", K_STR, OFF(struct cfg_bus, password_file), NULL, KF_SECRET, 0, 0, NULL,
-	 NULL, "mqtt: file holding the password (mode 0600)"},
+	 NULL, "mqtt: file holding the password (0640 root:cgw at most), or credential:NAME"},
 	{"ca_file", K_STR, OFF(struct cfg_bus, ca_file), NULL, KF_FILE, 0, 0, NULL, NULL,
 	 "mqtt: CA bundle for mqtts://"},
 	{"cert_file", K_STR, OFF(struct cfg_bus, cert_file), NULL, KF_FILE, 0, 0, NULL, NULL,
 	 "mqtt: client certificate"},
 	{"key_file", K_STR, OFF(struct cfg_bus, key_file), NULL, KF_SECRET, 0, 0, NULL, NULL,
-	 "mqtt: client key (mode 0600)"},
+	 "mqtt: client key (0640 root:cgw at most), or credential:NAME"},
 	{"insecure", K_BOOL, OFF(struct cfg_bus, insecure), "false", 0, 0, 0, NULL, NULL,
 	 "mqtt: allow plaintext to a broker that is not loopback"},
 	{"stale_after", K_DURATION, OFF(struct cfg_bus, stale_after_ms), "5m", 0, 1000, 0x7fffffff,
@@ -2347,6 +2349,32 @@ static int check_file(struct loader *ld, const char *file, int line, const char 
 
 	if (!*path)
 		return 0;
+	if (secret && secret_is_credential(*path)) {
+		char why[512], *cp = secret_path(*path, why, sizeof(why));
+		if (!cp && !getenv("CREDENTIALS_DIRECTORY") && strchr(why, '$')) {
+			/* checked outside the service: only systemd can tell */
+			warn_at(ld, file, line,
+				"%s: '%s' not checked: $CREDENTIALS_DIRECTORY is only set for the "
+				"service (LoadCredential=)",
+				key, *path);
+			return 0;
+		}
+		if (!cp) {
+			err_at(ld, file, line, "%s: %s", key, why);
+			return 1;
+		}
+		fd = secret_open(*path, why, sizeof(why));
+		if (fd < 0) {
+			free(cp);
+			err_at(ld, file, line, "%s: %s", key, why);
+			return 1;
+		}
+		close(fd);
+		/* from here on a path like any other (libmosquitto, libcurl take paths) */
+		free(*path);
+		*path = cp;
+		return 0;
+	}
 	dir = dir_of(file);
 	abs = resolve_path(dir, *path);
 	free(dir);
@@ -2365,11 +2393,12 @@ static int check_file(struct loader *ld, const char *file, int line, const char 
 		return 1;
 	}
 	close(fd);
-	if (secret && (st.st_mode & 077)) {
-		err_at(ld, file, line,
-		       "%s: %s is readable by others than its owner (mode %04o); run chmod 600 on it",
-		       key, abs, st.st_mode & 07777);
-		return 1;
+	if (secret) {
+		char why[768];
+		if (secret_check_stat(abs, &st, why, sizeof(why)) < 0) {
+			err_at(ld, file, line, "%s: %s", key, why);
+			return 1;
+		}
 	}
 	return 0;
 }

@@ -60,6 +60,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "secret.h"
 #include "uplink.h"
 
 #define HTTP_WINDOW_MAX 8         /* requests in flight per lane */
@@ -758,27 +759,11 @@ int uplink_http_check_resolver(long features, const char *version, char *why, si
 static int read_key(const char *path, unsigned char **key, size_t *len, char *err, size_t errlen)
 {
 	unsigned char *buf = NULL;
-	struct stat st;
 	size_t n = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
+	int fd = secret_open(path, err, errlen), r;
 
-	if (fd < 0) {
-		r = -errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		return r;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "%s is not a regular file", path);
-		r = -EINVAL;
-		goto out;
-	}
-	if (st.st_mode & 077) {
-		snprintf(err, errlen,
-			 "%s is readable by others than its owner (mode %04o); run chmod 600 on it",
-			 path, (unsigned)(st.st_mode & 07777));
-		r = -EACCES;
-		goto out;
-	}
+	if (fd < 0)
+		return fd;
 	buf = malloc(KEY_MAX + 1);
 	if (!buf) {
 		r = -ENOMEM;

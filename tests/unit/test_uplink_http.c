@@ -586,7 +586,7 @@ static void test_secret_file_checked(void **state)
 
 	assert_int_equal(store_uplink_register(f->st, "duty", 1, &f->uid), 0);
 	f->ucfg.hmac_secret_file = f->keypath;
-	write_file(f->keypath, "key\n", 0640);
+	write_file(f->keypath, "key\n", 0660);
 	assert_int_equal(uplink_http_ops.open(&env, &f->ucfg, f->uid, &u), -EACCES);
 	assert_null(u);
 	write_file(f->keypath, "key\n", 0604);
