@@ -7,7 +7,8 @@
 #   make bench      run the benchmarks, write tests/bench/RESULTS.md
 #   make bench-peers  cgwd beside Node-RED on the 500-device load (npm; not in make test)
 #   make fuzz       build the libFuzzer targets (clang) and run each briefly
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR=  (binaries stripped: INSTALL_STRIP= keeps symbols)
+#   make uninstall  the same PREFIX and DESTDIR: removes what install put there
 #   make deps       install the Debian packages cgw needs (as root)
 
 PREFIX     ?= /usr/local
@@ -15,6 +16,8 @@ BINDIR     ?= $(PREFIX)/bin
 SBINDIR    ?= $(PREFIX)/sbin
 DATADIR    ?= $(PREFIX)/share/cgw
 MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/cgw
+INSTALL_STRIP ?= -s
 SYSCONFDIR ?= /etc
 UNITDIR    ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
@@ -57,7 +60,7 @@ DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev 
 DEPS_RUN   := mosquitto mosquitto-clients
 DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl
 
-.PHONY: all run test asan bench bench-peers fuzz install clean deps deps-test check-config format test-faults soak
+.PHONY: all run test asan bench bench-peers fuzz install uninstall clean deps deps-test check-config format test-faults soak FORCE
 .DELETE_ON_ERROR:
 
 all: $(PROGS) $(TOOL_BIN)
@@ -66,6 +69,14 @@ $(B)/%.o: %.c
 	@mkdir -p $(@D)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+# The shipped profiles' directory is compiled in: rebuild config.o when
+# PREFIX/DATADIR changes (make; make install PREFIX=/usr must not install a
+# cgwd that looks in /usr/local).
+$(B)/datadir.stamp: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DATADIR)' | cmp -s - $@ || echo '$(DATADIR)' > $@
+$(B)/daemon/config.o: $(B)/datadir.stamp
 
 $(B)/libcgw.a: $(LIB_OBJ)
 	@rm -f $@
@@ -160,23 +171,57 @@ fuzz:
 	    -o build-fuzz/fuzz/$$n $$f build-fuzz/libcgw.a $(PKG_LIBS) -lpthread -lm || exit 1; done
 	@tests/fuzz/run.sh build-fuzz/fuzz $${FUZZ_SECONDS:-30}
 
-install: all
+# Documents name the paths of this install: /usr/local in the sources,
+# substituted here.
+SUBST = sed -e 's|/usr/local/share/cgw|$(DATADIR)|g' -e 's|/usr/local/share/doc/cgw|$(DOCDIR)|g' \
+	-e 's|/usr/local/sbin|$(SBINDIR)|g' -e 's|/usr/local/bin|$(BINDIR)|g' \
+	-e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
+DOC_FILES := README.md LICENSE $(wildcard docs/*.md)
+MAN_FILES := $(wildcard docs/*.[158])
+
+install: $(B)/cgwd $(if $(wildcard daemon/cgwctl.c),$(B)/cgwctl)
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/profiles \
 	  $(DESTDIR)$(SYSCONFDIR)/cgw $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
-	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
-	install -m 0755 $(B)/cgwd $(DESTDIR)$(SBINDIR)/cgwd
-	[ ! -f $(B)/cgwctl ] || install -m 0755 $(B)/cgwctl $(DESTDIR)$(BINDIR)/cgwctl
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(DOCDIR)/examples/demo
+	install $(INSTALL_STRIP) -m 0755 $(B)/cgwd $(DESTDIR)$(SBINDIR)/cgwd
+	[ ! -f $(B)/cgwctl ] || install $(INSTALL_STRIP) -m 0755 $(B)/cgwctl $(DESTDIR)$(BINDIR)/cgwctl
 	install -m 0644 config/profiles/*.yaml $(DESTDIR)$(DATADIR)/profiles/
-	install -m 0644 config/cgw.yaml $(DESTDIR)$(DATADIR)/cgw.yaml.example
-	[ -f $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml ] || install -m 0640 config/cgw.yaml $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml
-	sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/cgwd.service > $(DESTDIR)$(UNITDIR)/cgwd.service
+	for f in $(DOC_FILES); do $(SUBST) $$f > $(DESTDIR)$(DOCDIR)/$${f##*/} && chmod 0644 $(DESTDIR)$(DOCDIR)/$${f##*/}; done
+	[ ! -d docs/schema ] || cp -R docs/schema $(DESTDIR)$(DOCDIR)/
+	$(SUBST) config/cgw.yaml > $(DESTDIR)$(DOCDIR)/examples/cgw.yaml
+	install -m 0644 config/demo/*.yaml $(DESTDIR)$(DOCDIR)/examples/demo/
+	chmod 0644 $(DESTDIR)$(DOCDIR)/examples/cgw.yaml
+	@# /etc/cgw/cgw.yaml: a commented skeleton that checks; an existing one is the admin's
+	[ -f $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml ] || { $(SUBST) config/skeleton.yaml > $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml && \
+	  chmod 0640 $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml; }
+	$(SUBST) systemd/cgwd.service > $(DESTDIR)$(UNITDIR)/cgwd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/cgwd.service
 	install -m 0644 systemd/cgw.sysusers $(DESTDIR)$(SYSUSERSDIR)/cgw.conf
 	install -m 0644 systemd/cgw.tmpfiles $(DESTDIR)$(TMPFILESDIR)/cgw.conf
-	for m in docs/*.[158]; do [ -f "$$m" ] || continue; s=$${m##*.}; \
-	  install -m 0644 $$m $(DESTDIR)$(MANDIR)/man$$s/; done
+	for m in $(MAN_FILES); do s=$${m##*.}; \
+	  $(SUBST) $$m > $(DESTDIR)$(MANDIR)/man$$s/$${m##*/} && chmod 0644 $(DESTDIR)$(MANDIR)/man$$s/$${m##*/}; done
 	@# on the real system (no DESTDIR): create the user and the directories now
 	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \
 	  systemd-sysusers $(SYSUSERSDIR)/cgw.conf && systemd-tmpfiles --create $(TMPFILESDIR)/cgw.conf; fi
+
+# What install put there. /etc/cgw/cgw.yaml goes only if it is still the
+# skeleton (an edited one is the admin's, as a Debian conffile); the store in
+# /var/lib/cgw and the cgw user stay (data, and files the user may own).
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/cgwd $(DESTDIR)$(BINDIR)/cgwctl
+	rm -f $(addprefix $(DESTDIR)$(DATADIR)/profiles/,$(notdir $(wildcard config/profiles/*.yaml)))
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOC_FILES))) $(DESTDIR)$(DOCDIR)/examples/cgw.yaml
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/examples/demo/,$(notdir $(wildcard config/demo/*.yaml)))
+	rm -rf $(DESTDIR)$(DOCDIR)/schema
+	rm -f $(DESTDIR)$(UNITDIR)/cgwd.service $(DESTDIR)$(SYSUSERSDIR)/cgw.conf $(DESTDIR)$(TMPFILESDIR)/cgw.conf
+	for m in $(MAN_FILES); do rm -f $(DESTDIR)$(MANDIR)/man$${m##*.}/$${m##*/}; done
+	if [ -f $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml ]; then \
+	  if $(SUBST) config/skeleton.yaml | cmp -s - $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml; then \
+	    rm -f $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml; \
+	  else echo "uninstall: keeping $(DESTDIR)$(SYSCONFDIR)/cgw/cgw.yaml (edited)"; fi; fi
+	-rmdir $(DESTDIR)$(DOCDIR)/examples/demo $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(DATADIR)/profiles $(DESTDIR)$(DATADIR) $(DESTDIR)$(SYSCONFDIR)/cgw 2>/dev/null || true
 
 check-config: $(B)/cgwd
 	$(B)/cgwd --check-config -c config/cgw.yaml

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -227,6 +228,11 @@ int main(int argc, char **argv)
 	struct cgw_config *cfg = NULL;
 	bool check = false, verbose = false, foreground = false;
 	int level = LOG_INFO, c, r;
+
+	/* The store holds the community's alarms and what its doors did: never
+	 * world-readable, whatever the umask we were started with or the mode of
+	 * a state directory made by hand (systemd sets UMask=0027 too). */
+	umask(027);
 
 	while ((c = getopt_long(argc, argv, "c:tvfl:hV", opts, NULL)) != -1) {
 		switch (c) {

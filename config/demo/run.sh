@@ -12,6 +12,14 @@ MQPORT=${DEMO_MQTT_PORT:-1883}
 MBPORT=${DEMO_MODBUS_PORT:-15020}
 METRICSPORT=${DEMO_METRICS_PORT:-9273}
 export CGW_PROFILES_DIR=$TOP/config/profiles
+mkdir -p "$DIR"
+# one demo at a time: a second `make run` must not delete the running one's
+# store (the lock is held by this shell and its children until they exit)
+exec 9>"$DIR/demo.lock"
+if ! flock -n 9; then
+	echo "demo: a demo is already running from $DIR (its data is left alone); stop it first"
+	exit 1
+fi
 # a fresh community each time: alarms latched in an earlier run (never
 # acknowledged) would otherwise stay active and the fire would not be new
 rm -rf "$DIR/state"
