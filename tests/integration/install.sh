@@ -8,32 +8,7 @@ R=$TMP/root
 if ! nice make -s -j2 B="$TMP/build" DESTDIR="$R" PREFIX=/usr install >"$TMP/install.log" 2>&1; then
 	not_ok "make install DESTDIR PREFIX=/usr"
 	sed 's/^/# /' "$TMP/install.log" | tail -20
-	
-# `make run` twice: the second refuses and leaves the running demo's store alone
-DB=$TMP/demo-b
-mkdir -p "$DB"
-for b in cgwd cgwctl cgw-sim; do ln -s "$CGW_BUILD/$b" "$DB/$b"; done
-mq=$(free_port); mb=$(free_port); mt=$(free_port)
-export DEMO_MQTT_PORT=$mq DEMO_MODBUS_PORT=$mb DEMO_METRICS_PORT=$mt
-setsid config/demo/run.sh "$DB" >"$TMP/demo1.log" 2>&1 &
-demo=$!
-_bg_pids+=("$demo")
-if wait_for 20 test -S "$DB/demo/cgwd.sock" && wait_for 10 bash -c "ls '$DB'/demo/state/*.db >/dev/null"; then
-	ino=$(stat -c %i "$DB"/demo/state/*.db)
-	config/demo/run.sh "$DB" >"$TMP/demo2.log" 2>&1
-	rc=$?
-	check "a second make run refuses (exit 1, 'already running')" \
-		bash -c "[ $rc -eq 1 ] && grep -q 'already running' '$TMP/demo2.log'"
-	check "the running demo's store is untouched" \
-		bash -c "[ \"\$(stat -c %i '$DB'/demo/state/*.db 2>/dev/null)\" = '$ino' ]"
-	check "the running demo still answers" quiet "$CGW_BUILD/cgwctl" -s "$DB/demo/cgwd.sock" status
-else
-	not_ok "the demo started"
-	sed 's/^/# /' "$TMP/demo1.log" | tail -10
-fi
-kill -TERM -- -"$demo" 2>/dev/null
-wait "$demo" 2>/dev/null
-done_testing
+	done_testing
 	exit 1
 fi
 ok "make install DESTDIR PREFIX=/usr"
