@@ -726,6 +726,8 @@ static int custom_location(struct loader *ld, const struct key *k, struct fy_nod
 static int custom_send(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
 static int custom_enum(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
 static int custom_type(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
+static int custom_invalid(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
+static int custom_range(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
 static int custom_points(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
 static int custom_alarms(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
 static int custom_scalar_text(struct loader *ld, const struct key *k, struct fy_node *val,
@@ -942,6 +944,11 @@ static const struct key point_keys[] = {
 	 "commands may write this point"},
 	{"deadband", K_DOUBLE, OFF(struct cfg_point, deadband), "0", 0, 0, 0, NULL, NULL,
 	 "report a change only beyond this"},
+	{"invalid", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, custom_invalid,
+	 "raw values that mean \"no reading\" (e.g. [0xFFFF, -32768]): bad quality, never a "
+	 "value"},
+	{"range", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, custom_range,
+	 "[min, max] of a valid value (after scale/offset); outside: bad quality, counted"},
 	{"report_every", K_DURATION, OFF(struct cfg_point, report_every_ms), "1m", 0, 0, 0, NULL,
 	 NULL, "re-send an unchanged good value this often"},
 	{"topic", K_STR, OFF(struct cfg_point, topic), NULL, 0, 0, 0, NULL, NULL,
@@ -1132,6 +1139,83 @@ static int custom_enum(struct loader *ld, const struct key *k, struct fy_node *v
 		pt->n_enums++;
 	}
 	return nerr ? -EINVAL : 0;
+}
+
+/* A number as written: integers (also 0x...) exactly, else a decimal. */
+static int parse_number(const char *s, double *out)
+{
+	int64_t i;
+
+	if (parse_i64(s, &i) == 0) {
+		*out = (double)i;
+		return 0;
+	}
+	return parse_double(s, out);
+}
+
+static int custom_invalid(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+{
+	struct cfg_point *pt = obj;
+	struct fy_node *n;
+	void *it = NULL;
+	char buf[64];
+	int nerr = 0;
+
+	(void)k;
+	if (!val || (!fy_node_is_sequence(val) && !fy_node_is_scalar(val))) {
+		err_node(ld, val, "invalid: expected a number or a list like [0xFFFF, -32768]");
+		return -EINVAL;
+	}
+	for (n = fy_node_is_scalar(val) ? val : fy_node_sequence_iterate(val, &it); n;
+	     n = fy_node_is_scalar(val) ? NULL : fy_node_sequence_iterate(val, &it)) {
+		const char *t = scalar(n, buf, sizeof(buf));
+		double d;
+		if (!t || parse_number(t, &d) < 0) {
+			err_node(ld, n, "invalid: '%s' is not a number", t ? t : "?");
+			nerr++;
+			continue;
+		}
+		if (pt->n_invalid >= 16) {
+			err_node(ld, n, "invalid: at most 16 values");
+			return -EINVAL;
+		}
+		double *nv = realloc(pt->invalid, (pt->n_invalid + 1) * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		pt->invalid = nv;
+		pt->invalid[pt->n_invalid++] = d;
+	}
+	return nerr ? -EINVAL : 0;
+}
+
+static int custom_range(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+{
+	struct cfg_point *pt = obj;
+	struct fy_node *a, *b;
+	char ba[64], bb[64];
+	const char *ta, *tb;
+	void *it = NULL;
+
+	(void)k;
+	if (!val || !fy_node_is_sequence(val) || fy_node_sequence_item_count(val) != 2) {
+		err_node(ld, val, "range: expected [min, max], e.g. [0, 100]");
+		return -EINVAL;
+	}
+	a = fy_node_sequence_iterate(val, &it);
+	b = fy_node_sequence_iterate(val, &it);
+	ta = scalar(a, ba, sizeof(ba));
+	tb = scalar(b, bb, sizeof(bb));
+	if (!ta || !tb || parse_number(ta, &pt->range_min) < 0 ||
+	    parse_number(tb, &pt->range_max) < 0) {
+		err_node(ld, val, "range: min and max must be numbers");
+		return -EINVAL;
+	}
+	if (!(pt->range_min < pt->range_max)) {
+		err_node(ld, val, "range: min %g is not below max %g", pt->range_min, pt->range_max);
+		return -EINVAL;
+	}
+	pt->has_range = true;
+	return 0;
 }
 
 static int custom_type(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
@@ -1921,6 +2005,83 @@ static int resolve_operand(struct loader *ld, const char *file, int line, const 
 
 /* Resolve equals/not_equals operands against the point, and check each rule
  * form fits its point. */
+/* invalid:/range: make sense for numbers only; an `invalid:` raw value is
+ * turned into what the point decodes it to (0xFFFF on an int16 is -1; -1 on
+ * a uint16 is 65535; then scale and offset), so the core compares values. */
+static int check_validity(struct loader *ld, struct cfg_point *pt)
+{
+	const struct cfg_obj *o = &pt->o;
+	bool numeric = pt->type != CGW_T_BOOL && pt->type != CGW_T_STRING && pt->bit < 0;
+	int nerr = 0;
+
+	if (!numeric && (pt->n_invalid || pt->has_range)) {
+		err_at(ld, o->file, key_line(&point_tab, o, pt->n_invalid ? "invalid" : "range"),
+		       "point '%s': %s is for numeric points", pt->name,
+		       pt->n_invalid ? "invalid" : "range");
+		return 1;
+	}
+	for (size_t i = 0; i < pt->n_invalid && !pt->mqtt; i++) {
+		double v = pt->invalid[i];
+		int bits = 0;
+		bool sig = false, integer = true;
+		switch (pt->type) {
+		case CGW_T_INT16: bits = 16, sig = true; break;
+		case CGW_T_UINT16:
+		case CGW_T_BITS: bits = 16; break;
+		case CGW_T_INT32: bits = 32, sig = true; break;
+		case CGW_T_UINT32: bits = 32; break;
+		case CGW_T_INT64: bits = 64, sig = true; break;
+		case CGW_T_UINT64: bits = 64; break;
+		default: integer = false; break;
+		}
+		if (integer && v != floor(v)) {
+			err_at(ld, o->file, key_line(&point_tab, o, "invalid"),
+			       "point '%s': invalid: %g is not a raw %s value", pt->name, v,
+			       mbd_type_name(pt->type));
+			nerr++;
+			continue;
+		}
+		if (integer && bits < 64) {
+			double span = ldexp(1, bits), half = ldexp(1, bits - 1);
+			if (sig && v >= half && v < span)
+				v -= span; /* the register's bit pattern, as the signed value */
+			else if (!sig && v < 0 && v >= -half)
+				v += span;
+			if (v < (sig ? -half : 0) || v >= (sig ? half : span)) {
+				err_at(ld, o->file, key_line(&point_tab, o, "invalid"),
+				       "point '%s': invalid: %g does not fit the type %s", pt->name,
+				       pt->invalid[i], mbd_type_name(pt->type));
+				nerr++;
+				continue;
+			}
+		}
+		if (pt->scale != 1.0 || pt->offset != 0.0)
+			v = v * pt->scale + pt->offset;
+		pt->invalid[i] = v;
+	}
+	return nerr;
+}
+
+int cfg_point_check_value(const struct cfg_point *pt, const struct cgw_value *v)
+{
+	double x;
+
+	if (!pt->n_invalid && !pt->has_range)
+		return CFG_VALUE_OK;
+	switch (v->type) {
+	case CGW_V_INT: x = (double)v->i; break;
+	case CGW_V_UINT: x = (double)v->u; break;
+	case CGW_V_DOUBLE: x = v->d; break;
+	default: return CFG_VALUE_OK;
+	}
+	for (size_t i = 0; i < pt->n_invalid; i++)
+		if (fabs(x - pt->invalid[i]) <= 1e-9 * fmax(1.0, fabs(pt->invalid[i])))
+			return CFG_VALUE_INVALID;
+	if (pt->has_range && (x < pt->range_min || x > pt->range_max))
+		return CFG_VALUE_OUT_OF_RANGE;
+	return CFG_VALUE_OK;
+}
+
 static unsigned point_regs(const struct cfg_point *pt)
 {
 	struct mb_format f = {.type = pt->type, .order = pt->order, .str_len = pt->str_len};
@@ -2149,6 +2310,9 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 	}
 	pr->mqtt = pr->n_points > 0 && n_mqtt == pr->n_points;
 	check_overlaps(ld, pr);
+	for (size_t i = 0; i < pr->n_points; i++)
+		if (pr->points[i].name && pr->points[i].type >= 0)
+			nerr += check_validity(ld, &pr->points[i]);
 	if (n_mqtt && n_mqtt != pr->n_points) {
 		err_at(ld, pr->o.file, pr->o.line,
 		       "profile '%s': mixes Modbus and MQTT points; a device speaks one of them",
@@ -3027,6 +3191,7 @@ static void profile_free(struct cfg_profile *pr)
 		for (size_t k = 0; k < pt->n_enums; k++)
 			free(pt->enums[k].label);
 		free(pt->enums);
+		free(pt->invalid);
 	}
 	for (size_t j = 0; j < pr->n_alarms; j++) {
 		free_strs(&pr->alarms[j], &alarm_tab);

@@ -77,7 +77,19 @@ struct cfg_point {
 	bool writable;
 	double deadband;
 	int64_t report_every_ms;
+	/* `invalid:` raw values that mean "no reading" (0xFFFF, -32768...), as
+	 * written, then (check) as the value the point decodes them to */
+	double *invalid;
+	size_t n_invalid;
+	/* `range: [min, max]`: a value outside is bad quality (and counted) */
+	bool has_range;
+	double range_min, range_max;
 };
+
+/* Is a good reading of pt really one? 0 yes; CFG_VALUE_INVALID (one of the
+ * point's `invalid:` sentinels) or CFG_VALUE_OUT_OF_RANGE. */
+enum { CFG_VALUE_OK, CFG_VALUE_INVALID, CFG_VALUE_OUT_OF_RANGE };
+int cfg_point_check_value(const struct cfg_point *pt, const struct cgw_value *v);
 
 /* `unless:` a rule does not fire when, at the moment its condition becomes
  * true, another point of the device has (or had, within `within_ms`) a value:

@@ -111,7 +111,11 @@ struct core {
 	uint64_t readings, messages, enqueue_errors;
 	uint64_t cmd_count[5];      /* by enum cmd_outcome */
 	struct episode cmd_refused; /* every kind of refusal, one episode */
-	char **forget;              /* restored alarms that no longer match the configuration */
+	/* readings made bad quality by the profile: `invalid:` sentinels and
+	 * values outside `range:`; out-of-range logged once per episode */
+	uint64_t values_invalid, values_out_of_range;
+	struct episode range_episode;
+	char **forget; /* restored alarms that no longer match the configuration */
 	size_t n_forget;
 	struct cgw_item items[POP_BATCH];
 };
@@ -270,16 +274,60 @@ static void on_tele_timer(struct loop *l, struct loop_timer *t, void *arg)
 	kick_uplinks(c);
 }
 
+/* A reading the profile says is no reading: counted, and for range:
+ * logged once per episode (a sensor stuck at its rail repeats). */
+static void on_rejected_value(struct core *c, const struct cfg_device *d,
+			      const struct cfg_point *pt, const struct cgw_value *v, int why)
+{
+	char val[64];
+
+	if (why == CFG_VALUE_INVALID) {
+		c->values_invalid++;
+		return;
+	}
+	c->values_out_of_range++;
+	alarm_format_value(pt, v, val, sizeof(val));
+	switch (episode_bad(&c->range_episode, cgw_mono_ms())) {
+	case EPISODE_STARTED:
+		log_warn("core", "device %s: %s = %s is outside its range [%g, %g]: bad quality",
+			 d->id, pt->name, val, pt->range_min, pt->range_max);
+		break;
+	case EPISODE_SUMMARY:
+		log_warn("core", "%llu more values outside their range in %lld s (latest: %s %s = %s)",
+			 (unsigned long long)c->range_episode.summary_count,
+			 (long long)(c->range_episode.summary_window_ms / 1000), d->id, pt->name,
+			 val);
+		break;
+	case EPISODE_SILENT:
+		break;
+	}
+}
+
 static void on_reading(struct core *c, const struct cgw_item *it)
 {
 	const struct cfg_device *d = &c->cfg->devices[it->device];
 	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
 	const struct cfg_point *pt;
+	struct cgw_item bad;
 
 	if (it->point >= pr->n_points)
 		return;
 	pt = &pr->points[it->point];
 	c->readings++;
+	if (it->quality == CGW_Q_GOOD) {
+		int why = cfg_point_check_value(pt, &it->value);
+		if (why != CFG_VALUE_OK) {
+			on_rejected_value(c, d, pt, &it->value, why);
+			bad = *it;
+			bad.quality = CGW_Q_BAD;
+			bad.value.type = CGW_V_NONE; /* a number, never a string: nothing to free */
+			it = &bad;
+		} else if (pt->has_range && episode_good(&c->range_episode, cgw_mono_ms())) {
+			log_notice("core", "values back within range (%llu out of range in %lld s)",
+				   (unsigned long long)c->range_episode.total,
+				   (long long)(episode_duration_ms(&c->range_episode) / 1000));
+		}
+	}
 	store_put_latest(c->store, d->id, pt->name, &it->value, it->quality, it->ts_ms,
 			 cgw_mono_ms());
 	alarm_on_reading(c->alarms, it->device, it->point, &it->value, it->quality, it->ts_ms,
@@ -2027,6 +2075,9 @@ json_t *core_status_json(struct core *c)
 		json_object_set_new(o, "commands", cmds);
 	}
 	json_object_set_new(o, "readings", json_integer((json_int_t)c->readings));
+	json_object_set_new(o, "values_invalid", json_integer((json_int_t)c->values_invalid));
+	json_object_set_new(o, "values_out_of_range",
+			    json_integer((json_int_t)c->values_out_of_range));
 	json_object_set_new(o, "messages", json_integer((json_int_t)c->messages));
 	return o;
 }
@@ -2045,7 +2096,37 @@ int core_shelve(struct core *c, const char *device, bool shelve, const char *by)
 	return r;
 }
 
+/* `--check-config -v`: each bus's requests, with the device and the
+ * points (by name, at their address) each one reads. */
 void core_print_plan(const struct cgw_config *cfg, FILE *f)
 {
-	modbus_print_plan(cfg, f);
+	static const char *const tables[] = {"coil", "discrete", "input", "holding"};
+
+	for (size_t b = 0; b < cfg->n_buses; b++) {
+		struct mb_plan *plan = NULL;
+		size_t n;
+
+		if (cfg->buses[b].type == CFG_BUS_MQTT || modbus_bus_plan(cfg, b, &plan, &n) < 0)
+			continue;
+		fprintf(f, "bus %s: %zu requests per cycle for %zu points\n", cfg->buses[b].name,
+			mbp_count(plan), n);
+		for (size_t i = 0; i < mbp_count(plan); i++) {
+			const struct mb_req *r = mbp_req(plan, i);
+			const struct cfg_device *d = &cfg->devices[r->device];
+			const struct cfg_profile *pr = cfg_device_profile(cfg, d);
+			bool bits = r->table == CGW_TBL_COIL || r->table == CGW_TBL_DISCRETE;
+
+			fprintf(f, "  unit %u %s %u..%u (%u %s) %s:", (unsigned)r->unit,
+				r->table < 4 ? tables[r->table] : "?", (unsigned)r->addr,
+				(unsigned)(r->addr + r->count - 1), (unsigned)r->count,
+				bits ? "bits" : "registers", d->id);
+			for (size_t j = 0; j < r->nspans; j++) {
+				const struct mb_span *sp = mbp_span(plan, r->first_span + j);
+				fprintf(f, "%s %s@%u", j ? "," : "", pr->points[sp->point].name,
+					(unsigned)sp->addr);
+			}
+			fputc('\n', f);
+		}
+		mbp_free(plan);
+	}
 }

@@ -397,6 +397,13 @@ static void status_metrics(struct sb *b, json_t *st)
 	}
 	family(b, "cgw_readings_total", "counter", "Point readings the core processed.");
 	sample(b, "cgw_readings_total", NULL, json_object_get(st, "readings"));
+	family(b, "cgw_values_rejected_total", "counter",
+	       "Readings made bad quality by their profile: an invalid: sentinel, or outside "
+	       "range:.");
+	sample(b, "cgw_values_rejected_total", (const char *const[]){"reason", "invalid", NULL},
+	       json_object_get(st, "values_invalid"));
+	sample(b, "cgw_values_rejected_total", (const char *const[]){"reason", "range", NULL},
+	       json_object_get(st, "values_out_of_range"));
 	family(b, "cgw_messages_total", "counter", "Messages the core stored for delivery.");
 	sample(b, "cgw_messages_total", NULL, json_object_get(st, "messages"));
 	if (q) {

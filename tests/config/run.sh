@@ -45,6 +45,8 @@ check "summary lists buses, devices, points, rules, uplinks" \
 	grep -q "devices: 3, points: 23, alarm rules: 22" <<<"$out"
 out=$("$CGWD" --check-config -v -c config/cgw.yaml)
 check "-v shows the Modbus request plan" grep -q "bus rs485-1: 3 requests per cycle for 5 points" <<<"$out"
+check "-v names the device and points of each request" \
+	grep -q "^  unit 3 input 1..2 (2 registers) smoke-b3-3f-01: smoke@1, temperature@2$" <<<"$out"
 # every key of the reference is documented in the annotated example
 missing=""
 for k in $("$CGWD" --help-config | sed -n 's/^  \([a-z_0-9]*\) .*/\1/p' | sort -u); do

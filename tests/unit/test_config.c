@@ -294,6 +294,51 @@ static void test_plaintext_near_misses_refused(void **state)
 	}
 }
 
+static void test_invalid_and_range(void **state)
+{
+	struct cfg_errors errs;
+	struct cgw_config *cfg;
+	struct cgw_value v;
+
+	(void)state;
+	setenv("CGW_PROFILES_DIR", CGW_TEST_PROFILES, 1);
+	cfg = load("gateway: {id: g, site: s}\n"
+		   "profile_dirs: [tests/config/profiles]\n"
+		   "buses: [{name: b, type: modbus-tcp, host: 127.0.0.1}]\n"
+		   "devices: [{id: d1, name: n, profile: validity, bus: b}]\n",
+		   &errs);
+	for (size_t i = 0; i < errs.n; i++)
+		print_error("%s\n", errs.v[i]);
+	assert_non_null(cfg);
+	const struct cfg_profile *pr = cfg_device_profile(cfg, &cfg->devices[0]);
+	const struct cfg_point *t = &pr->points[0], *l = &pr->points[1], *dn = &pr->points[2];
+	/* int16 * 0.1: raw 0x7FFF is 3276.7, raw -32768 is -3276.8 */
+	v = (struct cgw_value){.type = CGW_V_DOUBLE, .d = 3276.7};
+	assert_int_equal(cfg_point_check_value(t, &v), CFG_VALUE_INVALID);
+	v.d = -3276.8;
+	assert_int_equal(cfg_point_check_value(t, &v), CFG_VALUE_INVALID);
+	v.d = 23.5;
+	assert_int_equal(cfg_point_check_value(t, &v), CFG_VALUE_OK);
+	v.d = 125.1; /* outside range: bad, not a value */
+	assert_int_equal(cfg_point_check_value(t, &v), CFG_VALUE_OUT_OF_RANGE);
+	v.d = -40.0; /* the limits are in range */
+	assert_int_equal(cfg_point_check_value(t, &v), CFG_VALUE_OK);
+	/* uint16: -1 is the register 0xFFFF */
+	v = (struct cgw_value){.type = CGW_V_UINT, .u = 65535};
+	assert_int_equal(cfg_point_check_value(l, &v), CFG_VALUE_INVALID);
+	v.u = 101;
+	assert_int_equal(cfg_point_check_value(l, &v), CFG_VALUE_OUT_OF_RANGE);
+	v.u = 100;
+	assert_int_equal(cfg_point_check_value(l, &v), CFG_VALUE_OK);
+	v = (struct cgw_value){.type = CGW_V_DOUBLE, .d = -9999.0};
+	assert_int_equal(cfg_point_check_value(dn, &v), CFG_VALUE_INVALID);
+	v.d = 1e6; /* no range: anything else is a value */
+	assert_int_equal(cfg_point_check_value(dn, &v), CFG_VALUE_OK);
+	v = (struct cgw_value){.type = CGW_V_BOOL, .b = true};
+	assert_int_equal(cfg_point_check_value(dn, &v), CFG_VALUE_OK);
+	config_free(cfg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -306,6 +351,7 @@ int main(void)
 		cmocka_unit_test(test_ipv6_and_tls_urls),
 		cmocka_unit_test(test_loopback_is_parsed),
 		cmocka_unit_test(test_plaintext_near_misses_refused),
+		cmocka_unit_test(test_invalid_and_range),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
