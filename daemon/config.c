@@ -2993,8 +2993,10 @@ static int check_units(struct loader *ld)
 	return nerr;
 }
 
-/* {location.KEY} in a template: some device of the profile must have KEY,
- * or the duty room gets an alarm that does not say where. */
+/* {location.KEY} in a template: some device of the profile should have KEY,
+ * or the duty room gets an alarm that does not say where: an error when
+ * KEY is a near miss of a key the devices have ({location.bulding}), a
+ * warning when none has anything like it. */
 static int check_locations(struct loader *ld)
 {
 	struct cgw_config *cfg = ld->cfg;
@@ -3034,12 +3036,18 @@ static int check_locations(struct loader *ld)
 				}
 				if (!used || found)
 					continue;
+				if (!best) { /* not a typo: the devices just do not say it */
+					warn_at(ld, al->o.file,
+						key_line(&alarm_tab, &al->o, "message"),
+						"alarm '%s': message: {location.%s}: no device of "
+						"profile '%s' has location key '%s'; it renders empty",
+						al->name, key, pr->name, key);
+					continue;
+				}
 				err_at(ld, al->o.file, key_line(&alarm_tab, &al->o, "message"),
 				       "alarm '%s': message: {location.%s}: no device of profile '%s' "
-				       "has location key '%s'%s%s%s",
-				       al->name, key, pr->name, key,
-				       best ? " (did you mean {location." : "", best ? best : "",
-				       best ? "}?)" : "");
+				       "has location key '%s' (did you mean {location.%s}?)",
+				       al->name, key, pr->name, key, best);
 				nerr++;
 			}
 		}
