@@ -60,6 +60,25 @@ static void usage(FILE *f)
 	      "                            parses (true, 1, 2.5, \"text\"), else as a string (an\n"
 	      "                            enum word such as unlocked)\n"
 	      "\n"
+	      "Commissioning, on the live daemon, through the bus's own worker between polls\n"
+	      "(never a second client on the line; only a bus named in cgw.yaml):\n"
+	      "  scan BUS [UNITS]          which unit ids answer (a one-register read of\n"
+	      "                            holding 0), with what exception or timeout; UNITS\n"
+	      "                            like 1-247 (the default) or 1,3,5-9. One unit at a\n"
+	      "                            time, only in the idle time between polls, so live\n"
+	      "                            devices keep their schedule\n"
+	      "  probe BUS UNIT TABLE ADDRESS [COUNT]\n"
+	      "                            read COUNT (default 4) registers or bits from TABLE\n"
+	      "                            (coil, discrete, input, holding) at the 0-based\n"
+	      "                            ADDRESS, and show them as uint16/int16, int32,\n"
+	      "                            uint32 and float32 in all four word/byte orders,\n"
+	      "                            int64, uint64 and float64, and ASCII\n"
+	      "\n"
+	      "Records (newest first, N of them, default 20):\n"
+	      "  audit [N]                 the command audit: who asked what, and the result\n"
+	      "  quarantine [N]            MQTT payloads set aside as malformed, and why\n"
+	      "  dead-letters [list] [N]   messages an uplink refused for good\n"
+	      "\n"
 	      "ack, read and write are recorded in cgwd's command audit with your user name,\n"
 	      "exactly like commands from the platform.\n"
 	      "\n"
@@ -67,7 +86,7 @@ static void usage(FILE *f)
 	      "  -s, --socket PATH     cgwd's control socket (default: $CGW_SOCKET, else\n"
 	      "                        " DEFAULT_SOCKET ")\n"
 	      "  -j, --json            print the daemon's JSON instead of tables, for scripts\n"
-	      "  -t, --timeout SECONDS how long to wait for the answer (default 40)\n"
+	      "  -t, --timeout SECONDS how long to wait for the answer (default 40; scan 960)\n"
 	      "  -h, --help            this text\n"
 	      "  -V, --version         print the version\n"
 	      "\n"
@@ -674,6 +693,7 @@ struct opts {
 	const char *socket;
 	bool json;
 	int timeout_s;
+	bool timeout_set;
 	char **args;
 	int nargs;
 };
@@ -736,6 +756,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 					"--timeout: '%s' is not a number of seconds (1..3600)",
 					val);
 			o->timeout_s = (int)t;
+			o->timeout_set = true;
 		}
 	}
 	return EXIT_OK;
@@ -743,27 +764,88 @@ static int parse_args(int argc, char **argv, struct opts *o)
 
 static const struct {
 	const char *name;
-	int nargs;
+	int nargs, max_args; /* max_args 0: exactly nargs */
 	const char *args;
+	bool records; /* a list of records: the data is under the command's name */
 } commands[] = {
-	{"status", 0, ""},
-	{"devices", 0, ""},
-	{"alarms", 0, ""},
-	{"queue", 0, ""},
-	{"ack", 1, " ALARM"},
-	{"shelve", 1, " DEVICE"},
-	{"unshelve", 1, " DEVICE"},
-	{"read", 2, " DEVICE POINT"},
-	{"write", 3, " DEVICE POINT VALUE"},
+	{"status", 0, 0, "", false},
+	{"devices", 0, 0, "", false},
+	{"alarms", 0, 0, "", false},
+	{"queue", 0, 0, "", false},
+	{"ack", 1, 0, " ALARM", false},
+	{"shelve", 1, 0, " DEVICE", false},
+	{"unshelve", 1, 0, " DEVICE", false},
+	{"read", 2, 0, " DEVICE POINT", false},
+	{"write", 3, 0, " DEVICE POINT VALUE", false},
+	{"scan", 1, 2, " BUS [UNITS]", true},
+	{"probe", 4, 5, " BUS UNIT TABLE ADDRESS [COUNT]", true},
+	{"audit", 0, 1, " [N]", true},
+	{"quarantine", 0, 1, " [N]", true},
+	{"dead-letters", 0, 2, " [list] [N]", true},
 };
 
-/* The request for the command line (checked already). */
-static json_t *build_request(const char *cmd, char **a)
+/* A whole number in [lo, hi], or -1. */
+static long long count_arg(const char *s, long long lo, long long hi)
+{
+	char *end;
+	long long v;
+
+	if (!s || !*s)
+		return -1;
+	errno = 0;
+	v = strtoll(s, &end, 0);
+	return errno || *end || v < lo || v > hi ? -1 : v;
+}
+
+/* The request for the command line (counts checked already); NULL with a
+ * usage message printed for a bad argument. */
+static json_t *build_request(const char *cmd, char **a, int n)
 {
 	json_t *req = json_pack("{s:s}", "cmd", cmd);
+	long long v;
 
 	if (!req)
 		return NULL;
+	if (!strcmp(cmd, "scan")) {
+		json_object_set_new(req, "bus", json_string(a[0]));
+		if (n > 1)
+			json_object_set_new(req, "units", json_string(a[1]));
+	} else if (!strcmp(cmd, "probe")) {
+		json_object_set_new(req, "bus", json_string(a[0]));
+		json_object_set_new(req, "table", json_string(a[2]));
+		if ((v = count_arg(a[1], 0, 247)) < 0) {
+			usage_error("probe: UNIT '%s' is not a unit id (0..247)", a[1]);
+			goto bad;
+		}
+		json_object_set_new(req, "unit", json_integer(v));
+		if ((v = count_arg(a[3], 0, 65535)) < 0) {
+			usage_error("probe: ADDRESS '%s' is not 0..65535 (0-based)", a[3]);
+			goto bad;
+		}
+		json_object_set_new(req, "address", json_integer(v));
+		if (n > 4) {
+			if ((v = count_arg(a[4], 1, 2000)) < 0) {
+				usage_error("probe: COUNT '%s' is not a number of registers", a[4]);
+				goto bad;
+			}
+			json_object_set_new(req, "count", json_integer(v));
+		}
+	} else if (!strcmp(cmd, "audit") || !strcmp(cmd, "quarantine") ||
+		   !strcmp(cmd, "dead-letters")) {
+		if (n > 0 && !strcmp(cmd, "dead-letters") && !strcmp(a[0], "list"))
+			a++, n--;
+		if (n > 1) {
+			usage_error("usage: cgwctl %s [N]", cmd);
+			goto bad;
+		}
+		if (n == 1) {
+			if ((v = count_arg(a[0], 1, 1000)) < 0) {
+				usage_error("%s: N '%s' is not 1..1000", cmd, a[0]);
+				goto bad;
+			}
+			json_object_set_new(req, "last", json_integer(v));
+		}
+	}
 	if (!strcmp(cmd, "ack")) {
 		json_object_set_new(req, "alarm", json_string(a[0]));
 	} else if (!strcmp(cmd, "shelve") || !strcmp(cmd, "unshelve")) {
@@ -772,11 +854,14 @@ static json_t *build_request(const char *cmd, char **a)
 		json_object_set_new(req, "device", json_string(a[0]));
 		json_object_set_new(req, "point", json_string(a[1]));
 		if (!strcmp(cmd, "write")) {
-			json_t *v = json_loads(a[2], JSON_DECODE_ANY, NULL);
-			json_object_set_new(req, "value", v ? v : json_string(a[2]));
+			json_t *jv = json_loads(a[2], JSON_DECODE_ANY, NULL);
+			json_object_set_new(req, "value", jv ? jv : json_string(a[2]));
 		}
 	}
 	return req;
+bad:
+	json_decref(req);
+	return NULL;
 }
 
 static void show_result(const char *cmd, char **a, json_t *resp)
@@ -796,6 +881,204 @@ static void show_result(const char *cmd, char **a, json_t *resp)
 	}
 }
 
+/* "1-5,9" from the units that timed out. */
+static char *fmt_ranges(const bool *set, int lo, int hi)
+{
+	char *s = fmt("%s", ""), *n;
+
+	for (int u = lo; u <= hi; u++) {
+		int e = u;
+		if (!set[u])
+			continue;
+		while (e + 1 <= hi && set[e + 1])
+			e++;
+		n = e > u ? fmt("%s%s%d-%d", s, *s ? "," : "", u, e) :
+			    fmt("%s%s%d", s, *s ? "," : "", u);
+		free(s);
+		s = n;
+		u = e;
+	}
+	return s;
+}
+
+static char *fmt_outcome(const json_t *o)
+{
+	const char *r = jstr(o, "result");
+
+	if (!strcmp(r, "ok"))
+		return fmt("answers");
+	if (!strcmp(r, "exception"))
+		return fmt("answers with %s", jstr(o, "detail"));
+	if (!strcmp(r, "timeout"))
+		return fmt("no answer (timeout)");
+	return fmt("%s: %s", r, jstr(o, "detail"));
+}
+
+static void show_scan(json_t *sc)
+{
+	json_t *units = json_object_get(sc, "units"), *u;
+	bool quiet[256] = {false};
+	struct table t;
+	size_t i, n_quiet = 0, n_ans = 0;
+
+	printf("bus %s: %zu unit%s probed (a read of %s %lld, %lld ms each)\n", jstr(sc, "bus"),
+	       json_array_size(units), json_array_size(units) == 1 ? "" : "s", jstr(sc, "table"),
+	       jint(sc, "address"), jint(sc, "timeout_ms"));
+	table_init(&t, 2, "UNIT", "ANSWER");
+	json_array_foreach(units, i, u)
+	{
+		long long id = jint(u, "unit");
+		if (!strcmp(jstr(u, "result"), "timeout") && id > 0 && id < 256) {
+			quiet[id] = true;
+			n_quiet++;
+			continue;
+		}
+		n_ans += strcmp(jstr(u, "result"), "error") != 0;
+		table_row(&t, fmt("%lld", id), fmt_outcome(u));
+	}
+	if (t.nrows)
+		table_print(&t);
+	else
+		printf("no unit answered\n");
+	if (n_quiet) {
+		char *r = fmt_ranges(quiet, 1, 255);
+		printf("no answer (timeout): %zu unit%s: %s\n", n_quiet, n_quiet == 1 ? "" : "s",
+		       r);
+		free(r);
+	}
+	(void)n_ans;
+}
+
+static char *fmt_reading(const json_t *v)
+{
+	if (!v || json_is_null(v))
+		return fmt("NaN");
+	if (json_is_real(v))
+		return fmt("%.9g", json_real_value(v));
+	return fmt_value(v);
+}
+
+static void show_probe(json_t *p)
+{
+	static const char *const orders[] = {"ABCD", "CDAB", "BADC", "DCBA"};
+	static const char *const wide[] = {"int32", "uint32", "float32",
+					   "int64", "uint64", "float64"};
+	json_t *regs = json_object_get(p, "registers"), *bits = json_object_get(p, "bits");
+	json_t *rd = json_object_get(p, "readings"), *x;
+	long long a0 = jint(p, "address");
+	struct table t;
+	size_t i;
+
+	printf("bus %s unit %lld %s %lld..%lld: ", jstr(p, "bus"), jint(p, "unit"),
+	       jstr(p, "table"), a0, a0 + jint(p, "count") - 1);
+	if (strcmp(jstr(p, "result"), "ok")) {
+		char *o = fmt_outcome(p);
+		printf("%s\n", o);
+		free(o);
+		return;
+	}
+	if (bits) {
+		printf("%zu bits\n", json_array_size(bits));
+		table_init(&t, 2, "ADDRESS", "VALUE");
+		json_array_foreach(bits, i, x)
+			table_row(&t, fmt("%lld", a0 + (long long)i),
+				  fmt("%s", json_integer_value(x) ? "1 (on)" : "0 (off)"));
+		table_print(&t);
+		return;
+	}
+	printf("%zu registers\n", json_array_size(regs));
+	table_init(&t, 5, "ADDRESS", "HEX", "UINT16", "INT16", "ASCII");
+	json_array_foreach(regs, i, x)
+	{
+		unsigned w = (unsigned)json_integer_value(x);
+		char hi = (char)(w >> 8), lo = (char)(w & 0xff);
+		table_row(&t, fmt("%lld", a0 + (long long)i), fmt("0x%04X", w), fmt("%u", w),
+			  fmt("%d", (int)(int16_t)w),
+			  fmt("%c%c", hi >= 0x20 && hi < 0x7f ? hi : '.',
+			      lo >= 0x20 && lo < 0x7f ? lo : '.'));
+	}
+	table_print(&t);
+	printf("\nfrom address %lld, in each word/byte order:\n", a0);
+	table_init(&t, 5, "TYPE", "ABCD", "CDAB", "BADC", "DCBA");
+	for (size_t k = 0; k < sizeof(wide) / sizeof(wide[0]); k++) {
+		json_t *by = json_object_get(rd, wide[k]);
+		if (!by)
+			continue;
+		table_row(&t, fmt("%s", wide[k]), fmt_reading(json_object_get(by, orders[0])),
+			  fmt_reading(json_object_get(by, orders[1])),
+			  fmt_reading(json_object_get(by, orders[2])),
+			  fmt_reading(json_object_get(by, orders[3])));
+	}
+	if (t.nrows)
+		table_print(&t);
+	printf("ascii: \"%s\"\n", jstr(rd, "ascii"));
+}
+
+static char *fmt_ms(const json_t *row, const char *key)
+{
+	long long ms = jint(row, key);
+	char day[32];
+	time_t tt = (time_t)(ms / 1000);
+	struct tm tm;
+
+	if (ms <= 0)
+		return fmt("-");
+	localtime_r(&tt, &tm);
+	strftime(day, sizeof(day), "%Y-%m-%d %H:%M:%S", &tm);
+	return fmt("%s", day);
+}
+
+/* At most n display characters, for wide tables. */
+static char *fmt_cut(const char *s, size_t n)
+{
+	size_t len = strlen(s), k = 0, chars = 0;
+
+	while (k < len && chars < n) {
+		k++;
+		while (k < len && ((unsigned char)s[k] & 0xC0) == 0x80)
+			k++;
+		chars++;
+	}
+	return k < len ? fmt("%.*s...", (int)k, s) : fmt("%s", s);
+}
+
+static void show_records(const char *cmd, json_t *rows)
+{
+	struct table t;
+	size_t i;
+	json_t *r;
+
+	if (!json_array_size(rows)) {
+		printf("no %s records\n", !strcmp(cmd, "audit") ? "audit" : cmd);
+		return;
+	}
+	if (!strcmp(cmd, "audit")) {
+		table_init(&t, 7, "TIME", "SOURCE", "DEVICE", "COMMAND", "ACTION", "RESULT",
+			   "DETAIL");
+		json_array_foreach(rows, i, r)
+			table_row(&t, fmt_ms(r, "ts_ms"), fmt("%s", jstr(r, "source")),
+				  fmt("%s", jstr(r, "device")), fmt("%s", jstr(r, "command_id")),
+				  fmt("%s", jstr(r, "action")), fmt("%s", jstr(r, "result")),
+				  fmt("%s", jstr(r, "detail")));
+	} else if (!strcmp(cmd, "quarantine")) {
+		table_init(&t, 7, "TIME", "BUS", "DEVICE", "TOPIC", "REASON", "BYTES", "PAYLOAD");
+		json_array_foreach(rows, i, r)
+			table_row(&t, fmt_ms(r, "ts_ms"), fmt("%s", jstr(r, "bus")),
+				  fmt("%s", jstr(r, "device")), fmt("%s", jstr(r, "topic")),
+				  fmt("%s", jstr(r, "reason")), fmt("%lld", jint(r, "payload_len")),
+				  fmt_cut(jstr(r, "payload"), 40));
+	} else {
+		table_init(&t, 7, "FAILED", "SEQ", "DEVICE", "TOPIC", "ATTEMPTS", "REASON",
+			   "PAYLOAD");
+		json_array_foreach(rows, i, r)
+			table_row(&t, fmt_ms(r, "failed_at_ms"), fmt("%lld", jint(r, "seq")),
+				  fmt("%s", jstr(r, "device")), fmt("%s", jstr(r, "topic")),
+				  fmt("%lld", jint(r, "attempts")), fmt("%s", jstr(r, "reason")),
+				  fmt_cut(jstr(r, "payload"), 40));
+	}
+	table_print(&t);
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o = {.timeout_s = DEFAULT_TIMEOUT_S};
@@ -812,7 +1095,8 @@ int main(int argc, char **argv)
 									   DEFAULT_SOCKET;
 	if (o.nargs == 0) {
 		rc = usage_error("no command given (status, devices, alarms, queue, ack, shelve, "
-				 "unshelve, read, write)");
+				 "unshelve, read, write, scan, probe, audit, quarantine, "
+				 "dead-letters)");
 		goto out;
 	}
 	cmd = o.args[0];
@@ -823,22 +1107,25 @@ int main(int argc, char **argv)
 		rc = usage_error("unknown command '%s'", cmd);
 		goto out;
 	}
-	if (o.nargs - 1 != commands[k].nargs) {
+	if (o.nargs - 1 < commands[k].nargs ||
+	    o.nargs - 1 > (commands[k].max_args ? commands[k].max_args : commands[k].nargs)) {
 		rc = usage_error("usage: cgwctl %s%s", cmd, commands[k].args);
 		goto out;
 	}
-	req = build_request(cmd, o.args + 1);
+	req = build_request(cmd, o.args + 1, o.nargs - 1);
 	if (!req) {
-		rc = EXIT_FAILED;
+		rc = EXIT_USAGE;
 		goto out;
 	}
+	if (!strcmp(cmd, "scan") && !o.timeout_set)
+		o.timeout_s = 960; /* the daemon allows a scan 15 minutes */
 	rc = transact(o.socket, req, o.timeout_s, &resp);
 	if (rc != EXIT_OK)
 		goto out;
 
 	const char *result = jstr(resp, "result");
 	json_t *data = json_object_get(resp, cmd);
-	bool info = commands[k].nargs == 0;
+	bool info = commands[k].nargs == 0 || commands[k].records;
 	if (strcmp(result, "ok") || (info && !data)) {
 		if (o.json)
 			json_dumpf(resp, stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);
@@ -863,6 +1150,12 @@ int main(int argc, char **argv)
 		show_alarms(data);
 	} else if (!strcmp(cmd, "queue")) {
 		show_queue(data);
+	} else if (!strcmp(cmd, "scan")) {
+		show_scan(data);
+	} else if (!strcmp(cmd, "probe")) {
+		show_probe(data);
+	} else if (commands[k].records) {
+		show_records(cmd, data);
 	} else {
 		show_result(cmd, o.args + 1, resp);
 	}

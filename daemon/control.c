@@ -23,6 +23,8 @@
 
 #include <jansson.h>
 
+#include "commission.h"
+#include "driver.h"
 #include "log.h"
 #include "model.h"
 
@@ -32,6 +34,9 @@
 #define CTL_MAX_NAME 256      /* device, point, alarm names */
 #define CTL_IDLE_MS 60000
 #define CTL_REPLY_MS 30000
+#define CTL_SCAN_MS (15 * 60000) /* a 247-unit scan between polls of a busy line */
+#define CTL_RECORDS_DEFAULT 20
+#define CTL_RECORDS_MAX 1000
 #define CTL_ACCEPT_PAUSE_MS 1000
 #define CTL_SOURCE "cgwctl"
 
@@ -319,6 +324,140 @@ static void cmd_shelve(struct client *cl, json_t *req, bool shelve)
 	}
 }
 
+static void cmd_info(struct client *cl, const char *cmd, json_t *data);
+
+/* ---- commissioning and records ----------------------------------------------------- */
+
+static int table_arg(const char *s)
+{
+	static const char *const names[] = {"coil", "discrete", "input", "holding"};
+
+	for (int i = 0; s && i < 4; i++)
+		if (!strcmp(s, names[i]))
+			return i;
+	return -1;
+}
+
+/* An integer member in [lo, hi], or def when absent; -1 when invalid. */
+static long long int_arg(json_t *req, const char *key, long long lo, long long hi, long long def)
+{
+	json_t *v = json_object_get(req, key);
+
+	if (!v)
+		return def;
+	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+		return -1;
+	return json_integer_value(v);
+}
+
+/* scan: {"bus", "units": "1-247", "table": "holding", "address": 0,
+ * "timeout_ms"}; probe: {"bus", "unit", "table", "address", "count"}. Only a
+ * bus of the configuration, by its name, through its own worker. */
+static void cmd_commission(struct client *cl, json_t *req, bool scan)
+{
+	const struct cgw_config *cfg = core_config(cl->ctl->core);
+	const char *bus = str_arg(req, "bus"), *units = str_arg(req, "units");
+	const char *tname = str_arg(req, "table");
+	struct driver_commission dc = {.kind = scan ? DRV_SCAN : DRV_PROBE};
+	char detail[CTL_MAX_NAME + 160];
+	const char *why = NULL;
+	long long v;
+	long b = -1;
+	int r;
+
+	if (!bus) {
+		respond_status(cl, "rejected",
+			       scan ? "scan needs \"bus\": a bus of cgw.yaml, by name" :
+				      "probe needs \"bus\", \"unit\", \"table\" and "
+				      "\"address\"");
+		return;
+	}
+	for (size_t i = 0; i < cfg->n_buses && b < 0; i++)
+		if (!strcmp(cfg->buses[i].name, bus))
+			b = (long)i;
+	if (b < 0) {
+		snprintf(detail, sizeof(detail),
+			 "no bus '%s' in the configuration: only a bus the installer named in "
+			 "cgw.yaml is scanned or probed",
+			 bus);
+		respond_status(cl, "rejected", detail);
+		return;
+	}
+	dc.table = tname ? table_arg(tname) : (scan ? CGW_TBL_HOLDING : -1);
+	if (dc.table < 0) {
+		respond_status(cl, "rejected", "\"table\": coil, discrete, input or holding");
+		return;
+	}
+	if ((v = int_arg(req, "address", 0, 65535, scan ? 0 : -1)) < 0) {
+		respond_status(cl, "rejected", "\"address\": 0..65535 (0-based protocol address)");
+		return;
+	}
+	dc.address = (uint16_t)v;
+	/* the bus's timeout, but a scan does not wait a full second per absent unit */
+	v = cfg->buses[b].timeout_ms > 0 ? cfg->buses[b].timeout_ms : 1000;
+	if (scan && v > 200)
+		v = 200;
+	if ((v = int_arg(req, "timeout_ms", 10, 10000, v)) < 0) {
+		respond_status(cl, "rejected", "\"timeout_ms\": 10..10000");
+		return;
+	}
+	dc.timeout_ms = v;
+	if (scan) {
+		if (commission_parse_units(units ? units : "1-247", dc.units, &why) < 0) {
+			respond_status(cl, "rejected", why);
+			return;
+		}
+	} else {
+		bool bits = dc.table == CGW_TBL_COIL || dc.table == CGW_TBL_DISCRETE;
+		if ((v = int_arg(req, "unit", 0, 247, -1)) < 0) {
+			respond_status(cl, "rejected", "probe needs \"unit\": 0..247");
+			return;
+		}
+		dc.unit = (uint8_t)v;
+		if ((v = int_arg(req, "count", 1, bits ? 2000 : 125, 4)) < 0 ||
+		    dc.address + v > 65536) {
+			respond_status(cl, "rejected",
+				       bits ? "\"count\": 1..2000 bits within the table" :
+					      "\"count\": 1..125 registers within the table");
+			return;
+		}
+		dc.count = (uint16_t)v;
+	}
+	r = core_commission(cl->ctl->core, bus, &dc, on_reply, cl);
+	if (r < 0) {
+		snprintf(detail, sizeof(detail), "bus '%s': %s", bus,
+			 r == -EPROTOTYPE ? "not a Modbus bus" :
+			 r == -ENODEV     ? "not running (a bus without devices is not opened: "
+					    "add one device on it)" :
+			 r == -EBUSY      ? "busy: too many scans and probes in flight" :
+					    strerror(-r));
+		respond_status(cl, "rejected", detail);
+		return;
+	}
+	log_notice("control", "%s %s bus %s%s%s", cl->user, scan ? "scans" : "probes", bus,
+		   scan ? " units " : "", scan ? (units ? units : "1-247") : "");
+	cl->waiting = true;
+	cl->deadline = cgw_mono_ms() + (scan ? CTL_SCAN_MS : CTL_REPLY_MS);
+}
+
+/* audit / quarantine / dead-letters: {"last": N} newest first. */
+static void cmd_records(struct client *cl, json_t *req, const char *cmd, const char *table)
+{
+	long long last = int_arg(req, "last", 1, CTL_RECORDS_MAX, CTL_RECORDS_DEFAULT);
+	json_t *rows;
+
+	if (last < 0) {
+		respond_status(cl, "rejected", "\"last\": 1..1000");
+		return;
+	}
+	rows = core_records_json(cl->ctl->core, table, (unsigned)last);
+	if (!rows) {
+		respond_status(cl, "failed", "the store could not be read (see the journal)");
+		return;
+	}
+	cmd_info(cl, cmd, rows);
+}
+
 static void cmd_info(struct client *cl, const char *cmd, json_t *data)
 {
 	json_t *o = json_pack("{s:s,s:o}", "result", "ok", cmd, data);
@@ -358,10 +497,18 @@ static void handle_request(struct client *cl, const char *line, size_t len)
 		cmd_point(cl, req, !strcmp(cmd, "write"));
 	} else if (!strcmp(cmd, "shelve") || !strcmp(cmd, "unshelve")) {
 		cmd_shelve(cl, req, !strcmp(cmd, "shelve"));
+	} else if (!strcmp(cmd, "scan") || !strcmp(cmd, "probe")) {
+		cmd_commission(cl, req, !strcmp(cmd, "scan"));
+	} else if (!strcmp(cmd, "audit")) {
+		cmd_records(cl, req, cmd, "audit");
+	} else if (!strcmp(cmd, "quarantine")) {
+		cmd_records(cl, req, cmd, "quarantine");
+	} else if (!strcmp(cmd, "dead-letters")) {
+		cmd_records(cl, req, cmd, "dead_letter");
 	} else {
 		respond_status(cl, "rejected",
 			       "unknown cmd (status, devices, alarms, queue, ack, read, write, "
-			       "shelve, unshelve)");
+			       "shelve, unshelve, scan, probe, audit, quarantine, dead-letters)");
 	}
 	json_decref(req);
 }

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -22,6 +23,7 @@
 
 #include "alarm.h"
 #include "command.h"
+#include "commission.h"
 #include "config_diff.h"
 #include "driver.h"
 #include "episode.h"
@@ -73,6 +75,17 @@ struct dev_rt {
 	bool adopted;   /* reload: alarm state carried over from the old engine */
 };
 
+#define MAX_PENDING_COMMISSIONS 16
+
+/* A cgwctl scan/probe waiting for its bus worker. */
+struct pending_commission {
+	uint64_t token;
+	enum driver_commission_kind kind;
+	char bus[64];
+	core_reply_fn reply;
+	void *reply_arg;
+};
+
 struct pending_write {
 	uint64_t token;
 	char *source;
@@ -108,6 +121,7 @@ struct core {
 	struct gather *gather;
 	struct loop_timer *tele_timer;
 	uint32_t *tele_due; /* scratch: n_devices */
+	struct pending_commission comms[MAX_PENDING_COMMISSIONS];
 	uint64_t readings, messages, enqueue_errors;
 	uint64_t cmd_count[5];      /* by enum cmd_outcome */
 	struct episode cmd_refused; /* every kind of refusal, one episode */
@@ -730,6 +744,126 @@ static void on_write_result(struct core *c, const struct cgw_item *it)
 	}
 }
 
+static int record_row(void *ctx, const struct store_col *cols, size_t n)
+{
+	json_t *arr = ctx, *o = json_object();
+
+	if (!o)
+		return 1;
+	for (size_t i = 0; i < n; i++) {
+		const struct store_col *col = &cols[i];
+		json_t *v = NULL;
+		if (col->type == SQLITE_INTEGER) {
+			v = json_integer((json_int_t)col->i);
+		} else if (col->type == SQLITE_TEXT || col->type == SQLITE_BLOB) {
+			v = json_stringn(col->p ? col->p : "", col->len);
+			if (!v) { /* not UTF-8 (a quarantined payload): as hex */
+				char *hex = malloc(2 * col->len + 5);
+				if (hex) {
+					memcpy(hex, "hex:", 4);
+					for (size_t k = 0; k < col->len; k++)
+						snprintf(hex + 4 + 2 * k, 3, "%02x",
+							 ((const unsigned char *)col->p)[k]);
+					hex[4 + 2 * col->len] = '\0';
+					v = json_string(hex);
+					free(hex);
+				}
+			}
+		} else {
+			v = json_null();
+		}
+		json_object_set_new(o, col->name, v ? v : json_null());
+	}
+	json_array_append_new(arr, o);
+	return 0;
+}
+
+json_t *core_records_json(struct core *c, const char *table, unsigned last)
+{
+	json_t *arr = json_array();
+
+	if (arr && store_recent(c->store, table, last, record_row, arr) < 0) {
+		json_decref(arr);
+		return NULL;
+	}
+	return arr;
+}
+
+int core_commission(struct core *c, const char *bus, const struct driver_commission *req,
+		    core_reply_fn reply, void *arg)
+{
+	struct pending_commission *pc = NULL;
+	const struct driver_ops *ops;
+	long b = -1;
+	int r;
+
+	for (size_t i = 0; i < c->cfg->n_buses && b < 0; i++)
+		if (!strcmp(c->cfg->buses[i].name, bus))
+			b = (long)i;
+	if (b < 0)
+		return -ENOENT;
+	ops = driver_ops_for(c->cfg->buses[b].type);
+	if (!ops || !ops->commission)
+		return -EPROTOTYPE;
+	if (!c->drivers[b])
+		return -ENODEV;
+	for (size_t i = 0; i < MAX_PENDING_COMMISSIONS && !pc; i++)
+		if (!c->comms[i].token)
+			pc = &c->comms[i];
+	if (!pc)
+		return -EBUSY;
+	uint64_t token = ++c->write_token;
+	r = ops->commission(c->drivers[b], req, token);
+	if (r < 0)
+		return r;
+	pc->token = token;
+	pc->kind = req->kind;
+	snprintf(pc->bus, sizeof(pc->bus), "%s", bus);
+	pc->reply = reply;
+	pc->reply_arg = arg;
+	return 0;
+}
+
+/* The worker's JSON text, with a probe's words read as every type. */
+static void on_commission_result(struct core *c, const struct cgw_item *it)
+{
+	for (size_t i = 0; i < MAX_PENDING_COMMISSIONS; i++) {
+		struct pending_commission *pc = &c->comms[i];
+		const char *what = pc->kind == DRV_SCAN ? "scan" : "probe";
+		json_t *o = NULL, *data = NULL;
+
+		if (!pc->token || pc->token != it->token)
+			continue;
+		if (it->result == 0 && it->value.type == CGW_V_STRING)
+			data = json_loads(it->value.s, 0, NULL);
+		if (data) {
+			json_t *regs = json_object_get(data, "registers");
+			if (json_is_array(regs) && json_array_size(regs) > 0) {
+				uint16_t w[MBP_MAX_REGS];
+				size_t n = json_array_size(regs) < MBP_MAX_REGS ?
+						   json_array_size(regs) :
+						   MBP_MAX_REGS;
+				for (size_t k = 0; k < n; k++)
+					w[k] = (uint16_t)json_integer_value(
+						json_array_get(regs, k));
+				json_object_set_new(data, "readings", commission_readings(w, n));
+			}
+			json_object_set_new(data, "bus", json_string(pc->bus));
+			o = json_pack("{s:s,s:o}", "result", "ok", what, data);
+		} else {
+			o = json_pack("{s:s,s:s}", "result", "failed", "detail",
+				      it->value.type == CGW_V_STRING ? it->value.s :
+				      it->result < 0                 ? strerror(-it->result) :
+								       "no result");
+		}
+		if (pc->reply && o)
+			pc->reply(pc->reply_arg, o);
+		json_decref(o);
+		memset(pc, 0, sizeof(*pc));
+		return;
+	}
+}
+
 void core_command(struct core *c, const char *source, const char *device, const char *payload,
 		  size_t len)
 {
@@ -741,6 +875,9 @@ void core_cancel_replies(struct core *c, void *arg)
 	for (size_t i = 0; i < MAX_PENDING_WRITES; i++)
 		if (c->writes[i].token && c->writes[i].reply_arg == arg)
 			c->writes[i].reply = NULL;
+	for (size_t i = 0; i < MAX_PENDING_COMMISSIONS; i++)
+		if (c->comms[i].token && c->comms[i].reply_arg == arg)
+			c->comms[i].reply = NULL;
 }
 
 void core_command_reply(struct core *c, const char *source, const char *device, const char *payload,
@@ -935,6 +1072,10 @@ static void handle_item(struct gen *g, struct cgw_item *it)
 {
 	struct core *c = g->core;
 
+	if (it->kind == CGW_ITEM_COMMISSION_RESULT) {
+		on_commission_result(c, it); /* a bus's, by token: no device */
+		return;
+	}
 	if (g->map)
 		it->device = it->device < g->cfg->n_devices ? g->map[it->device] : DEV_NONE;
 	if (it->device >= c->cfg->n_devices)
@@ -955,6 +1096,8 @@ static void handle_item(struct gen *g, struct cgw_item *it)
 	case CGW_ITEM_CYCLE_END:
 		gather_end_cycle(c->gather, it->device);
 		send_telemetry(c, it->device);
+		break;
+	case CGW_ITEM_COMMISSION_RESULT:
 		break;
 	}
 }
@@ -1159,6 +1302,16 @@ static void drain_all(struct core *c)
 		on_queue(c->loop, -1, 0, g);
 }
 
+static void fail_commission(struct pending_commission *pc, const char *why)
+{
+	if (pc->token && pc->reply) {
+		json_t *o = json_pack("{s:s,s:s}", "result", "failed", "detail", why);
+		pc->reply(pc->reply_arg, o);
+		json_decref(o);
+	}
+	memset(pc, 0, sizeof(*pc));
+}
+
 /* A write in flight that will get no answer from its device: its result
  * is "failed", on the result topic too (it goes out after a restart), and
  * in the audit and the id table. `device`: its id. */
@@ -1191,6 +1344,10 @@ static void close_bus(struct core *c, size_t b)
 		if (c->writes[i].token && c->cfg->devices[c->writes[i].device].bus == b)
 			fail_write(c, &c->writes[i], c->cfg->devices[c->writes[i].device].id,
 				   "the bus restarted before the device answered (reload)");
+	for (size_t i = 0; i < MAX_PENDING_COMMISSIONS; i++)
+		if (c->comms[i].token && !strcmp(c->comms[i].bus, c->cfg->buses[b].name))
+			fail_commission(&c->comms[i], "the bus stopped or restarted (reload) "
+						      "before it answered");
 }
 
 static void close_uplink(struct core *c, size_t i)
@@ -1460,6 +1617,8 @@ static void stop_components(struct core *c)
 		if (c->writes[i].token)
 			fail_write(c, &c->writes[i], c->cfg->devices[c->writes[i].device].id,
 				   "the daemon stopped before the device answered");
+	for (size_t i = 0; i < MAX_PENDING_COMMISSIONS; i++)
+		fail_commission(&c->comms[i], "the daemon stopped before the bus answered");
 	alarm_engine_free(c->alarms);
 	c->alarms = NULL;
 	if (c->store && c->gather)

@@ -78,6 +78,21 @@ void core_command_reply(struct core *c, const char *source, const char *device, 
 			size_t len, core_reply_fn reply, void *arg);
 void core_cancel_replies(struct core *c, void *arg);
 
+/* Commissioning (cgwctl scan / probe) on bus `bus` through its own worker.
+ * The reply gets {"result":"ok","scan"|"probe":{..., "bus"}} (a probe's
+ * words also as "readings", commission_readings()) or {"result":"failed",
+ * "detail"}. 0 if queued; -ENOENT no such bus, -EPROTOTYPE not a Modbus bus,
+ * -ENODEV the bus has no device (so no worker), -EBUSY, -EINVAL. */
+/* The newest `last` (1..1000) rows of "audit", "quarantine" or
+ * "dead_letter", newest first, one object per row with the table's columns
+ * (a payload that is not UTF-8 as "hex:..."). NULL on a bad table or a
+ * store error. */
+json_t *core_records_json(struct core *c, const char *table, unsigned last);
+
+struct driver_commission;
+int core_commission(struct core *c, const char *bus, const struct driver_commission *req,
+		    core_reply_fn reply, void *arg);
+
 /* Introspection for cgwctl, metrics and health (new references). */
 json_t *
 core_status_json(struct core *c); /* uptime, config, buses, uplinks, outbox, store, alarms */

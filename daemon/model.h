@@ -80,6 +80,7 @@ enum cgw_item_kind {
 	CGW_ITEM_DEVICE_STATE, /* device went online/offline */
 	CGW_ITEM_WRITE_RESULT, /* outcome of a write: token, result (0 or -errno), detail */
 	CGW_ITEM_CYCLE_END,    /* the device's poll cycle is complete (after its last reading) */
+	CGW_ITEM_COMMISSION_RESULT, /* outcome of a scan/probe: token, result, JSON text */
 };
 
 struct cgw_item {

@@ -2077,3 +2077,53 @@ int store_cmdid_result(struct store *s, const char *source, const char *command_
 	 * audit; what must be durable at once is the claim */
 	return batch_wrote(s, NULL);
 }
+
+int store_recent(struct store *s, const char *table, unsigned limit,
+		 int (*cb)(void *ctx, const struct store_col *cols, size_t ncols), void *ctx)
+{
+	static const char *const tables[] = {"audit", "quarantine", "dead_letter"};
+	struct store_col cols[16];
+	sqlite3_stmt *st = NULL;
+	char sql[96];
+	bool known = false;
+	int rc;
+
+	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++)
+		known |= table && !strcmp(table, tables[i]);
+	if (!s || !known || limit < 1 || limit > 1000 || !cb)
+		return -EINVAL;
+	snprintf(sql, sizeof(sql), "SELECT * FROM %s ORDER BY id DESC LIMIT ?1", table);
+	rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return db_fail(s, sql, rc);
+	sqlite3_bind_int(st, 1, (int)limit);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int n = sqlite3_column_count(st);
+		if (n > 16)
+			n = 16;
+		for (int c = 0; c < n; c++) {
+			struct store_col *col = &cols[c];
+			col->name = sqlite3_column_name(st, c);
+			col->type = sqlite3_column_type(st, c);
+			col->i = 0;
+			col->p = NULL;
+			col->len = 0;
+			if (col->type == SQLITE_INTEGER) {
+				col->i = sqlite3_column_int64(st, c);
+			} else if (col->type == SQLITE_TEXT || col->type == SQLITE_BLOB) {
+				col->p = col->type == SQLITE_TEXT ?
+						 (const void *)sqlite3_column_text(st, c) :
+						 sqlite3_column_blob(st, c);
+				col->len = (size_t)sqlite3_column_bytes(st, c);
+			} else if (col->type == SQLITE_FLOAT) {
+				col->type = SQLITE_INTEGER; /* no REAL columns in these tables */
+				col->i = (int64_t)sqlite3_column_double(st, c);
+			}
+		}
+		if (cb(ctx, cols, (size_t)n))
+			break;
+	}
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+	sqlite3_finalize(st);
+	return rc == SQLITE_OK ? 0 : db_fail(s, sql, rc);
+}

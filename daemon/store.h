@@ -318,6 +318,21 @@ int store_quarantine(struct store *s, int64_t ts_ms, const char *bus, const char
 		     const char *topic, const char *reason, const void *payload, size_t len,
 		     int64_t mono_ms);
 
+/* ---- reading the records back (cgwctl audit / quarantine / dead-letters) ---- */
+struct store_col {
+	const char *name; /* the column's name */
+	int type;         /* SQLITE_INTEGER, SQLITE_TEXT, SQLITE_BLOB or SQLITE_NULL */
+	int64_t i;        /* SQLITE_INTEGER */
+	const void *p;    /* SQLITE_TEXT (UTF-8 as stored) or SQLITE_BLOB */
+	size_t len;
+};
+/* The newest `limit` (1..1000) rows of `table` ("audit", "quarantine" or
+ * "dead_letter"), newest first, one cb per row (pointers valid during the
+ * call only; non-zero from cb stops). Costs `limit` rows, not the table:
+ * it walks the primary key backwards. 0, -EINVAL, -EIO. */
+int store_recent(struct store *s, const char *table, unsigned limit,
+		 int (*cb)(void *ctx, const struct store_col *cols, size_t ncols), void *ctx);
+
 /* ---- meta key/value ---- */
 /* -ENOENT if absent; -ENOSPC if the value does not fit (len includes NUL). */
 int store_meta_get(struct store *s, const char *key, char *buf, size_t len);

@@ -66,6 +66,24 @@ struct driver_stats {
 	struct driver_dev_stats *devices; /* malloc'd by status(); free() it */
 };
 
+/* Commissioning (cgwctl scan / probe): raw requests an installer asks of a
+ * live bus, run by the bus's own worker between polls (never a second
+ * client on the line). */
+enum driver_commission_kind {
+	DRV_SCAN,  /* which of `units` answer a one-register read of table/address */
+	DRV_PROBE, /* read `count` registers (or bits) of one unit */
+};
+
+struct driver_commission {
+	enum driver_commission_kind kind;
+	uint8_t units[32];  /* SCAN: bitmap of unit ids 1..247 */
+	uint8_t unit;       /* PROBE */
+	int table;          /* enum cgw_table */
+	uint16_t address;   /* 0-based protocol address */
+	uint16_t count;     /* PROBE: 1..125 registers, 1..2000 bits */
+	int64_t timeout_ms; /* per request, one try */
+};
+
 struct driver;
 
 struct driver_ops {
@@ -79,6 +97,13 @@ struct driver_ops {
 	int (*write)(struct driver *d, uint32_t device, uint32_t point, const struct cgw_value *v,
 		     uint64_t token);
 	int (*status)(struct driver *d, struct driver_stats *st);
+	/* Queues a commissioning request (NULL: the driver has none). The outcome
+	 * arrives as a CGW_ITEM_COMMISSION_RESULT carrying `token`: result 0 and
+	 * value a JSON text (see modbus.c), or a negative errno and a detail
+	 * text. 0 if queued; -EBUSY (queue full, or a scan already running),
+	 * -EINVAL. A scan runs only in the gaps between polls, a unit at a time,
+	 * so polling keeps its schedule. */
+	int (*commission)(struct driver *d, const struct driver_commission *req, uint64_t token);
 };
 
 extern const struct driver_ops modbus_driver_ops;

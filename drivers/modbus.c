@@ -40,6 +40,13 @@
  * Writes are queued to the worker (MB_WRITE_QUEUE deep) and run between two
  * poll requests, never during one; a successful write makes the device's
  * next poll immediate so the new value shows up quickly.
+ *
+ * Commissioning (cgwctl probe / scan) takes the same queue. A probe is one
+ * read, run like a write. A scan is kept aside and probes one unit at a
+ * time, only when the worker is idle and the next poll is further away than
+ * the unit's timeout plus MB_SCAN_MARGIN_MS, and at most one unit every
+ * MB_SCAN_GAP_MS: live devices keep their schedule, the scan takes what is
+ * left of the line.
  */
 #include "driver.h"
 #include "modbus_driver.h"
@@ -49,6 +56,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +77,9 @@
 #define MB_RECONNECT_MAX_MS 30000
 #define MB_OFFLINE_POLL_MAX_MS 30000
 #define MB_STACK_SIZE (512 * 1024)
+#define MB_SCAN_MARGIN_MS 20 /* idle time a scan probe leaves before the next poll */
+#define MB_SCAN_GAP_MS 10    /* at most one scan probe this often */
+#define MB_SCAN_MAX_UNIT 247
 
 enum mb_errkind { MBE_NONE, MBE_TIMEOUT, MBE_EXCEPTION, MBE_FRAME, MBE_CONN, MBE_OTHER };
 
@@ -88,6 +99,20 @@ struct mb_write {
 	uint32_t device, point;
 	struct cgw_value v; /* owned */
 	uint64_t token;
+	bool commission; /* not a write: comm is a probe or a scan to start */
+	struct driver_commission comm;
+};
+
+/* A scan in progress (worker only). */
+struct mb_scan {
+	bool active;
+	uint64_t token;
+	struct driver_commission req; /* units: those still to probe */
+	int next;                     /* next unit id to consider */
+	int64_t next_at;              /* monotonic ms: not before */
+	char *json;                   /* the results so far: a JSON array's items */
+	size_t len, cap;
+	bool oom;
 };
 
 /* What the core was last told about a point. */
@@ -145,6 +170,8 @@ struct driver {
 	int wake_fd; /* eventfd: writes and stop */
 	atomic_bool stop;
 	atomic_uint pending; /* writes in the ring */
+
+	struct mb_scan scan; /* worker only */
 
 	pthread_mutex_t lock; /* the ring and the statistics */
 	struct mb_write ring[MB_WRITE_QUEUE];
@@ -825,6 +852,222 @@ static void exec_write(struct driver *d, struct mb_write *w)
 	push(d, &it);
 }
 
+/* ---- commissioning ------------------------------------------------------------------ */
+
+static enum mb_op read_op(enum cgw_table t);
+
+static void jbuf_add(struct mb_scan *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Appends to a growing JSON text (worker only; libjansson stays in the core). */
+static void jbuf_add(struct mb_scan *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (b->oom)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->json ? b->json + b->len : NULL, b->json ? b->cap - b->len : 0, fmt,
+			      ap);
+		va_end(ap);
+		if (n < 0) {
+			b->oom = true;
+			return;
+		}
+		if (b->json && b->len + (size_t)n < b->cap) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = (b->cap ? b->cap * 2 : 4096) + (size_t)n;
+		char *nj = realloc(b->json, cap);
+		if (!nj) {
+			b->oom = true;
+			return;
+		}
+		b->json = nj;
+		b->cap = cap;
+	}
+}
+
+/* One raw read for commissioning: one try, its own timeout, not counted
+ * against any device. 0 or the libmodbus errno. */
+static int commission_read(struct driver *d, int unit, int table, int addr, int n,
+			   int64_t timeout_ms)
+{
+	int e;
+
+	if (!d->connected)
+		return ENOTCONN;
+	if (d->cur_unit != unit) {
+		if (modbus_set_slave(d->ctx, unit) < 0)
+			return errno ? errno : EINVAL;
+		d->cur_unit = unit;
+	}
+	set_timeout(d, timeout_ms);
+	frame_gap(d);
+	e = call(d, read_op(table), addr, n);
+	d->last_frame_end = cgw_mono_ms();
+	switch (classify(e)) {
+	case MBE_NONE:
+	case MBE_EXCEPTION:
+		d->answered = true;
+		break;
+	case MBE_CONN:
+		disconnect(d, e);
+		break;
+	case MBE_TIMEOUT:
+	case MBE_FRAME:
+		modbus_flush(d->ctx); /* a late answer must not be taken for the next one */
+		break;
+	case MBE_OTHER:
+		break;
+	}
+	return e;
+}
+
+/* "result" and "detail" of one outcome, as JSON members. */
+static void outcome_json(struct mb_scan *b, int e)
+{
+	char what[96];
+
+	describe(e, what, sizeof(what));
+	switch (classify(e)) {
+	case MBE_NONE:
+		jbuf_add(b, "\"result\":\"ok\"");
+		break;
+	case MBE_EXCEPTION:
+		jbuf_add(b, "\"result\":\"exception\",\"code\":%d,\"detail\":\"%s\"",
+			 e - MODBUS_ENOBASE, what);
+		break;
+	case MBE_TIMEOUT:
+		jbuf_add(b, "\"result\":\"timeout\"");
+		break;
+	default:
+		/* strerror/modbus_strerror texts: no quotes or backslashes */
+		jbuf_add(b, "\"result\":\"error\",\"detail\":\"%s\"", what);
+		break;
+	}
+}
+
+static void commission_done(struct driver *d, uint64_t token, struct mb_scan *b, int r,
+			    const char *why)
+{
+	struct cgw_item it = {.kind = CGW_ITEM_COMMISSION_RESULT,
+			      .token = token,
+			      .result = r,
+			      .ts_ms = cgw_now_ms()};
+
+	if (!r && b->oom)
+		r = -ENOMEM, why = "out of memory";
+	if (r) {
+		it.value.s = strdup(why ? why : strerror(-r));
+	} else {
+		it.value.s = b->json;
+		b->json = NULL;
+	}
+	it.result = r;
+	it.value.type = it.value.s ? CGW_V_STRING : CGW_V_NONE;
+	free(b->json);
+	b->json = NULL;
+	b->len = b->cap = 0;
+	b->oom = false;
+	push(d, &it);
+}
+
+static void exec_probe(struct driver *d, const struct mb_write *w)
+{
+	const struct driver_commission *c = &w->comm;
+	struct mb_scan b = {0};
+	bool bits = c->table == CGW_TBL_COIL || c->table == CGW_TBL_DISCRETE;
+	int e = commission_read(d, c->unit, c->table, c->address, c->count, c->timeout_ms);
+
+	if (e == ENOTCONN) {
+		commission_done(d, w->token, &b, -ENOTCONN, "bus not connected");
+		return;
+	}
+	jbuf_add(&b, "{\"unit\":%u,\"table\":\"%s\",\"address\":%u,\"count\":%u,",
+		 (unsigned)c->unit, table_name(c->table), (unsigned)c->address, (unsigned)c->count);
+	outcome_json(&b, e);
+	if (!e) {
+		jbuf_add(&b, ",\"%s\":[", bits ? "bits" : "registers");
+		for (unsigned i = 0; i < c->count; i++)
+			jbuf_add(&b, "%s%u", i ? "," : "",
+				 bits ? (unsigned)(d->bits[i] != 0) : (unsigned)d->regs[i]);
+		jbuf_add(&b, "]");
+	}
+	jbuf_add(&b, "}");
+	commission_done(d, w->token, &b, 0, NULL);
+}
+
+static void exec_commission(struct driver *d, const struct mb_write *w)
+{
+	struct mb_scan b = {0};
+
+	if (w->comm.kind == DRV_PROBE) {
+		exec_probe(d, w);
+		return;
+	}
+	if (d->scan.active) {
+		commission_done(d, w->token, &b, -EBUSY, "a scan is already running on this bus");
+		return;
+	}
+	d->scan = (struct mb_scan){.active = true, .token = w->token, .req = w->comm, .next = 1};
+	jbuf_add(&d->scan, "{\"table\":\"%s\",\"address\":%u,\"timeout_ms\":%lld,\"units\":[",
+		 table_name(w->comm.table), (unsigned)w->comm.address,
+		 (long long)w->comm.timeout_ms);
+	log_notice("modbus", "%s scan started (one unit at a time, between polls)", d->tag);
+}
+
+/* One scan probe when the line is idle long enough. 0 if it probed (or
+ * ended the scan); else the time it wants the worker back (INT64_MAX: at
+ * the next poll). `due` is the next poll. */
+static int64_t scan_step(struct driver *d, int64_t now, int64_t due)
+{
+	struct mb_scan *sc = &d->scan;
+	unsigned answered = 0;
+	int e;
+
+	if (!sc->active || stopping(d))
+		return INT64_MAX;
+	while (sc->next <= MB_SCAN_MAX_UNIT &&
+	       !(sc->req.units[sc->next / 8] & (1u << (sc->next % 8))))
+		sc->next++;
+	if (sc->next > MB_SCAN_MAX_UNIT) {
+		jbuf_add(sc, "]}");
+		for (size_t i = 0; i + 8 < sc->len; i++)
+			answered += !strncmp(sc->json + i, "\"result\":\"ok", 13) ||
+				    !strncmp(sc->json + i, "\"result\":\"exc", 14);
+		log_notice("modbus", "%s scan done: %u unit%s answered", d->tag, answered,
+			   answered == 1 ? "" : "s");
+		sc->active = false;
+		commission_done(d, sc->token, sc, 0, NULL);
+		return 0;
+	}
+	if (!d->connected)
+		return INT64_MAX; /* the worker reconnects; the scan waits */
+	if (now < sc->next_at)
+		return sc->next_at;
+	if (due != INT64_MAX && due - now < sc->req.timeout_ms + MB_SCAN_MARGIN_MS)
+		return INT64_MAX; /* not enough idle time before the next poll */
+	e = commission_read(d, sc->next, sc->req.table, sc->req.address, 1, sc->req.timeout_ms);
+	if (e == ENOTCONN)
+		return INT64_MAX;
+	jbuf_add(sc, "%s{\"unit\":%d,", sc->len && sc->json[sc->len - 1] == '[' ? "" : ",",
+		 sc->next);
+	outcome_json(sc, e);
+	jbuf_add(sc, "}");
+	sc->next++;
+	sc->next_at = cgw_mono_ms() + MB_SCAN_GAP_MS;
+	return 0;
+}
+
+static void scan_abort(struct driver *d)
+{
+	free(d->scan.json);
+	d->scan = (struct mb_scan){0};
+}
+
 static void run_writes(struct driver *d)
 {
 	while (atomic_load_explicit(&d->pending, memory_order_acquire) && !stopping(d)) {
@@ -836,7 +1079,10 @@ static void run_writes(struct driver *d)
 		d->ring_n--;
 		atomic_fetch_sub(&d->pending, 1);
 		pthread_mutex_unlock(&d->lock);
-		exec_write(d, &w);
+		if (w.commission)
+			exec_commission(d, &w);
+		else
+			exec_write(d, &w);
 		cgw_value_clear(&w.v);
 	}
 }
@@ -1066,6 +1312,11 @@ static void *worker(void *arg)
 				reschedule(d, next);
 			continue;
 		}
+		int64_t scan_at = scan_step(d, now, due); /* the idle line: commissioning */
+		if (scan_at == 0)
+			continue;
+		if (scan_at < due)
+			due = scan_at;
 		if (!d->connected && d->reconnect_at < due)
 			due = d->reconnect_at;
 		wait_wake(d, due == INT64_MAX ? 60000 : due - now);
@@ -1087,6 +1338,7 @@ static void mb_free(struct driver *d)
 	}
 	for (size_t i = 0; i < d->ring_n; i++)
 		cgw_value_clear(&d->ring[(d->ring_head + i) % MB_WRITE_QUEUE].v);
+	scan_abort(d);
 	free(d->devs);
 	free(d->dev_map);
 	mbp_free(d->plan);
@@ -1307,6 +1559,32 @@ static int mb_write(struct driver *d, uint32_t device, uint32_t point, const str
 	return 0;
 }
 
+static int mb_commission(struct driver *d, const struct driver_commission *req, uint64_t token)
+{
+	struct mb_write w = {.token = token, .commission = true};
+
+	if (!d || !req || req->table < CGW_TBL_COIL || req->table > CGW_TBL_HOLDING ||
+	    req->timeout_ms < 1 || req->timeout_ms > 10000)
+		return -EINVAL;
+	if (req->kind == DRV_PROBE &&
+	    (req->unit > MB_SCAN_MAX_UNIT || req->count < 1 ||
+	     req->count > (req->table >= CGW_TBL_INPUT ? MBP_MAX_REGS : MBP_MAX_BITS) ||
+	     req->address + req->count > 65536))
+		return -EINVAL;
+	w.comm = *req;
+	pthread_mutex_lock(&d->lock);
+	if (d->ring_n == MB_WRITE_QUEUE) {
+		pthread_mutex_unlock(&d->lock);
+		return -EBUSY;
+	}
+	d->ring[(d->ring_head + d->ring_n) % MB_WRITE_QUEUE] = w;
+	d->ring_n++;
+	atomic_fetch_add_explicit(&d->pending, 1, memory_order_release);
+	pthread_mutex_unlock(&d->lock);
+	wake(d);
+	return 0;
+}
+
 static int mb_status(struct driver *d, struct driver_stats *st)
 {
 	struct driver_dev_stats *devs;
@@ -1332,4 +1610,5 @@ const struct driver_ops modbus_driver_ops = {
 	.close = mb_close,
 	.write = mb_write,
 	.status = mb_status,
+	.commission = mb_commission,
 };

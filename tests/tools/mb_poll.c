@@ -136,6 +136,8 @@ static void print_item(struct run *r, const struct cgw_item *it)
 	case CGW_ITEM_CYCLE_END:
 		printf("cycle-end %s\n", d->id);
 		break;
+	case CGW_ITEM_COMMISSION_RESULT:
+		break;
 	}
 }
 

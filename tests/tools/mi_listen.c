@@ -121,6 +121,7 @@ static void print_items(struct app *a)
 				       (unsigned long long)it->token, it->result);
 				break;
 			case CGW_ITEM_CYCLE_END:
+			case CGW_ITEM_COMMISSION_RESULT:
 				break;
 			}
 			cgw_value_clear(&it->value);
