@@ -18,6 +18,12 @@
  *          like platform commands. A write answers once the device did.
  *   {"cmd":"shelve","device":D}  {"cmd":"unshelve","device":D}
  *       -> {"result":"ok"} or {"result":"rejected","detail":...}
+ *   {"cmd":"scan","bus":B[,"units":"1-247","table","address","timeout_ms"]}
+ *   {"cmd":"probe","bus":B,"unit":U,"table":T,"address":A[,"count":N]}
+ *       -> {"result":"ok","scan"|"probe":{...}} (core_commission()), answered
+ *          once the bus's worker did (a scan: up to 15 minutes)
+ *   {"cmd":"audit"|"quarantine"|"dead-letters"[,"last":N]}
+ *       -> {"result":"ok",CMD:[rows, newest first]} (core_records_json())
  * Anything else -> {"result":"rejected","detail":...}.
  *
  * Bounds: 16 clients, 64 KiB per request line, one request in progress per
