@@ -93,6 +93,6 @@ gateway: {id: gw-tls, site: s, state_dir: $TMP}
 uplinks: [{name: platform, type: mqtt, url: "mqtts://localhost:$mtls_port", cert_file: $TMP/client.pem, key_file: $TMP/client.key}]
 Y
 "$CGWD" --check-config -c badkey.yaml >/dev/null 2>badkey.err
-check "a key readable by others is refused with a clear error" grep -q "key_file: .* is readable by others than its owner" badkey.err
+check "a key readable by others is refused with a clear error" grep -q "key_file: .* is readable by others (mode 0644); fix: chown root:cgw .* && chmod 0640 " badkey.err
 for f in wrongca wronghost nocert; do diag "$f: $(grep -m1 "lost\|cannot\|refused" $f.log)"; done
 done_testing
