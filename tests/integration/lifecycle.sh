@@ -26,7 +26,7 @@ check "cgwd starts and logs that it started" wait_for 10 grep -q "started" "$TMP
 # a broken file: the daemon logs why and keeps running
 echo "gateway: {id: gw-test, site: [oops" >"$TMP/cgw.yaml"
 kill -HUP "$pid"
-check "broken reload is logged with FILE:LINE" wait_for 10 grep -q "$TMP/cgw.yaml:[0-9]*: YAML" "$TMP/log"
+check "broken reload is logged with FILE:LINE" wait_for 10 grep -q "$TMP/cgw.yaml:[0-9]*:[0-9]*: YAML" "$TMP/log"
 check "broken reload keeps the running configuration" wait_for 5 grep -q "keeping the running configuration" "$TMP/log"
 check "still running after a broken reload" kill -0 "$pid"
 
