@@ -9,7 +9,7 @@
 
 #if defined(__x86_64__) && defined(__linux__)
 /* A new field must be compared below: update the comparison, then the size. */
-_Static_assert(sizeof(struct cfg_point) == 352, "cfg_point changed: compare it");
+_Static_assert(sizeof(struct cfg_point) == 392, "cfg_point changed: compare it");
 _Static_assert(sizeof(struct cfg_unless) == 256, "cfg_unless changed: compare it");
 _Static_assert(sizeof(struct cfg_alarm) == 344, "cfg_alarm changed: compare it");
 _Static_assert(sizeof(struct cfg_profile) == 280, "cfg_profile changed: compare it");
@@ -59,8 +59,13 @@ static bool point_eq(const struct cfg_point *a, const struct cfg_point *b)
 	    a->bit != b->bit || !str_eq(a->topic, b->topic) || !str_eq(a->json, b->json) ||
 	    a->event != b->event || a->rate_limit_ms != b->rate_limit_ms ||
 	    a->n_enums != b->n_enums || !str_eq(a->unit, b->unit) || a->writable != b->writable ||
-	    !dbl_eq(a->deadband, b->deadband) || a->report_every_ms != b->report_every_ms)
+	    !dbl_eq(a->deadband, b->deadband) || a->report_every_ms != b->report_every_ms ||
+	    a->n_invalid != b->n_invalid || a->has_range != b->has_range ||
+	    !dbl_eq(a->range_min, b->range_min) || !dbl_eq(a->range_max, b->range_max))
 		return false;
+	for (size_t i = 0; i < a->n_invalid; i++)
+		if (!dbl_eq(a->invalid[i], b->invalid[i]))
+			return false;
 	for (size_t i = 0; i < a->n_enums; i++)
 		if (a->enums[i].key != b->enums[i].key ||
 		    !str_eq(a->enums[i].label, b->enums[i].label))

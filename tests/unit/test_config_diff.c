@@ -153,6 +153,21 @@ static void test_profile_rule_change(void **state)
 	assert_true(cfg_bus_equal(a, 1, b, 1));
 	p->points[0].scale = 2;
 	assert_false(cfg_bus_equal(a, 1, b, 1));
+	p->points[0].scale = a->profiles[a->devices[2].profile].points[0].scale;
+	assert_true(cfg_bus_equal(a, 1, b, 1));
+	/* invalid: and range: change what a reading means: the device restarts */
+	p->points[0].has_range = true;
+	p->points[0].range_max = 1;
+	assert_false(cfg_bus_equal(a, 1, b, 1));
+	p->points[0].has_range = false;
+	p->points[0].range_max = 0;
+	assert_true(cfg_bus_equal(a, 1, b, 1));
+	double inv = 65535;
+	p->points[0].invalid = &inv;
+	p->points[0].n_invalid = 1;
+	assert_false(cfg_bus_equal(a, 1, b, 1));
+	p->points[0].invalid = NULL;
+	p->points[0].n_invalid = 0;
 	config_free(a);
 	config_free(b);
 }
