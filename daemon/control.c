@@ -53,6 +53,7 @@ struct client {
 	bool eof;         /* the peer will send nothing more */
 	bool closing;     /* close once the output is written */
 	bool in_pump;     /* client_pump() is on the stack */
+	bool scanning;    /* waiting for a scan (CTL_SCAN_MS), not a command */
 	int64_t deadline; /* mono ms: idle, or the command result */
 };
 
@@ -198,6 +199,7 @@ static void run_command(struct client *cl, const char *device, json_t *cmd)
 		return;
 	}
 	cl->waiting = true;
+	cl->scanning = false;
 	cl->deadline = cgw_mono_ms() + CTL_REPLY_MS;
 	core_command_reply(ctl->core, CTL_SOURCE, device, text, strlen(text), on_reply, cl);
 	free(text);
@@ -437,6 +439,7 @@ static void cmd_commission(struct client *cl, json_t *req, bool scan)
 	log_notice("control", "%s %s bus %s%s%s", cl->user, scan ? "scans" : "probes", bus,
 		   scan ? " units " : "", scan ? (units ? units : "1-247") : "");
 	cl->waiting = true;
+	cl->scanning = scan;
 	cl->deadline = cgw_mono_ms() + (scan ? CTL_SCAN_MS : CTL_REPLY_MS);
 }
 
@@ -729,8 +732,11 @@ static void on_timer(struct loop *l, struct loop_timer *t, void *arg)
 			cl->waiting = false;
 			cl->deadline = now + CTL_IDLE_MS;
 			respond_status(cl, "failed",
-				       "no result within 30 s; the command may still complete "
-				       "(see the journal)");
+				       cl->scanning ?
+					       "no result within 15 minutes; the scan may "
+					       "still be running (see the journal)" :
+					       "no result within 30 s; the command may still "
+					       "complete (see the journal)");
 			client_pump(cl);
 		} else {
 			log_debug("control", "client %s idle: closed", cl->user);
