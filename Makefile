@@ -58,7 +58,7 @@ DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev 
               libcurl4-openssl-dev libfyaml-dev libjansson-dev libsystemd-dev libmicrohttpd-dev \
               libssl-dev
 DEPS_RUN   := mosquitto mosquitto-clients
-DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl
+DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl python3-pymodbus
 
 .PHONY: all run test asan bench bench-peers fuzz install uninstall clean deps deps-test check-config format test-faults soak FORCE
 .DELETE_ON_ERROR:

@@ -698,7 +698,7 @@ static const char *intern_file(struct loader *ld, const char *path)
 
 #define OFF(type, field) offsetof(type, field)
 
-static const char *const bus_types[] = {"modbus-rtu", "modbus-tcp", "mqtt", NULL};
+static const char *const bus_types[] = {"modbus-rtu", "modbus-tcp", "mqtt", "modbus-rtu-tcp", NULL};
 static const char *const uplink_types[] = {"mqtt", "http", NULL};
 static const char *const classes[] = {"fire", "security", "access", "service", NULL};
 static const char *const severities[] = {"critical", "major", "minor", "warning", NULL};
@@ -709,7 +709,8 @@ static const char *const syncs[] = {"normal", "full", NULL};
 
 const char *cfg_bus_type_name(int t)
 {
-	return t >= 0 && t < 3 ? bus_types[t] : "?";
+	return t >= 0 && t < (int)(sizeof(bus_types) / sizeof(bus_types[0])) - 1 ? bus_types[t] :
+										   "?";
 }
 
 const char *cfg_severity_name(int s)
@@ -817,11 +818,11 @@ static const struct key bus_keys[] = {
 	{"name", K_STR, OFF(struct cfg_bus, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique bus name"},
 	{"type", K_CHOICE, OFF(struct cfg_bus, type), NULL, KF_REQUIRED, 0, 0, bus_types, NULL,
-	 "modbus-rtu, modbus-tcp or mqtt"},
+	 "modbus-rtu, modbus-tcp, modbus-rtu-tcp (RTU frames over TCP: a serial server) or mqtt"},
 	{"device", K_STR, OFF(struct cfg_bus, device), NULL, 0, 0, 0, NULL, NULL,
 	 "modbus-rtu: serial device, e.g. /dev/ttyUSB0"},
 	{"baud", K_INT, OFF(struct cfg_bus, baud), "9600", 0, 300, 4000000, NULL, NULL,
-	 "modbus-rtu: baud rate"},
+	 "modbus-rtu, modbus-rtu-tcp: baud rate of the line (frame timing)"},
 	{"parity", K_CHOICE, OFF(struct cfg_bus, parity), "N", 0, 0, 0, parities, NULL,
 	 "modbus-rtu: N, E or O"},
 	{"data_bits", K_INT, OFF(struct cfg_bus, data_bits), "8", 0, 5, 8, NULL, NULL,
@@ -831,11 +832,11 @@ static const struct key bus_keys[] = {
 	{"rs485", K_BOOL, OFF(struct cfg_bus, rs485), "false", 0, 0, 0, NULL, NULL,
 	 "modbus-rtu: switch the port to RS-485 mode (if the driver supports it)"},
 	{"frame_delay", K_DURATION, OFF(struct cfg_bus, frame_delay_ms), "0ms", 0, 0, 10000, NULL,
-	 NULL, "modbus-rtu: extra quiet time between frames (slow devices)"},
+	 NULL, "modbus-rtu, modbus-rtu-tcp: extra quiet time between frames (slow devices)"},
 	{"host", K_STR, OFF(struct cfg_bus, host), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-tcp: host name or address"},
+	 "modbus-tcp, modbus-rtu-tcp: host name or address"},
 	{"port", K_INT, OFF(struct cfg_bus, port), "502", 0, 1, 65535, NULL, NULL,
-	 "modbus-tcp: TCP port"},
+	 "modbus-tcp, modbus-rtu-tcp: TCP port"},
 	{"timeout", K_DURATION, OFF(struct cfg_bus, timeout_ms), "1s", 0, 10, 60000, NULL, NULL,
 	 "modbus: response timeout"},
 	{"byte_timeout", K_DURATION, OFF(struct cfg_bus, byte_timeout_ms), "0ms", 0, 0, 10000, NULL,
@@ -2199,7 +2200,8 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 		const struct cfg_obj *o = &pt->o;
 		bool mb = key_given(&point_tab, o, "table") || key_given(&point_tab, o, "address");
 		bool mq = key_given(&point_tab, o, "topic") || key_given(&point_tab, o, "json") ||
-			  key_given(&point_tab, o, "event") || key_given(&point_tab, o, "rate_limit");
+			  key_given(&point_tab, o, "event") ||
+			  key_given(&point_tab, o, "rate_limit");
 
 		if (!pt->name)
 			continue;
@@ -2233,7 +2235,8 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			}
 			if (pt->rate_limit_ms > 0 && !pt->event) {
 				err_at(ld, o->file, key_line(&point_tab, o, "rate_limit"),
-				       "point '%s': rate_limit is for event: true points", pt->name);
+				       "point '%s': rate_limit is for event: true points",
+				       pt->name);
 				nerr++;
 			}
 			if (pt->json && *pt->json && jp_path_check(pt->json, &why) < 0) {
@@ -2678,32 +2681,60 @@ bad:
 	return -EINVAL;
 }
 
+/* What each type of bus takes: the groups of keys that apply to it, the
+ * key it cannot do without, and how its devices are addressed. A new type
+ * of bus is one row here and its name in bus_types[]; nothing else in the
+ * loader asks which type a bus is. */
+enum { G_SERIAL, G_LINE, G_TCP, G_MODBUS, G_MQTT, N_GROUPS };
+struct bus_kind {
+	unsigned groups;      /* 1 << G_* */
+	const char *required; /* key */
+	bool rtu_units;       /* units 1..247 and required (an RTU line) */
+	bool mqtt;            /* devices have MQTT profiles */
+};
+static const struct bus_kind bus_kinds[] = {
+	[CFG_BUS_MODBUS_RTU] = {1u << G_SERIAL | 1u << G_LINE | 1u << G_MODBUS, "device", true,
+				false},
+	[CFG_BUS_MODBUS_TCP] = {1u << G_TCP | 1u << G_MODBUS, "host", false, false},
+	[CFG_BUS_MQTT] = {1u << G_MQTT, "url", false, true},
+	[CFG_BUS_MODBUS_RTU_TCP] = {1u << G_TCP | 1u << G_LINE | 1u << G_MODBUS, "host", true,
+				    false},
+};
+
+static const struct bus_kind *bus_kind(int type)
+{
+	static const struct bus_kind none = {0};
+	return type >= 0 && (size_t)type < sizeof(bus_kinds) / sizeof(bus_kinds[0]) ?
+		       &bus_kinds[type] :
+		       &none;
+}
+
 /* Keys that only make sense for some types of bus. */
 static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 {
-	static const char *const only_rtu[] = {"device",    "baud",  "parity",      "data_bits",
-					       "stop_bits", "rs485", "frame_delay", NULL};
-	static const char *const only_tcp[] = {"host", "port", NULL};
-	static const char *const only_modbus[] = {"timeout", "byte_timeout",
-						  "retries", "offline_after",
-						  "max_gap", "max_registers",
-						  NULL};
-	static const char *const only_mqtt[] = {"url",           "client_id",     "username",
-						"password_file", "ca_file",       "cert_file",
-						"key_file",      "insecure",      "stale_after",
-						"max_payload",   "clean_session", NULL};
-	const char *const *groups[] = {only_rtu, only_tcp, only_modbus, only_mqtt};
-	const bool allowed[3][4] = {
-		{true, false, true, false}, /* rtu */
-		{false, true, true, false}, /* tcp */
-		{false, false, false, true} /* mqtt */
-	};
+	static const char *const serial[] = {"device",    "parity", "data_bits",
+					     "stop_bits", "rs485",  NULL};
+	static const char *const line[] = {"baud", "frame_delay", NULL};
+	static const char *const tcp[] = {"host", "port", NULL};
+	static const char *const modbus[] = {"timeout", "byte_timeout",  "retries", "offline_after",
+					     "max_gap", "max_registers", NULL};
+	static const char *const mqtt[] = {"url",           "client_id", "username",
+					   "password_file", "ca_file",   "cert_file",
+					   "key_file",      "insecure",  "stale_after",
+					   "max_payload",   "clean_session", NULL};
+	const char *const *groups[N_GROUPS] = {[G_SERIAL] = serial,
+					       [G_LINE] = line,
+					       [G_TCP] = tcp,
+					       [G_MODBUS] = modbus,
+					       [G_MQTT] = mqtt};
+	const struct bus_kind *kind;
 	int nerr = 0;
 
 	if (b->type < 0)
 		return 0;
-	for (int g = 0; g < 4; g++) {
-		if (allowed[b->type][g])
+	kind = bus_kind(b->type);
+	for (int g = 0; g < N_GROUPS; g++) {
+		if (kind->groups & (1u << g))
 			continue;
 		for (int i = 0; groups[g][i]; i++) {
 			if (key_given(&bus_tab, &b->o, groups[g][i])) {
@@ -2714,19 +2745,11 @@ static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 			}
 		}
 	}
-	if (b->type == CFG_BUS_MODBUS_RTU && !b->device) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'device'",
-		       b->name);
+	if (kind->required && !key_given(&bus_tab, &b->o, kind->required)) {
+		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key '%s'", b->name,
+		       kind->required);
 		nerr++;
-	}
-	if (b->type == CFG_BUS_MODBUS_TCP && !b->host) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'host'", b->name);
-		nerr++;
-	}
-	if (b->type == CFG_BUS_MQTT && !b->url) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key 'url'", b->name);
-		nerr++;
-	} else if (b->type == CFG_BUS_MQTT) {
+	} else if (kind->mqtt) {
 		bool http = false;
 		free(b->host); /* not settable on an mqtt bus (checked above): from the url */
 		b->host = NULL;
@@ -2835,7 +2858,7 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 	const struct cfg_profile *pr = &cfg->profiles[pidx];
 	if (b->type < 0)
 		return nerr;
-	bool mqtt_bus = b->type == CFG_BUS_MQTT;
+	bool mqtt_bus = bus_kind(b->type)->mqtt;
 	if (pr->n_points && pr->mqtt != mqtt_bus) {
 		err_at(ld, o->file, key_line(&device_tab, o, "profile"),
 		       "device '%s': profile '%s' has %s points but bus '%s' is %s", d->id,
@@ -2876,13 +2899,13 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 			       d->id, k);
 			nerr++;
 		}
-		if (b->type == CFG_BUS_MODBUS_RTU && !key_given(&device_tab, o, "unit")) {
+		if (bus_kind(b->type)->rtu_units && !key_given(&device_tab, o, "unit")) {
 			err_at(ld, o->file, o->line,
-			       "device '%s': missing required key 'unit' (on a modbus-rtu bus)",
-			       d->id);
+			       "device '%s': missing required key 'unit' (on a %s bus)", d->id,
+			       bus_types[b->type]);
 			nerr++;
 		}
-		if (b->type == CFG_BUS_MODBUS_RTU && (d->unit == 0 || d->unit > 247)) {
+		if (bus_kind(b->type)->rtu_units && (d->unit == 0 || d->unit > 247)) {
 			err_at(ld, o->file, key_line(&device_tab, o, "unit"),
 			       "device '%s': unit %lld: RTU unit ids are 1..247 (0 is broadcast)",
 			       d->id, (long long)d->unit);
@@ -3300,9 +3323,9 @@ void config_print_summary(const struct cgw_config *cfg, FILE *f)
 				bp += cfg_device_profile(cfg, &cfg->devices[j])->n_points;
 		fprintf(f, "  %-16s %-10s %-24s %zu device%s, %zu points\n", b->name,
 			bus_types[b->type],
-			b->type == CFG_BUS_MODBUS_RTU ? b->device :
-			b->type == CFG_BUS_MODBUS_TCP ? b->host :
-							b->url,
+			b->url    ? b->url :
+			b->device ? b->device :
+				    b->host,
 			b->n_devices, b->n_devices == 1 ? "" : "s", bp);
 	}
 	fprintf(f, "devices: %zu, points: %zu, alarm rules: %zu (incl. one offline alarm each)\n",

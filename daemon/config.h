@@ -23,7 +23,7 @@
 
 #define CFG_MAX_KEYS 48
 
-enum cfg_bus_type { CFG_BUS_MODBUS_RTU, CFG_BUS_MODBUS_TCP, CFG_BUS_MQTT };
+enum cfg_bus_type { CFG_BUS_MODBUS_RTU, CFG_BUS_MODBUS_TCP, CFG_BUS_MQTT, CFG_BUS_MODBUS_RTU_TCP };
 enum cfg_uplink_type { CFG_UPLINK_MQTT, CFG_UPLINK_HTTP };
 enum cfg_class { CFG_CLASS_FIRE, CFG_CLASS_SECURITY, CFG_CLASS_ACCESS, CFG_CLASS_SERVICE };
 enum cfg_severity { CFG_SEV_CRITICAL, CFG_SEV_MAJOR, CFG_SEV_MINOR, CFG_SEV_WARNING };
@@ -141,12 +141,12 @@ struct cfg_bus {
 	int type; /* enum cfg_bus_type */
 	/* modbus-rtu */
 	char *device;
-	int64_t baud;
+	int64_t baud; /* also modbus-rtu-tcp: the line behind the serial server */
 	int parity; /* 0 N, 1 E, 2 O */
 	int64_t data_bits, stop_bits;
 	bool rs485;
 	int64_t frame_delay_ms;
-	/* modbus-tcp: given; mqtt: parsed from url (where to connect, either way) */
+	/* modbus-tcp, modbus-rtu-tcp: given; mqtt: parsed from url (where to connect) */
 	char *host;
 	int64_t port;
 	bool tls; /* mqtt: mqtts:// */

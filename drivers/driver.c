@@ -10,6 +10,7 @@ const struct driver_ops *driver_ops_for(int bus_type)
 	switch (bus_type) {
 	case CFG_BUS_MODBUS_RTU:
 	case CFG_BUS_MODBUS_TCP:
+	case CFG_BUS_MODBUS_RTU_TCP:
 		return &modbus_driver_ops;
 	case CFG_BUS_MQTT:
 		return &mqtt_ingest_ops;

@@ -61,6 +61,9 @@ struct driver_dev_stats {
 struct driver_stats {
 	bool connected; /* the serial port is open / the TCP or MQTT connection is up */
 	uint64_t requests, errors;
+	/* answers that were not the answer to the request in flight (another
+	 * unit or function, a late or repeated one): counted, dropped, never data */
+	uint64_t foreign_answers, stale_bytes;
 	char last_error[128];
 	size_t n_devices;
 	struct driver_dev_stats *devices; /* malloc'd by status(); free() it */

@@ -1,8 +1,10 @@
 /*
  * modbus.c - the Modbus bus worker (modbus_driver_ops).
  *
- * One driver serves one modbus-rtu or modbus-tcp bus with one thread, because
- * libmodbus calls block. The thread owns the modbus_t, the request plan
+ * One driver serves one modbus-rtu, modbus-tcp or modbus-rtu-tcp bus with one
+ * thread, because libmodbus calls block. The thread owns the connection (a
+ * modbus_t, or for RTU frames over TCP, which libmodbus cannot do, an
+ * rtu_link: rtu_link.h), the request plan
  * (modbus_plan.h) and every per-device and per-point state; it polls each
  * device on its schedule, decodes (modbus_decode.h) and hands readings,
  * device state changes and write results to the core through the queue.
@@ -70,6 +72,7 @@
 #include "log.h"
 #include "modbus_decode.h"
 #include "modbus_plan.h"
+#include "rtu_link.h"
 
 #define MB_WRITE_QUEUE 32       /* writes waiting for the worker, per bus */
 #define MB_PUSH_SLICE_MS 200    /* a blocked push re-checks `stop` this often */
@@ -150,12 +153,14 @@ struct driver {
 	char tag[80]; /* "[rs485-1]" */
 
 	/* worker only */
-	modbus_t *ctx;
+	modbus_t *ctx;         /* modbus-rtu, modbus-tcp */
+	struct rtu_link *link; /* modbus-rtu-tcp */
+	int64_t silence_us;    /* between frames on an RTU line: 3.5 characters + frame_delay */
 	bool rtu, connected, conn_fault, rs485_logged;
 	bool answered; /* a request was answered on this connection */
 	int64_t reconnect_at, backoff;
 	int cur_unit, cur_timeout;
-	int64_t last_frame_end; /* monotonic ms */
+	int64_t last_frame_end; /* monotonic us */
 	struct mb_plan *plan;
 	uint16_t regs[MBP_MAX_REGS];
 	uint8_t bits[MBP_MAX_BITS];
@@ -209,8 +214,7 @@ struct mb_span modbus_point_span(const struct cfg_device *cd, uint32_t dev, uint
 	};
 }
 
-int modbus_bus_plan(const struct cgw_config *cfg, size_t bus, struct mb_plan **out,
-		    size_t *npoints)
+int modbus_bus_plan(const struct cgw_config *cfg, size_t bus, struct mb_plan **out, size_t *npoints)
 {
 	struct mb_span *spans = NULL;
 	size_t n = 0;
@@ -457,6 +461,17 @@ static void account(struct driver *d, struct mb_dev *dev, int e, int64_t rtt_us)
 	pthread_mutex_unlock(&d->lock);
 }
 
+static void link_account(struct driver *d)
+{
+	struct rtu_link_counters c;
+
+	rtu_link_counters(d->link, &c);
+	pthread_mutex_lock(&d->lock);
+	d->bst.foreign_answers = c.foreign;
+	d->bst.stale_bytes = c.stale_bytes;
+	pthread_mutex_unlock(&d->lock);
+}
+
 static void bus_error(struct driver *d, const char *what)
 {
 	pthread_mutex_lock(&d->lock);
@@ -472,6 +487,10 @@ static void set_timeout(struct driver *d, int64_t ms)
 {
 	if (d->cur_timeout == ms)
 		return;
+	if (d->link) {
+		d->cur_timeout = (int)ms; /* given to each request */
+		return;
+	}
 	modbus_set_response_timeout(d->ctx, (uint32_t)(ms / 1000), (uint32_t)(ms % 1000) * 1000);
 	d->cur_timeout = (int)ms;
 }
@@ -483,6 +502,37 @@ static const char *endpoint(const struct driver *d, char *buf, size_t len)
 	else
 		snprintf(buf, len, "%s:%lld", d->bus->host, (long long)d->bus->port);
 	return buf;
+}
+
+/* The transport: libmodbus's modbus_t, or our RTU-over-TCP link. 0 or -1
+ * with errno, as libmodbus. */
+static int conn_open(struct driver *d)
+{
+	int e;
+
+	if (!d->link)
+		return modbus_connect(d->ctx);
+	e = rtu_link_connect(d->link, d->bus->timeout_ms);
+	if (!e)
+		return 0;
+	errno = e;
+	return -1;
+}
+
+static void conn_close(struct driver *d)
+{
+	if (d->link)
+		rtu_link_close(d->link);
+	else
+		modbus_close(d->ctx);
+}
+
+static void conn_flush(struct driver *d)
+{
+	if (d->link)
+		rtu_link_flush(d->link);
+	else
+		modbus_flush(d->ctx);
 }
 
 static void schedule_reconnect(struct driver *d)
@@ -498,7 +548,7 @@ static void try_connect(struct driver *d)
 
 	/* libmodbus bounds a TCP connect by the response timeout */
 	set_timeout(d, d->bus->timeout_ms);
-	if (modbus_connect(d->ctx) == 0) {
+	if (conn_open(d) == 0) {
 		d->connected = true;
 		d->answered = false;
 		d->cur_unit = -1;
@@ -535,7 +585,7 @@ static void disconnect(struct driver *d, int e)
 {
 	char ep[160], what[200];
 
-	modbus_close(d->ctx);
+	conn_close(d);
 	d->connected = false;
 	snprintf(what, sizeof(what), "%s: connection lost: %s", endpoint(d, ep, sizeof(ep)),
 		 modbus_strerror(e));
@@ -557,7 +607,7 @@ static void disconnect(struct driver *d, int e)
 static int select_device(struct driver *d, const struct mb_dev *dev)
 {
 	if (d->cur_unit != (int)dev->cfg->unit) {
-		if (modbus_set_slave(d->ctx, (int)dev->cfg->unit) < 0)
+		if (!d->link && modbus_set_slave(d->ctx, (int)dev->cfg->unit) < 0)
 			return errno ? errno : EINVAL;
 		d->cur_unit = (int)dev->cfg->unit;
 	}
@@ -565,25 +615,103 @@ static int select_device(struct driver *d, const struct mb_dev *dev)
 	return 0;
 }
 
-/* RTU devices that need more silence than 3.5 characters between frames. */
+/* The silence an RTU line needs between frames: 3.5 characters at its baud
+ * (11 bits a character; a fixed 1750 us above 19200 baud, as the standard
+ * says), which libmodbus does not keep, plus `frame_delay` for devices that
+ * need more. None on Modbus TCP. */
+static int64_t line_silence_us(const struct cfg_bus *bus)
+{
+	int64_t us;
+
+	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_RTU_TCP)
+		return 0;
+	us = bus->baud > 19200 ? 1750 :
+				 (int64_t)(3.5 * 11 * 1e6) / (bus->baud > 0 ? bus->baud : 9600);
+	return us + bus->frame_delay_ms * 1000;
+}
+
 static void frame_gap(struct driver *d)
 {
 	int64_t until;
 
-	if (!d->rtu || d->bus->frame_delay_ms <= 0)
+	if (d->silence_us <= 0)
 		return;
-	until = d->last_frame_end + d->bus->frame_delay_ms;
-	for (int64_t now = cgw_mono_ms(); now < until && !stopping(d); now = cgw_mono_ms()) {
-		int64_t ms = until - now > 100 ? 100 : until - now;
-		struct timespec ts = {.tv_sec = 0, .tv_nsec = ms * 1000000};
+	until = d->last_frame_end + d->silence_us;
+	for (int64_t now = mono_us(); now < until && !stopping(d); now = mono_us()) {
+		int64_t us = until - now > 100000 ? 100000 : until - now;
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = us * 1000};
 		nanosleep(&ts, NULL);
 	}
+}
+
+/* One request as RTU frames over TCP (rtu_link.h); the same results as
+ * libmodbus's calls, into d->regs / d->bits. */
+static int link_call(struct driver *d, enum mb_op op, int addr, int n)
+{
+	uint8_t frame[RTU_MAX_ADU], data[RTU_MAX_ADU];
+	uint8_t unit = (uint8_t)d->cur_unit;
+	uint16_t a = (uint16_t)addr, c = (uint16_t)n;
+	struct rtu_req req;
+	size_t len = 0;
+	int flen = -EINVAL, e;
+
+	if (d->cur_unit < 0 || d->cur_unit > 255 || addr < 0 || addr > 0xFFFF || n < 1 ||
+	    n > MBP_MAX_BITS)
+		return EINVAL;
+	switch (op) {
+	case OP_READ_COILS:
+		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_COILS, a, c, &req);
+		break;
+	case OP_READ_DISCRETE:
+		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_DISCRETE, a, c, &req);
+		break;
+	case OP_READ_INPUT:
+		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_INPUT, a, c, &req);
+		break;
+	case OP_READ_HOLDING:
+		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_HOLDING, a, c, &req);
+		break;
+	case OP_WRITE_COIL:
+		flen = rtu_build_write_single(frame, sizeof(frame), unit, RTU_FN_WRITE_COIL, a,
+					      d->bits[0] ? 0xFF00 : 0, &req);
+		break;
+	case OP_WRITE_REG:
+		flen = rtu_build_write_single(frame, sizeof(frame), unit, RTU_FN_WRITE_REG, a,
+					      d->regs[0], &req);
+		break;
+	case OP_WRITE_REGS:
+		if (n > RTU_MAX_WRITE_REGS)
+			return EINVAL;
+		for (int i = 0; i < n; i++) {
+			data[2 * i] = (uint8_t)(d->regs[i] >> 8);
+			data[2 * i + 1] = (uint8_t)(d->regs[i] & 0xFF);
+		}
+		flen = rtu_build_write_multiple(frame, sizeof(frame), unit, RTU_FN_WRITE_REGS, a, c,
+						data, 2 * (size_t)n, &req);
+		break;
+	}
+	if (flen < 0)
+		return EINVAL;
+	e = rtu_link_transact(d->link, frame, (size_t)flen, &req, data, sizeof(data), &len,
+			      d->cur_timeout);
+	if (e)
+		return e;
+	if (op == OP_READ_COILS || op == OP_READ_DISCRETE) {
+		for (int i = 0; i < n && (size_t)i / 8 < len; i++)
+			d->bits[i] = (uint8_t)((data[i / 8] >> (i % 8)) & 1);
+	} else if (op == OP_READ_INPUT || op == OP_READ_HOLDING) {
+		for (int i = 0; i < n && (size_t)(2 * i + 1) < len; i++)
+			d->regs[i] = (uint16_t)(data[2 * i] << 8 | data[2 * i + 1]);
+	}
+	return 0;
 }
 
 static int call(struct driver *d, enum mb_op op, int addr, int n)
 {
 	int rc = -1;
 
+	if (d->link)
+		return link_call(d, op, addr, n);
 	switch (op) {
 	case OP_READ_COILS:
 		rc = modbus_read_bits(d->ctx, addr, n, d->bits);
@@ -627,8 +755,10 @@ static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int add
 		frame_gap(d);
 		t0 = mono_us();
 		e = call(d, op, addr, n);
-		d->last_frame_end = cgw_mono_ms();
-		account(d, dev, e, mono_us() - t0);
+		d->last_frame_end = mono_us();
+		account(d, dev, e, d->last_frame_end - t0);
+		if (d->link)
+			link_account(d);
 		switch (classify(e)) {
 		case MBE_NONE:
 		case MBE_EXCEPTION:
@@ -643,7 +773,7 @@ static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int add
 		case MBE_TIMEOUT:
 		case MBE_FRAME:
 			/* a late or broken answer must not be taken for the next one */
-			modbus_flush(d->ctx);
+			conn_flush(d);
 			break;
 		}
 	}
@@ -1342,6 +1472,7 @@ static void mb_free(struct driver *d)
 	free(d->devs);
 	free(d->dev_map);
 	mbp_free(d->plan);
+	rtu_link_free(d->link);
 	if (d->ctx) {
 		modbus_close(d->ctx);
 		modbus_free(d->ctx);
@@ -1449,7 +1580,8 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	if (!env || !env->cfg || !env->queue || env->bus >= env->cfg->n_buses)
 		return -EINVAL;
 	bus = &env->cfg->buses[env->bus];
-	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_TCP)
+	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_TCP &&
+	    bus->type != CFG_BUS_MODBUS_RTU_TCP)
 		return -EINVAL;
 	d = calloc(1, sizeof(*d));
 	if (!d)
@@ -1464,6 +1596,7 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	d->bus = bus;
 	d->q = env->queue;
 	d->rtu = bus->type == CFG_BUS_MODBUS_RTU;
+	d->silence_us = line_silence_us(bus);
 	d->backoff = MB_RECONNECT_MIN_MS;
 	d->cur_unit = d->cur_timeout = -1;
 	snprintf(d->tag, sizeof(d->tag), "[%s]", bus->name);
@@ -1482,19 +1615,25 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 		char parity = bus->parity == 1 ? 'E' : bus->parity == 2 ? 'O' : 'N';
 		d->ctx = modbus_new_rtu(bus->device, (int)bus->baud, parity, (int)bus->data_bits,
 					(int)bus->stop_bits);
+	} else if (bus->type == CFG_BUS_MODBUS_RTU_TCP) {
+		d->link = rtu_link_new(bus->host, (int)bus->port);
+		if (!d->link) {
+			r = -ENOMEM;
+			goto fail;
+		}
 	} else {
 		char port[16];
 		snprintf(port, sizeof(port), "%lld", (long long)bus->port);
 		d->ctx = modbus_new_tcp_pi(bus->host, port);
 	}
-	if (!d->ctx) {
+	if (!d->ctx && !d->link) {
 		int e = errno;
 		r = e == ENOMEM ? -ENOMEM : -EINVAL;
 		log_err("modbus", "%s cannot set up the %s bus: %s", d->tag, d->rtu ? "RTU" : "TCP",
 			modbus_strerror(e));
 		goto fail;
 	}
-	if (bus->byte_timeout_ms > 0)
+	if (d->ctx && bus->byte_timeout_ms > 0)
 		modbus_set_byte_timeout(d->ctx, (uint32_t)(bus->byte_timeout_ms / 1000),
 					(uint32_t)(bus->byte_timeout_ms % 1000) * 1000);
 	d->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

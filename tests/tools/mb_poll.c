@@ -165,9 +165,9 @@ static void print_stats(struct run *r, bool summary)
 		if (modbus_driver_ops.status(r->drv[b], &st) < 0)
 			continue;
 		printf("stats bus %s connected=%d requests=%" PRIu64 " errors=%" PRIu64
-		       " last_error=\"%s\"\n",
+		       " foreign=%" PRIu64 " stale_bytes=%" PRIu64 " last_error=\"%s\"\n",
 		       r->cfg->buses[r->bus[b]].name, st.connected, st.requests, st.errors,
-		       st.last_error);
+		       st.foreign_answers, st.stale_bytes, st.last_error);
 		for (size_t i = 0; i < st.n_devices; i++) {
 			const struct driver_dev_stats *ds = &st.devices[i];
 			if (summary && r->quiet)
@@ -332,7 +332,7 @@ int main(int argc, char **argv)
 		struct driver_env env = {.cfg = r.cfg, .bus = b, .queue = r.q};
 		for (size_t i = 0; i < n_only; i++)
 			want |= !strcmp(only[i], bus->name);
-		if (!want || (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_TCP))
+		if (!want || driver_ops_for(bus->type) != &modbus_driver_ops)
 			continue;
 		if (driver_ops_for(bus->type)->open(&env, &r.drv[r.n]) < 0) {
 			fprintf(stderr, "mb_poll: bus %s does not open\n", bus->name);

@@ -161,7 +161,7 @@ static void test_all_errors_reported(void **state)
 	assert_string_equal(errs.v[1],
 			    "t.yaml:2: max_size: expected a size like 512KB, 64MB or 2GB, got 'big'");
 	assert_string_equal(errs.v[2],
-			    "t.yaml:4: type: 'can-bus' is not one of: modbus-rtu, modbus-tcp, mqtt");
+			    "t.yaml:4: type: 'can-bus' is not one of: modbus-rtu, modbus-tcp, mqtt, modbus-rtu-tcp");
 	cfg_errors_free(&errs);
 }
 

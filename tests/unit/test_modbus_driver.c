@@ -821,6 +821,7 @@ static void test_open_refuses(void **state)
 	modbus_driver_ops.close(NULL);
 	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_RTU), &modbus_driver_ops);
 	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_TCP), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_RTU_TCP), &modbus_driver_ops);
 	assert_ptr_equal(driver_ops_for(CFG_BUS_MQTT), &mqtt_ingest_ops);
 }
 
