@@ -6,7 +6,9 @@
  * with buses, devices and profiles) and plays the devices: for a modbus-tcp
  * bus it LISTENS on host:port and serves every device of the bus by its unit
  * id; for a modbus-rtu bus it opens the serial device (one end of a socat
- * pty pair in the tests) and answers as every unit on the line.
+ * pty pair in the tests) and answers as every unit on the line; for a
+ * modbus-rtu-tcp bus it listens on host:port and answers RTU frames there,
+ * each held back for its time on the wire at the bus's baud.
  *
  * It is driven by line commands (stdin, or a UNIX socket with --control);
  * each command gets one reply line: "ok", "error: ...", or the value asked
@@ -56,6 +58,9 @@ void sim_modbus_stop(struct sim_modbus *m);
  *   exception DEVICE ADDR [CODE]   reads/writes touching ADDR get exception CODE
  *                                  (default 2); "exception DEVICE ADDR off" clears
  *   strict DEVICE on|off           addresses no point covers get exception 2
+ *   twice DEVICE on|off            send every answer twice
+ *   late DEVICE MS|off             hold every answer back MS ms (past a timeout)
+ *   as-unit DEVICE UNIT|off        answer with another unit id (CRC still good)
  *   count DEVICE                   requests the unit received so far
  *   churn PERCENT                  change this % of registers every second
  * Writes exactly one reply line to out. Returns 0 when handled (even if the

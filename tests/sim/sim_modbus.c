@@ -11,7 +11,15 @@
  * libmodbus reads a request and modbus_reply() answers from the unit's
  * mapping. RTU: libmodbus's server side filters on one slave id, so this
  * file frames RTU requests itself (length from the function code, CRC
- * checked) and still answers with modbus_reply().
+ * checked) and still answers with modbus_reply(). modbus-rtu-tcp: the same
+ * RTU frames on TCP clients (a serial server in transparent mode), and each
+ * answer is held back for its time on the wire at the bus's baud (request
+ * plus answer, 11 bits a byte), so one simulated 9600-baud line is as slow
+ * as a real one.
+ *
+ * Answers are written by modbus_reply() into a socketpair and then sent on,
+ * so a unit can misbehave like real devices do: answer late, answer twice,
+ * or answer as another unit.
  */
 #include "sim.h"
 
@@ -19,6 +27,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -28,6 +37,7 @@
 #include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <modbus.h>
@@ -45,6 +55,9 @@ struct sim_unit {
 	uint8_t *defined[4]; /* per table, 1 where a point lives (strict) */
 	unsigned size[4];    /* per table */
 	bool silent, garbage, strict;
+	bool twice;  /* send every answer twice */
+	int late_ms; /* hold every answer back this long */
+	int as_unit; /* answer with this unit id (0: its own) */
 	struct {
 		uint16_t addr;
 		int code;
@@ -56,7 +69,9 @@ struct sim_unit {
 struct sim_bus {
 	struct sim_modbus *m;
 	const struct cfg_bus *cfg;
-	bool rtu;
+	bool rtu;     /* RTU frames: serial (modbus-rtu) or TCP (modbus-rtu-tcp) */
+	bool rtu_tcp; /* RTU frames on TCP clients */
+	int cap[2];   /* socketpair: modbus_reply() writes into [1], we read [0] */
 	modbus_t *ctx;
 	int fd; /* listening socket (TCP) or serial port (RTU) */
 	pthread_t thread;
@@ -322,6 +337,47 @@ static void send_garbage(struct sim_bus *b, int fd, const uint8_t *req, int hl, 
 	}
 }
 
+static void put(int fd, const uint8_t *p, size_t n)
+{
+	ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+	if (w < 0 && errno == ENOTSOCK)
+		w = write(fd, p, n);
+	(void)w;
+}
+
+static void sleep_us(int64_t us)
+{
+	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000};
+	while (us > 0 && nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* Send on what modbus_reply() wrote into the socketpair, the way the unit
+ * misbehaves (u is a copy taken under the lock). */
+static void emit(struct sim_bus *b, int fd, const struct sim_unit *u, int hl, int req_len)
+{
+	uint8_t out[MODBUS_TCP_MAX_ADU_LENGTH + MODBUS_RTU_MAX_ADU_LENGTH];
+	ssize_t n = recv(b->cap[0], out, sizeof(out), MSG_DONTWAIT);
+
+	if (n <= 0)
+		return;
+	if (b->rtu_tcp && b->cfg->baud > 0)
+		sleep_us(((int64_t)req_len + n) * 11 * 1000000 / b->cfg->baud);
+	if (u->late_ms > 0)
+		sleep_us((int64_t)u->late_ms * 1000);
+	if (u->as_unit > 0) {
+		out[hl - 1] = (uint8_t)u->as_unit;
+		if (b->rtu && n >= 4) {
+			uint16_t crc = crc16(out, (size_t)n - 2);
+			out[n - 2] = (uint8_t)(crc & 0xFF);
+			out[n - 1] = (uint8_t)(crc >> 8);
+		}
+	}
+	put(fd, out, (size_t)n);
+	if (u->twice)
+		put(fd, out, (size_t)n);
+}
+
 /* Answer one complete request (header length hl) on fd. */
 static void answer(struct sim_bus *b, int fd, const uint8_t *req, int len)
 {
@@ -357,12 +413,19 @@ static void answer(struct sim_bus *b, int fd, const uint8_t *req, int len)
 			if ((unsigned)a < u->size[table] && !u->defined[table][a])
 				exc = MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS;
 	}
-	modbus_set_socket(b->ctx, fd);
+	modbus_set_socket(b->ctx, b->cap[1]);
 	modbus_set_slave(b->ctx, unit);
 	if (exc)
 		modbus_reply_exception(b->ctx, req, (unsigned)exc);
 	else
 		modbus_reply(b->ctx, req, len, u->map);
+	modbus_set_socket(b->ctx, b->rtu && !b->rtu_tcp ? b->fd : -1);
+	{
+		struct sim_unit how = *u;
+		pthread_mutex_unlock(&b->m->lock);
+		emit(b, fd, &how, hl, len);
+		return;
+	}
 out:
 	pthread_mutex_unlock(&b->m->lock);
 }
@@ -538,11 +601,86 @@ static void serve_rtu(struct sim_bus *b)
 	}
 }
 
+/* RTU frames from TCP clients, one at a time like the line behind a serial
+ * server. A client's partial frame older than SIM_RTU_GAP_MS is noise. */
+static void serve_rtu_tcp(struct sim_bus *b)
+{
+	struct pollfd pfd[2 + SIM_MAX_CLIENTS];
+	struct {
+		int fd;
+		size_t len;
+		int64_t last;
+		uint8_t buf[MODBUS_RTU_MAX_ADU_LENGTH * 2];
+	} *cl = calloc(SIM_MAX_CLIENTS, sizeof(*cl));
+	size_t nc = 0;
+
+	if (!cl)
+		return;
+	while (!atomic_load(&b->m->stop)) {
+		pfd[0] = (struct pollfd){.fd = b->m->stop_fd, .events = POLLIN};
+		pfd[1] = (struct pollfd){.fd = b->fd, .events = POLLIN};
+		for (size_t i = 0; i < nc; i++)
+			pfd[2 + i] = (struct pollfd){.fd = cl[i].fd, .events = POLLIN};
+		int n = poll(pfd, 2 + nc, SIM_RTU_GAP_MS);
+		if (n < 0 && errno != EINTR)
+			break;
+		for (size_t i = nc; n > 0 && i-- > 0;) {
+			if (!(pfd[2 + i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			if (cl[i].len && cgw_mono_ms() - cl[i].last > SIM_RTU_GAP_MS)
+				cl[i].len = 0;
+			ssize_t r = recv(cl[i].fd, cl[i].buf + cl[i].len,
+					 sizeof(cl[i].buf) - cl[i].len, MSG_DONTWAIT);
+			if (r < 0 && (errno == EAGAIN || errno == EINTR))
+				continue;
+			if (r <= 0) {
+				close(cl[i].fd);
+				memmove(&cl[i], &cl[nc - 1], sizeof(cl[i]));
+				nc--;
+				continue;
+			}
+			cl[i].len += (size_t)r;
+			cl[i].last = cgw_mono_ms();
+			for (;;) {
+				int need = rtu_frame_len(cl[i].buf, cl[i].len);
+				if (need < 0) {
+					cl[i].len = 0;
+					break;
+				}
+				if (need == 0 || cl[i].len < (size_t)need)
+					break;
+				uint16_t crc = (uint16_t)(cl[i].buf[need - 2] |
+							  (cl[i].buf[need - 1] << 8));
+				if (crc16(cl[i].buf, (size_t)need - 2) == crc)
+					answer(b, cl[i].fd, cl[i].buf, need);
+				else
+					need = (int)cl[i].len;
+				memmove(cl[i].buf, cl[i].buf + need, cl[i].len - (size_t)need);
+				cl[i].len -= (size_t)need;
+			}
+		}
+		if (n > 0 && (pfd[1].revents & POLLIN)) {
+			int c = accept4(b->fd, NULL, NULL, SOCK_CLOEXEC);
+			if (c >= 0 && nc < SIM_MAX_CLIENTS) {
+				cl[nc].fd = c;
+				cl[nc++].len = 0;
+			} else if (c >= 0) {
+				close(c);
+			}
+		}
+	}
+	for (size_t i = 0; i < nc; i++)
+		close(cl[i].fd);
+	free(cl);
+}
+
 static void *bus_thread(void *arg)
 {
 	struct sim_bus *b = arg;
 
-	if (b->rtu)
+	if (b->rtu_tcp)
+		serve_rtu_tcp(b);
+	else if (b->rtu)
 		serve_rtu(b);
 	else
 		serve_tcp(b);
@@ -553,7 +691,30 @@ static int open_bus(struct sim_bus *b)
 {
 	const struct cfg_bus *c = b->cfg;
 
-	if (b->rtu) {
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b->cap) < 0)
+		return -errno;
+	if (b->rtu_tcp) {
+		char port[16];
+		struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE},
+				*res = NULL;
+		int one = 1;
+		/* an RTU context only frames answers: it never opens a port */
+		b->ctx = modbus_new_rtu("/dev/null", (int)c->baud, 'N', 8, 1);
+		snprintf(port, sizeof(port), "%lld", (long long)c->port);
+		if (!b->ctx || getaddrinfo(c->host, port, &hints, &res) != 0)
+			return -EINVAL;
+		b->fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (b->fd < 0 ||
+		    setsockopt(b->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+		    bind(b->fd, res->ai_addr, res->ai_addrlen) < 0 || listen(b->fd, 16) < 0) {
+			int e = errno;
+			freeaddrinfo(res);
+			return -e;
+		}
+		freeaddrinfo(res);
+		log_info("sim", "bus %s: RTU over TCP on %s:%s at %lld baud", c->name, c->host,
+			 port, (long long)c->baud);
+	} else if (b->rtu) {
 		char parity = c->parity == 1 ? 'E' : c->parity == 2 ? 'O' : 'N';
 		b->ctx = modbus_new_rtu(c->device, (int)c->baud, parity, (int)c->data_bits,
 					(int)c->stop_bits);
@@ -599,13 +760,16 @@ int sim_modbus_start(const struct cgw_config *cfg, const struct sim_modbus_opts 
 	for (size_t i = 0; i < cfg->n_buses; i++) {
 		struct sim_bus *b = &m->buses[m->n_buses];
 		if (cfg->buses[i].type != CFG_BUS_MODBUS_RTU &&
-		    cfg->buses[i].type != CFG_BUS_MODBUS_TCP)
+		    cfg->buses[i].type != CFG_BUS_MODBUS_TCP &&
+		    cfg->buses[i].type != CFG_BUS_MODBUS_RTU_TCP)
 			continue;
 		m->n_buses++;
 		b->m = m;
 		b->cfg = &cfg->buses[i];
-		b->rtu = b->cfg->type == CFG_BUS_MODBUS_RTU;
+		b->rtu_tcp = b->cfg->type == CFG_BUS_MODBUS_RTU_TCP;
+		b->rtu = b->cfg->type == CFG_BUS_MODBUS_RTU || b->rtu_tcp;
 		b->fd = -1;
+		b->cap[0] = b->cap[1] = -1;
 		r = build_units(b, i, opts && opts->strict);
 		if (r == 0)
 			r = open_bus(b);
@@ -645,11 +809,17 @@ void sim_modbus_stop(struct sim_modbus *m)
 		if (b->started)
 			pthread_join(b->thread, NULL);
 		if (b->ctx) {
-			if (!b->rtu && b->fd >= 0)
+			if ((!b->rtu || b->rtu_tcp) && b->fd >= 0)
 				close(b->fd);
+			modbus_set_socket(b->ctx, b->rtu && !b->rtu_tcp ? b->fd : -1);
 			modbus_close(b->ctx);
 			modbus_free(b->ctx);
+		} else if (b->fd >= 0) {
+			close(b->fd);
 		}
+		for (int k = 0; k < 2; k++)
+			if (b->cap[k] >= 0)
+				close(b->cap[k]);
 		for (int u = 0; u < 256; u++)
 			unit_free(b->units[u]);
 	}
@@ -850,6 +1020,34 @@ static int cmd_unit(struct sim_modbus *m, struct sim_unit *u, const struct cfg_d
 		fputs("ok\n", out);
 		return 0;
 	}
+	if (!strcmp(verb, "twice")) {
+		if (argc != 3 || on_off(argv[2], &flag) < 0) {
+			fputs("error: usage: twice DEVICE on|off\n", out);
+			return 0;
+		}
+		pthread_mutex_lock(&m->lock);
+		u->twice = flag;
+		pthread_mutex_unlock(&m->lock);
+		fputs("ok\n", out);
+		return 0;
+	}
+	if (!strcmp(verb, "late") || !strcmp(verb, "as-unit")) {
+		bool off = argc == 3 && !strcmp(argv[2], "off");
+		int v = argc == 3 && !off ? atoi(argv[2]) : 0;
+		if (argc != 3 || (!off && (v < 1 || v > (verb[0] == 'l' ? 60000 : 255)))) {
+			fprintf(out, "error: usage: %s DEVICE %s|off\n", verb,
+				verb[0] == 'l' ? "MS" : "UNIT");
+			return 0;
+		}
+		pthread_mutex_lock(&m->lock);
+		if (verb[0] == 'l')
+			u->late_ms = v;
+		else
+			u->as_unit = v;
+		pthread_mutex_unlock(&m->lock);
+		fputs("ok\n", out);
+		return 0;
+	}
 	if (!strcmp(verb, "count")) {
 		pthread_mutex_lock(&m->lock);
 		uint64_t n = u->requests;
@@ -863,7 +1061,8 @@ static int cmd_unit(struct sim_modbus *m, struct sim_unit *u, const struct cfg_d
 int sim_modbus_command(struct sim_modbus *m, int argc, char **argv, FILE *out)
 {
 	static const char *const verbs[] = {"set",     "get",       "raw",    "silence",
-					    "garbage", "exception", "strict", "count"};
+					    "garbage", "exception", "strict", "count",
+					    "twice",   "late",      "as-unit"};
 	const struct cfg_device *d = NULL;
 	struct sim_unit *u;
 	bool known = false;
