@@ -64,11 +64,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <modbus.h>
 
+#include "episode.h"
 #include "log.h"
 #include "modbus_decode.h"
 #include "modbus_plan.h"
@@ -137,11 +139,12 @@ struct mb_dev {
 	int64_t next_due;        /* monotonic ms; INT64_MAX: nothing to poll */
 	unsigned failed_cycles;
 	enum mb_devstate state;
-	bool refresh;               /* poll now, off schedule (after a write) */
-	int64_t cycle_ts;           /* wall time of the cycle's first answer, 0 before */
-	bool cycle_readings;        /* the cycle handed readings to the core */
-	bool io_fault;              /* a failed-cycle episode is going on (logged) */
-	char label[64];             /* "unit 3 (smoke-1)" */
+	bool refresh;          /* poll now, off schedule (after a write) */
+	int64_t cycle_ts;      /* wall time of the cycle's first answer, 0 before */
+	bool cycle_readings;   /* the cycle handed readings to the core */
+	bool io_fault;         /* a failed-cycle episode is going on (logged) */
+	uint64_t silent_epoch; /* d->answer_epoch + 1 when it timed out since the last answer */
+	char label[64];        /* "unit 3 (smoke-1)" */
 	struct driver_dev_stats st; /* under d->lock */
 	uint64_t rtt_n;             /* under d->lock */
 };
@@ -153,9 +156,16 @@ struct driver {
 	char tag[80]; /* "[rs485-1]" */
 
 	/* worker only */
-	modbus_t *ctx;         /* modbus-rtu, modbus-tcp */
-	struct rtu_link *link; /* modbus-rtu-tcp */
-	int64_t silence_us;    /* between frames on an RTU line: 3.5 characters + frame_delay */
+	modbus_t *ctx;                 /* modbus-rtu, modbus-tcp */
+	struct rtu_link *link;         /* modbus-rtu-tcp */
+	uint16_t tid;                  /* modbus-tcp: the last transaction id sent */
+	uint64_t foreign, stale_bytes; /* modbus-tcp (the link counts its own) */
+	/* a connection on which no device answers any more: devices that timed
+	 * out since the last answer (each counted once, by answer_epoch) */
+	uint64_t answer_epoch;
+	size_t silent_devs, n_pollable;
+	struct episode silent_conn;
+	int64_t silence_us; /* between frames on an RTU line: 3.5 characters + frame_delay */
 	bool rtu, connected, conn_fault, rs485_logged;
 	bool answered; /* a request was answered on this connection */
 	int64_t reconnect_at, backoff;
@@ -461,11 +471,13 @@ static void account(struct driver *d, struct mb_dev *dev, int e, int64_t rtt_us)
 	pthread_mutex_unlock(&d->lock);
 }
 
-static void link_account(struct driver *d)
+/* Foreign and stale answers into the statistics. */
+static void match_account(struct driver *d)
 {
-	struct rtu_link_counters c;
+	struct rtu_link_counters c = {.foreign = d->foreign, .stale_bytes = d->stale_bytes};
 
-	rtu_link_counters(d->link, &c);
+	if (d->link)
+		rtu_link_counters(d->link, &c);
 	pthread_mutex_lock(&d->lock);
 	d->bst.foreign_answers = c.foreign;
 	d->bst.stale_bytes = c.stale_bytes;
@@ -602,6 +614,46 @@ static void disconnect(struct driver *d, int e)
 		schedule_reconnect(d);
 }
 
+/* A TCP connection (a gateway or serial server) on which every device
+ * timed out since the last answer is dropped and made again with backoff:
+ * a gateway that accepted the session and then stopped answering may well
+ * answer a new one. A serial port has nothing to gain from reopening. */
+static void note_silence(struct driver *d, struct mb_dev *dev, enum mb_errkind k)
+{
+	char ep[160];
+
+	if (k == MBE_NONE || k == MBE_EXCEPTION) {
+		d->answer_epoch++;
+		d->silent_devs = 0;
+		if (d->silent_conn.active)
+			log_episode_good(&d->silent_conn, cgw_mono_ms(), "modbus",
+					 "%s %s: devices answer again", d->tag,
+					 endpoint(d, ep, sizeof(ep)));
+		return;
+	}
+	if (k != MBE_TIMEOUT || d->rtu || dev->silent_epoch == d->answer_epoch + 1)
+		return;
+	dev->silent_epoch = d->answer_epoch + 1;
+	d->silent_devs++;
+	/* every device that is not already offline (or every one, when all are) */
+	size_t live = 0;
+	for (size_t i = 0; i < d->n_devs; i++)
+		live += d->devs[i].req_n && d->devs[i].state != DEV_OFFLINE;
+	if (d->silent_devs < (live ? live : d->n_pollable))
+		return;
+	log_episode_bad(&d->silent_conn, cgw_mono_ms(), LOG_WARNING, "modbus",
+			"%s %s: no device answers on this connection (%zu timed out); "
+			"reconnecting with backoff",
+			d->tag, endpoint(d, ep, sizeof(ep)), d->silent_devs);
+	conn_close(d);
+	d->connected = false;
+	d->conn_fault = true; /* the reconnect says "connected again" */
+	d->silent_devs = 0;
+	d->answer_epoch++;
+	bus_error(d, "no device answers on this connection; reconnecting");
+	schedule_reconnect(d);
+}
+
 /* ---- one request ---------------------------------------------------------------------- */
 
 static int select_device(struct driver *d, const struct mb_dev *dev)
@@ -644,58 +696,55 @@ static void frame_gap(struct driver *d)
 	}
 }
 
-/* One request as RTU frames over TCP (rtu_link.h); the same results as
- * libmodbus's calls, into d->regs / d->bits. */
-static int link_call(struct driver *d, enum mb_op op, int addr, int n)
+/* The request of op as an RTU frame for `unit` (our own framing serves RTU
+ * over TCP, and gives Modbus TCP its PDU and answer checks). Length or -1. */
+static int build_frame(const struct driver *d, enum mb_op op, int addr, int n, uint8_t unit,
+		       uint8_t *frame, size_t cap, struct rtu_req *req)
 {
-	uint8_t frame[RTU_MAX_ADU], data[RTU_MAX_ADU];
-	uint8_t unit = (uint8_t)d->cur_unit;
+	uint8_t data[2 * RTU_MAX_WRITE_REGS];
 	uint16_t a = (uint16_t)addr, c = (uint16_t)n;
-	struct rtu_req req;
-	size_t len = 0;
-	int flen = -EINVAL, e;
+	int flen = -1;
 
-	if (d->cur_unit < 0 || d->cur_unit > 255 || addr < 0 || addr > 0xFFFF || n < 1 ||
-	    n > MBP_MAX_BITS)
-		return EINVAL;
+	if (addr < 0 || addr > 0xFFFF || n < 1 || n > MBP_MAX_BITS)
+		return -1;
 	switch (op) {
 	case OP_READ_COILS:
-		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_COILS, a, c, &req);
+		flen = rtu_build_read(frame, cap, unit, RTU_FN_READ_COILS, a, c, req);
 		break;
 	case OP_READ_DISCRETE:
-		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_DISCRETE, a, c, &req);
+		flen = rtu_build_read(frame, cap, unit, RTU_FN_READ_DISCRETE, a, c, req);
 		break;
 	case OP_READ_INPUT:
-		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_INPUT, a, c, &req);
+		flen = rtu_build_read(frame, cap, unit, RTU_FN_READ_INPUT, a, c, req);
 		break;
 	case OP_READ_HOLDING:
-		flen = rtu_build_read(frame, sizeof(frame), unit, RTU_FN_READ_HOLDING, a, c, &req);
+		flen = rtu_build_read(frame, cap, unit, RTU_FN_READ_HOLDING, a, c, req);
 		break;
 	case OP_WRITE_COIL:
-		flen = rtu_build_write_single(frame, sizeof(frame), unit, RTU_FN_WRITE_COIL, a,
-					      d->bits[0] ? 0xFF00 : 0, &req);
+		flen = rtu_build_write_single(frame, cap, unit, RTU_FN_WRITE_COIL, a,
+					      d->bits[0] ? 0xFF00 : 0, req);
 		break;
 	case OP_WRITE_REG:
-		flen = rtu_build_write_single(frame, sizeof(frame), unit, RTU_FN_WRITE_REG, a,
-					      d->regs[0], &req);
+		flen = rtu_build_write_single(frame, cap, unit, RTU_FN_WRITE_REG, a, d->regs[0],
+					      req);
 		break;
 	case OP_WRITE_REGS:
 		if (n > RTU_MAX_WRITE_REGS)
-			return EINVAL;
+			return -1;
 		for (int i = 0; i < n; i++) {
 			data[2 * i] = (uint8_t)(d->regs[i] >> 8);
 			data[2 * i + 1] = (uint8_t)(d->regs[i] & 0xFF);
 		}
-		flen = rtu_build_write_multiple(frame, sizeof(frame), unit, RTU_FN_WRITE_REGS, a, c,
-						data, 2 * (size_t)n, &req);
+		flen = rtu_build_write_multiple(frame, cap, unit, RTU_FN_WRITE_REGS, a, c, data,
+						2 * (size_t)n, req);
 		break;
 	}
-	if (flen < 0)
-		return EINVAL;
-	e = rtu_link_transact(d->link, frame, (size_t)flen, &req, data, sizeof(data), &len,
-			      d->cur_timeout);
-	if (e)
-		return e;
+	return flen < 0 ? -1 : flen;
+}
+
+/* A read's data bytes into d->regs / d->bits, as libmodbus would. */
+static void unpack(struct driver *d, enum mb_op op, int n, const uint8_t *data, size_t len)
+{
 	if (op == OP_READ_COILS || op == OP_READ_DISCRETE) {
 		for (int i = 0; i < n && (size_t)i / 8 < len; i++)
 			d->bits[i] = (uint8_t)((data[i / 8] >> (i % 8)) & 1);
@@ -703,7 +752,120 @@ static int link_call(struct driver *d, enum mb_op op, int addr, int n)
 		for (int i = 0; i < n && (size_t)(2 * i + 1) < len; i++)
 			d->regs[i] = (uint16_t)(data[2 * i] << 8 | data[2 * i + 1]);
 	}
-	return 0;
+}
+
+static int exception_errno(uint8_t code)
+{
+	return code >= 1 && code <= 11 && code != 9 ? MODBUS_ENOBASE + code : EMBUNKEXC;
+}
+
+/* One request as RTU frames over TCP (rtu_link.h). */
+static int link_call(struct driver *d, enum mb_op op, int addr, int n)
+{
+	uint8_t frame[RTU_MAX_ADU], data[RTU_MAX_ADU];
+	struct rtu_req req;
+	size_t len = 0;
+	int flen, e;
+
+	if (d->cur_unit < 1 || d->cur_unit > 247)
+		return EINVAL;
+	flen = build_frame(d, op, addr, n, (uint8_t)d->cur_unit, frame, sizeof(frame), &req);
+	if (flen < 0)
+		return EINVAL;
+	e = rtu_link_transact(d->link, frame, (size_t)flen, &req, data, sizeof(data), &len,
+			      d->cur_timeout);
+	if (!e)
+		unpack(d, op, n, data, len);
+	return e;
+}
+
+/* One request on Modbus TCP. libmodbus connects and cuts answers out of the
+ * stream (modbus_receive_confirmation); the request and the matching are
+ * ours, because libmodbus's read calls take an answer from another unit as
+ * data and fail a request on a stale answer (a device that answered late
+ * or twice) instead of waiting for its own. An answer whose transaction id
+ * or unit is not the request's is counted as foreign and dropped, and the
+ * wait goes on until the request's own answer or the timeout. */
+static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
+{
+	uint8_t frame[RTU_MAX_ADU], adu[MODBUS_TCP_MAX_ADU_LENGTH];
+	uint8_t rsp[MODBUS_TCP_MAX_ADU_LENGTH], fake[RTU_MAX_ADU + 2];
+	struct rtu_req req;
+	int64_t deadline;
+	size_t plen;
+	int flen, fd, flushed, e = ETIMEDOUT;
+	uint16_t tid;
+
+	/* the PDU is the RTU frame without unit and CRC; unit 1 stands in for
+	 * the TCP unit ids RTU has no room for (0, 248..255), checked apart */
+	flen = build_frame(d, op, addr, n, 1, frame, sizeof(frame), &req);
+	if (flen < 0 || d->cur_unit < 0 || d->cur_unit > 255)
+		return EINVAL;
+	plen = (size_t)flen - 3;
+	tid = ++d->tid;
+	adu[0] = (uint8_t)(tid >> 8);
+	adu[1] = (uint8_t)(tid & 0xFF);
+	adu[2] = adu[3] = 0;
+	adu[4] = (uint8_t)((plen + 1) >> 8);
+	adu[5] = (uint8_t)((plen + 1) & 0xFF);
+	adu[6] = (uint8_t)d->cur_unit;
+	memcpy(adu + 7, frame + 1, plen);
+	flushed = modbus_flush(d->ctx); /* late or repeated answers to earlier requests */
+	if (flushed > 0)
+		d->stale_bytes += (uint64_t)flushed;
+	fd = modbus_get_socket(d->ctx);
+	if (fd < 0)
+		return ENOTCONN;
+	if (send(fd, adu, 7 + plen, MSG_NOSIGNAL) != (ssize_t)(7 + plen))
+		return errno ? errno : EIO;
+	deadline = mono_us() + (int64_t)d->cur_timeout * 1000;
+	for (;;) {
+		int64_t left = deadline - mono_us();
+		struct rtu_answer a;
+		size_t used;
+		int rc;
+
+		if (left <= 0)
+			break;
+		modbus_set_response_timeout(d->ctx, (uint32_t)(left / 1000000),
+					    (uint32_t)(left % 1000000));
+		rc = modbus_receive_confirmation(d->ctx, rsp);
+		if (rc < 0) {
+			e = errno ? errno : EIO;
+			break;
+		}
+		if (rc < 9 || (size_t)rc - 7 > RTU_MAX_ADU - 3) {
+			e = EMBBADDATA;
+			break;
+		}
+		if (((rsp[0] << 8) | rsp[1]) != tid || rsp[6] != (uint8_t)d->cur_unit) {
+			d->foreign++;
+			continue;
+		}
+		fake[0] = 1;
+		memcpy(fake + 1, rsp + 7, (size_t)rc - 7);
+		{
+			uint16_t crc = rtu_crc16(fake, (size_t)rc - 6);
+			fake[rc - 6] = (uint8_t)(crc & 0xFF);
+			fake[rc - 5] = (uint8_t)(crc >> 8);
+		}
+		switch (rtu_scan(fake, (size_t)rc - 4, &req, &a, &used)) {
+		case RTU_ANSWER:
+			unpack(d, op, n, a.data, a.len);
+			e = 0;
+			break;
+		case RTU_EXCEPTION:
+			e = exception_errno(a.exception);
+			break;
+		default: /* our transaction, but not an answer to it */
+			e = EMBBADDATA;
+			break;
+		}
+		break;
+	}
+	modbus_set_response_timeout(d->ctx, (uint32_t)(d->cur_timeout / 1000),
+				    (uint32_t)(d->cur_timeout % 1000) * 1000);
+	return e;
 }
 
 static int call(struct driver *d, enum mb_op op, int addr, int n)
@@ -712,6 +874,8 @@ static int call(struct driver *d, enum mb_op op, int addr, int n)
 
 	if (d->link)
 		return link_call(d, op, addr, n);
+	if (!d->rtu)
+		return tcp_call(d, op, addr, n);
 	switch (op) {
 	case OP_READ_COILS:
 		rc = modbus_read_bits(d->ctx, addr, n, d->bits);
@@ -757,8 +921,8 @@ static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int add
 		e = call(d, op, addr, n);
 		d->last_frame_end = mono_us();
 		account(d, dev, e, d->last_frame_end - t0);
-		if (d->link)
-			link_account(d);
+		match_account(d);
+		note_silence(d, dev, classify(e));
 		switch (classify(e)) {
 		case MBE_NONE:
 		case MBE_EXCEPTION:
@@ -772,6 +936,8 @@ static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int add
 			return e;
 		case MBE_TIMEOUT:
 		case MBE_FRAME:
+			if (!d->connected) /* note_silence() dropped the connection */
+				return e;
 			/* a late or broken answer must not be taken for the next one */
 			conn_flush(d);
 			break;
@@ -905,6 +1071,9 @@ static void update_ranges(struct driver *d)
 			dev->req_first = i;
 		dev->req_n++;
 	}
+	d->n_pollable = 0;
+	for (size_t i = 0; i < d->n_devs; i++)
+		d->n_pollable += d->devs[i].req_n > 0;
 }
 
 static void set_state(struct driver *d, struct mb_dev *dev, enum mb_devstate s)

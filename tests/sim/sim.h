@@ -63,6 +63,9 @@ void sim_modbus_stop(struct sim_modbus *m);
  *   as-unit DEVICE UNIT|off        answer with another unit id (CRC still good)
  *   count DEVICE                   requests the unit received so far
  *   churn PERCENT                  change this % of registers every second
+ *   freeze                         TCP buses: never answer the clients connected
+ *                                  now (a gateway whose sessions hang); new
+ *                                  connections are answered
  * Writes exactly one reply line to out. Returns 0 when handled (even if the
  * reply is an error), -ENOENT when the verb or the device is not Modbus.
  */

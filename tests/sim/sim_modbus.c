@@ -69,9 +69,10 @@ struct sim_unit {
 struct sim_bus {
 	struct sim_modbus *m;
 	const struct cfg_bus *cfg;
-	bool rtu;     /* RTU frames: serial (modbus-rtu) or TCP (modbus-rtu-tcp) */
-	bool rtu_tcp; /* RTU frames on TCP clients */
-	int cap[2];   /* socketpair: modbus_reply() writes into [1], we read [0] */
+	bool rtu;           /* RTU frames: serial (modbus-rtu) or TCP (modbus-rtu-tcp) */
+	bool rtu_tcp;       /* RTU frames on TCP clients */
+	atomic_bool freeze; /* TCP: stop answering the clients connected now */
+	int cap[2];         /* socketpair: modbus_reply() writes into [1], we read [0] */
 	modbus_t *ctx;
 	int fd; /* listening socket (TCP) or serial port (RTU) */
 	pthread_t thread;
@@ -464,6 +465,7 @@ static void serve_tcp(struct sim_bus *b)
 {
 	struct pollfd pfd[2 + SIM_MAX_CLIENTS];
 	int clients[SIM_MAX_CLIENTS];
+	bool frozen[SIM_MAX_CLIENTS];
 	size_t nc = 0;
 	uint8_t req[MODBUS_TCP_MAX_ADU_LENGTH];
 	int64_t next_churn = cgw_mono_ms() + 1000;
@@ -480,6 +482,9 @@ static void serve_tcp(struct sim_bus *b)
 			break;
 		if (cgw_mono_ms() >= next_churn)
 			churn(b);
+		if (atomic_exchange(&b->freeze, false))
+			for (size_t i = 0; i < nc; i++)
+				frozen[i] = true;
 		if (n <= 0)
 			continue;
 		for (size_t i = nc; i-- > 0;) {
@@ -487,19 +492,23 @@ static void serve_tcp(struct sim_bus *b)
 				continue;
 			modbus_set_socket(b->ctx, clients[i]);
 			int rc = modbus_receive(b->ctx, req);
-			if (rc > 0) {
+			if (rc > 0 && !frozen[i]) {
 				answer(b, clients[i], req, rc);
 			} else if (rc < 0) {
 				close(clients[i]);
-				clients[i] = clients[--nc];
+				nc--;
+				clients[i] = clients[nc];
+				frozen[i] = frozen[nc];
 			}
 		}
 		if (pfd[1].revents & POLLIN) {
 			int c = accept4(b->fd, NULL, NULL, SOCK_CLOEXEC);
-			if (c >= 0 && nc < SIM_MAX_CLIENTS)
+			if (c >= 0 && nc < SIM_MAX_CLIENTS) {
+				frozen[nc] = false;
 				clients[nc++] = c;
-			else if (c >= 0)
+			} else if (c >= 0) {
 				close(c);
+			}
 		}
 	}
 	for (size_t i = 0; i < nc; i++)
@@ -767,6 +776,7 @@ int sim_modbus_start(const struct cgw_config *cfg, const struct sim_modbus_opts 
 		b->m = m;
 		b->cfg = &cfg->buses[i];
 		b->rtu_tcp = b->cfg->type == CFG_BUS_MODBUS_RTU_TCP;
+		atomic_init(&b->freeze, false);
 		b->rtu = b->cfg->type == CFG_BUS_MODBUS_RTU || b->rtu_tcp;
 		b->fd = -1;
 		b->cap[0] = b->cap[1] = -1;
@@ -1069,6 +1079,14 @@ int sim_modbus_command(struct sim_modbus *m, int argc, char **argv, FILE *out)
 
 	if (!m || argc < 1)
 		return -ENOENT;
+	if (!strcmp(argv[0], "freeze")) {
+		/* a gateway that keeps its sessions open but stops answering them */
+		for (size_t i = 0; i < m->n_buses; i++)
+			if (!m->buses[i].rtu)
+				atomic_store(&m->buses[i].freeze, true);
+		fputs("ok\n", out);
+		return 0;
+	}
 	if (!strcmp(argv[0], "churn")) {
 		int pct = argc == 2 ? atoi(argv[1]) : -1;
 		if (pct < 0 || pct > 100) {
