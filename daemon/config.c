@@ -937,6 +937,9 @@ static const struct key point_keys[] = {
 	 "value = raw * scale + offset"},
 	{"bit", K_INT, OFF(struct cfg_point, bit), "-1", 0, -1, 15, NULL, NULL,
 	 "modbus: one bit (0..15) of a register, as bool"},
+	{"poll", K_DURATION, OFF(struct cfg_point, poll_ms), NULL, 0, 50, 86400000, NULL, NULL,
+	 "modbus: read this point more often than its device (an alarm status at 500ms while "
+	 "analogue values stay at the device's poll); it gets its own short request"},
 	{"enum", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, custom_enum,
 	 "map of raw integer -> word, e.g. {0: normal, 1: alarm}"},
 	{"unit", K_STR, OFF(struct cfg_point, unit), NULL, 0, 0, 0, NULL, NULL,
@@ -984,6 +987,8 @@ static const struct key alarm_keys[] = {
 	 "the condition must hold this long before the alarm is raised"},
 	{"off_delay", K_DURATION, OFF(struct cfg_alarm, off_delay_ms), "0ms", 0, 0, 0, NULL, NULL,
 	 "the condition must be gone this long before the alarm clears"},
+	{"poll", K_DURATION, OFF(struct cfg_alarm, poll_ms), NULL, 0, 50, 86400000, NULL, NULL,
+	 "modbus: read the rule's point at least this often (as the point's poll)"},
 	{"severity", K_CHOICE, OFF(struct cfg_alarm, severity), "major", 0, 0, 0, severities, NULL,
 	 "critical, major, minor or warning"},
 	{"message", K_STR, OFF(struct cfg_alarm, message), "{name} {alarm}", 0, 0, 0, NULL, NULL,
@@ -2233,6 +2238,12 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 				       pt->name, pt->topic);
 				nerr++;
 			}
+			if (key_given(&point_tab, o, "poll")) {
+				err_at(ld, o->file, key_line(&point_tab, o, "poll"),
+				       "point '%s': poll is for Modbus points (MQTT devices send)",
+				       pt->name);
+				nerr++;
+			}
 			if (pt->rate_limit_ms > 0 && !pt->event) {
 				err_at(ld, o->file, key_line(&point_tab, o, "rate_limit"),
 				       "point '%s': rate_limit is for event: true points",
@@ -2373,6 +2384,13 @@ static int check_profile(struct loader *ld, struct cfg_profile *pr)
 			       a->point);
 			nerr++;
 			continue;
+		}
+		if (a->poll_ms > 0 && pt->mqtt) {
+			err_at(ld, o->file, key_line(&alarm_tab, o, "poll"),
+			       "alarm '%s': poll is for rules on Modbus points", a->name);
+			nerr++;
+		} else if (a->poll_ms > 0 && (pt->poll_ms <= 0 || a->poll_ms < pt->poll_ms)) {
+			pr->points[a->point_idx].poll_ms = a->poll_ms; /* the fastest reader wins */
 		}
 		if ((a->op == CFG_OP_ABOVE || a->op == CFG_OP_BELOW) &&
 		    (pt->type == CGW_T_BOOL || pt->type == CGW_T_STRING || pt->n_enums)) {

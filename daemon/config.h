@@ -64,7 +64,8 @@ struct cfg_point {
 	unsigned str_len;
 	int order; /* enum cgw_order */
 	double scale, offset;
-	int64_t bit; /* -1: whole value */
+	int64_t bit;     /* -1: whole value */
+	int64_t poll_ms; /* 0: the device's poll; else read this often (fast point) */
 	/* MQTT */
 	char *topic;
 	char *json;
@@ -115,7 +116,8 @@ struct cfg_alarm {
 	int64_t bit;
 	double deadband;
 	int64_t on_delay_ms, off_delay_ms;
-	int severity; /* enum cfg_severity */
+	int64_t poll_ms; /* 0, or the rule's point is read at least this often */
+	int severity;    /* enum cfg_severity */
 	char *message;
 	bool latch;
 	struct cfg_unless *unless;
@@ -142,7 +144,7 @@ struct cfg_bus {
 	/* modbus-rtu */
 	char *device;
 	int64_t baud; /* also modbus-rtu-tcp: the line behind the serial server */
-	int parity; /* 0 N, 1 E, 2 O */
+	int parity;   /* 0 N, 1 E, 2 O */
 	int64_t data_bits, stop_bits;
 	bool rs485;
 	int64_t frame_delay_ms;

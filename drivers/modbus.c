@@ -137,6 +137,8 @@ struct mb_dev {
 	struct mb_pstate *pts;   /* per profile point */
 	size_t req_first, req_n; /* its requests in the plan (adjacent) */
 	int64_t next_due;        /* monotonic ms; INT64_MAX: nothing to poll */
+	int64_t fast_ms;         /* its fastest point's poll (0: none faster than the device) */
+	int64_t next_fast;       /* monotonic ms: next read of its fast requests alone */
 	unsigned failed_cycles;
 	enum mb_devstate state;
 	bool refresh;          /* poll now, off schedule (after a write) */
@@ -221,6 +223,7 @@ struct mb_span modbus_point_span(const struct cfg_device *cd, uint32_t dev, uint
 		.count = (uint16_t)(pt->table >= CGW_TBL_INPUT ? mbd_reg_count(&f) : 1),
 		.max_gap = (uint16_t)cd->max_gap,
 		.max_regs = (uint16_t)cd->max_registers,
+		.poll_ms = pt->poll_ms > 0 && pt->poll_ms < cd->poll_ms ? (uint32_t)pt->poll_ms : 0,
 	};
 }
 
@@ -1072,8 +1075,16 @@ static void update_ranges(struct driver *d)
 		dev->req_n++;
 	}
 	d->n_pollable = 0;
-	for (size_t i = 0; i < d->n_devs; i++)
-		d->n_pollable += d->devs[i].req_n > 0;
+	for (size_t i = 0; i < d->n_devs; i++) {
+		struct mb_dev *dev = &d->devs[i];
+		d->n_pollable += dev->req_n > 0;
+		dev->fast_ms = 0;
+		for (size_t k = dev->req_first; k < dev->req_first + dev->req_n; k++) {
+			uint32_t pm = mbp_req(d->plan, k)->poll_ms;
+			if (pm && (!dev->fast_ms || pm < dev->fast_ms))
+				dev->fast_ms = pm;
+		}
+	}
 }
 
 static void set_state(struct driver *d, struct mb_dev *dev, enum mb_devstate s)
@@ -1452,7 +1463,8 @@ static void end_cycle(struct driver *d, struct mb_dev *dev)
 	dev->cycle_ts = 0;
 }
 
-static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled)
+/* fast_only: only the requests of fast points (a slot of their own poll). */
+static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled, bool fast_only)
 {
 	int fail_e = 0;
 
@@ -1485,6 +1497,10 @@ static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled)
 			break;
 		}
 		r = mbp_req(d->plan, i);
+		if (fast_only && !r->poll_ms) {
+			i++;
+			continue;
+		}
 		e = transact(d, dev, read_op(r->table), r->addr, r->count);
 		if (stopping(d))
 			return;
@@ -1518,11 +1534,11 @@ static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled)
 	finish_cycle(d, dev, fail_e, scheduled);
 }
 
-static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled)
+static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled, bool fast_only)
 {
 	dev->cycle_ts = 0;
 	dev->cycle_readings = false;
-	poll_cycle(d, dev, scheduled);
+	poll_cycle(d, dev, scheduled, fast_only);
 	end_cycle(d, dev);
 }
 
@@ -1546,7 +1562,64 @@ static void schedule_initial(struct driver *d, int64_t start)
 			n++;
 		}
 		dev->next_due = start + dev->cfg->poll_ms * (int64_t)k / (int64_t)n;
+		dev->next_fast = dev->next_due + dev->fast_ms;
 	}
+}
+
+/* The device to poll next: 0 and *dev set when one is due now, else the
+ * time of the next slot. Among the slots due now, fast points come first
+ * (an alarm status read every 500 ms must not queue behind a cycle of
+ * analogue values), then full cycles, and last the devices that failed
+ * their last two cycles: a dying detector goes to the back of the line, so
+ * it delays nobody who answers. */
+static int64_t pick_next(struct driver *d, int64_t now, struct mb_dev **out, bool *fast)
+{
+	struct mb_dev *best[3] = {NULL, NULL, NULL};
+	int64_t best_t[3] = {INT64_MAX, INT64_MAX, INT64_MAX}, next = INT64_MAX;
+
+	for (size_t i = 0; i < d->n_devs; i++) {
+		struct mb_dev *dev = &d->devs[i];
+		int64_t t = dev->refresh && d->connected ? now : dev->next_due;
+		bool f = false;
+		int cls;
+
+		if (dev->fast_ms && dev->state != DEV_OFFLINE && d->connected &&
+		    dev->next_fast < t) {
+			t = dev->next_fast;
+			f = true;
+		}
+		if (t < next)
+			next = t;
+		if (t > now)
+			continue;
+		cls = dev->failed_cycles >= 2 ? 2 : f ? 0 : 1;
+		if (t < best_t[cls]) {
+			best_t[cls] = t;
+			best[cls] = dev;
+			if (cls == 2 || cls == 0)
+				*fast = f;
+		}
+	}
+	for (int c = 0; c < 3; c++) {
+		if (best[c]) {
+			*out = best[c];
+			if (c == 1)
+				*fast = false;
+			else if (c == 0)
+				*fast = true;
+			return 0;
+		}
+	}
+	*out = NULL;
+	return next;
+}
+
+/* The next slot of a device's fast points, on their own grid. */
+static void reschedule_fast(struct mb_dev *dev, int64_t now)
+{
+	dev->next_fast += dev->fast_ms;
+	if (dev->next_fast <= now)
+		dev->next_fast += ((now - dev->next_fast) / dev->fast_ms + 1) * dev->fast_ms;
 }
 
 static void reschedule(struct driver *d, struct mb_dev *dev)
@@ -1590,6 +1663,7 @@ static void *worker(void *arg)
 	while (!stopping(d)) {
 		struct mb_dev *next = NULL;
 		int64_t now, due = INT64_MAX;
+		bool fast = false;
 
 		run_writes(d);
 		now = cgw_mono_ms();
@@ -1597,18 +1671,20 @@ static void *worker(void *arg)
 			try_connect(d);
 			now = cgw_mono_ms();
 		}
-		for (size_t i = 0; i < d->n_devs; i++) {
-			struct mb_dev *dev = &d->devs[i];
-			int64_t t = dev->refresh && d->connected ? now : dev->next_due;
-			if (t < due)
-				due = t, next = &d->devs[i];
+		due = pick_next(d, now, &next, &fast);
+		if (next && fast) {
+			poll_device(d, next, false, true);
+			reschedule_fast(next, cgw_mono_ms());
+			continue;
 		}
-		if (next && due <= now) {
+		if (next) {
 			bool scheduled = next->next_due <= now;
 			next->refresh = false;
-			poll_device(d, next, scheduled);
+			poll_device(d, next, scheduled, false);
 			if (scheduled)
 				reschedule(d, next);
+			if (next->fast_ms && next->next_fast <= cgw_mono_ms())
+				reschedule_fast(next, cgw_mono_ms()); /* the cycle read them too */
 			continue;
 		}
 		int64_t scan_at = scan_step(d, now, due); /* the idle line: commissioning */

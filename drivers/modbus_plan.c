@@ -81,21 +81,28 @@ static int cmp_u64(uint64_t a, uint64_t b)
 	return (a > b) - (a < b);
 }
 
+/* Fast spans first (shortest poll first), then those at the device's poll. */
+static uint64_t poll_key(const struct mb_span *s)
+{
+	return s->poll_ms ? s->poll_ms : UINT64_MAX;
+}
+
 static int span_cmp(const void *pa, const void *pb)
 {
 	const struct mb_span *a = pa, *b = pb;
 	int c;
 
 	if ((c = cmp_u64(a->unit, b->unit)) || (c = cmp_u64(a->device, b->device)) ||
-	    (c = cmp_u64(a->table, b->table)) || (c = cmp_u64(a->addr, b->addr)) ||
-	    (c = cmp_u64(a->count, b->count)))
+	    (c = cmp_u64(poll_key(a), poll_key(b))) || (c = cmp_u64(a->table, b->table)) ||
+	    (c = cmp_u64(a->addr, b->addr)) || (c = cmp_u64(a->count, b->count)))
 		return c;
 	return cmp_u64(a->point, b->point);
 }
 
 static bool same_group(const struct mb_span *a, const struct mb_span *b)
 {
-	return a->unit == b->unit && a->device == b->device && a->table == b->table;
+	return a->unit == b->unit && a->device == b->device && a->poll_ms == b->poll_ms &&
+	       a->table == b->table;
 }
 
 static bool same_range(const struct mb_span *a, const struct mb_span *b)
@@ -120,6 +127,7 @@ static struct mb_req make_req(const struct mb_plan *p, size_t first, size_t n)
 		.first_span = first,
 		.nspans = n,
 		.device = s->device,
+		.poll_ms = s->poll_ms,
 	};
 }
 

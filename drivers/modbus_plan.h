@@ -4,8 +4,10 @@
  *
  * Every point becomes a span (unit, table, address range). Spans are merged
  * into as few reads as the protocol allows:
- *   - only spans of the same device, hence the same unit, and the same
- *     table share a read. Devices are kept apart even when two share a unit
+ *   - only spans of the same device, hence the same unit, the same poll
+ *     (poll_ms: a fast point, e.g. an alarm status read every 500 ms, keeps
+ *     its own short read instead of riding in the device's long one) and
+ *     the same table share a read. Devices are kept apart even when two share a unit
  *     id: the device is what the worker schedules (its poll interval), counts
  *     offline and configures (max_gap, max_registers), and a read that mixes
  *     two devices would tie their schedules and their failures together;
@@ -16,7 +18,7 @@
  *     (max_registers counts registers: bit tables are not limited by it;
  *     a device that refuses large bit reads is handled by mbp_split);
  *   - a span is never cut: a 32-bit point is always read in one request.
- * Requests are ordered by (unit, device, table, address): with one device per
+ * Requests are ordered by (unit, device, fast first, table, address): with one device per
  * unit this is (unit, table, address), and one device's requests are always
  * adjacent. The spans covered by a request are a contiguous run of the plan's
  * sorted spans, ordered by address.
@@ -48,6 +50,7 @@ struct mb_span {
 	uint16_t count;    /* registers, or bits for coil/discrete (mbd_reg_count()) */
 	uint16_t max_gap;  /* unread addresses that may be bridged; taken literally, 0 = none */
 	uint16_t max_regs; /* per-request register limit; 0 or > 125 = 125 */
+	uint32_t poll_ms;  /* 0: the device's poll; else this point is read this often */
 };
 
 /* One read. Its spans are mbp_span(p, first_span .. first_span + nspans - 1);
@@ -58,7 +61,8 @@ struct mb_req {
 	uint16_t addr;
 	uint16_t count; /* registers or bits to read, >= 1 */
 	size_t first_span, nspans;
-	uint32_t device; /* every span of a request belongs to this device */
+	uint32_t device;  /* every span of a request belongs to this device */
+	uint32_t poll_ms; /* its spans' poll_ms */
 };
 
 struct mb_plan; /* owns its sorted copy of the spans and its requests */

@@ -472,6 +472,33 @@ static uint32_t limit_of(const struct mb_span *s)
 	return s->max_regs && s->max_regs < 125 ? s->max_regs : 125;
 }
 
+/* A fast point (its own poll) keeps its own short read, first in the
+ * device's requests, even when it sits between registers the device's
+ * long read covers. */
+static void test_fast_points_apart(void **state)
+{
+	(void)state;
+	struct mb_span s[] = {
+		sp(0, 0, 3, HOLD, 0, 1), sp(0, 1, 3, HOLD, 1, 1), /* alarm status: fast */
+		sp(0, 2, 3, HOLD, 2, 2), sp(0, 3, 3, HOLD, 4, 1), /* analogue values */
+		sp(0, 4, 3, COIL, 0, 1),                          /* fast too */
+	};
+	s[1].poll_ms = 500;
+	s[4].poll_ms = 500;
+	struct mb_plan *p = build(s, sizeof s / sizeof s[0]);
+	assert_int_equal(mbp_count(p), 3);
+	req_is(p, 0, 3, COIL, 0, 1, 1);
+	req_is(p, 1, 3, HOLD, 1, 1, 1);
+	assert_int_equal(mbp_req(p, 0)->poll_ms, 500);
+	assert_int_equal(mbp_req(p, 1)->poll_ms, 500);
+	/* the slow read bridges the fast point's register as a gap, never holds it */
+	req_is(p, 2, 3, HOLD, 0, 5, 3);
+	assert_int_equal(mbp_req(p, 2)->poll_ms, 0);
+	for (size_t k = 0; k < mbp_req(p, 2)->nspans; k++)
+		assert_int_not_equal(mbp_span(p, mbp_req(p, 2)->first_span + k)->point, 1);
+	mbp_free(p);
+}
+
 static int key_cmp(const void *pa, const void *pb)
 {
 	const struct mb_span *a = pa, *b = pb;
@@ -480,7 +507,8 @@ static int key_cmp(const void *pa, const void *pb)
 
 static bool same_group(const struct mb_span *a, const struct mb_req *r)
 {
-	return a->unit == r->unit && a->table == r->table && a->device == r->device;
+	return a->unit == r->unit && a->table == r->table && a->device == r->device &&
+	       a->poll_ms == r->poll_ms;
 }
 
 /*
@@ -707,6 +735,7 @@ int main(void)
 		cmocka_unit_test(test_overlap_merge),      cmocka_unit_test(test_gap_bridging),
 		cmocka_unit_test(test_register_limit),     cmocka_unit_test(test_bit_limit),
 		cmocka_unit_test(test_max_registers),      cmocka_unit_test(test_never_merged_across),
+		cmocka_unit_test(test_fast_points_apart),
 		cmocka_unit_test(test_invalid_spans),      cmocka_unit_test(test_split_at_gaps),
 		cmocka_unit_test(test_split_halves),       cmocka_unit_test(test_split_overlaps),
 		cmocka_unit_test(test_print),              cmocka_unit_test(test_random_plans),
