@@ -170,6 +170,7 @@ struct driver {
 	int64_t silence_us; /* between frames on an RTU line: 3.5 characters + frame_delay */
 	bool rtu, connected, conn_fault, rs485_logged;
 	bool answered; /* a request was answered on this connection */
+	bool in_fast;  /* serving fast points between the requests of a cycle */
 	int64_t reconnect_at, backoff;
 	int cur_unit, cur_timeout;
 	int64_t last_frame_end; /* monotonic us */
@@ -1463,6 +1464,40 @@ static void end_cycle(struct driver *d, struct mb_dev *dev)
 	dev->cycle_ts = 0;
 }
 
+static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled, bool fast_only);
+static void reschedule_fast(struct mb_dev *dev, int64_t now);
+
+/* Before a request that may hold the line for up to horizon_ms (its
+ * timeouts), read the fast points whose slot comes up meanwhile: early
+ * rather than late, so an alarm status read every 500 ms is never more than
+ * its poll (plus its own short read) old, whatever sits on the line. The
+ * look-ahead is at most half a fast poll, so a point is read ahead of its
+ * slot at most once. */
+static void run_fast_due(struct driver *d, int64_t horizon_ms, const struct mb_dev *busy)
+{
+	if (d->in_fast)
+		return;
+	d->in_fast = true;
+	while (d->connected && !stopping(d)) {
+		int64_t now = cgw_mono_ms();
+		struct mb_dev *f = NULL;
+
+		for (size_t i = 0; i < d->n_devs; i++) {
+			struct mb_dev *x = &d->devs[i];
+			int64_t h = horizon_ms < x->fast_ms / 2 ? horizon_ms : x->fast_ms / 2;
+			/* busy: its cycle is on; it read its fast points first */
+			if (x != busy && x->fast_ms && x->state != DEV_OFFLINE &&
+			    x->next_fast <= now + h && (!f || x->next_fast < f->next_fast))
+				f = x;
+		}
+		if (!f)
+			break;
+		poll_device(d, f, false, true);
+		reschedule_fast(f, cgw_mono_ms());
+	}
+	d->in_fast = false;
+}
+
 /* fast_only: only the requests of fast points (a slot of their own poll). */
 static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled, bool fast_only)
 {
@@ -1485,6 +1520,10 @@ static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled, boo
 		int e;
 
 		run_writes(d); /* between requests, never during one */
+		run_fast_due(d,
+			     dev->cfg->timeout_ms *
+				     (dev->state == DEV_OFFLINE ? 1 : 1 + dev->cfg->retries),
+			     dev);
 		if (stopping(d))
 			return;
 		if (!d->connected) {
