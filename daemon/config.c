@@ -837,6 +837,18 @@ static const struct key bus_keys[] = {
 	 "modbus-tcp, modbus-rtu-tcp: host name or address"},
 	{"port", K_INT, OFF(struct cfg_bus, port), "502", 0, 1, 65535, NULL, NULL,
 	 "modbus-tcp, modbus-rtu-tcp: TCP port"},
+	{"listen", K_STR, OFF(struct cfg_bus, listen), NULL, 0, 0, 0, NULL, NULL,
+	 "modbus-rtu-tcp: ADDRESS:PORT to accept a dial-in DTU on, instead of host/port "
+	 "(buses may share one; each DTU is told apart by its registration)"},
+	{"register", K_STR, OFF(struct cfg_bus, reg_text), NULL, 0, 0, 0, NULL, NULL,
+	 "modbus-rtu-tcp listen: the registration packet the DTU sends on connect (e.g. its "
+	 "IMEI)"},
+	{"register_hex", K_STR, OFF(struct cfg_bus, reg_hex), NULL, 0, 0, 0, NULL, NULL,
+	 "modbus-rtu-tcp listen: the registration packet in hex, e.g. 'A5 01 02'"},
+	{"heartbeat", K_STR, OFF(struct cfg_bus, hb_text), NULL, 0, 0, 0, NULL, NULL,
+	 "modbus-rtu-tcp listen: the DTU's heartbeat packet, dropped from the stream"},
+	{"heartbeat_hex", K_STR, OFF(struct cfg_bus, hb_hex), NULL, 0, 0, 0, NULL, NULL,
+	 "modbus-rtu-tcp listen: the heartbeat packet in hex"},
 	{"timeout", K_DURATION, OFF(struct cfg_bus, timeout_ms), "1s", 0, 10, 60000, NULL, NULL,
 	 "modbus: response timeout"},
 	{"byte_timeout", K_DURATION, OFF(struct cfg_bus, byte_timeout_ms), "0ms", 0, 0, 10000, NULL,
@@ -2703,20 +2715,23 @@ bad:
  * key it cannot do without, and how its devices are addressed. A new type
  * of bus is one row here and its name in bus_types[]; nothing else in the
  * loader asks which type a bus is. */
-enum { G_SERIAL, G_LINE, G_TCP, G_MODBUS, G_MQTT, N_GROUPS };
+enum { G_SERIAL, G_LINE, G_TCP, G_MODBUS, G_MQTT, G_DTU, N_GROUPS };
 struct bus_kind {
 	unsigned groups;      /* 1 << G_* */
 	const char *required; /* key */
+	const char *instead;  /* a key that may stand for it */
 	bool rtu_units;       /* units 1..247 and required (an RTU line) */
 	bool mqtt;            /* devices have MQTT profiles */
+	int (*check)(struct loader *ld, struct cfg_bus *b); /* what is particular to it */
 };
+static int check_dtu(struct loader *ld, struct cfg_bus *b);
 static const struct bus_kind bus_kinds[] = {
-	[CFG_BUS_MODBUS_RTU] = {1u << G_SERIAL | 1u << G_LINE | 1u << G_MODBUS, "device", true,
-				false},
-	[CFG_BUS_MODBUS_TCP] = {1u << G_TCP | 1u << G_MODBUS, "host", false, false},
-	[CFG_BUS_MQTT] = {1u << G_MQTT, "url", false, true},
-	[CFG_BUS_MODBUS_RTU_TCP] = {1u << G_TCP | 1u << G_LINE | 1u << G_MODBUS, "host", true,
-				    false},
+	[CFG_BUS_MODBUS_RTU] = {1u << G_SERIAL | 1u << G_LINE | 1u << G_MODBUS, "device", NULL,
+				true, false, NULL},
+	[CFG_BUS_MODBUS_TCP] = {1u << G_TCP | 1u << G_MODBUS, "host", NULL, false, false, NULL},
+	[CFG_BUS_MQTT] = {1u << G_MQTT, "url", NULL, false, true, NULL},
+	[CFG_BUS_MODBUS_RTU_TCP] = {1u << G_TCP | 1u << G_LINE | 1u << G_MODBUS | 1u << G_DTU,
+				    "host", "listen", true, false, check_dtu},
 };
 
 static const struct bus_kind *bus_kind(int type)
@@ -2725,6 +2740,138 @@ static const struct bus_kind *bus_kind(int type)
 	return type >= 0 && (size_t)type < sizeof(bus_kinds) / sizeof(bus_kinds[0]) ?
 		       &bus_kinds[type] :
 		       &none;
+}
+
+/* "A5 01 ff" or "a501ff" -> bytes. -EINVAL if not hex. */
+static int parse_hex(const char *s, uint8_t **out, size_t *len)
+{
+	size_t n = 0, cap = strlen(s) / 2 + 1;
+	uint8_t *b = malloc(cap);
+	int hi = -1;
+
+	if (!b)
+		return -ENOMEM;
+	for (; *s; s++) {
+		int v;
+		if (*s == ' ' || *s == ':' || *s == '-')
+			continue;
+		if (*s >= '0' && *s <= '9')
+			v = *s - '0';
+		else if ((*s | 0x20) >= 'a' && (*s | 0x20) <= 'f')
+			v = (*s | 0x20) - 'a' + 10;
+		else
+			goto bad;
+		if (hi < 0) {
+			hi = v;
+		} else {
+			b[n++] = (uint8_t)(hi << 4 | v);
+			hi = -1;
+		}
+	}
+	if (hi >= 0 || n == 0)
+		goto bad;
+	*out = b;
+	*len = n;
+	return 0;
+bad:
+	free(b);
+	return -EINVAL;
+}
+
+#define CFG_DTU_ID_MAX 128
+
+/* A packet given as text or as hex (at most one of them): errors found. */
+static int dtu_packet(struct loader *ld, struct cfg_bus *b, const char *key, const char *text,
+		      const char *hex, bool required, uint8_t **out, size_t *len)
+{
+	char hkey[32];
+
+	snprintf(hkey, sizeof(hkey), "%s_hex", key);
+	if (text && hex) {
+		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, hkey),
+		       "bus '%s': give '%s' or '%s', not both", b->name, key, hkey);
+		return 1;
+	}
+	if (!text && !hex) {
+		if (!required)
+			return 0;
+		err_at(ld, b->o.file, b->o.line,
+		       "bus '%s': a bus that listens for a DTU needs '%s' (or '%s'): the "
+		       "registration that tells its DTU apart",
+		       b->name, key, hkey);
+		return 1;
+	}
+	if (text) {
+		*len = strlen(text);
+		*out = (uint8_t *)strdup(text);
+		if (!*out || !*len) {
+			err_at(ld, b->o.file, key_line(&bus_tab, &b->o, key),
+			       "bus '%s': empty '%s'", b->name, key);
+			return 1;
+		}
+	} else if (parse_hex(hex, out, len) < 0) {
+		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, hkey),
+		       "bus '%s': %s '%s' is not hex bytes (e.g. 'A5 01 02')", b->name, hkey, hex);
+		return 1;
+	}
+	if (*len > CFG_DTU_ID_MAX) {
+		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, hex ? hkey : key),
+		       "bus '%s': %s is %zu bytes; at most %d", b->name, key, *len, CFG_DTU_ID_MAX);
+		return 1;
+	}
+	return 0;
+}
+
+/* modbus-rtu-tcp: a serial server we connect to (host), or a DTU that dials
+ * in (listen + its registration). */
+static int check_dtu(struct loader *ld, struct cfg_bus *b)
+{
+	static const char *const dial_in[] = {"register", "register_hex", "heartbeat",
+					      "heartbeat_hex", NULL};
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	int nerr = 0;
+
+	if (!b->listen) {
+		for (int i = 0; dial_in[i]; i++) {
+			if (key_given(&bus_tab, &b->o, dial_in[i])) {
+				err_at(ld, b->o.file, key_line(&bus_tab, &b->o, dial_in[i]),
+				       "bus '%s': key '%s' is for a bus that listens for a DTU",
+				       b->name, dial_in[i]);
+				nerr++;
+			}
+		}
+		return nerr;
+	}
+	if (key_given(&bus_tab, &b->o, "host") || key_given(&bus_tab, &b->o, "port")) {
+		const char *k = key_given(&bus_tab, &b->o, "host") ? "host" : "port";
+		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, k),
+		       "bus '%s': '%s' and 'listen' exclude each other (connect, or be connected "
+		       "to)",
+		       b->name, k);
+		nerr++;
+	}
+	if (metrics_parse_listen(b->listen, &ss, &sl) < 0) {
+		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, "listen"),
+		       "bus '%s': listen '%s' is not ADDRESS:PORT (e.g. 0.0.0.0:9001)", b->name,
+		       b->listen);
+		nerr++;
+	}
+	nerr += dtu_packet(ld, b, "register", b->reg_text, b->reg_hex, true, &b->reg_id,
+			   &b->reg_len);
+	nerr += dtu_packet(ld, b, "heartbeat", b->hb_text, b->hb_hex, false, &b->heartbeat,
+			   &b->heartbeat_len);
+	for (struct cfg_bus *o = ld->cfg->buses; !nerr && o < b; o++) {
+		if (o->listen && !strcmp(o->listen, b->listen) && o->reg_len == b->reg_len &&
+		    !memcmp(o->reg_id, b->reg_id, b->reg_len)) {
+			err_at(ld, b->o.file,
+			       key_line(&bus_tab, &b->o, b->reg_text ? "register" : "register_hex"),
+			       "bus '%s': bus '%s' already waits for this registration on %s",
+			       b->name, o->name, b->listen);
+			nerr++;
+		}
+	}
+	return nerr;
 }
 
 /* Keys that only make sense for some types of bus. */
@@ -2740,11 +2887,10 @@ static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 					   "password_file", "ca_file",   "cert_file",
 					   "key_file",      "insecure",  "stale_after",
 					   "max_payload",   "clean_session", NULL};
-	const char *const *groups[N_GROUPS] = {[G_SERIAL] = serial,
-					       [G_LINE] = line,
-					       [G_TCP] = tcp,
-					       [G_MODBUS] = modbus,
-					       [G_MQTT] = mqtt};
+	static const char *const dtu[] = {"listen",    "register",      "register_hex",
+					  "heartbeat", "heartbeat_hex", NULL};
+	const char *const *groups[N_GROUPS] = {[G_SERIAL] = serial, [G_LINE] = line, [G_TCP] = tcp,
+					       [G_MODBUS] = modbus, [G_MQTT] = mqtt, [G_DTU] = dtu};
 	const struct bus_kind *kind;
 	int nerr = 0;
 
@@ -2763,10 +2909,14 @@ static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 			}
 		}
 	}
-	if (kind->required && !key_given(&bus_tab, &b->o, kind->required)) {
-		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key '%s'", b->name,
-		       kind->required);
+	if (kind->required && !key_given(&bus_tab, &b->o, kind->required) &&
+	    !(kind->instead && key_given(&bus_tab, &b->o, kind->instead))) {
+		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key '%s'%s%s%s",
+		       b->name, kind->required, kind->instead ? " (or '" : "",
+		       kind->instead ? kind->instead : "", kind->instead ? "')" : "");
 		nerr++;
+	} else if (kind->check) {
+		nerr += kind->check(ld, b);
 	} else if (kind->mqtt) {
 		bool http = false;
 		free(b->host); /* not settable on an mqtt bus (checked above): from the url */
@@ -3274,8 +3424,11 @@ void config_free(struct cgw_config *cfg)
 		free_strs(&cfg->uplinks[i], &uplink_tab);
 		free(cfg->uplinks[i].host);
 	}
-	for (size_t i = 0; i < cfg->n_buses; i++)
+	for (size_t i = 0; i < cfg->n_buses; i++) {
 		free_strs(&cfg->buses[i], &bus_tab);
+		free(cfg->buses[i].reg_id);
+		free(cfg->buses[i].heartbeat);
+	}
 	for (size_t i = 0; i < cfg->n_devices; i++) {
 		struct cfg_device *d = &cfg->devices[i];
 		free_strs(d, &device_tab);
@@ -3343,6 +3496,7 @@ void config_print_summary(const struct cgw_config *cfg, FILE *f)
 			bus_types[b->type],
 			b->url    ? b->url :
 			b->device ? b->device :
+			b->listen ? b->listen :
 				    b->host,
 			b->n_devices, b->n_devices == 1 ? "" : "s", bp);
 	}

@@ -152,6 +152,12 @@ struct cfg_bus {
 	char *host;
 	int64_t port;
 	bool tls; /* mqtt: mqtts:// */
+	/* modbus-rtu-tcp with listen: dial-in DTUs (the DTU connects to us) */
+	char *listen;                /* ADDR:PORT; several buses may share one */
+	char *reg_text, *reg_hex;    /* as written: register / register_hex */
+	char *hb_text, *hb_hex;      /* heartbeat / heartbeat_hex */
+	uint8_t *reg_id, *heartbeat; /* decoded (owned) */
+	size_t reg_len, heartbeat_len;
 	/* modbus */
 	int64_t timeout_ms, byte_timeout_ms, retries, offline_after, max_gap, max_registers;
 	/* mqtt */

@@ -70,6 +70,7 @@
 
 #include <modbus.h>
 
+#include "dtu_listen.h"
 #include "episode.h"
 #include "log.h"
 #include "modbus_decode.h"
@@ -160,6 +161,7 @@ struct driver {
 	/* worker only */
 	modbus_t *ctx;                 /* modbus-rtu, modbus-tcp */
 	struct rtu_link *link;         /* modbus-rtu-tcp */
+	struct dtu_slot *dtu;          /* modbus-rtu-tcp listen: our DTU's connection comes here */
 	uint16_t tid;                  /* modbus-tcp: the last transaction id sent */
 	uint64_t foreign, stale_bytes; /* modbus-tcp (the link counts its own) */
 	/* a connection on which no device answers any more: devices that timed
@@ -515,6 +517,8 @@ static const char *endpoint(const struct driver *d, char *buf, size_t len)
 {
 	if (d->rtu)
 		snprintf(buf, len, "%s", d->bus->device);
+	else if (d->dtu)
+		snprintf(buf, len, "DTU on %s", d->bus->listen);
 	else
 		snprintf(buf, len, "%s:%lld", d->bus->host, (long long)d->bus->port);
 	return buf;
@@ -528,6 +532,15 @@ static int conn_open(struct driver *d)
 
 	if (!d->link)
 		return modbus_connect(d->ctx);
+	if (d->dtu) {
+		int fd = dtu_take(d->dtu);
+		if (fd < 0) {
+			errno = ENOTCONN; /* the DTU has not dialled in (yet, or again) */
+			return -1;
+		}
+		rtu_link_adopt(d->link, fd);
+		return 0;
+	}
 	e = rtu_link_connect(d->link, d->bus->timeout_ms);
 	if (!e)
 		return 0;
@@ -588,6 +601,17 @@ static void try_connect(struct driver *d)
 		return;
 	}
 	e = errno;
+	if (d->dtu) {
+		/* no backoff: the DTU's connection wakes the worker when it comes */
+		snprintf(what, sizeof(what), "%s: waiting for the DTU to dial in",
+			 endpoint(d, ep, sizeof(ep)));
+		bus_error(d, what);
+		if (!d->conn_fault)
+			log_info("modbus", "%s %s", d->tag, what);
+		d->conn_fault = true;
+		d->reconnect_at = INT64_MAX;
+		return;
+	}
 	snprintf(what, sizeof(what), "cannot connect to %s: %s", endpoint(d, ep, sizeof(ep)),
 		 modbus_strerror(e));
 	bus_error(d, what);
@@ -1694,6 +1718,20 @@ static void wait_wake(struct driver *d, int64_t ms)
 	}
 }
 
+/* A DTU that dialled in again (same identity) replaces its old connection;
+ * while we wait for one, its arrival is what reconnects. */
+static void dtu_replace(struct driver *d)
+{
+	int fd;
+
+	if (!d->dtu || !d->connected || (fd = dtu_take(d->dtu)) < 0)
+		return;
+	log_notice("modbus", "%s DTU on %s dialled in again; the new connection replaces the old",
+		   d->tag, d->bus->listen);
+	rtu_link_adopt(d->link, fd);
+	d->answered = false;
+}
+
 static void *worker(void *arg)
 {
 	struct driver *d = arg;
@@ -1706,7 +1744,8 @@ static void *worker(void *arg)
 
 		run_writes(d);
 		now = cgw_mono_ms();
-		if (!d->connected && now >= d->reconnect_at) {
+		dtu_replace(d);
+		if (!d->connected && (now >= d->reconnect_at || d->dtu)) {
 			try_connect(d);
 			now = cgw_mono_ms();
 		}
@@ -1756,6 +1795,7 @@ static void mb_free(struct driver *d)
 	free(d->devs);
 	free(d->dev_map);
 	mbp_free(d->plan);
+	dtu_detach(d->dtu);
 	rtu_link_free(d->link);
 	if (d->ctx) {
 		modbus_close(d->ctx);
@@ -1905,6 +1945,7 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 			r = -ENOMEM;
 			goto fail;
 		}
+		rtu_link_set_heartbeat(d->link, bus->heartbeat, bus->heartbeat_len);
 	} else {
 		char port[16];
 		snprintf(port, sizeof(port), "%lld", (long long)bus->port);
@@ -1924,6 +1965,14 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	if (d->wake_fd < 0) {
 		r = -errno;
 		goto fail;
+	}
+	if (d->link && bus->listen) {
+		r = dtu_attach(bus->listen, bus->reg_id, bus->reg_len, d->wake_fd, &d->dtu);
+		if (r < 0) {
+			log_err("modbus", "%s cannot listen for the DTU on %s: %s", d->tag,
+				bus->listen, strerror(-r));
+			goto fail;
+		}
 	}
 
 	/* The worker takes no signals: the core loop handles them. */

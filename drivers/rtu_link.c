@@ -28,6 +28,8 @@ struct rtu_link {
 	uint8_t rx[RX_CAP];
 	size_t rx_n;
 	struct rtu_link_counters c;
+	uint8_t hb[RTU_MAX_ADU];
+	size_t hb_n;
 };
 
 static int64_t now_ms(void)
@@ -130,6 +132,41 @@ int rtu_link_connect(struct rtu_link *l, int64_t timeout_ms)
 	return e;
 }
 
+/* A heartbeat in the stream is no frame: cut it out wherever it is. */
+static void strip_heartbeats(struct rtu_link *l)
+{
+	if (!l->hb_n)
+		return;
+	for (size_t i = 0; i + l->hb_n <= l->rx_n;) {
+		if (memcmp(l->rx + i, l->hb, l->hb_n)) {
+			i++;
+			continue;
+		}
+		memmove(l->rx + i, l->rx + i + l->hb_n, l->rx_n - i - l->hb_n);
+		l->rx_n -= l->hb_n;
+		l->c.heartbeats++;
+	}
+}
+
+void rtu_link_adopt(struct rtu_link *l, int fd)
+{
+	int one = 1;
+
+	rtu_link_close(l);
+	l->fd = fd;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+int rtu_link_set_heartbeat(struct rtu_link *l, const uint8_t *hb, size_t n)
+{
+	if (n > sizeof(l->hb))
+		return -EINVAL;
+	if (n)
+		memcpy(l->hb, hb, n);
+	l->hb_n = n;
+	return 0;
+}
+
 /* Read what is there, waiting at most ms. 0 data read, ETIMEDOUT, or a
  * connection error. */
 static int fill(struct rtu_link *l, int64_t ms)
@@ -156,6 +193,7 @@ static int fill(struct rtu_link *l, int64_t ms)
 	if (n < 0)
 		return errno == EAGAIN || errno == EINTR ? 0 : errno;
 	l->rx_n += (size_t)n;
+	strip_heartbeats(l);
 	return 0;
 }
 

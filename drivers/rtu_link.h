@@ -32,6 +32,7 @@ struct rtu_link_counters {
 	uint64_t foreign;     /* well-formed frames that answered something else */
 	uint64_t stale_bytes; /* bytes waiting before a request (late/repeated answers) */
 	uint64_t garbage_bytes;
+	uint64_t heartbeats; /* heartbeat packets dropped from the stream */
 };
 
 struct rtu_link;
@@ -54,5 +55,11 @@ int rtu_link_transact(struct rtu_link *l, const uint8_t *frame, size_t flen,
 		      const struct rtu_req *req, uint8_t *data, size_t cap, size_t *len,
 		      int64_t timeout_ms);
 void rtu_link_counters(const struct rtu_link *l, struct rtu_link_counters *c);
+/* A connection made elsewhere (a dial-in DTU): the link owns fd from now
+ * on and closes the one it had. */
+void rtu_link_adopt(struct rtu_link *l, int fd);
+/* Bytes the peer sends on its own (a DTU's heartbeat): dropped from the
+ * stream wherever they arrive between frames. n 0: none. Copied. */
+int rtu_link_set_heartbeat(struct rtu_link *l, const uint8_t *hb, size_t n);
 
 #endif
