@@ -322,7 +322,7 @@ static size_t display_width(const char *s)
 	return w;
 }
 
-#define MAX_COLS 10
+#define MAX_COLS 12
 
 struct table {
 	size_t ncols, nrows;
@@ -523,8 +523,8 @@ static void show_status(json_t *st)
 	json_t *buses = json_object_get(st, "buses");
 	if (json_array_size(buses)) {
 		printf("\n");
-		table_init(&t, 8, "BUS", "TYPE", "DEVICES", "ONLINE", "STATE", "REQUESTS", "ERRORS",
-			   "LAST ERROR");
+		table_init(&t, 10, "BUS", "TYPE", "DEVICES", "ONLINE", "STATE", "REQUESTS",
+			   "ERRORS", "LINE", "CYCLE/SCHED", "LAST ERROR");
 		json_array_foreach(buses, i, x)
 		{
 			bool running = !json_is_false(json_object_get(x, "running"));
@@ -537,6 +537,14 @@ static void show_status(json_t *st)
 					    running ? "disconnected" :
 						      "not running"),
 				  fmt("%lld", jint(x, "requests")), fmt("%lld", jint(x, "errors")),
+				  json_is_number(json_object_get(x, "line_utilisation")) ?
+					  fmt("%.1f%%", 100.0 * json_number_value(json_object_get(
+									x, "line_utilisation"))) :
+					  fmt("-"),
+				  json_object_get(x, "cycle_ms") ?
+					  fmt("%lld/%lld ms", jint(x, "cycle_ms"),
+					      jint(x, "schedule_ms")) :
+					  fmt("-"),
 				  fmt("%s", jstr(x, "last_error")));
 		}
 		table_print(&t);
@@ -596,8 +604,8 @@ static void show_devices(json_t *devs)
 		printf("no devices configured\n");
 		return;
 	}
-	table_init(&t, 9, "DEVICE", "NAME", "BUS", "PROFILE", "STATE", "LAST GOOD", "READS",
-		   "ERRORS", "LAST ERROR");
+	table_init(&t, 11, "DEVICE", "NAME", "BUS", "PROFILE", "STATE", "LAST GOOD", "READS",
+		   "ERRORS", "TIMEOUTS", "LINE", "LAST ERROR");
 	json_array_foreach(devs, i, d)
 	{
 		json_t *c = json_object_get(d, "counters");
@@ -610,7 +618,13 @@ static void show_devices(json_t *devs)
 			  fmt("%s%s", jstr(d, "state"), shelved ? ", shelved" : ""),
 			  c ? fmt_ago(jint(d, "last_ok")) : fmt("-"),
 			  c ? fmt("%lld", jint(c, "requests")) : fmt("-"),
-			  c ? fmt("%lld", errors) : fmt("-"), fmt("%s", jstr(d, "last_error")));
+			  c ? fmt("%lld", errors) : fmt("-"),
+			  c ? fmt("%lld", jint(c, "timeouts")) : fmt("-"),
+			  json_is_number(json_object_get(d, "line_share")) ?
+				  fmt("%.1f%%",
+				      100.0 * json_number_value(json_object_get(d, "line_share"))) :
+				  fmt("-"),
+			  fmt("%s", jstr(d, "last_error")));
 	}
 	table_print(&t);
 }

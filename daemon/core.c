@@ -2122,6 +2122,14 @@ json_t *core_devices_json(struct core *c)
 				json_object_set_new(o, "state",
 						    json_string(s->online ? "online" : "offline"));
 				json_object_set_new(o, "last_ok", json_integer(s->last_ok_ms));
+				if (ds.line_us) {
+					json_object_set_new(
+						o, "line_ms",
+						json_integer((json_int_t)(s->line_us / 1000)));
+					json_object_set_new(
+						o, "line_share",
+						json_real((double)s->line_us / (double)ds.line_us));
+				}
 				json_object_set_new(
 					o, "counters",
 					json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}",
@@ -2174,6 +2182,20 @@ json_t *core_status_json(struct core *c)
 			json_object_set_new(bo, "online", json_integer((json_int_t)online));
 			json_object_set_new(bo, "requests", json_integer((json_int_t)ds.requests));
 			json_object_set_new(bo, "errors", json_integer((json_int_t)ds.errors));
+			if (ds.elapsed_us) {
+				json_object_set_new(
+					bo, "line_utilisation",
+					json_real((double)ds.line_us / (double)ds.elapsed_us));
+				json_object_set_new(bo, "line_busy_ms",
+						    json_integer((json_int_t)(ds.line_us / 1000)));
+				json_object_set_new(bo, "cycle_ms", json_integer(ds.cycle_ms));
+				json_object_set_new(bo, "schedule_ms",
+						    json_integer(ds.schedule_ms));
+				json_object_set_new(bo, "foreign_answers",
+						    json_integer((json_int_t)ds.foreign_answers));
+				json_object_set_new(bo, "stale_bytes",
+						    json_integer((json_int_t)ds.stale_bytes));
+			}
 			if (ds.last_error[0])
 				json_object_set_new(bo, "last_error", json_string(ds.last_error));
 			free(ds.devices);

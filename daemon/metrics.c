@@ -264,6 +264,8 @@ static void devices_metrics(struct sb *b, json_t *devices, json_t *buses)
 		      "Poll cycles of the device that were due.", "polls_due", true, NULL);
 	device_family(b, devices, buses, "cgw_modbus_polls_done_total", "counter",
 		      "Poll cycles of the device that were done.", "polls_done", true, NULL);
+	device_family(b, devices, buses, "cgw_modbus_line_share", "gauge",
+		      "The device's share of its line's busy time.", "line_share", true, NULL);
 	bool any = false;
 	json_array_foreach(devices, i, d)
 	{
@@ -318,6 +320,22 @@ static void status_metrics(struct sb *b, json_t *st)
 		 "name", "devices");
 	per_item(b, buses, "cgw_bus_devices_online", "gauge", "Devices of the bus that are online.",
 		 "bus", "name", "online");
+	per_item(b, buses, "cgw_bus_line_utilisation", "gauge",
+		 "Modbus: share of the time the line (or connection) was busy with requests.",
+		 "bus", "name", "line_utilisation");
+	per_item(b, buses, "cgw_bus_line_busy_ms_total", "counter",
+		 "Modbus: milliseconds the line was busy with requests, timeouts included.", "bus",
+		 "name", "line_busy_ms");
+	per_item(b, buses, "cgw_bus_cycle_ms", "gauge",
+		 "Modbus: line time of one round of every device's last poll cycle.", "bus", "name",
+		 "cycle_ms");
+	per_item(b, buses, "cgw_bus_schedule_ms", "gauge",
+		 "Modbus: the shortest poll on the line; cycle_ms above it means polls are missed.",
+		 "bus", "name", "schedule_ms");
+	per_item(b, buses, "cgw_bus_foreign_answers_total", "counter",
+		 "Modbus: answers that were not the answer to the request (another unit, a late or "
+		 "repeated one): counted and dropped.",
+		 "bus", "name", "foreign_answers");
 
 	per_item(b, ups, "cgw_uplink_connected", "gauge",
 		 "1 if the uplink is connected (MQTT) or its last request succeeded (HTTP).",

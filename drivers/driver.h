@@ -54,6 +54,7 @@ struct driver_dev_stats {
 	int64_t last_ok_ms; /* wall clock of the last good read/message, 0 never */
 	uint64_t requests, timeouts, exceptions, crc_errors, conn_errors, bad_payloads;
 	uint64_t polls_due, polls_done; /* scheduled vs done (poll rate) */
+	uint64_t line_us;               /* time the line spent on it (requests, timeouts) */
 	double rtt_ms_avg;
 	char last_error[96];
 };
@@ -64,6 +65,11 @@ struct driver_stats {
 	/* answers that were not the answer to the request in flight (another
 	 * unit or function, a late or repeated one): counted, dropped, never data */
 	uint64_t foreign_answers, stale_bytes;
+	/* per-line health (Modbus): the time the line was busy and the time it
+	 * was measured over; a full round of every device's last cycle against
+	 * the shortest poll on the line (0 when not known) */
+	uint64_t line_us, elapsed_us;
+	int64_t cycle_ms, schedule_ms;
 	char last_error[128];
 	size_t n_devices;
 	struct driver_dev_stats *devices; /* malloc'd by status(); free() it */

@@ -149,6 +149,7 @@ struct mb_dev {
 	uint64_t silent_epoch; /* d->answer_epoch + 1 when it timed out since the last answer */
 	char label[64];        /* "unit 3 (smoke-1)" */
 	struct driver_dev_stats st; /* under d->lock */
+	int64_t cycle_us;           /* under d->lock: its last full cycle on the line */
 	uint64_t rtt_n;             /* under d->lock */
 };
 
@@ -185,6 +186,7 @@ struct driver {
 	size_t n_devs;
 	uint32_t *dev_map; /* cfg device index -> index in devs, UINT32_MAX if not ours */
 
+	int64_t started_us; /* for the line's utilisation */
 	pthread_t thread;
 	bool thread_started;
 	int wake_fd; /* eventfd: writes and stop */
@@ -452,6 +454,10 @@ static void account(struct driver *d, struct mb_dev *dev, int e, int64_t rtt_us)
 	pthread_mutex_lock(&d->lock);
 	d->bst.requests++;
 	dev->st.requests++;
+	if (rtt_us > 0) {
+		dev->st.line_us += (uint64_t)rtt_us;
+		d->bst.line_us += (uint64_t)rtt_us;
+	}
 	if (k == MBE_NONE || k == MBE_EXCEPTION) {
 		/* answered: a round trip; a running mean needs no sum to overflow */
 		dev->rtt_n++;
@@ -1526,6 +1532,7 @@ static void run_fast_due(struct driver *d, int64_t horizon_ms, const struct mb_d
 static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled, bool fast_only)
 {
 	int fail_e = 0;
+	int64_t t0 = mono_us();
 
 	if (scheduled) {
 		pthread_mutex_lock(&d->lock);
@@ -1593,6 +1600,11 @@ static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled, boo
 			fail_request(d, dev, r, e, CGW_Q_STALE);
 		}
 		i++;
+	}
+	if (!fast_only) {
+		pthread_mutex_lock(&d->lock);
+		dev->cycle_us = mono_us() - t0;
+		pthread_mutex_unlock(&d->lock);
 	}
 	finish_cycle(d, dev, fail_e, scheduled);
 }
@@ -1920,6 +1932,7 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	d->bus = bus;
 	d->q = env->queue;
 	d->rtu = bus->type == CFG_BUS_MODBUS_RTU;
+	d->started_us = mono_us();
 	d->silence_us = line_silence_us(bus);
 	d->backoff = MB_RECONNECT_MIN_MS;
 	d->cur_unit = d->cur_timeout = -1;
@@ -2068,9 +2081,18 @@ static int mb_status(struct driver *d, struct driver_stats *st)
 		return -ENOMEM;
 	pthread_mutex_lock(&d->lock);
 	*st = d->bst;
-	for (size_t i = 0; i < d->n_devs; i++)
+	st->cycle_ms = 0;
+	st->schedule_ms = 0;
+	for (size_t i = 0; i < d->n_devs; i++) {
 		devs[i] = d->devs[i].st;
+		st->cycle_ms += d->devs[i].cycle_us;
+		if (d->devs[i].req_n &&
+		    (!st->schedule_ms || d->devs[i].cfg->poll_ms < st->schedule_ms))
+			st->schedule_ms = d->devs[i].cfg->poll_ms;
+	}
 	pthread_mutex_unlock(&d->lock);
+	st->cycle_ms /= 1000;
+	st->elapsed_us = (uint64_t)(mono_us() - d->started_us);
 	st->n_devices = d->n_devs;
 	st->devices = devs;
 	return 0;

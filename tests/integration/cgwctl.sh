@@ -70,7 +70,7 @@ check "CGW_SOCKET names the socket" quiet env CGW_SOCKET="$SOCK" "$CTL" status
 # ---- devices ---------------------------------------------------------------------
 check "devices: both online" wait_for 10 bash -c "[ \$('$CTL' -s '$SOCK' devices | grep -cE '^(smoke|door)-1 .* online ') -eq 2 ]"
 run -s "$SOCK" devices
-check "devices: header" grep -qE '^DEVICE +NAME +BUS +PROFILE +STATE +LAST GOOD +READS +ERRORS +LAST ERROR$' "$TMP/out"
+check "devices: header" grep -qE '^DEVICE +NAME +BUS +PROFILE +STATE +LAST GOOD +READS +ERRORS +TIMEOUTS +LINE +LAST ERROR$' "$TMP/out"
 check "devices: the name in plain words" grep -q '^smoke-1 *3号楼3层东侧楼梯间烟感 *tcp-1 *smoke-detector *online' "$TMP/out"
 # wide characters take two columns: the BUS column starts at the same display column on every line
 hdr=$(grep '^DEVICE' "$TMP/out" | awk '{ print index($0, "BUS") }')
