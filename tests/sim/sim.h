@@ -34,8 +34,9 @@
 struct sim_modbus;
 
 struct sim_modbus_opts {
-	bool strict;   /* start every unit strict (see "strict" below) */
-	int churn_pct; /* every second, this % of each unit's registers changes (benchmarks) */
+	bool strict;    /* start every unit strict (see "strict" below) */
+	int churn_pct;  /* every second, this % of each unit's registers changes (benchmarks) */
+	bool wire_time; /* modbus-rtu buses too hold each answer for its time on the wire */
 };
 
 /* Opens every Modbus bus (listening sockets, serial devices) and starts one

@@ -36,7 +36,7 @@ struct client {
 
 static void usage(FILE *f)
 {
-	fputs("usage: cgw-sim -c FILE [--control PATH] [--strict] [--churn PERCENT] [-v]\n"
+	fputs("usage: cgw-sim -c FILE [--control PATH] [--strict] [--churn PERCENT] [--wire-time] [-v]\n"
 	      "\n"
 	      "Simulates the devices of a cgw configuration: listens on host:port of every\n"
 	      "modbus-tcp bus and answers on the serial device of every modbus-rtu bus.\n"
@@ -46,6 +46,7 @@ static void usage(FILE *f)
 	      "      --control PATH   also take commands on this UNIX socket\n"
 	      "      --strict         every unit answers exception 2 for addresses no point covers\n"
 	      "      --churn PERCENT  every second, change this % of every unit's registers\n"
+	      "      --wire-time      serial RTU buses too hold each answer for its wire time\n"
 	      "      --scenario FILE  play a scenario file (incidents on a timeline)\n"
 	      "      --speed X        play the scenario X times faster\n"
 	      "  -v, --verbose        log at debug level\n"
@@ -164,6 +165,7 @@ int main(int argc, char **argv)
 					     {"control", required_argument, NULL, 'C'},
 					     {"strict", no_argument, NULL, 'S'},
 					     {"churn", required_argument, NULL, 'R'},
+					     {"wire-time", no_argument, NULL, 'W'},
 					     {"verbose", no_argument, NULL, 'v'},
 					     {"help", no_argument, NULL, 'h'},
 					     {"scenario", required_argument, NULL, 'P'},
@@ -195,6 +197,9 @@ int main(int argc, char **argv)
 			break;
 		case 'R':
 			mopts.churn_pct = atoi(optarg);
+			break;
+		case 'W':
+			mopts.wire_time = true;
 			break;
 		case 'v':
 			log_setup(true, LOG_DEBUG);

@@ -88,6 +88,7 @@ struct sim_modbus {
 	int stop_fd;
 	atomic_bool stop;
 	atomic_int churn_pct;
+	bool wire_time;
 };
 
 static const char *const table_names[] = {"coil", "discrete", "input", "holding"};
@@ -362,7 +363,7 @@ static void emit(struct sim_bus *b, int fd, const struct sim_unit *u, int hl, in
 
 	if (n <= 0)
 		return;
-	if (b->rtu_tcp && b->cfg->baud > 0)
+	if ((b->rtu_tcp || (b->rtu && b->m->wire_time)) && b->cfg->baud > 0)
 		sleep_us(((int64_t)req_len + n) * 11 * 1000000 / b->cfg->baud);
 	if (u->late_ms > 0)
 		sleep_us((int64_t)u->late_ms * 1000);
@@ -760,6 +761,7 @@ int sim_modbus_start(const struct cgw_config *cfg, const struct sim_modbus_opts 
 	pthread_mutex_init(&m->lock, NULL);
 	atomic_init(&m->stop, false);
 	atomic_init(&m->churn_pct, opts ? opts->churn_pct : 0);
+	m->wire_time = opts && opts->wire_time;
 	m->buses = calloc(cfg->n_buses ? cfg->n_buses : 1, sizeof(*m->buses));
 	m->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (!m->buses || m->stop_fd < 0) {

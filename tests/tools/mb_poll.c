@@ -165,9 +165,11 @@ static void print_stats(struct run *r, bool summary)
 		if (modbus_driver_ops.status(r->drv[b], &st) < 0)
 			continue;
 		printf("stats bus %s connected=%d requests=%" PRIu64 " errors=%" PRIu64
-		       " foreign=%" PRIu64 " stale_bytes=%" PRIu64 " last_error=\"%s\"\n",
+		       " foreign=%" PRIu64 " stale_bytes=%" PRIu64 " line_busy_ms=%" PRIu64
+		       " cycle_ms=%lld schedule_ms=%lld last_error=\"%s\"\n",
 		       r->cfg->buses[r->bus[b]].name, st.connected, st.requests, st.errors,
-		       st.foreign_answers, st.stale_bytes, st.last_error);
+		       st.foreign_answers, st.stale_bytes, st.line_us / 1000,
+		       (long long)st.cycle_ms, (long long)st.schedule_ms, st.last_error);
 		for (size_t i = 0; i < st.n_devices; i++) {
 			const struct driver_dev_stats *ds = &st.devices[i];
 			if (summary && r->quiet)

@@ -64,7 +64,17 @@ static void *bus_main(void *arg)
 	struct timespec next;
 
 	snprintf(port, sizeof(port), "%lld", (long long)b->port);
-	ctx = modbus_new_tcp_pi(b->host, port);
+	if (b->type == CFG_BUS_MODBUS_RTU)
+		ctx = modbus_new_rtu(b->device, (int)b->baud,
+				     b->parity == 1 ? 'E' :
+				     b->parity == 2 ? 'O' :
+						      'N',
+				     (int)b->data_bits, (int)b->stop_bits);
+	else
+		ctx = modbus_new_tcp_pi(b->host, port);
+	if (ctx)
+		modbus_set_response_timeout(ctx, (uint32_t)(b->timeout_ms / 1000),
+					    (uint32_t)(b->timeout_ms % 1000) * 1000);
 	if (!plan || !ctx || modbus_connect(ctx) < 0) {
 		fprintf(stderr, "mb_ref: bus %s: %s\n", b->name, modbus_strerror(errno));
 		goto out;
@@ -161,7 +171,9 @@ int main(int argc, char **argv)
 	atomic_init(&stop, false);
 	runs = calloc(cfg->n_buses ? cfg->n_buses : 1, sizeof(*runs));
 	for (size_t b = 0; runs && b < cfg->n_buses; b++) {
-		if (cfg->buses[b].type != CFG_BUS_MODBUS_TCP || !cfg->buses[b].n_devices)
+		if ((cfg->buses[b].type != CFG_BUS_MODBUS_TCP &&
+		     cfg->buses[b].type != CFG_BUS_MODBUS_RTU) ||
+		    !cfg->buses[b].n_devices)
 			continue;
 		runs[n] = (struct bus_run){.cfg = cfg, .bus = b, .stop = &stop};
 		if (pthread_create(&runs[n].th, NULL, bus_main, &runs[n]) == 0)
