@@ -9,11 +9,11 @@
 
 #if defined(__x86_64__) && defined(__linux__)
 /* A new field must be compared below: update the comparison, then the size. */
-_Static_assert(sizeof(struct cfg_point) == 392, "cfg_point changed: compare it");
+_Static_assert(sizeof(struct cfg_point) == 400, "cfg_point changed: compare it");
 _Static_assert(sizeof(struct cfg_unless) == 256, "cfg_unless changed: compare it");
-_Static_assert(sizeof(struct cfg_alarm) == 344, "cfg_alarm changed: compare it");
+_Static_assert(sizeof(struct cfg_alarm) == 352, "cfg_alarm changed: compare it");
 _Static_assert(sizeof(struct cfg_profile) == 280, "cfg_profile changed: compare it");
-_Static_assert(sizeof(struct cfg_bus) == 440, "cfg_bus changed: compare it");
+_Static_assert(sizeof(struct cfg_bus) == 512, "cfg_bus changed: compare it");
 _Static_assert(sizeof(struct cfg_device) == 352, "cfg_device changed: compare it");
 _Static_assert(sizeof(struct cfg_uplink) == 368, "cfg_uplink changed: compare it");
 #endif
@@ -61,7 +61,8 @@ static bool point_eq(const struct cfg_point *a, const struct cfg_point *b)
 	    a->n_enums != b->n_enums || !str_eq(a->unit, b->unit) || a->writable != b->writable ||
 	    !dbl_eq(a->deadband, b->deadband) || a->report_every_ms != b->report_every_ms ||
 	    a->n_invalid != b->n_invalid || a->has_range != b->has_range ||
-	    !dbl_eq(a->range_min, b->range_min) || !dbl_eq(a->range_max, b->range_max))
+	    !dbl_eq(a->range_min, b->range_min) || !dbl_eq(a->range_max, b->range_max) ||
+	    a->poll_ms != b->poll_ms)
 		return false;
 	for (size_t i = 0; i < a->n_invalid; i++)
 		if (!dbl_eq(a->invalid[i], b->invalid[i]))
@@ -87,8 +88,8 @@ static bool alarm_eq(const struct cfg_alarm *a, const struct cfg_alarm *b)
 	    !value_eq(&a->operand, &b->operand) || !str_eq(a->operand_text, b->operand_text) ||
 	    a->bit != b->bit || !dbl_eq(a->deadband, b->deadband) ||
 	    a->on_delay_ms != b->on_delay_ms || a->off_delay_ms != b->off_delay_ms ||
-	    a->severity != b->severity || !str_eq(a->message, b->message) || a->latch != b->latch ||
-	    a->n_unless != b->n_unless)
+	    a->poll_ms != b->poll_ms || a->severity != b->severity ||
+	    !str_eq(a->message, b->message) || a->latch != b->latch || a->n_unless != b->n_unless)
 		return false;
 	for (size_t i = 0; i < a->n_unless; i++)
 		if (!unless_eq(&a->unless[i], &b->unless[i]))
@@ -131,6 +132,13 @@ bool cfg_device_equal(const struct cgw_config *ca, const struct cfg_device *a,
 	return cfg_profile_equal(&ca->profiles[a->profile], &cb->profiles[b->profile]);
 }
 
+static bool bytes_eq(const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
+{
+	return na == nb && (!na || !memcmp(a, b, na));
+}
+
+/* reg_text/reg_hex and hb_text/hb_hex are how the bytes were written:
+ * the decoded bytes are what counts. */
 static bool bus_fields_eq(const struct cfg_bus *a, const struct cfg_bus *b)
 {
 	return str_eq(a->name, b->name) && a->type == b->type && str_eq(a->device, b->device) &&
@@ -146,7 +154,10 @@ static bool bus_fields_eq(const struct cfg_bus *a, const struct cfg_bus *b)
 	       str_eq(a->cert_file, b->cert_file) && str_eq(a->key_file, b->key_file) &&
 	       a->stale_after_ms == b->stale_after_ms && a->max_payload == b->max_payload &&
 	       a->insecure == b->insecure && a->clean_session == b->clean_session &&
-	       a->n_devices == b->n_devices;
+	       a->n_devices == b->n_devices &&
+	       str_eq(a->listen, b->listen) &&
+	       bytes_eq(a->reg_id, a->reg_len, b->reg_id, b->reg_len) &&
+	       bytes_eq(a->heartbeat, a->heartbeat_len, b->heartbeat, b->heartbeat_len);
 }
 
 bool cfg_bus_equal(const struct cgw_config *ca, size_t a, const struct cgw_config *cb, size_t b)
