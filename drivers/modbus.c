@@ -1501,8 +1501,8 @@ static void reschedule_fast(struct mb_dev *dev, int64_t now);
  * timeouts), read the fast points whose slot comes up meanwhile: early
  * rather than late, so an alarm status read every 500 ms is never more than
  * its poll (plus its own short read) old, whatever sits on the line. The
- * look-ahead is at most half a fast poll, so a point is read ahead of its
- * slot at most once. */
+ * look-ahead is at most half a fast poll; an early read moves the next slot
+ * with it, so two reads are never more than the fast poll apart. */
 static void run_fast_due(struct driver *d, int64_t horizon_ms, const struct mb_dev *busy)
 {
 	if (d->in_fast)
@@ -1523,7 +1523,7 @@ static void run_fast_due(struct driver *d, int64_t horizon_ms, const struct mb_d
 		if (!f)
 			break;
 		poll_device(d, f, false, true);
-		reschedule_fast(f, cgw_mono_ms());
+		reschedule_fast(f, now);
 	}
 	d->in_fast = false;
 }
@@ -1689,9 +1689,14 @@ static int64_t pick_next(struct driver *d, int64_t now, struct mb_dev **out, boo
 	return next;
 }
 
-/* The next slot of a device's fast points, on their own grid. */
+/* The next slot of a device's fast points, after a read that started at
+ * `now`: a fast poll after an early read, else on their own grid. */
 static void reschedule_fast(struct mb_dev *dev, int64_t now)
 {
+	if (now < dev->next_fast) {
+		dev->next_fast = now + dev->fast_ms;
+		return;
+	}
 	dev->next_fast += dev->fast_ms;
 	if (dev->next_fast <= now)
 		dev->next_fast += ((now - dev->next_fast) / dev->fast_ms + 1) * dev->fast_ms;
@@ -1764,7 +1769,7 @@ static void *worker(void *arg)
 		due = pick_next(d, now, &next, &fast);
 		if (next && fast) {
 			poll_device(d, next, false, true);
-			reschedule_fast(next, cgw_mono_ms());
+			reschedule_fast(next, now);
 			continue;
 		}
 		if (next) {
@@ -1773,8 +1778,8 @@ static void *worker(void *arg)
 			poll_device(d, next, scheduled, false);
 			if (scheduled)
 				reschedule(d, next);
-			if (next->fast_ms && next->next_fast <= cgw_mono_ms())
-				reschedule_fast(next, cgw_mono_ms()); /* the cycle read them too */
+			if (next->fast_ms) /* the cycle read them too, first thing */
+				reschedule_fast(next, now);
 			continue;
 		}
 		int64_t scan_at = scan_step(d, now, due); /* the idle line: commissioning */
