@@ -609,11 +609,12 @@ static void try_connect(struct driver *d)
 	e = errno;
 	if (d->dtu) {
 		/* no backoff: the DTU's connection wakes the worker when it comes */
-		snprintf(what, sizeof(what), "%s: waiting for the DTU to dial in",
-			 endpoint(d, ep, sizeof(ep)));
-		bus_error(d, what);
-		if (!d->conn_fault)
+		if (!d->conn_fault) { /* asked at every turn of the worker: say it once */
+			snprintf(what, sizeof(what), "%s: waiting for the DTU to dial in",
+				 endpoint(d, ep, sizeof(ep)));
+			bus_error(d, what);
 			log_info("modbus", "%s %s", d->tag, what);
+		}
 		d->conn_fault = true;
 		d->reconnect_at = INT64_MAX;
 		return;
