@@ -15,15 +15,18 @@
  */
 #include "store.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,8 +36,9 @@
 #define WAL_CKPT_PAGES_MAX 1000 /* SQLite's own default */
 #define WAL_CKPT_PAGES_MIN 4
 #define ADMIT_EVERY 32 /* size check every N non-alarm writes */
-#define SOFT_PCT 90    /* non-alarm writes stop (or evict) above this % of the cap */
+#define SOFT_PCT 90    /* non-alarm writes stop (or evict) above this % of the data budget */
 #define TARGET_PCT 85  /* eviction brings the store down to this % */
+#define SHM_EST 32768  /* the WAL index of a WAL kept under 4096 frames */
 #define EVICT_CHUNK_MAX 20000
 #define RETENTION_CHUNK 5000
 #define NAME_MAX_LEN 63
@@ -71,6 +75,7 @@ enum st {
 	ST_LANE_FRESH,
 	ST_EVICT_DELIV,
 	ST_EVICT_MSG,
+	ST_OLDEST,
 	ST_COUNT
 };
 
@@ -78,8 +83,10 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
 	[ST_COMMIT] = "COMMIT",
 	[ST_ROLLBACK] = "ROLLBACK",
-	[ST_INS_MSG] = "INSERT INTO msg(lane, device, topic, ts_ms, payload, pending)"
-		       " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+	/* The seq is ours (see next_seq()): above anything stored and anything
+	 * held in memory; AUTOINCREMENT still records the highest. */
+	[ST_INS_MSG] = "INSERT INTO msg(lane, device, topic, ts_ms, payload, pending, seq)"
+		       " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
 	[ST_INS_DELIV] = "INSERT INTO delivery(uplink, lane, seq) VALUES(?1, ?2, ?3)",
 	[ST_FETCH] = "SELECT d.seq, d.attempts, d.next_attempt_ms, m.ts_ms, m.device, m.topic,"
 		     " m.payload FROM delivery d JOIN msg m ON m.seq = d.seq"
@@ -132,8 +139,9 @@ static const char *const sql_text[ST_COUNT] = {
 			  " AND d.seq <= ?4 ORDER BY d.seq LIMIT 1",
 	[ST_EVICT_MSG] = "DELETE FROM msg WHERE seq IN (SELECT seq FROM delivery"
 			 " WHERE uplink IN (SELECT id FROM uplinks) AND lane = ?1 AND seq <= ?2)",
-	[ST_EVICT_DELIV] = "DELETE FROM delivery WHERE uplink IN (SELECT id FROM uplinks)"
-			   " AND lane = ?1 AND seq <= ?2",
+	[ST_EVICT_DELIV] = "DELETE FROM delivery WHERE uplink = ?1 AND lane = ?2 AND seq <= ?3",
+	[ST_OLDEST] = "SELECT d.seq, m.ts_ms FROM delivery d JOIN msg m ON m.seq = d.seq"
+		      " WHERE d.uplink = ?1 AND d.lane = ?2 ORDER BY d.seq LIMIT 1",
 };
 
 /* Forward migrations: migrations[i] takes user_version i to i + 1. Never edit
@@ -181,10 +189,42 @@ static const char *const migrations[] = {
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(N_MIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
 
+/* Depth and head of one (uplink, lane): committed figures plus what the
+ * open transaction changed (dropped on rollback). The head is a cache,
+ * re-read through the delivery key (one seek) when it was acked or
+ * evicted. */
+struct lane_cnt {
+	int64_t depth, delta;
+	uint64_t oldest_seq;
+	int64_t oldest_ts;
+	bool oldest_ok;
+};
+
 struct reg_uplink {
 	int64_t id;
 	unsigned mask;
 	char name[NAME_MAX_LEN + 1];
+	struct lane_cnt cnt[CGW_LANE_COUNT];
+};
+
+/* An ack that could not be written (disk full, or its batch rolled back). */
+struct held_ack {
+	uint64_t seq; /* 0: free slot */
+	int64_t uplink;
+	int8_t lane;
+	int8_t result;
+	char *reason;
+};
+
+/* An alarm that could not be committed: delivered from memory. */
+struct mem_alarm {
+	uint64_t seq;
+	int64_t ts_ms;
+	char *device, *topic, *payload;
+	size_t n_owed;
+	int64_t owed[STORE_MAX_UPLINKS]; /* uplink ids that still have to send it */
+	int64_t next_ms[STORE_MAX_UPLINKS];
+	uint32_t attempts[STORE_MAX_UPLINKS];
 };
 
 struct store {
@@ -218,7 +258,32 @@ struct store {
 	int64_t avg_row_bytes; /* running average cost of one stored message */
 	uint64_t rng;
 	bool ready; /* opened: close may write the clean mark */
+
+	/* full disk */
+	char *reserve_path;
+	int reserve_fd;
+	int64_t reserve_held;
+	bool disk_full;    /* a commit met ENOSPC; left only by a successful probe */
+	bool memory_only;  /* the open mark could not be written */
+	bool at_floor;     /* free space below min_free at the last look */
+	int64_t probe_at;  /* mono ms of the next recovery attempt */
+	char trouble[512]; /* why, in words */
+	uint64_t lost[CGW_LANE_COUNT];
+	uint64_t tx_msgs[CGW_LANE_COUNT]; /* messages in the open batch */
+	uint64_t disk_full_episodes;
+	int64_t ckpt_max_us;
+	/* acks of the open batch (to hold if it rolls back), and held acks */
+	struct held_ack *tx_acks;
+	size_t n_tx_acks, cap_tx_acks;
+	struct held_ack *held; /* open addressing, HELD_SLOTS */
+	size_t n_held;
+	struct mem_alarm mem[STORE_MEM_ALARMS_MAX];
+	size_t n_mem;
+	uint64_t mem_total;
+	uint64_t seq_floor; /* no new message gets a seq at or below this */
 };
+
+#define HELD_SLOTS (STORE_HELD_ACKS_MAX * 2)
 
 /* ---------------------------------------------------------------- errors */
 
@@ -262,9 +327,16 @@ __attribute__((format(printf, 2, 3))) static void set_err(struct store *s, const
 }
 
 /* Records an SQLite failure and returns it as a negative errno. */
+static void go_disk_full(struct store *s, const char *why);
+struct mem_alarm;
+static int mem_owed(const struct mem_alarm *a, int64_t uplink);
+static void mem_drop(struct store *s, size_t i);
+
 static int db_fail(struct store *s, const char *what, int rc)
 {
 	set_err(s, "%s: %s: %s", s->path, what, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+	if (map_rc(rc) == -ENOSPC && s->ready)
+		go_disk_full(s, s->err);
 	return map_rc(rc);
 }
 
@@ -305,6 +377,8 @@ static int exec(struct store *s, const char *sql)
 	if (rc != SQLITE_OK) {
 		set_err(s, "%s: %s: %s", s->path, sql, msg ? msg : sqlite3_errstr(rc));
 		sqlite3_free(msg);
+		if (map_rc(rc) == -ENOSPC && s->ready)
+			go_disk_full(s, s->err);
 		return map_rc(rc);
 	}
 	return 0;
@@ -348,6 +422,183 @@ static void bind_text(sqlite3_stmt *st, int i, const char *v)
 		sqlite3_bind_null(st, i);
 }
 
+/* -------------------------------------------------------------- counters */
+
+static struct reg_uplink *reg_by_id(struct store *s, int64_t id)
+{
+	for (size_t i = 0; i < s->n_up; i++)
+		if (s->up[i].id == id)
+			return &s->up[i];
+	return NULL;
+}
+
+static void cnt_add(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t seq,
+		    int64_t ts_ms)
+{
+	struct reg_uplink *r = reg_by_id(s, uplink);
+	if (!r)
+		return;
+	struct lane_cnt *c = &r->cnt[lane];
+	if (c->depth + c->delta <= 0) {
+		c->oldest_seq = seq;
+		c->oldest_ts = ts_ms;
+		c->oldest_ok = true;
+	}
+	c->delta++;
+}
+
+/* n rows of the lane at or below `upto` left (upto = the one seq for an ack). */
+static void cnt_sub(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t upto, int64_t n)
+{
+	struct reg_uplink *r = reg_by_id(s, uplink);
+	if (!r || n <= 0)
+		return;
+	struct lane_cnt *c = &r->cnt[lane];
+	c->delta -= n;
+	if (c->oldest_ok && c->oldest_seq <= upto)
+		c->oldest_ok = false;
+}
+
+static void cnt_settle(struct store *s, bool commit)
+{
+	for (size_t i = 0; i < s->n_up; i++)
+		for (int l = 0; l < CGW_LANE_COUNT; l++) {
+			struct lane_cnt *c = &s->up[i].cnt[l];
+			if (commit) {
+				c->depth += c->delta;
+				if (c->depth < 0)
+					c->depth = 0;
+			} else if (c->delta) {
+				c->oldest_ok = false;
+			}
+			c->delta = 0;
+		}
+}
+
+/* ------------------------------------------------------------ held acks */
+
+static size_t held_slot(uint64_t seq, int64_t uplink, int lane)
+{
+	uint64_t h = seq * 0x9E3779B97F4A7C15ULL ^ (uint64_t)uplink * 0xC2B2AE3D27D4EB4FULL ^
+		     (uint64_t)lane;
+	return (size_t)(h >> 17) % HELD_SLOTS;
+}
+
+static struct held_ack *held_find(struct store *s, int64_t uplink, int lane, uint64_t seq)
+{
+	if (!s->held || !s->n_held)
+		return NULL;
+	for (size_t i = held_slot(seq, uplink, lane), k = 0; k < HELD_SLOTS;
+	     k++, i = (i + 1) % HELD_SLOTS) {
+		struct held_ack *h = &s->held[i];
+		if (!h->seq)
+			return NULL;
+		if (h->seq == seq && h->uplink == uplink && h->lane == lane)
+			return h;
+	}
+	return NULL;
+}
+
+/* Takes `reason` (malloc'ed or NULL). */
+static int held_put(struct store *s, int64_t uplink, int lane, uint64_t seq, int result,
+		    char *reason)
+{
+	struct held_ack *h = held_find(s, uplink, lane, seq);
+	if (h) {
+		free(h->reason);
+		h->result = (int8_t)result;
+		h->reason = reason;
+		return 0;
+	}
+	if (!s->held) {
+		s->held = calloc(HELD_SLOTS, sizeof(*s->held));
+		if (!s->held) {
+			free(reason);
+			return -ENOMEM;
+		}
+	}
+	if (s->n_held >= STORE_HELD_ACKS_MAX) {
+		free(reason);
+		return -ENOSPC;
+	}
+	size_t i = held_slot(seq, uplink, lane);
+	while (s->held[i].seq)
+		i = (i + 1) % HELD_SLOTS;
+	s->held[i] = (struct held_ack){.seq = seq,
+				       .uplink = uplink,
+				       .lane = (int8_t)lane,
+				       .result = (int8_t)result,
+				       .reason = reason};
+	s->n_held++;
+	return 0;
+}
+
+static void held_clear(struct store *s)
+{
+	for (size_t i = 0; s->held && i < HELD_SLOTS; i++)
+		free(s->held[i].reason);
+	if (s->held)
+		memset(s->held, 0, HELD_SLOTS * sizeof(*s->held));
+	s->n_held = 0;
+}
+
+/* ---------------------------------------------------------- the disk */
+
+static int64_t fs_free(const struct store *s)
+{
+	struct statvfs v;
+	if (statvfs(s->path, &v) < 0)
+		return -1;
+	return (int64_t)v.f_bavail * (int64_t)v.f_frsize;
+}
+
+static int64_t file_size(const char *path)
+{
+	struct stat sb;
+	return path && stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
+}
+
+/* Makes the reserve whole (when there is room for it). */
+static void reserve_make(struct store *s)
+{
+	if (s->o.reserve_size <= 0 || !s->reserve_path || s->reserve_held >= s->o.reserve_size)
+		return;
+	if (s->reserve_fd < 0)
+		s->reserve_fd = open(s->reserve_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (s->reserve_fd < 0)
+		return;
+	if (posix_fallocate(s->reserve_fd, 0, (off_t)s->o.reserve_size) == 0) {
+		s->reserve_held = s->o.reserve_size;
+	} else {
+		if (ftruncate(s->reserve_fd, 0) < 0) {
+			/* nothing else to do: it holds what it holds */
+		}
+		s->reserve_held = 0;
+	}
+}
+
+/* Gives the reserve back to the filesystem at once. */
+static bool reserve_release(struct store *s)
+{
+	if (s->reserve_held <= 0 || s->reserve_fd < 0)
+		return false;
+	if (ftruncate(s->reserve_fd, 0) < 0)
+		return false;
+	s->reserve_held = 0;
+	return true;
+}
+
+/* Enters the disk-full state (from a commit that met ENOSPC). */
+static void go_disk_full(struct store *s, const char *why)
+{
+	if (!s->disk_full) {
+		s->disk_full = true;
+		s->disk_full_episodes++;
+		snprintf(s->trouble, sizeof(s->trouble), "%s", why);
+	}
+	s->probe_at = cgw_mono_ms() + STORE_PROBE_MS;
+}
+
 /* ---------------------------------------------------------- transactions */
 
 static int wal_hook(void *ctx, sqlite3 *db, const char *name, int frames)
@@ -361,15 +612,27 @@ static int wal_hook(void *ctx, sqlite3 *db, const char *name, int frames)
 static int checkpoint(struct store *s, int mode)
 {
 	int log = 0, done = 0;
-	/* Never wait for a reader here: it is the core loop. */
+	struct timespec t0, t1;
+	/* Never wait for a reader here: it is the core loop. The WAL is kept
+	 * to 1/16 of the cap (at most 1000 pages), so one PASSIVE pass copies a
+	 * bounded number of pages; its time is measured and shown in status. */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	sqlite3_busy_timeout(s->db, 0);
 	int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, mode, &log, &done);
 	sqlite3_busy_timeout(s->db, (int)s->o.busy_timeout_ms);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	int64_t us = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+	if (us > s->ckpt_max_us)
+		s->ckpt_max_us = us;
 	s->ckpt_due = false;
 	if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
 		return 0; /* a reader holds the WAL; next time */
-	if (rc != SQLITE_OK)
-		return db_fail(s, "checkpoint", rc);
+	if (rc != SQLITE_OK) {
+		rc = db_fail(s, "checkpoint", rc);
+		if (rc == -ENOSPC)
+			go_disk_full(s, s->err);
+		return rc;
+	}
 	s->wal_frames = log > done ? log - done : 0;
 	return 0;
 }
@@ -408,6 +671,29 @@ static void tx_abort(struct store *s)
 	s->in_tx = false;
 	s->pending = 0;
 	s->last_seq = s->committed_seq;
+	cnt_settle(s, false);
+	for (int l = 0; l < CGW_LANE_COUNT; l++) {
+		s->lost[l] += s->tx_msgs[l];
+		s->tx_msgs[l] = 0;
+	}
+	/* The uplinks were told these rows were delivered: keep that. */
+	for (size_t i = 0; i < s->n_tx_acks; i++) {
+		struct held_ack *a = &s->tx_acks[i];
+		held_put(s, a->uplink, a->lane, a->seq, a->result, a->reason);
+	}
+	s->n_tx_acks = 0;
+}
+
+static void tx_settled(struct store *s)
+{
+	s->in_tx = false;
+	s->pending = 0;
+	s->committed_seq = s->last_seq;
+	cnt_settle(s, true);
+	memset(s->tx_msgs, 0, sizeof(s->tx_msgs));
+	for (size_t i = 0; i < s->n_tx_acks; i++)
+		free(s->tx_acks[i].reason);
+	s->n_tx_acks = 0;
 }
 
 /* Commits the open batch. may_checkpoint: false on the alarm path, whose
@@ -423,11 +709,11 @@ static int tx_commit(struct store *s, bool may_checkpoint)
 		memcpy(keep, s->err, sizeof(keep));
 		tx_abort(s);
 		memcpy(s->err, keep, sizeof(keep));
+		if (rc == -ENOSPC)
+			go_disk_full(s, keep);
 		return rc;
 	}
-	s->in_tx = false;
-	s->pending = 0;
-	s->committed_seq = s->last_seq;
+	tx_settled(s);
 	if (s->wal_frames >= s->ckpt_pages) {
 		/* A failed checkpoint is not a failed commit: it is retried
 		 * after the next commit and reported by store_maintain(). */
@@ -453,19 +739,30 @@ static int batch_wrote(struct store *s, bool *committed)
 	return rc;
 }
 
+static void probe(struct store *s);
+
 int store_flush(struct store *s)
 {
 	int rc = tx_commit(s, true);
 	if (rc == 0 && s->ckpt_due)
 		checkpoint(s, SQLITE_CHECKPOINT_PASSIVE); /* see tx_commit() */
+	probe(s);
 	return rc;
+}
+
+static bool troubled(const struct store *s)
+{
+	return s->disk_full || s->memory_only || s->n_held || s->n_mem;
 }
 
 int64_t store_flush_deadline_ms(const struct store *s)
 {
 	if (s->ckpt_due)
 		return 0; /* already due */
-	return s->in_tx ? s->deadline : -1;
+	int64_t d = s->in_tx ? s->deadline : -1;
+	if (troubled(s) && (d < 0 || s->probe_at < d))
+		d = s->probe_at;
+	return d;
 }
 
 unsigned store_pending(const struct store *s)
@@ -481,12 +778,28 @@ static int64_t wal_size(const struct store *s)
 	return stat(s->wal_path, &sb) == 0 ? (int64_t)sb.st_size : 0;
 }
 
+static int64_t shm_size(const struct store *s)
+{
+	char p[4096];
+	snprintf(p, sizeof(p), "%s-shm", s->path);
+	return file_size(p);
+}
+
 int64_t store_size_bytes(struct store *s)
 {
 	int64_t pc = 0;
 	if (cached_int(s, ST_PAGE_COUNT, &pc))
 		return -1;
-	return pc * PAGE_SIZE + wal_size(s);
+	return pc * PAGE_SIZE + wal_size(s) + shm_size(s);
+}
+
+/* What the data pages may use of the cap: the rest is the WAL's share (what
+ * it may hold between checkpoints, and the length journal_size_limit keeps)
+ * and the WAL index. */
+static int64_t data_budget(const struct store *s, int64_t cap)
+{
+	int64_t b = cap - (int64_t)s->ckpt_pages * (PAGE_SIZE + 24) - SHM_EST;
+	return b > cap / 4 ? b : cap / 4;
 }
 
 /* Bytes that hold data: pages in use (free pages get reused first) plus the
@@ -502,8 +815,33 @@ static int used_bytes(struct store *s, int64_t *used)
 		rc = cached_int(s, ST_FREELIST, &fl);
 	if (rc)
 		return rc;
-	*used = (pc - fl) * PAGE_SIZE + (int64_t)s->wal_frames * (PAGE_SIZE + 24);
+	*used = (pc - fl) * PAGE_SIZE;
+	/* frames beyond the WAL's share count against the data */
+	int64_t over = (int64_t)(s->wal_frames - s->ckpt_pages) * (PAGE_SIZE + 24);
+	if (over > 0)
+		*used += over;
 	return 0;
+}
+
+/* The cap in force: max_size, or, with the filesystem below its floor, the
+ * store's present size plus what is left above the floor (it may not grow
+ * into the floor). 0: no cap. */
+static int64_t cap_now(struct store *s)
+{
+	int64_t cap = s->o.max_size;
+	if (s->o.min_free <= 0)
+		return cap;
+	int64_t fr = fs_free(s);
+	s->at_floor = fr >= 0 && fr < s->o.min_free;
+	if (!s->at_floor)
+		return cap;
+	int64_t pc = 0;
+	if (cached_int(s, ST_PAGE_COUNT, &pc))
+		return cap;
+	int64_t here = pc * PAGE_SIZE + wal_size(s) + shm_size(s);
+	if (cap <= 0 || here < cap)
+		cap = here;
+	return cap;
 }
 
 static void note_eviction(struct store *s, enum cgw_lane lane, uint64_t n)
@@ -555,8 +893,10 @@ static int delete_oldest(struct store *s, enum cgw_lane lane, int64_t max_rows, 
 	sqlite3_stmt *st = stmt(s, ST_UPLINK_IDS);
 	if (!st)
 		return -EIO;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW && nid < sizeof(ids) / sizeof(ids[0]))
+	while (nid < sizeof(ids) / sizeof(ids[0]) && (rc = sqlite3_step(st)) == SQLITE_ROW)
 		ids[nid++] = sqlite3_column_int64(st, 0);
+	if (nid == sizeof(ids) / sizeof(ids[0]))
+		rc = SQLITE_DONE;
 	sqlite3_reset(st);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		return db_fail(s, "evict", rc);
@@ -600,9 +940,17 @@ static int delete_oldest(struct store *s, enum cgw_lane lane, int64_t max_rows, 
 	if (rc)
 		return rc;
 	*n = (uint64_t)sqlite3_changes64(s->db);
-	sqlite3_bind_int(dd, 1, lane);
-	sqlite3_bind_int64(dd, 2, edge);
-	return step_done(s, dd, "evict");
+	/* per uplink, so that each one's depth counter follows */
+	for (size_t i = 0; i < nid; i++) {
+		sqlite3_bind_int64(dd, 1, ids[i]);
+		sqlite3_bind_int(dd, 2, lane);
+		sqlite3_bind_int64(dd, 3, edge);
+		rc = step_done(s, dd, "evict");
+		if (rc)
+			return rc;
+		cnt_sub(s, ids[i], lane, (uint64_t)edge, sqlite3_changes64(s->db));
+	}
+	return 0;
 }
 
 /* Evicts (telemetry, then events, then status) until used bytes <= target.
@@ -637,21 +985,24 @@ static int evict_to(struct store *s, int64_t target)
 /* Before a non-alarm write: keep it out of the alarm reserve. */
 static int admit(struct store *s)
 {
-	if (s->o.max_size <= 0)
+	if (s->o.max_size <= 0 && s->o.min_free <= 0)
 		return 0;
 	if (s->admit_countdown > 0) {
 		s->admit_countdown--;
 		return 0;
 	}
 	s->admit_countdown = ADMIT_EVERY;
-	int64_t used = 0;
+	int64_t cap = cap_now(s);
+	if (cap <= 0)
+		return 0;
+	int64_t used = 0, budget = data_budget(s, cap);
 	int rc = used_bytes(s, &used);
 	if (rc)
 		return rc;
-	int64_t soft = s->o.max_size / 100 * SOFT_PCT;
+	int64_t soft = budget / 100 * SOFT_PCT;
 	if (used <= soft)
 		return 0;
-	rc = evict_to(s, s->o.max_size / 100 * TARGET_PCT);
+	rc = evict_to(s, budget / 100 * TARGET_PCT);
 	if (rc)
 		return rc;
 	rc = used_bytes(s, &used);
@@ -660,9 +1011,9 @@ static int admit(struct store *s)
 	if (used > soft) {
 		s->admit_countdown = 0; /* check again next time */
 		set_err(s,
-			"%s: store is at its size cap (%" PRId64 " of %" PRId64
-			" bytes); only alarms are accepted",
-			s->path, used, s->o.max_size);
+			"%s: store is at its %s (%" PRId64 " of %" PRId64
+			" bytes for data); only alarms are accepted",
+			s->path, s->at_floor ? "free-space floor" : "size cap", used, budget);
 		return -ENOSPC;
 	}
 	return 0;
@@ -706,7 +1057,8 @@ static int migrate(struct store *s, int64_t from)
 fail:;
 	char keep[sizeof(s->err)];
 	memcpy(keep, s->err, sizeof(keep));
-	exec(s, "ROLLBACK");
+	if (!sqlite3_get_autocommit(s->db)) /* a failed COMMIT has rolled back already */
+		exec(s, "ROLLBACK");
 	memcpy(s->err, keep, sizeof(keep));
 	return rc;
 }
@@ -758,7 +1110,9 @@ static int mark_open(struct store *s)
 	rc = exec(s, "PRAGMA synchronous = FULL; BEGIN IMMEDIATE");
 	if (rc)
 		return rc;
-	if (clean == 0 && !s->o.sync_full) {
+	/* Also with sync FULL: alarms held in memory on a full disk had seqs
+	 * that no commit recorded. */
+	if (clean == 0) {
 		char sql[160];
 		snprintf(sql, sizeof(sql),
 			 "UPDATE sqlite_sequence SET seq = seq + %d WHERE name = 'msg'",
@@ -776,7 +1130,13 @@ static int mark_open(struct store *s)
 	if (!rc)
 		rc = exec(s, "COMMIT");
 	if (rc) {
-		exec(s, "ROLLBACK");
+		char keep[sizeof(s->err)];
+		memcpy(keep, s->err, sizeof(keep));
+		if (!sqlite3_get_autocommit(s->db))
+			exec(s, "ROLLBACK");
+		exec(s,
+		     s->o.sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+		memcpy(s->err, keep, sizeof(keep));
 		return rc;
 	}
 	rc = exec(s, s->o.sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
@@ -785,6 +1145,90 @@ static int mark_open(struct store *s)
 	rc = query_int(s, "SELECT seq FROM sqlite_sequence WHERE name = 'msg'", &seq);
 	s->last_seq = s->committed_seq = (uint64_t)seq;
 	return rc;
+}
+
+static void close_db(struct store *s)
+{
+	for (int i = 0; i < ST_COUNT; i++) {
+		sqlite3_finalize(s->st[i]);
+		s->st[i] = NULL;
+	}
+	sqlite3_close(s->db);
+	s->db = NULL;
+}
+
+/* Opens the file, checks it, migrates it, sets it up. */
+static int open_db(struct store *s, const char *path)
+{
+	int rc;
+	rc = sqlite3_open_v2(path, &s->db,
+			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			     NULL);
+	if (rc != SQLITE_OK) {
+		rc = db_fail(s, "open", rc);
+		return rc;
+	}
+	sqlite3_busy_timeout(s->db, (int)s->o.busy_timeout_ms);
+
+	int64_t version = 0;
+	bool fresh = false;
+	rc = check_identity(s, &fresh, &version);
+	if (rc)
+		return rc;
+	if (fresh) {
+		/* Only before the first table (and before WAL) do these take effect. */
+		char sql[96];
+		snprintf(sql, sizeof(sql),
+			 "PRAGMA page_size = %d; PRAGMA auto_vacuum = INCREMENTAL", PAGE_SIZE);
+		rc = exec(s, sql);
+		if (rc)
+			return rc;
+	}
+	{
+		sqlite3_stmt *st = NULL;
+		rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_step(st);
+		bool wal = rc == SQLITE_ROW &&
+			   strcmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
+		sqlite3_finalize(st);
+		if (!wal) {
+			if (rc == SQLITE_ROW) {
+				set_err(s, "%s: cannot switch to WAL mode", path);
+				rc = -EIO;
+			} else {
+				rc = db_fail(s, "journal_mode=WAL", rc);
+			}
+			return rc;
+		}
+	}
+	if (fresh) {
+		/* An empty file that already has a header (made by someone else,
+		 * or an open killed half-way) keeps its auto_vacuum until VACUUM. */
+		int64_t av = 0;
+		rc = query_int(s, "PRAGMA auto_vacuum", &av);
+		if (!rc && av != 2)
+			rc = exec(s, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM");
+		if (rc)
+			return rc;
+	}
+	if (version < N_MIGRATIONS) {
+		rc = migrate(s, version);
+		if (rc)
+			return rc;
+	}
+	{
+		char sql[256];
+		snprintf(sql, sizeof(sql),
+			 "PRAGMA journal_size_limit = %" PRId64 ";"
+			 "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;"
+			 "PRAGMA foreign_keys = OFF",
+			 (int64_t)s->ckpt_pages * (PAGE_SIZE + 24) + 32);
+		rc = exec(s, sql);
+		if (rc)
+			return rc;
+	}
+	return 0;
 }
 
 static void copy_err(char *err, size_t errlen, const char *msg)
@@ -798,7 +1242,6 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 {
 	struct store *s = NULL;
 	int rc;
-	bool fresh = false;
 
 	*out = NULL;
 	copy_err(err, errlen, "");
@@ -811,6 +1254,7 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 		copy_err(err, errlen, "store: out of memory");
 		return -ENOMEM;
 	}
+	s->reserve_fd = -1;
 	if (opts)
 		s->o = *opts;
 	if (!s->o.batch_rows)
@@ -855,77 +1299,56 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 		goto fail;
 	}
 	sprintf(s->wal_path, "%s-wal", path);
-
-	rc = sqlite3_open_v2(path, &s->db,
-			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-			     NULL);
-	if (rc != SQLITE_OK) {
-		rc = db_fail(s, "open", rc);
+	s->reserve_path = malloc(strlen(path) + 9);
+	s->cap_tx_acks = s->o.batch_rows + 1;
+	s->tx_acks = calloc(s->cap_tx_acks, sizeof(*s->tx_acks));
+	if (!s->reserve_path || !s->tx_acks) {
+		rc = -ENOMEM;
+		set_err(s, "store: out of memory");
 		goto fail;
 	}
-	sqlite3_busy_timeout(s->db, (int)s->o.busy_timeout_ms);
+	sprintf(s->reserve_path, "%s-reserve", path);
 
-	int64_t version = 0;
-	rc = check_identity(s, &fresh, &version);
+	rc = open_db(s, path);
+	if ((rc == -ENOSPC || rc == -EIO) && s->o.reserve_size > 0) {
+		/* A full disk at start: the reserve left by the last run gives
+		 * the room to open (WAL index, recovery). */
+		close_db(s);
+		int fd = open(s->reserve_path, O_WRONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			if (ftruncate(fd, 0) < 0) {
+				/* then it does not help */
+			}
+			close(fd);
+		}
+		rc = open_db(s, path);
+	}
 	if (rc)
 		goto fail;
-	if (fresh) {
-		/* Only before the first table (and before WAL) do these take effect. */
-		char sql[96];
-		snprintf(sql, sizeof(sql),
-			 "PRAGMA page_size = %d; PRAGMA auto_vacuum = INCREMENTAL", PAGE_SIZE);
-		rc = exec(s, sql);
-		if (rc)
-			goto fail;
-	}
-	{
-		sqlite3_stmt *st = NULL;
-		rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
-		if (rc == SQLITE_OK)
-			rc = sqlite3_step(st);
-		bool wal = rc == SQLITE_ROW &&
-			   strcmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
-		sqlite3_finalize(st);
-		if (!wal) {
-			if (rc == SQLITE_ROW) {
-				set_err(s, "%s: cannot switch to WAL mode", path);
-				rc = -EIO;
-			} else {
-				rc = db_fail(s, "journal_mode=WAL", rc);
-			}
-			goto fail;
-		}
-	}
-	if (fresh) {
-		/* An empty file that already has a header (made by someone else,
-		 * or an open killed half-way) keeps its auto_vacuum until VACUUM. */
-		int64_t av = 0;
-		rc = query_int(s, "PRAGMA auto_vacuum", &av);
-		if (!rc && av != 2)
-			rc = exec(s, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM");
-		if (rc)
-			goto fail;
-	}
-	if (version < N_MIGRATIONS) {
-		rc = migrate(s, version);
-		if (rc)
-			goto fail;
-	}
-	{
-		char sql[256];
-		snprintf(sql, sizeof(sql),
-			 "PRAGMA journal_size_limit = %" PRId64 ";"
-			 "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;"
-			 "PRAGMA foreign_keys = OFF",
-			 (int64_t)s->ckpt_pages * (PAGE_SIZE + 24) + 32);
-		rc = exec(s, sql);
-		if (rc)
-			goto fail;
-	}
 	sqlite3_wal_hook(s->db, wal_hook, s); /* replaces SQLite's auto-checkpoint */
 	rc = mark_open(s);
-	if (!rc) /* start with an empty WAL: migrations may have filled it */
+	if (rc == -ENOSPC || rc == -EIO) {
+		/* The file reads but cannot be written: work from memory
+		 * (stored messages are still sent; alarms are held in memory)
+		 * until room returns. Seqs start past a gap, as after a crash:
+		 * nothing here records which ones are handed out. */
+		int64_t seq = 0;
+		snprintf(s->trouble, sizeof(s->trouble), "%s", s->err);
+		rc = query_int(s, "SELECT seq FROM sqlite_sequence WHERE name = 'msg'", &seq);
+		if (rc)
+			goto fail;
+		s->last_seq = s->committed_seq = (uint64_t)seq;
+		s->seq_floor = (uint64_t)seq + STORE_SEQ_GAP;
+		s->memory_only = true;
+		s->disk_full_episodes++;
+		s->probe_at = cgw_mono_ms() + STORE_PROBE_MS;
+	} else if (!rc) {
+		/* start with an empty WAL: migrations may have filled it */
 		rc = checkpoint(s, SQLITE_CHECKPOINT_TRUNCATE);
+		if (rc == -ENOSPC)
+			rc = 0; /* the disk-full state says it */
+		reserve_make(s);
+	}
 	if (rc)
 		goto fail;
 	s->ready = true;
@@ -942,14 +1365,26 @@ void store_close(struct store *s)
 	if (!s)
 		return;
 	if (s->db && s->ready) {
+		s->probe_at = 0; /* a last chance for what is held */
 		store_flush(s);
-		if (!s->in_tx && sqlite3_get_autocommit(s->db))
+		/* Held alarms had seqs no commit recorded: the next open must
+		 * skip past them, as after a crash. */
+		if (!s->in_tx && sqlite3_get_autocommit(s->db) && !troubled(s))
 			exec(s,
 			     "INSERT OR REPLACE INTO meta(key, value) VALUES('clean_close', '1')");
 	}
-	for (int i = 0; i < ST_COUNT; i++)
-		sqlite3_finalize(s->st[i]);
-	sqlite3_close(s->db);
+	if (s->db)
+		close_db(s);
+	held_clear(s);
+	free(s->held);
+	while (s->n_mem)
+		mem_drop(s, s->n_mem - 1);
+	for (size_t i = 0; i < s->n_tx_acks; i++)
+		free(s->tx_acks[i].reason);
+	free(s->tx_acks);
+	if (s->reserve_fd >= 0)
+		close(s->reserve_fd);
+	free(s->reserve_path);
 	free(s->path);
 	free(s->wal_path);
 	free(s);
@@ -963,6 +1398,30 @@ static struct reg_uplink *reg_find(struct store *s, const char *name)
 		if (strcmp(s->up[i].name, name) == 0)
 			return &s->up[i];
 	return NULL;
+}
+
+/* The one count(*) of an uplink's deliveries: when it is registered (at
+ * open, or at a reload). From then on the counters follow every change. */
+static int recount(struct store *s, struct reg_uplink *r)
+{
+	int rc = tx_commit(s, true);
+	if (rc)
+		return rc;
+	sqlite3_stmt *st = NULL;
+	rc = sqlite3_prepare_v2(
+		s->db, "SELECT lane, count(*) FROM delivery WHERE uplink = ?1 GROUP BY lane", -1,
+		&st, NULL);
+	if (rc != SQLITE_OK)
+		return db_fail(s, "count deliveries", rc);
+	sqlite3_bind_int64(st, 1, r->id);
+	memset(r->cnt, 0, sizeof(r->cnt));
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int l = sqlite3_column_int(st, 0);
+		if (l >= 0 && l < CGW_LANE_COUNT)
+			r->cnt[l].depth = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : db_fail(s, "count deliveries", rc);
 }
 
 int store_uplink_register(struct store *s, const char *name, unsigned lane_mask, int64_t *id)
@@ -979,11 +1438,21 @@ int store_uplink_register(struct store *s, const char *name, unsigned lane_mask,
 		}
 		int64_t uid = -1;
 		sqlite3_stmt *st = NULL;
-		int rc = sqlite3_prepare_v2(
-			s->db,
-			"INSERT INTO uplinks(name) VALUES(?1)"
-			" ON CONFLICT(name) DO UPDATE SET name = name RETURNING id",
-			-1, &st, NULL);
+		int rc = sqlite3_prepare_v2(s->db, "SELECT id FROM uplinks WHERE name = ?1", -1,
+					    &st, NULL);
+		if (rc == SQLITE_OK) {
+			sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+			if (sqlite3_step(st) == SQLITE_ROW)
+				uid = sqlite3_column_int64(st, 0);
+		}
+		sqlite3_finalize(st);
+		st = NULL;
+		if (uid >= 0)
+			goto have;
+		rc = sqlite3_prepare_v2(s->db,
+					"INSERT INTO uplinks(name) VALUES(?1)"
+					" ON CONFLICT(name) DO UPDATE SET name = name RETURNING id",
+					-1, &st, NULL);
 		if (rc == SQLITE_OK) {
 			sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 			rc = sqlite3_step(st);
@@ -996,10 +1465,16 @@ int store_uplink_register(struct store *s, const char *name, unsigned lane_mask,
 		sqlite3_finalize(st);
 		if (rc != SQLITE_DONE || uid < 0)
 			return db_fail(s, "register uplink", rc);
+have:
 		r = &s->up[s->n_up++];
 		memset(r, 0, sizeof(*r));
 		r->id = uid;
 		snprintf(r->name, sizeof(r->name), "%s", name);
+		rc = recount(s, r);
+		if (rc) {
+			s->n_up--;
+			return rc;
+		}
 	}
 	r->mask = lane_mask & ((1u << CGW_LANE_COUNT) - 1);
 	if (id)
@@ -1052,6 +1527,8 @@ int store_uplink_remove(struct store *s, const char *name)
 	}
 	if (id < 0)
 		return -ENOENT;
+	if (s->disk_full || s->memory_only)
+		return -ENOSPC;
 	rc = tx_begin(s, -1);
 	if (!rc)
 		rc = drop_uplink_rows(s, id);
@@ -1083,8 +1560,8 @@ int store_uplink_prune(struct store *s)
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
 		return db_fail(s, "prune uplinks", rc);
-	if (!n)
-		return 0;
+	if (!n || s->disk_full || s->memory_only)
+		return 0; /* (on a full disk: at the next start) */
 	rc = tx_begin(s, -1);
 	for (size_t i = 0; !rc && i < n; i++)
 		rc = drop_uplink_rows(s, ids[i]);
@@ -1097,6 +1574,13 @@ int store_uplink_prune(struct store *s)
 
 int store_uplink_rearm(struct store *s, int64_t uplink)
 {
+	for (size_t i = 0; i < s->n_mem; i++) {
+		int o = mem_owed(&s->mem[i], uplink);
+		if (o >= 0)
+			s->mem[i].next_ms[o] = 0;
+	}
+	if (s->disk_full || s->memory_only)
+		return 0;
 	int rc = tx_begin(s, -1);
 	if (rc)
 		return rc;
@@ -1120,7 +1604,13 @@ int store_uplink_rearm(struct store *s, int64_t uplink)
 
 /* ---------------------------------------------------------------- outbox */
 
-/* Inserts the message and its delivery rows into the open transaction. */
+static uint64_t next_seq(const struct store *s)
+{
+	return (s->last_seq > s->seq_floor ? s->last_seq : s->seq_floor) + 1;
+}
+
+/* Inserts the message and its delivery rows into the open transaction, with
+ * the seq *seq if it is not 0 (a held alarm going to disk), else the next. */
 static int insert_msg(struct store *s, const struct store_msg *m, const int64_t *targets, size_t nt,
 		      uint64_t *seq)
 {
@@ -1145,10 +1635,11 @@ static int insert_msg(struct store *s, const struct store_msg *m, const int64_t 
 	sqlite3_bind_int64(im, 4, m->ts_ms);
 	sqlite3_bind_text(im, 5, m->payload, (int)lp, SQLITE_STATIC);
 	sqlite3_bind_int(im, 6, (int)nt);
+	uint64_t sq = *seq ? *seq : next_seq(s);
+	sqlite3_bind_int64(im, 7, (int64_t)sq);
 	int rc = step_done(s, im, "enqueue");
 	if (rc)
 		return rc;
-	uint64_t sq = (uint64_t)sqlite3_last_insert_rowid(s->db);
 	sqlite3_bind_int(id, 2, m->lane);
 	sqlite3_bind_int64(id, 3, (int64_t)sq);
 	for (size_t i = 0; i < nt; i++) {
@@ -1156,9 +1647,79 @@ static int insert_msg(struct store *s, const struct store_msg *m, const int64_t 
 		rc = step_done(s, id, "enqueue delivery");
 		if (rc)
 			return rc;
+		cnt_add(s, targets[i], m->lane, sq, m->ts_ms);
 	}
-	s->last_seq = sq;
+	if (sq > s->last_seq)
+		s->last_seq = sq;
+	s->tx_msgs[m->lane]++;
 	*seq = sq;
+	return 0;
+}
+
+/* ---- alarms held in memory ---- */
+
+static void mem_free(struct mem_alarm *a)
+{
+	free(a->device);
+	free(a->topic);
+	free(a->payload);
+	memset(a, 0, sizeof(*a));
+}
+
+static void mem_drop(struct store *s, size_t i)
+{
+	mem_free(&s->mem[i]);
+	memmove(&s->mem[i], &s->mem[i + 1], (s->n_mem - i - 1) * sizeof(s->mem[0]));
+	s->n_mem--;
+	memset(&s->mem[s->n_mem], 0, sizeof(s->mem[0]));
+}
+
+static struct mem_alarm *mem_find(struct store *s, uint64_t seq)
+{
+	for (size_t i = 0; i < s->n_mem; i++)
+		if (s->mem[i].seq == seq)
+			return &s->mem[i];
+	return NULL;
+}
+
+static int mem_owed(const struct mem_alarm *a, int64_t uplink)
+{
+	for (size_t i = 0; i < a->n_owed; i++)
+		if (a->owed[i] == uplink)
+			return (int)i;
+	return -1;
+}
+
+/* Keeps an alarm that could not be committed; it gets a seq no stored
+ * message will ever get (seq_floor moves past it). */
+static int mem_hold(struct store *s, const struct store_msg *m, const int64_t *targets, size_t nt,
+		    uint64_t *seq)
+{
+	if (s->n_mem >= STORE_MEM_ALARMS_MAX) {
+		set_err(s, "%s: %d alarms already held in memory", s->trouble,
+			STORE_MEM_ALARMS_MAX);
+		return -ENOSPC;
+	}
+	struct mem_alarm *a = &s->mem[s->n_mem];
+	memset(a, 0, sizeof(*a));
+	a->device = m->device ? strdup(m->device) : NULL;
+	a->topic = strdup(m->topic);
+	a->payload = strdup(m->payload);
+	if ((m->device && !a->device) || !a->topic || !a->payload) {
+		mem_free(a);
+		set_err(s, "alarm: out of memory");
+		return -ENOMEM;
+	}
+	a->seq = next_seq(s);
+	a->ts_ms = m->ts_ms;
+	a->n_owed = nt;
+	memcpy(a->owed, targets, nt * sizeof(*targets));
+	s->seq_floor = a->seq;
+	s->n_mem++;
+	s->mem_total++;
+	if (s->probe_at <= 0)
+		s->probe_at = cgw_mono_ms() + STORE_PROBE_MS;
+	*seq = a->seq;
 	return 0;
 }
 
@@ -1183,6 +1744,7 @@ static int alarm_make_room(struct store *s, const struct store_msg *m, const int
 	}
 	if (!rc && !n)
 		rc = -ENOSPC; /* only alarms left: nothing to give up */
+	*seq = 0;
 	if (!rc)
 		rc = insert_msg(s, m, targets, nt, seq);
 	if (!rc)
@@ -1191,6 +1753,60 @@ static int alarm_make_room(struct store *s, const struct store_msg *m, const int
 		tx_abort(s);
 		set_err(s, "%s (and no room could be made for the alarm)", why);
 	}
+	return rc;
+}
+
+/* One alarm in a transaction of its own (with the pending batch). */
+static int try_alarm(struct store *s, const struct store_msg *m, const int64_t *targets, size_t nt,
+		     int64_t mono_ms, uint64_t *sq)
+{
+	*sq = 0;
+	int rc = tx_begin(s, mono_ms);
+	if (!rc)
+		rc = insert_msg(s, m, targets, nt, sq);
+	if (!rc)
+		rc = tx_commit(s, false);
+	if (rc)
+		tx_abort(s);
+	return rc;
+}
+
+static bool disk_trouble(int rc)
+{
+	return rc == -ENOSPC || rc == -EIO;
+}
+
+static int enqueue_alarm(struct store *s, const struct store_msg *m, const int64_t *targets,
+			 size_t nt, int64_t mono_ms, uint64_t *sq, bool *committed)
+{
+	int rc = -ENOSPC;
+	*committed = false;
+	if (!s->memory_only) {
+		rc = try_alarm(s, m, targets, nt, mono_ms, sq);
+		/* The disk is full: give the reserve back, let the WAL start
+		 * over if it can, and try again. */
+		if (disk_trouble(rc) && reserve_release(s)) {
+			checkpoint(s, SQLITE_CHECKPOINT_PASSIVE);
+			rc = try_alarm(s, m, targets, nt, mono_ms, sq);
+		}
+		if (disk_trouble(rc))
+			rc = alarm_make_room(s, m, targets, nt, mono_ms, sq);
+		if (rc == -EINVAL || rc == -EMSGSIZE)
+			return rc;
+	}
+	if (rc == 0) {
+		*committed = true;
+		return 0;
+	}
+	/* Not even that: delivered from memory, stored when room returns. */
+	char why[sizeof(s->err)];
+	snprintf(why, sizeof(why), "%s", s->memory_only ? s->trouble : s->err);
+	tx_abort(s);
+	if (!s->disk_full && !s->memory_only)
+		go_disk_full(s, why);
+	rc = mem_hold(s, m, targets, nt, sq);
+	if (rc == 0)
+		set_err(s, "%s", why);
 	return rc;
 }
 
@@ -1220,22 +1836,21 @@ int store_enqueue(struct store *s, const struct store_msg *m, int64_t mono_ms, u
 		return 0;
 	}
 	if (m->lane == CGW_LANE_ALARM) {
-		rc = tx_begin(s, mono_ms);
-		if (!rc)
-			rc = insert_msg(s, m, targets, nt, &sq);
-		if (!rc)
-			rc = tx_commit(s, false);
-		if (rc == -ENOSPC || rc == -EIO)
-			rc = alarm_make_room(s, m, targets, nt, mono_ms, &sq);
-		if (rc) {
-			tx_abort(s);
+		bool c = false;
+		rc = enqueue_alarm(s, m, targets, nt, mono_ms, &sq, &c);
+		if (rc)
 			return rc;
-		}
 		if (committed)
-			*committed = true;
+			*committed = c;
 		if (seq)
 			*seq = sq;
 		return 0;
+	}
+	/* A full disk keeps its last room for alarms and device state. */
+	if (s->memory_only || (s->disk_full && m->lane != CGW_LANE_STATUS)) {
+		s->lost[m->lane]++;
+		set_err(s, "%s", s->trouble);
+		return -ENOSPC;
 	}
 	rc = tx_begin(s, mono_ms);
 	if (rc)
@@ -1263,14 +1878,101 @@ void store_items_clear(struct store_item *items, size_t n)
 	}
 }
 
+static int fetch_db(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t after_seq,
+		    size_t max, int64_t now_ms, struct store_item *items, size_t *n);
+static int fetch_mem(struct store *s, int64_t uplink, uint64_t after_seq, size_t max,
+		     int64_t now_ms, struct store_item *items, size_t *k);
+
 int store_fetch(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t after_seq, size_t max,
 		int64_t now_ms, struct store_item *items, size_t *n)
 {
 	*n = 0;
 	if ((unsigned)lane >= CGW_LANE_COUNT || !items)
 		return -EINVAL;
-	if (!max || after_seq >= s->committed_seq)
+	if (!max)
 		return 0;
+	size_t k = 0;
+	int rc = 0;
+	if (after_seq < s->committed_seq) {
+		rc = fetch_db(s, uplink, lane, after_seq, max, now_ms, items, &k);
+		if (rc)
+			return rc;
+	}
+	if (lane == CGW_LANE_ALARM && s->n_mem) {
+		rc = fetch_mem(s, uplink, after_seq, max, now_ms, items, &k);
+		if (rc) {
+			store_items_clear(items, k);
+			return rc;
+		}
+	}
+	*n = k;
+	return 0;
+}
+
+static int fill_item(struct store_item *it, uint64_t seq, enum cgw_lane lane, int64_t ts_ms,
+		     uint32_t attempts, const char *dev, const char *top, const char *pay)
+{
+	size_t ld = dev ? strlen(dev) + 1 : 0, lt = strlen(top) + 1, lp = strlen(pay) + 1;
+	char *buf = malloc(ld + lt + lp);
+	if (!buf)
+		return -ENOMEM;
+	it->seq = seq;
+	it->lane = lane;
+	it->attempts = attempts;
+	it->ts_ms = ts_ms;
+	it->buf_ = buf;
+	it->device = NULL;
+	if (dev) {
+		memcpy(buf, dev, ld);
+		it->device = buf;
+		buf += ld;
+	}
+	memcpy(buf, top, lt);
+	it->topic = buf;
+	buf += lt;
+	memcpy(buf, pay, lp);
+	it->payload = buf;
+	return 0;
+}
+
+/* Adds the due held alarms of the uplink after after_seq, keeping seq
+ * order and at most `max` items. */
+static int fetch_mem(struct store *s, int64_t uplink, uint64_t after_seq, size_t max,
+		     int64_t now_ms, struct store_item *items, size_t *k)
+{
+	for (size_t i = 0; i < s->n_mem; i++) {
+		struct mem_alarm *a = &s->mem[i];
+		int o = mem_owed(a, uplink);
+		if (a->seq <= after_seq || o < 0 || a->next_ms[o] > now_ms)
+			continue;
+		/* where it goes in seq order */
+		size_t at = *k;
+		while (at > 0 && items[at - 1].seq > a->seq)
+			at--;
+		if (at >= max)
+			continue;
+		if (*k == max) { /* the last one makes room */
+			store_items_clear(&items[max - 1], 1);
+			(*k)--;
+		}
+		memmove(&items[at + 1], &items[at], (*k - at) * sizeof(*items));
+		memset(&items[at], 0, sizeof(*items));
+		int rc = fill_item(&items[at], a->seq, CGW_LANE_ALARM, a->ts_ms, a->attempts[o],
+				   a->device, a->topic, a->payload);
+		if (rc) {
+			memmove(&items[at], &items[at + 1], (*k - at) * sizeof(*items));
+			set_err(s, "fetch: out of memory");
+			return rc;
+		}
+		(*k)++;
+	}
+	return 0;
+}
+
+static int fetch_db(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t after_seq,
+		    size_t max, int64_t now_ms, struct store_item *items, size_t *n)
+{
+	*n = 0;
 	sqlite3_stmt *st = stmt(s, ST_FETCH);
 	if (!st)
 		return -EIO;
@@ -1287,6 +1989,9 @@ int store_fetch(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t af
 		 * clock went back: treat it as due rather than stall the lane. */
 		if (next > now_ms && next - now_ms <= STORE_RETRY_AFTER_MAX_MS)
 			break;
+		/* delivered, but the ack is waiting for room on the disk */
+		if (s->n_held && held_find(s, uplink, lane, (uint64_t)sqlite3_column_int64(st, 0)))
+			continue;
 		const char *dev = (const char *)sqlite3_column_text(st, 4);
 		size_t ld = dev ? (size_t)sqlite3_column_bytes(st, 4) + 1 : 0;
 		const char *top = (const char *)sqlite3_column_text(st, 5);
@@ -1352,6 +2057,7 @@ static int drop_delivery(struct store *s, int64_t uplink, enum cgw_lane lane, ui
 		set_err(s, "ack: no delivery of seq %" PRIu64 " for uplink %" PRId64, seq, uplink);
 		return -ENOENT;
 	}
+	cnt_sub(s, uplink, lane, seq, 1);
 	sqlite3_bind_int64(dm, 1, (int64_t)seq);
 	rc = step_done(s, dm, "ack");
 	if (rc || sqlite3_changes(s->db) > 0)
@@ -1360,15 +2066,77 @@ static int drop_delivery(struct store *s, int64_t uplink, enum cgw_lane lane, ui
 	return step_done(s, dp, "ack");
 }
 
+static int64_t backoff_ms(struct store *s, int64_t attempts, int64_t retry_after_ms)
+{
+	if (retry_after_ms >= 0)
+		return retry_after_ms < STORE_RETRY_AFTER_MAX_MS ? retry_after_ms :
+								   STORE_RETRY_AFTER_MAX_MS;
+	int sh = attempts > 20 ? 20 : (int)attempts;
+	int64_t win = (int64_t)STORE_BACKOFF_BASE_MS << sh;
+	if (win > STORE_BACKOFF_CAP_MS)
+		win = STORE_BACKOFF_CAP_MS;
+	return (int64_t)(rng_next(s) % (uint64_t)(win + 1));
+}
+
+/* An alarm held in memory is never a dead letter: an ERROR is retried. */
+static int ack_mem(struct store *s, struct mem_alarm *a, int64_t uplink,
+		   enum store_ack_result result, int64_t retry_after_ms, int64_t now_ms)
+{
+	int o = mem_owed(a, uplink);
+	if (o < 0) {
+		set_err(s, "ack: no delivery of seq %" PRIu64 " for uplink %" PRId64, a->seq,
+			uplink);
+		return -ENOENT;
+	}
+	if (result == STORE_ACK_OK) {
+		a->n_owed--;
+		a->owed[o] = a->owed[a->n_owed];
+		a->next_ms[o] = a->next_ms[a->n_owed];
+		a->attempts[o] = a->attempts[a->n_owed];
+		if (!a->n_owed)
+			mem_drop(s, (size_t)(a - s->mem));
+		return 0;
+	}
+	a->next_ms[o] = now_ms + backoff_ms(s, a->attempts[o], retry_after_ms);
+	a->attempts[o]++;
+	return 0;
+}
+
 int store_ack(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t seq,
 	      enum store_ack_result result, int64_t retry_after_ms, const char *reason,
 	      int64_t now_ms)
 {
 	if ((unsigned)lane >= CGW_LANE_COUNT)
 		return -EINVAL;
+	if (lane == CGW_LANE_ALARM && s->n_mem) {
+		struct mem_alarm *a = mem_find(s, seq);
+		if (a)
+			return ack_mem(s, a, uplink, result, retry_after_ms, now_ms);
+	}
+	if (s->disk_full || s->memory_only) {
+		/* Nothing can be written: remember it, apply it when room
+		 * returns. A retry needs no remembering (the row stays due). */
+		if (result == STORE_ACK_RETRY)
+			return 0;
+		char *why = reason ? strdup(reason) : NULL;
+		int r = held_put(s, uplink, lane, seq, result, why);
+		if (r)
+			set_err(s, "ack: %d acks already held in memory", STORE_HELD_ACKS_MAX);
+		return r;
+	}
 	int rc = tx_begin(s, -1);
 	if (rc)
 		return rc;
+	if (result != STORE_ACK_RETRY && s->n_tx_acks < s->cap_tx_acks) {
+		/* kept until the batch commits: if it rolls back, held */
+		struct held_ack *t = &s->tx_acks[s->n_tx_acks];
+		*t = (struct held_ack){.seq = seq,
+				       .uplink = uplink,
+				       .lane = (int8_t)lane,
+				       .result = (int8_t)result,
+				       .reason = reason ? strdup(reason) : NULL};
+		s->n_tx_acks++;
+	}
 	switch (result) {
 	case STORE_ACK_OK:
 		rc = drop_delivery(s, uplink, lane, seq);
@@ -1393,18 +2161,7 @@ int store_ack(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t seq,
 			rc = -ENOENT;
 			break;
 		}
-		int64_t delay;
-		if (retry_after_ms >= 0) {
-			delay = retry_after_ms < STORE_RETRY_AFTER_MAX_MS ?
-					retry_after_ms :
-					STORE_RETRY_AFTER_MAX_MS;
-		} else {
-			int sh = attempts > 20 ? 20 : (int)attempts;
-			int64_t win = (int64_t)STORE_BACKOFF_BASE_MS << sh;
-			if (win > STORE_BACKOFF_CAP_MS)
-				win = STORE_BACKOFF_CAP_MS;
-			delay = (int64_t)(rng_next(s) % (uint64_t)(win + 1));
-		}
+		int64_t delay = backoff_ms(s, attempts, retry_after_ms);
 		bind3(sr, uplink, lane, seq);
 		sqlite3_bind_int64(sr, 4, now_ms + delay);
 		rc = step_done(s, sr, "ack retry");
@@ -1427,13 +2184,106 @@ int store_ack(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t seq,
 	default:
 		rc = -EINVAL;
 	}
-	if (rc == -ENOENT || rc == -EINVAL)
-		return rc; /* nothing was written; the batch goes on */
+	if (rc == -ENOENT || rc == -EINVAL) {
+		/* nothing was written; the batch goes on */
+		if (result != STORE_ACK_RETRY && s->n_tx_acks > 0 &&
+		    s->tx_acks[s->n_tx_acks - 1].seq == seq) {
+			s->n_tx_acks--;
+			free(s->tx_acks[s->n_tx_acks].reason);
+		}
+		return rc;
+	}
 	if (rc) {
 		tx_abort(s);
 		return rc;
 	}
 	return batch_wrote(s, NULL);
+}
+
+/* ------------------------------------------------------------- recovery */
+
+/* Inside a transaction: the held acks, then the held alarms. */
+static int write_held(struct store *s)
+{
+	int rc = 0;
+	for (size_t i = 0; !rc && s->held && i < HELD_SLOTS; i++) {
+		struct held_ack *h = &s->held[i];
+		if (!h->seq)
+			continue;
+		if (h->result == STORE_ACK_ERROR) {
+			sqlite3_stmt *dl = stmt(s, ST_INS_DEAD);
+			if (!dl)
+				return -EIO;
+			bind3(dl, h->uplink, h->lane, h->seq);
+			bind_text(dl, 4, h->reason);
+			sqlite3_bind_int64(dl, 5, cgw_now_ms());
+			rc = step_done(s, dl, "dead letter");
+		}
+		if (!rc)
+			rc = drop_delivery(s, h->uplink, h->lane, h->seq);
+		if (rc == -ENOENT)
+			rc = 0; /* gone meanwhile (evicted) */
+	}
+	for (size_t i = 0; !rc && i < s->n_mem; i++) {
+		struct mem_alarm *a = &s->mem[i];
+		struct store_msg m = {.lane = CGW_LANE_ALARM,
+				      .device = a->device,
+				      .topic = a->topic,
+				      .ts_ms = a->ts_ms,
+				      .payload = a->payload};
+		int64_t t[STORE_MAX_UPLINKS];
+		size_t nt = 0;
+		for (size_t k = 0; k < a->n_owed; k++)
+			if (reg_by_id(s, a->owed[k]))
+				t[nt++] = a->owed[k];
+		uint64_t sq = a->seq;
+		if (nt)
+			rc = insert_msg(s, &m, t, nt, &sq);
+	}
+	return rc;
+}
+
+static int mark_open(struct store *s);
+
+/* While in trouble, about once a second: if the filesystem has room again,
+ * write what was held and go back to normal. */
+static void probe(struct store *s)
+{
+	if (!troubled(s) || s->in_tx)
+		return;
+	int64_t now = cgw_mono_ms();
+	if (now < s->probe_at)
+		return;
+	s->probe_at = now + STORE_PROBE_MS;
+	if (s->disk_full || s->memory_only) {
+		int64_t need = (s->o.min_free > 0 ? s->o.min_free : 0) +
+			       (s->o.reserve_size > 0 ? s->o.reserve_size : 0) + 16 * PAGE_SIZE;
+		int64_t fr = fs_free(s);
+		if (fr >= 0 && fr < need)
+			return; /* not yet: no flapping on the last few pages */
+	}
+	if (s->memory_only) {
+		if (mark_open(s))
+			return;
+		s->memory_only = false;
+	}
+	int rc = tx_begin(s, now);
+	if (!rc)
+		rc = write_held(s);
+	if (!rc)
+		rc = tx_commit(s, true);
+	if (rc) {
+		/* the held acks were not journalled in tx_acks and the held
+		 * alarms are still in memory: nothing is lost */
+		memset(s->tx_msgs, 0, sizeof(s->tx_msgs));
+		tx_abort(s);
+		return;
+	}
+	held_clear(s);
+	while (s->n_mem)
+		mem_drop(s, s->n_mem - 1);
+	s->disk_full = false;
+	reserve_make(s);
 }
 
 /* ----------------------------------------------------------- maintenance */
@@ -1463,6 +2313,8 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 	rc = store_flush(s);
 	if (rc)
 		return rc;
+	if (s->disk_full || s->memory_only)
+		return 0; /* nothing is written but what store_flush() probes */
 
 	/* Retention, in chunks so that no transaction grows without bound. */
 	if (s->o.telemetry_retention_ms > 0) {
@@ -1492,12 +2344,15 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 		rc = trim_table(s, "audit", STORE_AUDIT_KEEP);
 	if (!rc)
 		rc = cmdid_trim(s, now_ms);
-	if (!rc && s->o.max_size > 0)
-		rc = evict_to(s, s->o.max_size / 100 * TARGET_PCT);
+	int64_t cap = cap_now(s);
+	if (!rc && cap > 0)
+		rc = evict_to(s, data_budget(s, cap) / 100 * TARGET_PCT);
 	if (!rc)
 		rc = tx_commit(s, true);
 	if (rc)
 		goto fail;
+	if (s->at_floor || s->disk_full)
+		goto report; /* keep the room the files have: they could not grow back */
 
 	/* Give free pages back to the file system once they are a good share
 	 * of the file (they would be reused anyway), or when over the cap. */
@@ -1515,7 +2370,8 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 	rc = checkpoint(s, SQLITE_CHECKPOINT_TRUNCATE);
 	if (rc)
 		goto fail;
-
+	reserve_make(s);
+report:;
 	bool evicted_now = false;
 	for (int l = 0; l < CGW_LANE_COUNT; l++) {
 		r->evicted[l] = s->evicted_unreported[l];
@@ -1529,7 +2385,7 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 		r->episode_ended = true;
 	}
 	r->size_bytes = store_size_bytes(s);
-	r->over_cap = s->o.max_size > 0 && r->size_bytes > s->o.max_size;
+	r->over_cap = cap > 0 && r->size_bytes > cap;
 	return 0;
 fail:
 	tx_abort(s);
@@ -1538,6 +2394,53 @@ fail:
 
 /* ----------------------------------------------------------------- stats */
 
+const char *store_state_name(enum store_state st)
+{
+	switch (st) {
+	case STORE_OK:
+		return "ok";
+	case STORE_AT_CAP:
+		return "at_cap";
+	case STORE_DISK_FULL:
+		return "disk_full";
+	case STORE_MEMORY_ONLY:
+		return "memory_only";
+	}
+	return "?";
+}
+
+enum store_state store_state(const struct store *s)
+{
+	if (s->memory_only)
+		return STORE_MEMORY_ONLY;
+	if (s->disk_full || s->n_mem)
+		return STORE_DISK_FULL;
+	if (s->evicting || s->at_floor)
+		return STORE_AT_CAP;
+	return STORE_OK;
+}
+
+const char *store_trouble(const struct store *s)
+{
+	return s->trouble[0] ? s->trouble : "no trouble";
+}
+
+/* The head of one (uplink, lane), through the delivery key: one seek. */
+static void lane_head(struct store *s, int64_t uplink, enum cgw_lane lane, struct lane_cnt *c)
+{
+	sqlite3_stmt *st = stmt(s, ST_OLDEST);
+	if (!st)
+		return;
+	sqlite3_bind_int64(st, 1, uplink);
+	sqlite3_bind_int(st, 2, lane);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		c->oldest_seq = (uint64_t)sqlite3_column_int64(st, 0);
+		c->oldest_ts = sqlite3_column_int64(st, 1);
+		c->oldest_ok = true;
+	}
+	sqlite3_reset(st);
+}
+
 int store_stats(struct store *s, struct store_stats *st)
 {
 	int64_t pc = 0, v = 0;
@@ -1545,48 +2448,59 @@ int store_stats(struct store *s, struct store_stats *st)
 	int rc = cached_int(s, ST_PAGE_COUNT, &pc);
 	if (rc)
 		return rc;
+	st->state = store_state(s);
 	st->db_bytes = pc * PAGE_SIZE;
 	st->wal_bytes = wal_size(s);
+	st->shm_bytes = shm_size(s);
+	st->fs_free_bytes = fs_free(s);
+	st->min_free = s->o.min_free;
+	st->reserve_bytes = s->reserve_held;
+	st->reserve_size = s->o.reserve_size;
+	st->alarms_in_memory = s->n_mem;
+	st->alarms_in_memory_total = s->mem_total;
+	st->acks_held = s->n_held;
+	memcpy(st->lost, s->lost, sizeof(st->lost));
+	st->disk_full_episodes = s->disk_full_episodes;
+	st->ckpt_max_us = s->ckpt_max_us;
 	st->max_size = s->o.max_size;
 	memcpy(st->evicted, s->evicted_total, sizeof(st->evicted));
 	st->expired = s->expired_total;
 	st->seq_high = s->last_seq > s->committed_seq ? s->last_seq : s->committed_seq;
+	if (s->seq_floor > st->seq_high)
+		st->seq_high = s->seq_floor;
+	/* bounded table (STORE_DEAD_LETTER_KEEP rows) */
 	rc = query_int(s, "SELECT count(*) FROM dead_letter", &v);
 	if (rc)
 		return rc;
 	st->dead_letters = (uint64_t)v;
 
-	sqlite3_stmt *q = NULL;
-	rc = sqlite3_prepare_v2(s->db,
-				"SELECT count(*), (SELECT ts_ms FROM msg WHERE seq ="
-				" (SELECT min(seq) FROM delivery WHERE uplink = ?1 AND lane = ?2))"
-				" FROM delivery WHERE uplink = ?1 AND lane = ?2",
-				-1, &q, NULL);
-	if (rc != SQLITE_OK)
-		return db_fail(s, "stats", rc);
 	for (size_t i = 0; i < s->n_up; i++) {
 		struct store_uplink_stats *u = &st->uplink[i];
-		u->id = s->up[i].id;
-		snprintf(u->name, sizeof(u->name), "%s", s->up[i].name);
+		struct reg_uplink *r = &s->up[i];
+		u->id = r->id;
+		snprintf(u->name, sizeof(u->name), "%s", r->name);
 		for (int l = 0; l < CGW_LANE_COUNT; l++) {
-			sqlite3_bind_int64(q, 1, u->id);
-			sqlite3_bind_int(q, 2, l);
-			rc = sqlite3_step(q);
-			if (rc == SQLITE_ROW) {
-				u->lane[l].depth = (uint64_t)sqlite3_column_int64(q, 0);
-				u->lane[l].oldest_ts_ms = sqlite3_column_type(q, 1) == SQLITE_NULL ?
-								  -1 :
-								  sqlite3_column_int64(q, 1);
-			}
-			sqlite3_reset(q);
-			if (rc != SQLITE_ROW) {
-				sqlite3_finalize(q);
-				return db_fail(s, "stats", rc);
-			}
+			struct lane_cnt *c = &r->cnt[l];
+			int64_t d = c->depth + c->delta;
+			u->lane[l].depth = d > 0 ? (uint64_t)d : 0;
+			u->lane[l].oldest_ts_ms = -1;
+			if (d > 0 && !c->oldest_ok)
+				lane_head(s, r->id, l, c);
+			if (d > 0 && c->oldest_ok)
+				u->lane[l].oldest_ts_ms = c->oldest_ts;
+		}
+		/* alarms held in memory wait in the alarm lane too */
+		for (size_t k = 0; k < s->n_mem; k++) {
+			const struct mem_alarm *a = &s->mem[k];
+			if (mem_owed(a, r->id) < 0)
+				continue;
+			struct store_lane_stats *ls = &u->lane[CGW_LANE_ALARM];
+			ls->depth++;
+			if (ls->oldest_ts_ms < 0 || a->ts_ms < ls->oldest_ts_ms)
+				ls->oldest_ts_ms = a->ts_ms;
 		}
 	}
 	st->n_uplinks = s->n_up;
-	sqlite3_finalize(q);
 	return 0;
 }
 

@@ -40,6 +40,35 @@
  * persistent) and may call store_uplink_rearm() to make backed-off rows due
  * at once. Fetch never returns a row that is not committed yet.
  *
+ * Outbox figures: the depth and oldest message of every (uplink, lane) are
+ * counters kept by the store (updated on enqueue, ack, eviction, expiry and
+ * prune, counted once when an uplink is registered), so store_stats() costs
+ * microseconds at any backlog.
+ *
+ * A full disk (see store_state):
+ * - size: db + WAL + SHM are counted against max_size; the WAL is
+ *   checkpointed after batch commits once it holds 1/16 of the cap (PASSIVE:
+ *   it never waits for a reader) and truncated by store_maintain();
+ * - floor: when the filesystem's free space falls below min_free, the store
+ *   behaves as at its cap at its current size (evicts telemetry to make room,
+ *   grows no file), before SQLite meets ENOSPC;
+ * - reserve: a file `<path>-reserve` of reserve_size bytes is kept allocated
+ *   next to the store; when a commit meets ENOSPC it is given back at once so
+ *   that alarms (and alarm state) can still be committed, and it is made
+ *   again when room returns;
+ * - disk full: after ENOSPC only alarm-lane messages and alarm-table writes
+ *   are written; other messages are refused (counted as lost), acks are held
+ *   in memory (a held ack hides its row from fetch) and applied later;
+ * - memory: an alarm that cannot be committed even then is held in a
+ *   bounded in-memory queue (STORE_MEM_ALARMS_MAX) with a seq that no stored
+ *   message will ever get; fetch returns it like a stored row and ack clears
+ *   it, and it is written to the file when room returns;
+ * - recovery: store_flush() probes about once a second while in trouble and,
+ *   when the filesystem has room again, applies held acks, stores held
+ *   alarms, re-makes the reserve and goes back to ok by itself.
+ * A store whose file cannot be written at open (a full disk at start) opens
+ * in the memory-only state and works the same way.
+ *
  * Errors: functions return 0 or a negative errno; store_errmsg() says why in
  * words. store_open() writes its reason into the caller's buffer.
  */
@@ -66,12 +95,25 @@
 #define STORE_MAX_UPLINKS 16
 #define STORE_QUARANTINE_MAX_PAYLOAD 1024
 #define STORE_BATCH_MS_MAX 50
+#define STORE_MEM_ALARMS_MAX 256  /* alarms held in memory at most */
+#define STORE_HELD_ACKS_MAX 16384 /* acks held in memory while the disk is full */
+#define STORE_PROBE_MS 1000       /* recovery attempts while in trouble */
+
+enum store_state {
+	STORE_OK,
+	STORE_AT_CAP,      /* evicting at max_size or at the free-space floor */
+	STORE_DISK_FULL,   /* a commit met ENOSPC: only alarms are written */
+	STORE_MEMORY_ONLY, /* the file cannot be written; alarms held in memory */
+};
+const char *store_state_name(enum store_state st); /* "ok", "at_cap", ... */
 
 struct store;
 
 struct store_opts {
-	bool sync_full;                 /* synchronous=FULL (fsync every commit) */
-	int64_t max_size;               /* bytes, db + wal; 0 = unlimited */
+	bool sync_full;       /* synchronous=FULL (fsync every commit) */
+	int64_t max_size;     /* bytes, db + WAL + SHM; 0 = unlimited */
+	int64_t min_free;     /* bytes the filesystem keeps free; below: as at the cap; 0 = none */
+	int64_t reserve_size; /* bytes of the alarm reserve file; 0 = none */
 	int64_t telemetry_retention_ms; /* 0 = keep until delivered or evicted */
 	unsigned batch_rows;            /* commit at this many pending writes; 0 = 512
 					   (capped lower for a small max_size) */
@@ -119,9 +161,10 @@ struct store_msg {
 
 /* Stores a message for every registered uplink of its lane. *seq gets its id
  * (0 if no uplink takes that lane: nothing is stored). *committed (may be NULL)
- * says whether it is durable on return: always true for an alarm (the call
- * returns after COMMIT returned); for other lanes only when this write
- * completed a batch. A non-alarm message that would take the store above
+ * says whether it is durable on return: true for an alarm (the call
+ * returns after COMMIT returned) unless the alarm had to be held in memory
+ * (the disk is full: *seq is still valid and the alarm is delivered like a
+ * stored one); for other lanes only when this write completed a batch. A non-alarm message that would take the store above
  * ~90% of max_size first evicts the oldest telemetry, then events, then
  * status; if nothing is left to evict it is refused with -ENOSPC. Alarms use
  * the remaining reserve and are never refused for the cap; if the disk itself
@@ -211,8 +254,20 @@ struct store_uplink_stats {
 	struct store_lane_stats lane[CGW_LANE_COUNT];
 };
 struct store_stats {
-	int64_t db_bytes;  /* page_count * page_size */
-	int64_t wal_bytes; /* WAL file size */
+	enum store_state state;
+	int64_t db_bytes;                /* page_count * page_size */
+	int64_t wal_bytes;               /* WAL file size */
+	int64_t shm_bytes;               /* WAL index file size */
+	int64_t fs_free_bytes;           /* free space of the filesystem (statvfs); -1 unknown */
+	int64_t min_free;                /* the floor */
+	int64_t reserve_bytes;           /* alarm reserve held now */
+	int64_t reserve_size;            /* what it is when whole */
+	uint64_t alarms_in_memory;       /* held in memory now */
+	uint64_t alarms_in_memory_total; /* ever held in memory since open */
+	uint64_t acks_held;              /* acks waiting for room */
+	uint64_t lost[CGW_LANE_COUNT];   /* messages not stored for a full disk, since open */
+	uint64_t disk_full_episodes;     /* since open */
+	int64_t ckpt_max_us;             /* longest WAL checkpoint since open */
 	int64_t max_size;
 	uint64_t evicted[CGW_LANE_COUNT]; /* since open */
 	uint64_t expired;                 /* since open */
@@ -222,6 +277,10 @@ struct store_stats {
 	struct store_uplink_stats uplink[STORE_MAX_UPLINKS];
 };
 int store_stats(struct store *s, struct store_stats *st);
+/* The state alone (no I/O). */
+enum store_state store_state(const struct store *s);
+/* Why the store is (or last was) in trouble, in words. */
+const char *store_trouble(const struct store *s);
 /* page_count * page_size + WAL file size. */
 int64_t store_size_bytes(struct store *s);
 
