@@ -492,19 +492,35 @@ static void show_status(json_t *st)
 	printf("uptime    %s, %s\n", up,
 	       json_is_true(json_object_get(st, "healthy")) ?
 		       "healthy" :
-		       "UNHEALTHY: the store does not commit");
+		       "UNHEALTHY: the store does not commit, or only alarms (disk full)");
 	free(up);
 	printf("config    %s (hash %s)\n", jstr(st, "config"), jstr(st, "config_hash"));
 	if (store) {
-		long long used = jint(store, "db_bytes") + jint(store, "wal_bytes");
+		long long used = jint(store, "db_bytes") + jint(store, "wal_bytes") +
+				 jint(store, "shm_bytes");
 		long long max = jint(store, "max_size");
-		char *u = fmt_bytes(used), *m = fmt_bytes(max);
-		printf("store     %s of %s (%lld%%); evicted %lld telemetry, %lld events; %lld dead "
-		       "letters\n",
-		       u, m, max > 0 ? used * 100 / max : 0, jint(store, "evicted_telemetry"),
-		       jint(store, "evicted_events"), jint(store, "dead_letters"));
+		char *u = fmt_bytes(used), *m = fmt_bytes(max),
+		     *w = fmt_bytes(jint(store, "wal_bytes")),
+		     *fr = fmt_bytes(jint(store, "fs_free_bytes")),
+		     *mf = fmt_bytes(jint(store, "min_free")),
+		     *rv = fmt_bytes(jint(store, "reserve_bytes")),
+		     *rs = fmt_bytes(jint(store, "reserve_size"));
+		printf("store     %s: %s of %s (%lld%%), WAL %s; evicted %lld telemetry, %lld events; "
+		       "%lld dead letters\n",
+		       jstr(store, "state"), u, m, max > 0 ? used * 100 / max : 0, w,
+		       jint(store, "evicted_telemetry"), jint(store, "evicted_events"),
+		       jint(store, "dead_letters"));
+		printf("disk      %s free (floor %s); alarm reserve %s of %s; %lld alarms held in "
+		       "memory; not stored for a full disk: %lld telemetry, %lld events\n",
+		       fr, mf, rv, rs, jint(store, "alarms_in_memory"),
+		       jint(store, "lost_telemetry"), jint(store, "lost_events"));
 		free(u);
 		free(m);
+		free(w);
+		free(fr);
+		free(mf);
+		free(rv);
+		free(rs);
 	}
 	printf("alarms    ");
 	long long total = 0;

@@ -331,6 +331,13 @@ int cfg_parse_size(const char *s, int64_t *bytes)
 	double v = strtod(s, &end);
 	if (errno || end == s)
 		return -EINVAL;
+	if (strcmp(end, "%") == 0) {
+		/* a share of the filesystem, resolved by its user: -percent */
+		if (v <= 0 || v > 100 || v != (double)(int64_t)v)
+			return -ERANGE;
+		*bytes = -(int64_t)v;
+		return 0;
+	}
 	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
 		if (strcmp(end, units[i].u) == 0) {
 			double r = v * (double)units[i].mul;
@@ -747,9 +754,13 @@ static const struct key gateway_keys[] = {
 };
 
 static const struct key store_keys[] = {
-	{"max_size", K_SIZE, offsetof(struct cgw_config, store.max_size), "512MB", 0, 0, 0, NULL,
+	{"max_size", K_SIZE, offsetof(struct cgw_config, store.max_size), "50%", 0, 0, 0, NULL,
 	 NULL,
-	 "size cap of the store; telemetry is evicted oldest-first, then events; alarms never"},
+	 "size cap of the store (database, WAL and its index), or a share of the filesystem "
+	 "holding state_dir; telemetry is evicted oldest-first, then events; alarms never"},
+	{"min_free", K_SIZE, offsetof(struct cgw_config, store.min_free), "1%", 0, 0, 0, NULL, NULL,
+	 "free space the filesystem keeps (or a share of it); below it the store stops growing "
+	 "and evicts as at its cap, before the disk is full"},
 	{"telemetry_retention", K_DURATION,
 	 offsetof(struct cgw_config, store.telemetry_retention_ms), "7d", 0, 0, 0, NULL, NULL,
 	 "undelivered telemetry older than this is dropped"},

@@ -226,7 +226,8 @@ struct cgw_config {
 	struct cfg_strlist profile_dirs;
 	struct {
 		struct cfg_obj o;
-		int64_t max_size, telemetry_retention_ms, batch_delay_ms;
+		/* max_size, min_free: bytes, or -N for N % of the filesystem */
+		int64_t max_size, min_free, telemetry_retention_ms, batch_delay_ms;
 		int sync; /* enum cfg_sync */
 	} store;
 	struct {

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "alarm.h"
@@ -112,6 +113,10 @@ struct core {
 	struct loop_timer *flush_timer, *maint_timer, *alarm_timer; /* tele_timer below */
 	int64_t started_ms;
 	bool store_ok;
+	struct episode commit_ep; /* commits that fail for another reason than room */
+	struct episode disk_ep;   /* the store on a full disk (or from memory) */
+	uint64_t lost_at_start[CGW_LANE_COUNT];
+	uint64_t mem_at_start;
 	int lock_fd;
 	bool evicting;
 	bool queue_full_logged;
@@ -190,8 +195,45 @@ static int emit_text(struct core *c, enum cgw_lane lane, const char *device, con
 		return r;
 	}
 	c->messages++;
+	if (lane == CGW_LANE_ALARM && !committed)
+		log_warn("core",
+			 "store: alarm for %s held in memory (%s); it is delivered from memory "
+			 "and stored when room returns",
+			 device ? device : "gateway", store_errmsg(c->store));
 	arm_flush(c);
 	return 0;
+}
+
+/* The store's full-disk episode: logged once when it starts and once when it
+ * ends, with what it cost; the store's own probing ends it. */
+static void watch_store(struct core *c)
+{
+	enum store_state st = store_state(c->store);
+	bool bad = st == STORE_DISK_FULL || st == STORE_MEMORY_ONLY;
+	struct store_stats ss;
+	int64_t now = cgw_mono_ms();
+
+	if (bad == c->disk_ep.active || store_stats(c->store, &ss) < 0)
+		return;
+	c->disk_ep.quiet_ms = 1; /* ends when the store says so */
+	if (bad) {
+		memcpy(c->lost_at_start, ss.lost, sizeof(ss.lost));
+		c->mem_at_start = ss.alarms_in_memory_total;
+		log_episode_bad(&c->disk_ep, now, LOG_ERR, "core",
+				"store %s: %s; only alarms and device state are written, "
+				"telemetry and events are not stored until room returns",
+				store_state_name(st), store_trouble(c->store));
+		return;
+	}
+	log_episode_good(
+		&c->disk_ep, now, "core",
+		"store writes again: %llu telemetry, %llu events, %llu status messages "
+		"not stored; %llu alarms were held in memory",
+		(unsigned long long)(ss.lost[CGW_LANE_TELEMETRY] -
+				     c->lost_at_start[CGW_LANE_TELEMETRY]),
+		(unsigned long long)(ss.lost[CGW_LANE_EVENT] - c->lost_at_start[CGW_LANE_EVENT]),
+		(unsigned long long)(ss.lost[CGW_LANE_STATUS] - c->lost_at_start[CGW_LANE_STATUS]),
+		(unsigned long long)(ss.alarms_in_memory_total - c->mem_at_start));
 }
 
 /* The same, from a JSON object (consumed). */
@@ -1156,13 +1198,15 @@ static void core_settle(void *arg)
 
 static void flush_store(struct core *c)
 {
-	if (store_flush(c->store) < 0) {
-		if (c->store_ok)
-			log_err("core", "store commit failed: %s", store_errmsg(c->store));
+	int64_t now = cgw_mono_ms();
+
+	if (store_flush(c->store) < 0 && store_state(c->store) < STORE_DISK_FULL) {
+		log_episode_bad(&c->commit_ep, now, LOG_ERR, "core", "store commit failed: %s",
+				store_errmsg(c->store));
 		c->store_ok = false;
 	} else {
 		if (!c->store_ok)
-			log_notice("core", "store commits again");
+			log_episode_good(&c->commit_ep, now, "core", "store commits again");
 		c->store_ok = true;
 	}
 }
@@ -1174,6 +1218,7 @@ static void on_flush_timer(struct loop *l, struct loop_timer *t, void *arg)
 	(void)l;
 	(void)t;
 	flush_store(c);
+	watch_store(c);
 	arm_flush(c);
 	kick_uplinks(c);
 }
@@ -1204,6 +1249,8 @@ static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
 			log_notice("core", "store below its cap again");
 	}
 	log_episode_good(&c->cmd_refused, cgw_mono_ms(), "core", "commands are no longer refused");
+	watch_store(c);
+	arm_flush(c);
 	core_queue_stats(c, &qs);
 	if (qs.full && !c->queue_full_logged)
 		log_warn("core", "driver queue full (%zu items): bus workers are slowed down",
@@ -1364,10 +1411,12 @@ static int open_store(struct core *c, const struct cgw_config *cfg)
 	struct store_opts so = {
 		.sync_full = cfg->store.sync == CFG_SYNC_FULL,
 		.max_size = cfg->store.max_size,
+		.min_free = cfg->store.min_free,
 		.telemetry_retention_ms = cfg->store.telemetry_retention_ms,
 		.batch_ms = (unsigned)cfg->store.batch_delay_ms,
 	};
 	char path[4096], err[256];
+	struct statvfs fs;
 	int r;
 
 	r = ensure_dir(cfg->gateway.state_dir);
@@ -1375,6 +1424,25 @@ static int open_store(struct core *c, const struct cgw_config *cfg)
 		log_err("core", "state_dir %s: %s", cfg->gateway.state_dir, strerror(-r));
 		return r;
 	}
+	/* "50%": a share of the filesystem that holds the store */
+	if (statvfs(cfg->gateway.state_dir, &fs) == 0) {
+		int64_t total = (int64_t)fs.f_blocks * (int64_t)fs.f_frsize;
+		if (so.max_size < 0)
+			so.max_size = total / 100 * -so.max_size;
+		if (so.min_free < 0)
+			so.min_free = total / 100 * -so.min_free;
+	}
+	if (so.max_size < 0 || so.min_free < 0) {
+		log_warn("core", "state_dir %s: filesystem size unknown; store without a cap",
+			 cfg->gateway.state_dir);
+		so.max_size = so.max_size < 0 ? 0 : so.max_size;
+		so.min_free = so.min_free < 0 ? 0 : so.min_free;
+	}
+	/* room kept for alarms on a full disk: 1/16 of the cap, 128KB..4MB */
+	so.reserve_size = so.max_size > 0 ? so.max_size / 16 : 4 << 20;
+	so.reserve_size = so.reserve_size < (128 << 10) ? (128 << 10) :
+			  so.reserve_size > (4 << 20)   ? (4 << 20) :
+							  so.reserve_size;
 	/* one cgwd per store: a second one would interleave seqs and deliveries */
 	snprintf(path, sizeof(path), "%s/cgwd.lock", cfg->gateway.state_dir);
 	c->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
@@ -1392,6 +1460,10 @@ static int open_store(struct core *c, const struct cgw_config *cfg)
 		return r;
 	}
 	c->store_ok = true;
+	log_info("core",
+		 "store %s: cap %lld bytes, free-space floor %lld bytes, alarm reserve %lld bytes",
+		 path, (long long)so.max_size, (long long)so.min_free, (long long)so.reserve_size);
+	watch_store(c);
 	return 0;
 }
 
@@ -2018,7 +2090,7 @@ const struct cgw_config *core_config(const struct core *c)
 
 bool core_healthy(const struct core *c)
 {
-	return c->store && c->store_ok;
+	return c->store && c->store_ok && store_state(c->store) < STORE_DISK_FULL;
 }
 
 void core_status_line(const struct core *c, char *buf, size_t len)
@@ -2039,10 +2111,11 @@ void core_status_line(const struct core *c, char *buf, size_t len)
 			for (int l = 0; l < CGW_LANE_COUNT; l++)
 				depth += st.uplink[i].lane[l].depth;
 	snprintf(buf, len,
-		 "%zu devices on %zu buses; %zu active alarms; outbox %llu; uplinks %zu/%zu up",
+		 "%zu devices on %zu buses; %zu active alarms; outbox %llu; uplinks %zu/%zu up%s%s",
 		 c->cfg->n_devices, c->cfg->n_buses,
 		 c->alarms ? alarm_active_count(c->alarms, -1) : 0, (unsigned long long)depth, up,
-		 c->n_uplinks);
+		 c->n_uplinks, c->store ? "; store " : "",
+		 c->store ? store_state_name(store_state(c->store)) : "");
 }
 
 /* ---- introspection ------------------------------------------------------------------ */
@@ -2223,14 +2296,27 @@ json_t *core_status_json(struct core *c)
 	json_object_set_new(o, "uplinks", ups);
 	json_object_set_new(o, "outbox", core_queue_json(c));
 	if (c->store && store_stats(c->store, &st) == 0) {
-		json_object_set_new(
-			o, "store",
-			json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "db_bytes", (json_int_t)st.db_bytes,
-				  "wal_bytes", (json_int_t)st.wal_bytes, "max_size",
-				  (json_int_t)st.max_size, "evicted_telemetry",
-				  (json_int_t)st.evicted[CGW_LANE_TELEMETRY], "evicted_events",
-				  (json_int_t)st.evicted[CGW_LANE_EVENT], "dead_letters",
-				  (json_int_t)st.dead_letters));
+		json_t *so = json_pack(
+			"{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "state",
+			store_state_name(st.state), "db_bytes", (json_int_t)st.db_bytes,
+			"wal_bytes", (json_int_t)st.wal_bytes, "shm_bytes",
+			(json_int_t)st.shm_bytes, "max_size", (json_int_t)st.max_size,
+			"evicted_telemetry", (json_int_t)st.evicted[CGW_LANE_TELEMETRY],
+			"evicted_events", (json_int_t)st.evicted[CGW_LANE_EVENT], "dead_letters",
+			(json_int_t)st.dead_letters, "fs_free_bytes", (json_int_t)st.fs_free_bytes);
+		json_object_update_new(
+			so, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "min_free",
+				      (json_int_t)st.min_free, "reserve_bytes",
+				      (json_int_t)st.reserve_bytes, "reserve_size",
+				      (json_int_t)st.reserve_size, "alarms_in_memory",
+				      (json_int_t)st.alarms_in_memory, "alarms_in_memory_total",
+				      (json_int_t)st.alarms_in_memory_total, "acks_held",
+				      (json_int_t)st.acks_held, "lost_telemetry",
+				      (json_int_t)st.lost[CGW_LANE_TELEMETRY], "lost_events",
+				      (json_int_t)st.lost[CGW_LANE_EVENT], "disk_full_episodes",
+				      (json_int_t)st.disk_full_episodes, "checkpoint_max_ms",
+				      (double)st.ckpt_max_us / 1000.0));
+		json_object_set_new(o, "store", so);
 	}
 	for (int s = 0; s < 4; s++)
 		json_object_set_new(

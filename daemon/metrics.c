@@ -304,7 +304,7 @@ static void status_metrics(struct sb *b, json_t *st)
 		sample_num(b, "cgw_info", labels, 1);
 	}
 	family(b, "cgw_healthy", "gauge",
-	       "1 if the store commits (what /healthz reports), else 0.");
+	       "1 if the store commits and is not on a full disk (what /healthz reports), else 0.");
 	sample(b, "cgw_healthy", NULL, json_object_get(st, "healthy"));
 	family(b, "cgw_uptime_seconds", "gauge", "Seconds since cgwd started.");
 	sample(b, "cgw_uptime_seconds", NULL, json_object_get(st, "uptime_s"));
@@ -381,10 +381,65 @@ static void status_metrics(struct sb *b, json_t *st)
 
 	if (store) {
 		json_t *db = json_object_get(store, "db_bytes"),
-		       *wal = json_object_get(store, "wal_bytes");
-		family(b, "cgw_store_bytes", "gauge", "Size of the store: database and WAL.");
+		       *wal = json_object_get(store, "wal_bytes"),
+		       *shm = json_object_get(store, "shm_bytes");
+		family(b, "cgw_store_bytes", "gauge",
+		       "Size of the store: database, WAL and WAL index.");
 		sample_num(b, "cgw_store_bytes", NULL,
-			   (double)(json_integer_value(db) + json_integer_value(wal)));
+			   (double)(json_integer_value(db) + json_integer_value(wal) +
+				    json_integer_value(shm)));
+		family(b, "cgw_store_wal_bytes", "gauge", "Size of the store's WAL file.");
+		sample(b, "cgw_store_wal_bytes", NULL, wal);
+		family(b, "cgw_store_state", "gauge",
+		       "1 for the store's state: ok, at_cap, disk_full (only alarms are written) "
+		       "or memory_only (the file cannot be written).");
+		{
+			static const char *const states[] = {"ok", "at_cap", "disk_full",
+							     "memory_only"};
+			for (size_t k = 0; k < 4; k++) {
+				const char *l[] = {"state", states[k], NULL};
+				sample_num(b, "cgw_store_state", l,
+					   !strcmp(jstr(store, "state"), states[k]));
+			}
+		}
+		family(b, "cgw_store_fs_free_bytes", "gauge",
+		       "Free space of the filesystem that holds the store.");
+		sample(b, "cgw_store_fs_free_bytes", NULL, json_object_get(store, "fs_free_bytes"));
+		family(b, "cgw_store_min_free_bytes", "gauge",
+		       "The free-space floor (store.min_free): below it the store stops growing.");
+		sample(b, "cgw_store_min_free_bytes", NULL, json_object_get(store, "min_free"));
+		family(b, "cgw_store_reserve_bytes", "gauge",
+		       "Room held for alarms on a full disk (the reserve file), now.");
+		sample(b, "cgw_store_reserve_bytes", NULL, json_object_get(store, "reserve_bytes"));
+		family(b, "cgw_store_alarms_in_memory", "gauge",
+		       "Alarms that could not be stored, held in memory and delivered from there.");
+		sample(b, "cgw_store_alarms_in_memory", NULL,
+		       json_object_get(store, "alarms_in_memory"));
+		family(b, "cgw_store_alarms_in_memory_total", "counter",
+		       "Alarms that had to be held in memory (disk full).");
+		sample(b, "cgw_store_alarms_in_memory_total", NULL,
+		       json_object_get(store, "alarms_in_memory_total"));
+		family(b, "cgw_store_acks_held", "gauge",
+		       "Deliveries confirmed while the disk was full, waiting to be written.");
+		sample(b, "cgw_store_acks_held", NULL, json_object_get(store, "acks_held"));
+		family(b, "cgw_store_lost_total", "counter",
+		       "Messages not stored because the disk was full, by lane.");
+		{
+			const char *lt[] = {"lane", "telemetry", NULL},
+				   *le[] = {"lane", "event", NULL};
+			sample(b, "cgw_store_lost_total", lt,
+			       json_object_get(store, "lost_telemetry"));
+			sample(b, "cgw_store_lost_total", le,
+			       json_object_get(store, "lost_events"));
+		}
+		family(b, "cgw_store_disk_full_total", "counter",
+		       "Times the store met a full disk (or opened on one).");
+		sample(b, "cgw_store_disk_full_total", NULL,
+		       json_object_get(store, "disk_full_episodes"));
+		family(b, "cgw_store_checkpoint_max_seconds", "gauge",
+		       "Longest WAL checkpoint since start (it runs on the core loop).");
+		sample_num(b, "cgw_store_checkpoint_max_seconds", NULL,
+			   json_number_value(json_object_get(store, "checkpoint_max_ms")) / 1000.0);
 		family(b, "cgw_store_max_bytes", "gauge", "The store's size cap (store.max_size).");
 		sample(b, "cgw_store_max_bytes", NULL, json_object_get(store, "max_size"));
 		family(b, "cgw_store_evicted_total", "counter",
