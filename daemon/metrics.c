@@ -582,7 +582,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		if (core_healthy(m->core))
 			return reply_text(conn, MHD_HTTP_OK, "ok\n");
 		return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-				  "unhealthy: the store does not commit (see the journal)\n");
+				  "unhealthy: the store does not commit, or only alarms on a full "
+				  "disk (see cgwctl status)\n");
 	}
 	return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics or /healthz\n");
 }

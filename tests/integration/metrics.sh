@@ -94,7 +94,11 @@ undoc=$(awk '/^# TYPE / { print $3 }' "$TMP/m" | while read -r n; do
 	grep -q "^\.BR\? $n\( \|\$\)" "$TOP/docs/cgwd.8" || echo "$n"
 done)
 check "metrics: every family is documented in cgwd(8)${undoc:+ (not: $undoc)}" test -z "$undoc"
-check "metrics: the store cap as configured (512 MB)" grep -qx 'cgw_store_max_bytes 536870912' "$TMP/m"
+fs_total=$(($(stat -f -c %b "$TMP/state") * $(stat -f -c %S "$TMP/state")))
+check "metrics: the store cap by default half the filesystem ($((fs_total / 100 * 50)))" \
+	grep -qx "cgw_store_max_bytes $((fs_total / 100 * 50))" "$TMP/m"
+check "metrics: the store's state and the free space" bash -c \
+	"grep -qx 'cgw_store_state{state=\"ok\"} 1' '$TMP/m' && grep -qE '^cgw_store_fs_free_bytes [1-9]' '$TMP/m'"
 check "metrics: label values escaped (\" and \\)" \
 	grep -qF 'cgw_info{gateway="gw-met",site="site \"north\"\\1",config_hash="' "$TMP/m"
 up1=$(awk '$1 == "cgw_uptime_seconds" { print $2 }' "$TMP/m")

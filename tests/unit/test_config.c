@@ -56,6 +56,13 @@ static void test_sizes(void **state)
 	assert_int_not_equal(cfg_parse_size("64XB", &b), 0);
 	assert_int_not_equal(cfg_parse_size("MB", &b), 0);
 	assert_int_not_equal(cfg_parse_size("-1MB", &b), 0);
+	/* a share of the filesystem: -percent, resolved where it is used */
+	assert_int_equal(cfg_parse_size("50%", &b), 0);
+	assert_int_equal(b, -50);
+	assert_int_not_equal(cfg_parse_size("0%", &b), 0);
+	assert_int_not_equal(cfg_parse_size("101%", &b), 0);
+	assert_int_not_equal(cfg_parse_size("2.5%", &b), 0);
+	assert_int_not_equal(cfg_parse_size("%", &b), 0);
 }
 
 static struct cgw_config *load(const char *text, struct cfg_errors *errs)
@@ -80,7 +87,8 @@ static void test_defaults(void **state)
 	assert_non_null(cfg);
 	assert_int_equal(errs.n, 0);
 	assert_string_equal(cfg->gateway.state_dir, "/var/lib/cgw");
-	assert_int_equal(cfg->store.max_size, 512LL << 20);
+	assert_int_equal(cfg->store.max_size, -50); /* 50% of the filesystem */
+	assert_int_equal(cfg->store.min_free, -1);  /* 1% */
 	assert_int_equal(cfg->store.telemetry_retention_ms, 7 * 86400000LL);
 	assert_int_equal(cfg->store.sync, CFG_SYNC_NORMAL);
 	assert_int_equal(cfg->buses[0].port, 502);
