@@ -33,14 +33,15 @@
 #define DEFAULT_BATCH_ROWS 512
 #define DEFAULT_BUSY_MS 5000
 #define PAGE_SIZE 4096
-#define WAL_CKPT_PAGES_MAX 1000 /* SQLite's own default */
+#define WAL_CKPT_PAGES_MAX 256 /* 1 MB: one PASSIVE pass stays ~20 ms on the core loop */
 #define WAL_CKPT_PAGES_MIN 4
 #define ADMIT_EVERY 32 /* size check every N non-alarm writes */
 #define SOFT_PCT 90    /* non-alarm writes stop (or evict) above this % of the data budget */
 #define TARGET_PCT 85  /* eviction brings the store down to this % */
 #define SHM_EST 32768  /* the WAL index of a WAL kept under 4096 frames */
 #define EVICT_CHUNK_MAX 20000
-#define RETENTION_CHUNK 5000
+#define RETENTION_CHUNK 1000
+#define RETENTION_STEP_MS 10 /* retention work per call on the core loop */
 #define NAME_MAX_LEN 63
 
 enum st {
@@ -252,8 +253,11 @@ struct store {
 	uint64_t evicted_total[CGW_LANE_COUNT];
 	uint64_t evicted_unreported[CGW_LANE_COUNT];
 	uint64_t expired_total;
-	bool evicting;    /* inside an eviction episode */
-	bool episode_new; /* it started since the last store_maintain() */
+	uint64_t expired_unreported;
+	int64_t expire_cutoff; /* wall ms: telemetry older goes */
+	bool expire_more;      /* retention not done yet */
+	bool evicting;         /* inside an eviction episode */
+	bool episode_new;      /* it started since the last store_maintain() */
 
 	int64_t avg_row_bytes; /* running average cost of one stored message */
 	uint64_t rng;
@@ -741,11 +745,15 @@ static int batch_wrote(struct store *s, bool *committed)
 
 static void probe(struct store *s);
 
+static int expire_step(struct store *s);
+
 int store_flush(struct store *s)
 {
 	int rc = tx_commit(s, true);
 	if (rc == 0 && s->ckpt_due)
 		checkpoint(s, SQLITE_CHECKPOINT_PASSIVE); /* see tx_commit() */
+	if (rc == 0 && s->expire_more && !s->disk_full && !s->memory_only)
+		rc = expire_step(s);
 	probe(s);
 	return rc;
 }
@@ -762,6 +770,11 @@ int64_t store_flush_deadline_ms(const struct store *s)
 	int64_t d = s->in_tx ? s->deadline : -1;
 	if (troubled(s) && (d < 0 || s->probe_at < d))
 		d = s->probe_at;
+	if (s->expire_more && !s->disk_full && !s->memory_only) {
+		int64_t e = cgw_mono_ms() + 2 * RETENTION_STEP_MS; /* leave the loop its turn */
+		if (d < 0 || e < d)
+			d = e;
+	}
 	return d;
 }
 
@@ -2308,11 +2321,37 @@ static int trim_table(struct store *s, const char *table, int keep)
 
 static int cmdid_trim(struct store *s, int64_t now_ms);
 
+/* Expires telemetry in chunks (no transaction grows without bound) for at
+ * most RETENTION_STEP_MS: a million expired rows must not stall the core
+ * loop; store_flush() goes on with it (store_flush_deadline_ms() asks). */
+static int expire_step(struct store *s)
+{
+	int64_t t0 = cgw_mono_ms();
+	uint64_t n = 0;
+	while (s->expire_more) {
+		int rc = tx_begin(s, -1);
+		if (!rc)
+			rc = delete_oldest(s, CGW_LANE_TELEMETRY, RETENTION_CHUNK, s->expire_cutoff,
+					   &n);
+		if (!rc)
+			rc = tx_commit(s, true);
+		if (rc)
+			return rc;
+		s->expired_total += n;
+		s->expired_unreported += n;
+		/* a chunk may end short of RETENTION_CHUNK (the edge is the
+		 * smallest of the uplinks'); go on while it deletes */
+		s->expire_more = n > 0;
+		if (cgw_mono_ms() - t0 >= RETENTION_STEP_MS)
+			break;
+	}
+	return 0;
+}
+
 int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r)
 {
 	struct store_maint_report dummy;
 	int64_t pc = 0, fl = 0;
-	uint64_t n;
 	int rc;
 
 	if (!r)
@@ -2324,24 +2363,16 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 	if (s->disk_full || s->memory_only)
 		return 0; /* nothing is written but what store_flush() probes */
 
-	/* Retention, in chunks so that no transaction grows without bound. */
+	/* Retention: a bounded step now, the rest from store_flush(). */
 	if (s->o.telemetry_retention_ms > 0) {
-		int64_t cutoff = now_ms - s->o.telemetry_retention_ms;
-		do {
-			rc = tx_begin(s, -1);
-			if (!rc)
-				rc = delete_oldest(s, CGW_LANE_TELEMETRY, RETENTION_CHUNK, cutoff,
-						   &n);
-			/* a chunk may end short of RETENTION_CHUNK (the edge is
-			 * the smallest of the uplinks'); go on while it deletes */
-			if (!rc)
-				rc = tx_commit(s, true);
-			if (rc)
-				goto fail;
-			r->expired += n;
-			s->expired_total += n;
-		} while (n > 0);
+		s->expire_cutoff = now_ms - s->o.telemetry_retention_ms;
+		s->expire_more = true;
+		rc = expire_step(s);
+		if (rc)
+			goto fail;
 	}
+	r->expired = s->expired_unreported;
+	s->expired_unreported = 0;
 
 	rc = tx_begin(s, -1);
 	if (!rc)

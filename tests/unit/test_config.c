@@ -77,11 +77,12 @@ static struct cgw_config *load(const char *text, struct cfg_errors *errs)
 static void test_defaults(void **state)
 {
 	struct cfg_errors errs;
-	struct cgw_config *cfg = load("gateway: {id: g, site: s}\n"
-				      "buses: [{name: b, type: modbus-tcp, host: 127.0.0.1}]\n"
-				      "uplinks: [{name: u, type: mqtt, url: 'mqtt://127.0.0.1'},\n"
-				      "          {name: h, type: http, url: 'http://localhost:8080/x'}]\n",
-				      &errs);
+	struct cgw_config *cfg =
+		load("gateway: {id: g, site: s}\n"
+		     "buses: [{name: b, type: modbus-tcp, host: 127.0.0.1}]\n"
+		     "uplinks: [{name: u, type: mqtt, url: 'mqtt://127.0.0.1'},\n"
+		     "          {name: h, type: http, url: 'http://localhost:8080/x'}]\n",
+		     &errs);
 
 	(void)state;
 	assert_non_null(cfg);
@@ -129,7 +130,7 @@ static void test_profile_resolution(void **state)
 	assert_string_equal(pr->name, "smoke-detector");
 	assert_int_equal(pr->class, CFG_CLASS_FIRE);
 	assert_int_equal(d->poll_ms, 2000);
-	assert_int_equal(d->max_gap, 2);  /* inherited from the bus */
+	assert_int_equal(d->max_gap, 2); /* inherited from the bus */
 	assert_int_equal(d->retries, 1); /* the bus default */
 	assert_string_equal(cfg_device_location(d, "floor"), "3");
 	assert_null(cfg_device_location(d, "room"));
@@ -213,12 +214,13 @@ static void test_wrong_shapes(void **state)
 static void test_ipv6_and_tls_urls(void **state)
 {
 	struct cfg_errors errs;
-	struct cgw_config *cfg = load("gateway: {id: g, site: s}\n"
-				      "uplinks:\n"
-				      "  - {name: a, type: mqtt, url: 'mqtt://[::1]:1999'}\n"
-				      "  - {name: b, type: mqtt, url: 'mqtts://platform.example.net'}\n"
-				      "  - {name: c, type: mqtt, url: 'mqtt://10.1.2.3', insecure: true}\n",
-				      &errs);
+	struct cgw_config *cfg =
+		load("gateway: {id: g, site: s}\n"
+		     "uplinks:\n"
+		     "  - {name: a, type: mqtt, url: 'mqtt://[::1]:1999'}\n"
+		     "  - {name: b, type: mqtt, url: 'mqtts://platform.example.net'}\n"
+		     "  - {name: c, type: mqtt, url: 'mqtt://10.1.2.3', insecure: true}\n",
+		     &errs);
 
 	(void)state;
 	assert_non_null(cfg);
