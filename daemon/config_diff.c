@@ -202,7 +202,7 @@ bool cfg_uplink_equal(const struct cgw_config *ca, const struct cfg_uplink *a,
 bool cfg_store_differs(const struct cgw_config *a, const struct cgw_config *b)
 {
 	return !str_eq(a->gateway.state_dir, b->gateway.state_dir) ||
-	       a->store.max_size != b->store.max_size ||
+	       a->store.max_size != b->store.max_size || a->store.min_free != b->store.min_free ||
 	       a->store.telemetry_retention_ms != b->store.telemetry_retention_ms ||
 	       a->store.batch_delay_ms != b->store.batch_delay_ms || a->store.sync != b->store.sync;
 }
