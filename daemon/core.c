@@ -213,6 +213,8 @@ static void watch_store(struct core *c)
 	struct store_stats ss;
 	int64_t now = cgw_mono_ms();
 
+	if (bad && c->disk_ep.active)
+		episode_bad(&c->disk_ep, now); /* counted (the end line says how long) */
 	if (bad == c->disk_ep.active || store_stats(c->store, &ss) < 0)
 		return;
 	c->disk_ep.quiet_ms = 1; /* ends when the store says so */
