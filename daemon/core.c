@@ -1466,6 +1466,7 @@ static int open_store(struct core *c, const struct cgw_config *cfg)
 		 "store %s: cap %lld bytes, free-space floor %lld bytes, alarm reserve %lld bytes",
 		 path, (long long)so.max_size, (long long)so.min_free, (long long)so.reserve_size);
 	watch_store(c);
+	arm_flush(c); /* a store opened on a full disk probes for room from now on */
 	return 0;
 }
 

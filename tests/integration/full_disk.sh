@@ -10,7 +10,9 @@
 #  4. SIGKILL while the disk is full: the stored alarm is delivered after the
 #     restart (sync: normal, then sync: full);
 #  5. a start with the disk already full: cgwd comes up, raises a fire alarm
-#     and delivers it.
+#     and delivers it;
+#  6. the same with no store file yet (not even room to make one): it works
+#     from memory and makes the file when room returns.
 if [ -z "${CGW_FULL_DISK_NS:-}" ]; then
 	if [ "$(id -u)" != 0 ] || ! unshare -m true 2>/dev/null; then
 		echo "skipped: needs root"
@@ -189,6 +191,21 @@ check "a fire alarm raised after a start on a full disk is delivered" wait_for 1
 diag "state after the full start: $(state)"
 rm -f "$ST/filler"
 check "and it recovers by itself" wait_for 20 healthz 200
+
+# ---- 6. a first start (no store yet) on a full disk ------------------------------------
+kill -TERM "$CGWD_PID"; wait "$CGWD_PID" 2>/dev/null
+umount "$ST"
+mount -t tmpfs -o size=1m,mode=0750 cgw-full-disk "$ST"
+fill
+start_cgwd
+check "cgwd starts with no room for a store at all" wait_for 10 test -S "$TMP/cgwd.sock"
+check "it says it works from memory" wait_for 5 grep -q "store memory_only" "$TMP/cgwd.log"
+simf set smoke-6 status 1 >/dev/null
+check "a fire alarm raised then is delivered from memory" wait_for 10 raised smoke-6
+rm -f "$ST/filler"
+check "room returns: the store file is made, /healthz 200" wait_for 20 healthz 200
+check "the alarm held in memory is in the store now, delivered" bash -c \
+	"[ \"\$(sqlite3 '$ST/cgw.db' \"select count(*) from msg where device='smoke-6'\")\" = 0 ] && [ -s '$ST/cgw.db' ]"
 kill -TERM "$CGWD_PID"; wait "$CGWD_PID" 2>/dev/null
 umount "$ST" 2>/dev/null
 done_testing
