@@ -535,6 +535,14 @@ static void show_status(json_t *st)
 	if (q)
 		printf("; driver queue %lld of %lld", jint(q, "depth"), jint(q, "capacity"));
 	printf("\n");
+	json_t *lp = json_object_get(st, "loop");
+	if (lp) {
+		printf("loop      longest iteration %.1f ms%s%s, mean %.3f ms; %lld over 100 ms\n",
+		       json_number_value(json_object_get(lp, "longest_iteration_s")) * 1000.0,
+		       *jstr(lp, "longest_in") ? " in " : "", jstr(lp, "longest_in"),
+		       json_number_value(json_object_get(lp, "mean_iteration_s")) * 1000.0,
+		       jint(lp, "stalls"));
+	}
 
 	json_t *buses = json_object_get(st, "buses");
 	if (json_array_size(buses)) {

@@ -473,6 +473,25 @@ static void cmd_info(struct client *cl, const char *cmd, json_t *data)
 	json_decref(o);
 }
 
+/* The core's status and the loop's stall meter. */
+static json_t *status_json(struct control *ctl)
+{
+	json_t *st = core_status_json(ctl->core);
+	struct loop_stats ls;
+
+	loop_get_stats(ctl->loop, &ls);
+	if (st)
+		json_object_set_new(
+			st, "loop",
+			json_pack("{s:I,s:f,s:f,s:s,s:I,s:I}", "iterations",
+				  (json_int_t)ls.iterations, "mean_iteration_s",
+				  ls.iterations ? ls.sum_s / (double)ls.iterations : 0.0,
+				  "longest_iteration_s", (double)ls.longest_ns / 1e9, "longest_in",
+				  ls.longest_what, "longest_at", (json_int_t)ls.longest_at_ms,
+				  "stalls", (json_int_t)ls.stalls));
+	return st;
+}
+
 static void handle_request(struct client *cl, const char *line, size_t len)
 {
 	struct core *core = cl->ctl->core;
@@ -487,7 +506,7 @@ static void handle_request(struct client *cl, const char *line, size_t len)
 			 req ? "" : jerr.text);
 		respond_status(cl, "rejected", detail);
 	} else if (!strcmp(cmd, "status")) {
-		cmd_info(cl, cmd, core_status_json(core));
+		cmd_info(cl, cmd, status_json(cl->ctl));
 	} else if (!strcmp(cmd, "devices")) {
 		cmd_info(cl, cmd, core_devices_json(core));
 	} else if (!strcmp(cmd, "alarms")) {

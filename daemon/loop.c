@@ -3,18 +3,26 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "episode.h"
+#include "log.h"
 #include "model.h"
+
+const double loop_hist_bounds_s[LOOP_HIST_BUCKETS] = {
+	0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5};
 
 struct watcher {
 	int fd;
 	loop_fd_cb cb;
 	void *arg;
+	const char *name;
 	bool dead;
 	struct watcher *next; /* all watchers; dead ones are reaped between batches */
 };
@@ -23,6 +31,7 @@ struct loop_timer {
 	struct loop *l;
 	loop_timer_cb cb;
 	void *arg;
+	const char *name;
 	int64_t due; /* -1: disarmed */
 	struct loop_timer *next;
 	bool dead;
@@ -38,7 +47,29 @@ struct loop {
 	struct loop_timer *timers;
 	int64_t armed; /* what tfd is armed for, -1 none */
 	bool stop;
+	/* the stall meter: the slowest callback of the current iteration */
+	const char *slow_what;
+	int64_t slow_ns;
+	struct loop_stats stats;
+	struct episode stall;
 };
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A callback that took ns: the iteration's culprit if it is the slowest. */
+static void blame(struct loop *l, const char *what, int64_t ns)
+{
+	if (ns > l->slow_ns) {
+		l->slow_ns = ns;
+		l->slow_what = what;
+	}
+}
 
 static void on_timerfd(struct loop *l, int fd, uint32_t ev, void *arg);
 
@@ -98,7 +129,8 @@ static struct watcher *find_watcher(struct loop *l, int fd)
 	return NULL;
 }
 
-int loop_add_fd(struct loop *l, int fd, uint32_t events, loop_fd_cb cb, void *arg)
+int loop_add_fd_named(struct loop *l, int fd, uint32_t events, loop_fd_cb cb, void *arg,
+		      const char *name)
 {
 	struct watcher *w = calloc(1, sizeof(*w));
 	struct epoll_event ev = {.events = events};
@@ -108,6 +140,7 @@ int loop_add_fd(struct loop *l, int fd, uint32_t events, loop_fd_cb cb, void *ar
 	w->fd = fd;
 	w->cb = cb;
 	w->arg = arg;
+	w->name = name;
 	ev.data.ptr = w;
 	if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		int r = -errno;
@@ -187,7 +220,8 @@ static void rearm(struct loop *l)
 	timerfd_settime(l->tfd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
-struct loop_timer *loop_timer_new(struct loop *l, loop_timer_cb cb, void *arg)
+struct loop_timer *loop_timer_new_named(struct loop *l, loop_timer_cb cb, void *arg,
+					const char *name)
 {
 	struct loop_timer *t = calloc(1, sizeof(*t));
 
@@ -196,6 +230,7 @@ struct loop_timer *loop_timer_new(struct loop *l, loop_timer_cb cb, void *arg)
 	t->l = l;
 	t->cb = cb;
 	t->arg = arg;
+	t->name = name;
 	t->due = -1;
 	t->next = l->timers;
 	l->timers = t;
@@ -240,8 +275,10 @@ static void on_timerfd(struct loop *l, int fd, uint32_t ev, void *arg)
 	/* A callback may re-arm timers; only fire those due at entry. */
 	for (struct loop_timer *t = l->timers; t; t = t->next) {
 		if (!t->dead && t->due >= 0 && t->due <= now) {
+			int64_t t0 = mono_ns();
 			t->due = -1;
 			t->cb(l, t, t->arg);
+			blame(l, t->name, mono_ns() - t0);
 		}
 	}
 	rearm(l);
@@ -271,6 +308,52 @@ static void reap(struct loop *l)
 	}
 }
 
+bool loop_stats_record(struct loop_stats *st, int64_t ns, const char *what, int64_t wall_ms)
+{
+	double s = (double)ns / 1e9;
+	int b = 0;
+
+	while (b < LOOP_HIST_BUCKETS && s > loop_hist_bounds_s[b])
+		b++;
+	st->bucket[b]++;
+	st->iterations++;
+	st->sum_s += s;
+	if (ns > st->longest_ns) {
+		st->longest_ns = ns;
+		st->longest_at_ms = wall_ms;
+		snprintf(st->longest_what, sizeof(st->longest_what), "%s", what ? what : "");
+	}
+	if (ns <= (int64_t)LOOP_STALL_MS * 1000000)
+		return false;
+	st->stalls++;
+	return true;
+}
+
+void loop_get_stats(const struct loop *l, struct loop_stats *st)
+{
+	*st = l->stats;
+}
+
+/* After each iteration: into the histogram; a stall is logged once per
+ * episode, with the callback that took the most of it. */
+static void meter(struct loop *l, int64_t t0)
+{
+	int64_t ns = mono_ns() - t0, now = cgw_mono_ms();
+
+	if (loop_stats_record(&l->stats, ns, l->slow_what,
+			      ns > l->stats.longest_ns ? cgw_now_ms() : 0))
+		log_episode_bad(&l->stall, now, LOG_WARNING, "loop",
+				"core loop stalled: an iteration took %lld ms, %lld ms of it in %s "
+				"(nothing else was read, raised or sent meanwhile)",
+				(long long)(ns / 1000000), (long long)(l->slow_ns / 1000000),
+				l->slow_what ? l->slow_what : "?");
+	else if (l->stall.active)
+		log_episode_good(&l->stall, now, "loop",
+				 "core loop iterations are under %d ms again", LOOP_STALL_MS);
+	l->slow_what = NULL;
+	l->slow_ns = 0;
+}
+
 int loop_run(struct loop *l)
 {
 	struct epoll_event evs[64];
@@ -283,12 +366,18 @@ int loop_run(struct loop *l)
 				continue;
 			return -errno;
 		}
+		int64_t t0 = mono_ns();
 		for (int i = 0; i < n && !l->stop; i++) {
 			struct watcher *w = evs[i].data.ptr;
-			if (!w->dead)
-				w->cb(l, w->fd, evs[i].events, w->arg);
+			if (w->dead)
+				continue;
+			int64_t c0 = mono_ns();
+			w->cb(l, w->fd, evs[i].events, w->arg);
+			if (w->cb != on_timerfd) /* that one blamed each timer */
+				blame(l, w->name, mono_ns() - c0);
 		}
 		reap(l);
+		meter(l, t0);
 	}
 	return 0;
 }

@@ -494,13 +494,45 @@ static void status_metrics(struct sb *b, json_t *st)
 	}
 }
 
-static char *render_metrics(struct core *c, size_t *len)
+/* The stall meter: a Prometheus histogram of core-loop iterations. */
+static void loop_metrics(struct sb *b, const struct loop *l)
 {
+	struct loop_stats ls;
+	uint64_t cum = 0;
+
+	loop_get_stats(l, &ls);
+	family(b, "cgw_loop_iteration_seconds", "histogram",
+	       "Time the core loop spent on one iteration (everything it did between two "
+	       "waits); while it runs nothing else is read, raised or sent.");
+	for (int i = 0; i <= LOOP_HIST_BUCKETS; i++) {
+		char le[32];
+		cum += ls.bucket[i];
+		if (i < LOOP_HIST_BUCKETS)
+			snprintf(le, sizeof(le), "%g", loop_hist_bounds_s[i]);
+		else
+			snprintf(le, sizeof(le), "+Inf");
+		const char *labels[] = {"le", le, NULL};
+		sample_num(b, "cgw_loop_iteration_seconds_bucket", labels, (double)cum);
+	}
+	sample_num(b, "cgw_loop_iteration_seconds_sum", NULL, ls.sum_s);
+	sample_num(b, "cgw_loop_iteration_seconds_count", NULL, (double)ls.iterations);
+	family(b, "cgw_loop_longest_iteration_seconds", "gauge",
+	       "The longest core-loop iteration since cgwd started.");
+	sample_num(b, "cgw_loop_longest_iteration_seconds", NULL, (double)ls.longest_ns / 1e9);
+	family(b, "cgw_loop_stalls_total", "counter",
+	       "Core-loop iterations longer than 100 ms (each logged once per episode).");
+	sample_num(b, "cgw_loop_stalls_total", NULL, (double)ls.stalls);
+}
+
+static char *render_metrics(struct metrics *m, size_t *len)
+{
+	struct core *c = m->core;
 	struct sb b = {0};
 	json_t *st = core_status_json(c), *devices = core_devices_json(c);
 
 	family(&b, "cgw_up", "gauge", "1: cgwd is running and its core loop answers.");
 	sample_num(&b, "cgw_up", NULL, 1);
+	loop_metrics(&b, m->loop);
 	if (st)
 		status_metrics(&b, st);
 	if (st && devices)
@@ -571,7 +603,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (!strcmp(url, "/metrics")) {
 		size_t len = 0;
-		char *body = render_metrics(m->core, &len);
+		char *body = render_metrics(m, &len);
 		if (!body)
 			return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
 		return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body,
