@@ -65,11 +65,13 @@ check "metrics: cgw_up 1" grep -qx 'cgw_up 1' "$TMP/m"
 check "metrics: every sample under its own HELP and TYPE, well formed" awk '
 	/^# HELP / { if (seen[$3]++) { print "family twice: " $3; bad = 1 } help = $3; next }
 	/^# TYPE / { if ($3 != help) { print "TYPE without HELP: " $3; bad = 1 }
-		     if ($4 !~ /^(gauge|counter)$/) { print "type " $4; bad = 1 }
+		     if ($4 !~ /^(gauge|counter|histogram)$/) { print "type " $4; bad = 1 }
 		     fam = $3; type = $4; next }
 	/^#/ { next }
 	{
 		name = $1; sub(/\{.*/, "", name)
+		if (type == "histogram" && (name == fam "_bucket" || name == fam "_sum" || name == fam "_count"))
+			name = fam
 		if (name != fam) { print "sample outside its family: " $0; bad = 1 }
 		if (type == "counter" && name !~ /_total$/) { print "counter without _total: " name; bad = 1 }
 		if (name !~ /^cgw_[a-z_]+$/) { print "name: " name; bad = 1 }
@@ -87,7 +89,9 @@ for name in cgw_uptime_seconds 'cgw_modbus_requests_total\{bus="tcp-1",device="s
 	'cgw_alarms_active\{severity="critical"\}' 'cgw_alarms_active\{severity="warning"\}' \
 	cgw_store_bytes cgw_store_max_bytes 'cgw_store_evicted_total\{lane="telemetry"\}' \
 	'cgw_uplink_sent_total\{uplink="platform"\}' 'cgw_uplink_acked_total\{uplink="platform"\}' \
-	cgw_readings_total cgw_queue_depth 'cgw_bus_connected\{bus="tcp-1",type="modbus-tcp"\}'; do
+	cgw_readings_total cgw_queue_depth 'cgw_loop_iteration_seconds_bucket\{le="0.001"\}' \
+	'cgw_loop_iteration_seconds_bucket\{le="\+Inf"\}' cgw_loop_iteration_seconds_count \
+	cgw_loop_longest_iteration_seconds cgw_loop_stalls_total 'cgw_bus_connected\{bus="tcp-1",type="modbus-tcp"\}'; do
 	check "metrics: $(echo "$name" | tr -d '\\')" grep -qE "^$name [0-9.e+-]+\$" "$TMP/m"
 done
 undoc=$(awk '/^# TYPE / { print $3 }' "$TMP/m" | while read -r n; do
