@@ -12,7 +12,10 @@
  *                  healthy (store commits failing)
  *   anything else  404 (405 for methods other than GET and HEAD)
  *
- * Bounds: 8 connections, 10 s per connection, 32 KiB of memory each.
+ * Bounds (slow clients cannot keep a monitor out; see metrics.c): 16
+ * connections per client address and 64 in all that have sent nothing yet,
+ * 8 and 32 being answered, 2 s to send a whole request, 32 KiB for its head;
+ * a new connection over a limit pushes out the oldest waiting one.
  *
  * Ownership: metrics borrows the core and the loop, which must outlive it;
  * nothing is kept from cfg. metrics_open() logs the precise reason of a
