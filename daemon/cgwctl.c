@@ -77,7 +77,12 @@ static void usage(FILE *f)
 	      "Records (newest first, N of them, default 20):\n"
 	      "  audit [N]                 the command audit: who asked what, and the result\n"
 	      "  quarantine [N]            MQTT payloads set aside as malformed, and why\n"
-	      "  dead-letters [list] [N]   messages an uplink refused for good\n"
+	      "  dead-letters [list] [N]   messages an HTTP endpoint refused for good (events\n"
+	      "                            and telemetry; alarms and device states are never\n"
+	      "                            dead letters: they are retried)\n"
+	      "  dead-letters replay ID|--all\n"
+	      "                            send a dead letter (or all) again, to the uplink that\n"
+	      "                            refused it, as a new message (a new id, its own ts)\n"
 	      "\n"
 	      "ack, read and write are recorded in cgwd's command audit with your user name,\n"
 	      "exactly like commands from the platform.\n"
@@ -577,7 +582,7 @@ static void show_status(json_t *st)
 	json_t *ups = json_object_get(st, "uplinks");
 	if (json_array_size(ups)) {
 		printf("\n");
-		table_init(&t, 7, "UPLINK", "TYPE", "STATE", "SINCE", "SENT", "ACKED",
+		table_init(&t, 8, "UPLINK", "TYPE", "STATE", "SINCE", "SENT", "ACKED", "REFUSED",
 			   "LAST ERROR");
 		json_array_foreach(ups, i, x)
 		{
@@ -586,7 +591,12 @@ static void show_status(json_t *st)
 						    "connected" :
 						    "down"),
 				  fmt_when(jint(x, "since")), fmt("%lld", jint(x, "sent")),
-				  fmt("%lld", jint(x, "acked")), fmt("%s", jstr(x, "last_error")));
+				  fmt("%lld", jint(x, "acked")),
+				  jint(x, "refused") || jint(x, "dead_lettered") ?
+					  fmt("%lld retried, %lld dead", jint(x, "refused"),
+					      jint(x, "dead_lettered")) :
+					  fmt("-"),
+				  fmt("%s", jstr(x, "last_error")));
 		}
 		table_print(&t);
 	}
@@ -754,6 +764,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			rest = true;
 			continue;
 		}
+		if (!strcmp(a, "--all")) { /* dead-letters replay --all */
+			o->args[o->nargs++] = argv[i];
+			continue;
+		}
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			usage(stdout);
 			exit(EXIT_OK);
@@ -819,7 +833,7 @@ static const struct {
 	{"probe", 4, 5, " BUS UNIT TABLE ADDRESS [COUNT]", true},
 	{"audit", 0, 1, " [N]", true},
 	{"quarantine", 0, 1, " [N]", true},
-	{"dead-letters", 0, 2, " [list] [N]", true},
+	{"dead-letters", 0, 2, " [list [N] | replay ID|--all]", true},
 };
 
 /* A whole number in [lo, hi], or -1. */
@@ -844,7 +858,12 @@ static json_t *build_request(const char *cmd, char **a, int n)
 
 	if (!req)
 		return NULL;
-	if (!strcmp(cmd, "scan")) {
+	if (!strcmp(cmd, "replay")) {
+		if (!strcmp(a[1], "--all"))
+			json_object_set_new(req, "all", json_true());
+		else
+			json_object_set_new(req, "id", json_integer(atoll(a[1])));
+	} else if (!strcmp(cmd, "scan")) {
 		json_object_set_new(req, "bus", json_string(a[0]));
 		if (n > 1)
 			json_object_set_new(req, "units", json_string(a[1]));
@@ -904,7 +923,14 @@ bad:
 
 static void show_result(const char *cmd, char **a, json_t *resp)
 {
-	if (!strcmp(cmd, "ack")) {
+	if (!strcmp(cmd, "dead-letters")) {
+		printf("replayed %lld dead letter%s", jint(resp, "replayed"),
+		       jint(resp, "replayed") == 1 ? "" : "s");
+		if (jint(resp, "skipped"))
+			printf(" (%lld stay: their uplink is gone or no longer takes the lane)",
+			       jint(resp, "skipped"));
+		printf("\n");
+	} else if (!strcmp(cmd, "ack")) {
 		printf("acknowledged %s\n", a[0]);
 	} else if (!strcmp(cmd, "shelve") || !strcmp(cmd, "unshelve")) {
 		printf("%s: alarms %s\n", a[0], cmd[0] == 's' ? "shelved" : "unshelved");
@@ -1145,12 +1171,18 @@ int main(int argc, char **argv)
 		rc = usage_error("unknown command '%s'", cmd);
 		goto out;
 	}
+	bool replay = !strcmp(cmd, "dead-letters") && o.nargs == 3 && !strcmp(o.args[1], "replay");
+	if (replay && strcmp(o.args[2], "--all") && atoll(o.args[2]) <= 0) {
+		rc = usage_error("dead-letters replay: '%s' is not a dead letter's ID (or --all)",
+				 o.args[2]);
+		goto out;
+	}
 	if (o.nargs - 1 < commands[k].nargs ||
 	    o.nargs - 1 > (commands[k].max_args ? commands[k].max_args : commands[k].nargs)) {
 		rc = usage_error("usage: cgwctl %s%s", cmd, commands[k].args);
 		goto out;
 	}
-	req = build_request(cmd, o.args + 1, o.nargs - 1);
+	req = build_request(replay ? "replay" : cmd, o.args + 1, o.nargs - 1);
 	if (!req) {
 		rc = EXIT_USAGE;
 		goto out;
@@ -1163,7 +1195,7 @@ int main(int argc, char **argv)
 
 	const char *result = jstr(resp, "result");
 	json_t *data = json_object_get(resp, cmd);
-	bool info = commands[k].nargs == 0 || commands[k].records;
+	bool info = (commands[k].nargs == 0 || commands[k].records) && !replay;
 	if (strcmp(result, "ok") || (info && !data)) {
 		if (o.json)
 			json_dumpf(resp, stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);

@@ -461,6 +461,39 @@ static void cmd_records(struct client *cl, json_t *req, const char *cmd, const c
 	cmd_info(cl, cmd, rows);
 }
 
+/* {"cmd":"replay","id":N} or {"cmd":"replay","all":true} */
+static void cmd_replay(struct client *cl, json_t *req)
+{
+	json_t *jid = json_object_get(req, "id");
+	bool all = json_is_true(json_object_get(req, "all"));
+	int64_t id = json_is_integer(jid) ? (int64_t)json_integer_value(jid) : 0;
+	uint64_t n = 0, skipped = 0;
+	int r;
+
+	if (all == (id > 0)) {
+		respond_status(cl, "rejected",
+			       "replay needs \"id\" (a positive integer) or \"all\": true");
+		return;
+	}
+	r = core_dead_letter_replay(cl->ctl->core, all ? 0 : id, &n, &skipped);
+	if (r < 0) {
+		respond_status(
+			cl, r == -ENOENT ? "rejected" : "failed",
+			r == -ENOENT ?
+				"no such dead letter" :
+			r == -ENODEV ?
+				"the uplink that refused it is gone or no longer takes its lane" :
+				strerror(-r));
+		return;
+	}
+	log_notice("control", "%s replayed %llu dead letter%s", cl->user, (unsigned long long)n,
+		   n == 1 ? "" : "s");
+	json_t *o = json_pack("{s:s,s:I,s:I}", "result", "ok", "replayed", (json_int_t)n, "skipped",
+			      (json_int_t)skipped);
+	respond(cl, o);
+	json_decref(o);
+}
+
 static void cmd_info(struct client *cl, const char *cmd, json_t *data)
 {
 	json_t *o = json_pack("{s:s,s:o}", "result", "ok", cmd, data);
@@ -513,6 +546,8 @@ static void handle_request(struct client *cl, const char *line, size_t len)
 		cmd_info(cl, cmd, core_alarms_json(core));
 	} else if (!strcmp(cmd, "queue")) {
 		cmd_info(cl, cmd, core_queue_json(core));
+	} else if (!strcmp(cmd, "replay")) {
+		cmd_replay(cl, req);
 	} else if (!strcmp(cmd, "ack")) {
 		cmd_ack(cl, req);
 	} else if (!strcmp(cmd, "read") || !strcmp(cmd, "write")) {
@@ -530,7 +565,8 @@ static void handle_request(struct client *cl, const char *line, size_t len)
 	} else {
 		respond_status(cl, "rejected",
 			       "unknown cmd (status, devices, alarms, queue, ack, read, write, "
-			       "shelve, unshelve, scan, probe, audit, quarantine, dead-letters)");
+			       "shelve, unshelve, scan, probe, audit, quarantine, dead-letters, "
+			       "replay)");
 	}
 	json_decref(req);
 }

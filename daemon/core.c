@@ -351,7 +351,8 @@ static void on_rejected_value(struct core *c, const struct cfg_device *d,
 			 d->id, pt->name, val, pt->range_min, pt->range_max);
 		break;
 	case EPISODE_SUMMARY:
-		log_warn("core", "%llu more values outside their range in %lld s (latest: %s %s = %s)",
+		log_warn("core",
+			 "%llu more values outside their range in %lld s (latest: %s %s = %s)",
 			 (unsigned long long)c->range_episode.summary_count,
 			 (long long)(c->range_episode.summary_window_ms / 1000), d->id, pt->name,
 			 val);
@@ -2292,6 +2293,9 @@ json_t *core_status_json(struct core *c)
 				       us.type, "connected", us.connected, "since",
 				       (json_int_t)us.since_ms, "sent", (json_int_t)us.sent,
 				       "acked", (json_int_t)us.acked);
+		json_object_set_new(uo, "retried", json_integer((json_int_t)us.retried));
+		json_object_set_new(uo, "refused", json_integer((json_int_t)us.refused));
+		json_object_set_new(uo, "dead_lettered", json_integer((json_int_t)us.rejected));
 		if (us.last_error[0])
 			json_object_set_new(uo, "last_error", json_string(us.last_error));
 		json_array_append_new(ups, uo);
@@ -2399,4 +2403,27 @@ void core_print_plan(const struct cgw_config *cfg, FILE *f)
 		}
 		mbp_free(plan);
 	}
+}
+
+/* ---- dead letters ---- */
+
+int core_dead_letter_replay(struct core *c, int64_t id, uint64_t *replayed, uint64_t *skipped)
+{
+	int r;
+
+	*replayed = *skipped = 0;
+	if (!c->store)
+		return -ENODEV;
+	r = store_dead_letter_replay(c->store, id, replayed, skipped);
+	if (r < 0)
+		return r;
+	if (id > 0 && !*replayed)
+		return *skipped ? -ENODEV : -ENOENT;
+	if (*replayed) {
+		log_notice("core", "%llu dead letter%s sent again%s", (unsigned long long)*replayed,
+			   *replayed == 1 ? "" : "s",
+			   *skipped ? " (some stay: their uplink is gone)" : "");
+		kick_uplinks(c);
+	}
+	return 0;
 }

@@ -99,6 +99,10 @@ core_status_json(struct core *c); /* uptime, config, buses, uplinks, outbox, sto
 json_t *core_devices_json(struct core *c); /* per device: state, last good read, error counts */
 json_t *core_alarms_json(struct core *c);  /* every alarm that is not normal */
 json_t *core_queue_json(struct core *c);   /* outbox depth and oldest age per uplink and lane */
+/* Sends dead letters (messages an uplink refused for good) again: id > 0
+ * that one, else all. 0, or a negative errno (-ENOENT: no such dead letter;
+ * -ENODEV: its uplink is gone). */
+int core_dead_letter_replay(struct core *c, int64_t id, uint64_t *replayed, uint64_t *skipped);
 /* Shelve or unshelve a device's alarms (maintenance), persisted at once.
  * -ENOENT unknown device, -EALREADY. */
 int core_shelve(struct core *c, const char *device, bool shelve, const char *by);

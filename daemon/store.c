@@ -2151,6 +2151,9 @@ int store_ack(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t seq,
 {
 	if ((unsigned)lane >= CGW_LANE_COUNT)
 		return -EINVAL;
+	/* an alarm is never a dead letter, whatever the uplink says */
+	if (result == STORE_ACK_ERROR && lane == CGW_LANE_ALARM)
+		result = STORE_ACK_RETRY;
 	if (lane == CGW_LANE_ALARM && s->n_mem) {
 		struct mem_alarm *a = mem_find(s, seq);
 		if (a)
@@ -3149,4 +3152,88 @@ int store_recent(struct store *s, const char *table, unsigned limit,
 	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 	sqlite3_finalize(st);
 	return rc == SQLITE_OK ? 0 : db_fail(s, sql, rc);
+}
+
+/* ---------------------------------------------------------- dead letters */
+
+/* A replayed dead letter becomes a new message (a new seq, so the uplink's
+ * cursor, long past the old one, finds it; its "ts" is the original, so it
+ * goes out marked "delayed") for the one uplink that refused it, which must
+ * still be registered for its lane. The dead letter is deleted in the same
+ * transaction. insert_msg() is the enqueue path's own insert. */
+int store_dead_letter_replay(struct store *s, int64_t id, uint64_t *replayed, uint64_t *skipped)
+{
+	sqlite3_stmt *st = NULL, *del = NULL;
+	uint64_t n = 0, skip = 0;
+	int rc = tx_commit(s, true); /* the pending batch first, on its own */
+
+	*replayed = *skipped = 0;
+	if (rc)
+		return rc;
+	if (s->disk_full || s->memory_only) {
+		set_err(s, "replay: the store cannot write now (disk full)");
+		return -ENOSPC;
+	}
+	rc = sqlite3_prepare_v2(s->db,
+				"SELECT d.id, u.name, d.lane, d.device, d.topic, d.ts_ms, d.payload"
+				" FROM dead_letter d LEFT JOIN uplinks u ON u.id = d.uplink"
+				" WHERE ?1 <= 0 OR d.id = ?1 ORDER BY d.id",
+				-1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v2(s->db, "DELETE FROM dead_letter WHERE id = ?1", -1, &del,
+					NULL);
+	if (rc != SQLITE_OK) {
+		rc = db_fail(s, "replay", rc);
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, id);
+	rc = tx_begin(s, -1);
+	if (rc)
+		goto out;
+	int step;
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *up = (const char *)sqlite3_column_text(st, 1);
+		int lane = sqlite3_column_int(st, 2);
+		struct reg_uplink *r = up ? reg_find(s, up) : NULL;
+		uint64_t seq = 0; /* a new one */
+
+		if (!r || lane < 0 || lane >= CGW_LANE_COUNT || !(r->mask & (1u << lane))) {
+			skip++; /* that uplink is gone, or no longer takes the lane */
+			continue;
+		}
+		struct store_msg m = {
+			.lane = (enum cgw_lane)lane,
+			.device = (const char *)sqlite3_column_text(st, 3),
+			.topic = (const char *)sqlite3_column_text(st, 4),
+			.ts_ms = sqlite3_column_int64(st, 5),
+			.payload = (const char *)sqlite3_column_text(st, 6),
+		};
+		if (!m.topic || !m.payload) {
+			skip++;
+			continue;
+		}
+		rc = insert_msg(s, &m, &r->id, 1, &seq);
+		if (!rc) {
+			sqlite3_bind_int64(del, 1, sqlite3_column_int64(st, 0));
+			rc = step_done(s, del, "replay");
+		}
+		if (rc)
+			break;
+		n++;
+	}
+	if (!rc && step != SQLITE_DONE && step != SQLITE_ROW)
+		rc = db_fail(s, "replay", step);
+	sqlite3_reset(st);
+	if (!rc)
+		rc = tx_commit(s, true);
+	else
+		tx_abort(s);
+	if (!rc) {
+		*replayed = n;
+		*skipped = skip;
+	}
+out:
+	sqlite3_finalize(st);
+	sqlite3_finalize(del);
+	return rc;
 }

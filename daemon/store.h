@@ -204,7 +204,9 @@ void store_items_clear(struct store_item *items, size_t n);
 enum store_ack_result {
 	STORE_ACK_OK,    /* delivered: delete the delivery (and the message when none is left) */
 	STORE_ACK_RETRY, /* try again later (backoff, or retry_after_ms) */
-	STORE_ACK_ERROR, /* rejected for good: move to dead_letter with `reason` */
+	STORE_ACK_ERROR, /* rejected for good: move to dead_letter with `reason`
+			    (for the alarm lane it is taken as RETRY: an alarm is
+			    never a dead letter) */
 };
 
 #define STORE_BACKOFF_BASE_MS 1000
@@ -391,6 +393,14 @@ struct store_col {
  * it walks the primary key backwards. 0, -EINVAL, -EIO. */
 int store_recent(struct store *s, const char *table, unsigned limit,
 		 int (*cb)(void *ctx, const struct store_col *cols, size_t ncols), void *ctx);
+
+/* ---- dead letters ---- */
+/* Sends dead letters again (id > 0: that one, else all): each becomes a new
+ * message (new seq, same payload and ts) for the uplink that refused it, and
+ * leaves the dead-letter table; one whose uplink is gone or no longer takes
+ * its lane stays and is counted in *skipped. Commits the pending batch, then
+ * the replay, at once. */
+int store_dead_letter_replay(struct store *s, int64_t id, uint64_t *replayed, uint64_t *skipped);
 
 /* ---- meta key/value ---- */
 /* -ENOENT if absent; -ENOSPC if the value does not fit (len includes NUL). */

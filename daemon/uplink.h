@@ -37,7 +37,9 @@ struct uplink_status {
 	const char *type;
 	bool connected;
 	int64_t since_ms; /* wall clock of the last connect/disconnect */
-	uint64_t sent, acked, retried, rejected;
+	uint64_t sent, acked, retried;
+	uint64_t rejected; /* refused for good: in the dead-letter table */
+	uint64_t refused;  /* refused (HTTP 4xx) but kept: alarms and device states, retried */
 	unsigned inflight[CGW_LANE_COUNT];
 	char last_error[128];
 };

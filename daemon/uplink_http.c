@@ -14,7 +14,12 @@
  *   2xx                          STORE_ACK_OK
  *   408, 429, 5xx, 1xx/3xx,
  *   network error or timeout     STORE_ACK_RETRY (Retry-After honoured on 429/503)
- *   other 4xx                    STORE_ACK_ERROR: dead letter "HTTP 400: <body>"
+ *   other 4xx, alarm or status   STORE_ACK_RETRY after REFUSED_RETRY_MS..MAX: an
+ *                                alarm or a device state is never a dead letter
+ *                                (a 401 from a rotated key must not lose a fire
+ *                                alarm); counted as `refused`
+ *   other 4xx, event, telemetry  STORE_ACK_ERROR: dead letter "HTTP 400: <body>"
+ *                                (`cgwctl dead-letters replay` sends it again)
  * A 3xx is retried rather than dead-lettered: the message was not refused,
  * the URL is wrong, and the operator's fix should not find the alarms gone.
  * "Retry-After: 0" is obeyed once per message; after that a retry waits at
@@ -39,13 +44,14 @@
  *
  * Backed-off rows become due with no event to say so: a 1 s tick re-pumps.
  *
- * Episodes, not messages, are logged: once when requests start failing (with
- * the reason and the backlog), and once when they succeed again (how long,
- * how many messages got through since, how many are queued); once when the
- * server starts refusing messages (4xx), and how many it refused in all. An
- * episode ends EPISODE_QUIET_MS after its trouble was last seen, so a server
- * that fails every few requests makes two lines, not two per failure; the
- * status (connected, last_error) follows every request.
+ * Episodes, not messages, are logged (daemon/episode.h): once when requests
+ * start failing (with the reason and the backlog), at most once a minute
+ * while they go on, and once when they succeed again (how long, how many
+ * messages got through since, how many are queued); the same for a server
+ * that refuses messages (4xx), with how many it refused, retried and
+ * dead-lettered. An episode ends HTTP_QUIET_MS after its trouble was last
+ * seen, so a server that fails every few requests makes two lines, not two
+ * per failure; the status (connected, last_error) follows every request.
  * Logs name host:port, never the URL (it may carry a token) nor the key.
  */
 #include <curl/curl.h>
@@ -59,6 +65,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "episode.h"
 #include "log.h"
 #include "secret.h"
 #include "uplink.h"
@@ -69,7 +76,9 @@
 #define KEY_MAX 4096              /* bytes of HMAC key */
 #define TICK_MS 1000              /* re-pump for rows whose backoff ended */
 #define RETRY_AFTER_FLOOR_MS 1000 /* a message retried again waits at least this */
-#define EPISODE_QUIET_MS 30000    /* an episode ends after this long without its trouble */
+#define HTTP_QUIET_MS 30000       /* an episode ends after this long without its trouble */
+#define REFUSED_RETRY_MS 1000     /* a refused alarm or state: first retry after about */
+#define REFUSED_RETRY_MAX_MS 5000 /* and at most: it must go out soon after the fix */
 
 struct req {
 	struct req *next; /* the lane's in-flight list */
@@ -109,22 +118,19 @@ struct uplink {
 	struct sock *socks;
 	unsigned budget;
 	bool closing;
-	bool bad_payload_logged;
+	struct episode bad_payload;
 	struct lane lane[CGW_LANE_COUNT];
 	unsigned char *key;
 	size_t key_len;
 	/* health */
 	bool connected; /* last request answered (2xx), or none yet */
 	int64_t since_ms;
-	bool failing; /* requests fail (RETRY): an episode is open */
-	int64_t fail_start_ms;
-	int64_t ok_since_ms; /* first 2xx since the last failure, 0 none */
-	uint64_t fail_attempts;
-	uint64_t acked_at_fail; /* u->acked when the episode began */
-	bool refusing;          /* the server refuses messages (4xx) */
-	int64_t last_refusal_ms;
-	uint64_t refused_in_episode;
-	uint64_t sent, acked, retried, rejected;
+	struct episode failing;              /* requests fail (RETRY) */
+	struct episode refusing;             /* the server refuses messages (4xx) */
+	int64_t ok_since_ms;                 /* first 2xx since the last failure, 0 none */
+	uint64_t acked_at_fail;              /* u->acked when the failing episode began */
+	uint64_t refused_kept, refused_dead; /* of the refusing episode */
+	uint64_t sent, acked, retried, rejected, refused;
 	char last_error[128];
 	struct store_item items[HTTP_WINDOW_MAX];
 };
@@ -407,38 +413,39 @@ static void ack(struct uplink *u, const struct req *r, enum store_ack_result res
 	ln->rewinding = true;
 }
 
-/* Closes the episodes whose trouble has not come back for EPISODE_QUIET_MS,
- * so that a server failing one request in four logs two lines, not two per
- * failure. The time reported is up to the first success. */
+/* Closes the episodes whose trouble has not come back for HTTP_QUIET_MS
+ * while requests succeed, so that a server failing one request in four logs
+ * two lines, not two per failure. The time reported is up to the first
+ * success. */
 static void end_episodes(struct uplink *u, int64_t now)
 {
-	if (u->failing && u->ok_since_ms && now - u->ok_since_ms >= EPISODE_QUIET_MS) {
+	if (!u->ok_since_ms)
+		return;
+	if (u->failing.active && episode_good(&u->failing, now))
 		log_notice("uplink",
 			   "[%s] %s:%lld accepts messages again; requests failed for "
 			   "%lld s (%llu failed attempts); %llu messages delivered since, "
 			   "%llu queued",
 			   u->cfg->name, u->cfg->host, (long long)u->cfg->port,
-			   (long long)((u->ok_since_ms - u->fail_start_ms + 999) / 1000),
-			   (unsigned long long)u->fail_attempts,
+			   (long long)((u->ok_since_ms - u->failing.started_ms + 999) / 1000),
+			   (unsigned long long)u->failing.total,
 			   (unsigned long long)(u->acked - u->acked_at_fail),
 			   (unsigned long long)queued(u));
-		u->failing = false;
-		u->ok_since_ms = 0;
-	}
-	if (u->refusing && now - u->last_refusal_ms >= EPISODE_QUIET_MS) {
-		if (u->refused_in_episode > 1)
-			log_notice("uplink",
-				   "[%s] %s:%lld refused %llu messages in all (see the "
-				   "dead-letter table)",
-				   u->cfg->name, u->cfg->host, (long long)u->cfg->port,
-				   (unsigned long long)u->refused_in_episode);
-		u->refusing = false;
-	}
+	if (u->refusing.active && episode_good(&u->refusing, now))
+		log_notice("uplink",
+			   "[%s] %s:%lld takes messages again; it refused %llu in %lld s: "
+			   "%llu alarms and device states were kept and retried, %llu went "
+			   "to the dead-letter table",
+			   u->cfg->name, u->cfg->host, (long long)u->cfg->port,
+			   (unsigned long long)u->refusing.total,
+			   (long long)(episode_duration_ms(&u->refusing) / 1000),
+			   (unsigned long long)u->refused_kept,
+			   (unsigned long long)u->refused_dead);
 }
 
 static void outcome_ok(struct uplink *u, struct req *r, int64_t now)
 {
-	if (u->failing && !u->ok_since_ms)
+	if (!u->ok_since_ms)
 		u->ok_since_ms = now;
 	if (!u->connected) {
 		u->connected = true;
@@ -459,38 +466,75 @@ static void outcome_retry(struct uplink *u, struct req *r, const char *why, int6
 		u->since_ms = now;
 	}
 	u->ok_since_ms = 0;
-	if (!u->failing) {
-		u->failing = true;
-		u->fail_start_ms = now;
-		u->fail_attempts = 0;
+	switch (episode_bad(&u->failing, now)) {
+	case EPISODE_STARTED:
 		u->acked_at_fail = u->acked;
 		log_warn("uplink",
 			 "[%s] POST to %s:%lld failing: %s; backlog %llu, retried with backoff",
 			 u->cfg->name, u->cfg->host, (long long)u->cfg->port, why,
 			 (unsigned long long)queued(u));
+		break;
+	case EPISODE_SUMMARY:
+		log_warn("uplink",
+			 "[%s] POST to %s:%lld still failing: %s (%llu attempts in %lld s)",
+			 u->cfg->name, u->cfg->host, (long long)u->cfg->port, why,
+			 (unsigned long long)u->failing.summary_count,
+			 (long long)(u->failing.summary_window_ms / 1000));
+		break;
+	default:
+		break;
 	}
-	u->fail_attempts++;
 	/* a server that keeps saying "Retry-After: 0" must not get a hot loop */
 	if (delay_ms >= 0 && r->attempts > 0 && delay_ms < RETRY_AFTER_FLOOR_MS)
 		delay_ms = RETRY_AFTER_FLOOR_MS;
 	ack(u, r, STORE_ACK_RETRY, delay_ms, NULL, now);
 }
 
+/* A 4xx. An alarm or a device state is kept and retried (soon: the fix is
+ * usually a key or a URL, and the duty room must then get it at once); an
+ * event or telemetry goes to the dead-letter table. */
 static void outcome_refused(struct uplink *u, struct req *r, const char *why, int64_t now)
 {
-	u->rejected++;
-	u->refused_in_episode = u->refusing ? u->refused_in_episode + 1 : 1;
-	u->last_refusal_ms = now;
+	bool keep = r->lane == CGW_LANE_ALARM || r->lane == CGW_LANE_STATUS;
+	enum episode_say say;
+
+	u->ok_since_ms = 0;
 	copy(u->last_error, sizeof(u->last_error), why);
-	if (!u->refusing) {
-		u->refusing = true;
-		log_err("uplink",
-			"[%s] %s:%lld refused message %s:%llu (%s); it is in the "
-			"dead-letter table, further refusals are counted, not logged",
-			u->cfg->name, u->cfg->host, (long long)u->cfg->port, u->env.cfg->gateway.id,
-			(unsigned long long)r->seq, why);
+	say = episode_bad(&u->refusing, now);
+	if (say == EPISODE_STARTED)
+		u->refused_kept = u->refused_dead = 0;
+	if (keep) {
+		u->refused++;
+		u->refused_kept++;
+	} else {
+		u->rejected++;
+		u->refused_dead++;
 	}
-	ack(u, r, STORE_ACK_ERROR, -1, why, now);
+	if (say == EPISODE_STARTED)
+		log_err("uplink",
+			"[%s] %s:%lld refused message %s:%llu (%s, %s): alarms and device "
+			"states are kept and retried until it takes them; events and "
+			"telemetry go to the dead-letter table (cgwctl dead-letters)",
+			u->cfg->name, u->cfg->host, (long long)u->cfg->port, u->env.cfg->gateway.id,
+			(unsigned long long)r->seq, cgw_lane_name((enum cgw_lane)r->lane), why);
+	else if (say == EPISODE_SUMMARY)
+		log_err("uplink",
+			"[%s] %s:%lld still refuses messages: %s (%llu in the last %lld s; "
+			"%llu alarms and states kept, %llu dead letters in this episode)",
+			u->cfg->name, u->cfg->host, (long long)u->cfg->port, why,
+			(unsigned long long)u->refusing.summary_count,
+			(long long)(u->refusing.summary_window_ms / 1000),
+			(unsigned long long)u->refused_kept, (unsigned long long)u->refused_dead);
+	if (keep) {
+		uint32_t sh = r->attempts > 8 ? 8 : r->attempts;
+		int64_t win = (int64_t)REFUSED_RETRY_MS << sh;
+		if (win > REFUSED_RETRY_MAX_MS)
+			win = REFUSED_RETRY_MAX_MS;
+		/* half fixed, half jitter: never a hot loop, never long */
+		ack(u, r, STORE_ACK_RETRY, win / 2 + random() % (win / 2 + 1), NULL, now);
+	} else {
+		ack(u, r, STORE_ACK_ERROR, -1, why, now);
+	}
 }
 
 static void finish(struct uplink *u, struct req *r, CURLcode res)
@@ -591,13 +635,11 @@ static int send_one(struct uplink *u, int lane, const struct store_item *it, int
 	struct curl_slist *h;
 
 	if (!looks_like_object(it->payload)) {
-		/* our own bug, not the server's: say so once */
-		if (!u->bad_payload_logged)
-			log_err("uplink",
+		/* our own bug, not the server's: say so once per episode */
+		log_episode_bad(&u->bad_payload, cgw_mono_ms(), LOG_ERR, "uplink",
 				"[%s] message %s:%llu is not a JSON object; moved to the "
 				"dead-letter table",
 				u->cfg->name, u->env.cfg->gateway.id, (unsigned long long)it->seq);
-		u->bad_payload_logged = true;
 		u->rejected++;
 		store_ack(u->env.store, u->store_id, lane, it->seq, STORE_ACK_ERROR, -1,
 			  "payload is not a JSON object", now);
@@ -831,6 +873,8 @@ static int http_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 	u->store_id = store_id;
 	u->connected = true;
 	u->since_ms = cgw_now_ms();
+	u->failing.quiet_ms = HTTP_QUIET_MS;
+	u->refusing.quiet_ms = HTTP_QUIET_MS;
 	u->budget = cfg->inflight > HTTP_WINDOW_MAX ?
 			    HTTP_WINDOW_MAX :
 			    (cfg->inflight < 1 ? 1 : (unsigned)cfg->inflight);
@@ -918,6 +962,7 @@ static void http_status(const struct uplink *u, struct uplink_status *st)
 	st->acked = u->acked;
 	st->retried = u->retried;
 	st->rejected = u->rejected;
+	st->refused = u->refused;
 	for (int l = 0; l < CGW_LANE_COUNT; l++)
 		st->inflight[l] = u->lane[l].inflight;
 	snprintf(st->last_error, sizeof(st->last_error), "%s", u->last_error);

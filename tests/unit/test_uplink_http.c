@@ -353,6 +353,7 @@ static uint64_t put(struct fx *f, enum cgw_lane lane, const char *device, const 
 			      .ts_ms = ts_ms,
 			      .payload = payload};
 	assert_int_equal(store_enqueue(f->st, &m, cgw_mono_ms(), &seq, NULL), 0);
+	assert_int_equal(store_flush(f->st), 0); /* only alarms commit at once */
 	assert_true(seq > 0);
 	return seq;
 }
@@ -650,7 +651,8 @@ static void test_retryable_codes(void **state)
 	assert_int_equal(peek_int(f, "SELECT count(*) FROM dead_letter"), 0);
 }
 
-/* Other 4xx: dead letter with the start of the body; the next one goes on. */
+/* Other 4xx for telemetry: dead letter with the start of the body; the next
+ * one goes on. */
 static void test_4xx_dead_letter(void **state)
 {
 	struct fx *f = *state;
@@ -663,13 +665,14 @@ static void test_4xx_dead_letter(void **state)
 	snprintf(body2, sizeof(body2), "\xff%097d\xe4\xb8\xad\xe6\x96\x87", 0);
 	f->sink.script[1] = (struct answer){.code = 404, .body = body2};
 	f->sink.n_script = 2;
-	open_uplink(f, 1u << CGW_LANE_ALARM);
+	f->ucfg.send_mask = 1u << CGW_LANE_TELEMETRY;
+	open_uplink(f, f->ucfg.send_mask);
 	char logpath[128];
 	int saved = capture_begin(f, logpath, sizeof(logpath));
-	uint64_t s1 = put(f, CGW_LANE_ALARM, "smoke-1", "{\"a\":1}", cgw_now_ms());
+	uint64_t s1 = put(f, CGW_LANE_TELEMETRY, "smoke-1", "{\"a\":1}", cgw_now_ms());
 	run(f, one_request_done, 10000);
-	uint64_t s2 = put(f, CGW_LANE_ALARM, "smoke-1", "{\"a\":2}", cgw_now_ms());
-	uint64_t s3 = put(f, CGW_LANE_ALARM, "smoke-1", "{\"a\":3}", cgw_now_ms());
+	uint64_t s2 = put(f, CGW_LANE_TELEMETRY, "smoke-1", "{\"a\":2}", cgw_now_ms());
+	uint64_t s3 = put(f, CGW_LANE_TELEMETRY, "smoke-1", "{\"a\":3}", cgw_now_ms());
 	run(f, all_delivered, 10000);
 	/* one episode: logged once, though a success came between */
 	assert_int_equal(capture_end(saved, logpath, "refused message"), 1);
@@ -702,9 +705,10 @@ static void test_bad_payload(void **state)
 	struct fx *f = *state;
 	char reason[128];
 
-	open_uplink(f, 1u << CGW_LANE_ALARM);
-	uint64_t bad = put(f, CGW_LANE_ALARM, "smoke-1", "[1,2]", cgw_now_ms());
-	uint64_t good = put(f, CGW_LANE_ALARM, "smoke-1", "{\"a\":1}", cgw_now_ms());
+	f->ucfg.send_mask = 1u << CGW_LANE_TELEMETRY;
+	open_uplink(f, f->ucfg.send_mask);
+	uint64_t bad = put(f, CGW_LANE_TELEMETRY, "smoke-1", "[1,2]", cgw_now_ms());
+	uint64_t good = put(f, CGW_LANE_TELEMETRY, "smoke-1", "{\"a\":1}", cgw_now_ms());
 	run(f, all_delivered, 10000);
 	assert_int_equal(f->sink.n, 1);
 	assert_int_equal(body_seq(f->sink.reqs[0].body), good);
@@ -713,6 +717,39 @@ static void test_bad_payload(void **state)
 	char want[128];
 	snprintf(want, sizeof(want), "%llu payload is not a JSON object", (unsigned long long)bad);
 	assert_string_equal(reason, want);
+}
+
+/* A 4xx for an alarm or a device state (a rotated key: 401) is never a dead
+ * letter: both are retried soon, counted as refused, logged once, and
+ * delivered once the endpoint takes them again; telemetry refused meanwhile
+ * is dead-lettered. */
+static void test_4xx_alarm_kept(void **state)
+{
+	struct fx *f = *state;
+	char logpath[128];
+
+	for (int i = 0; i < 6; i++)
+		f->sink.script[i] = (struct answer){.code = 401, .body = "key expired"};
+	f->sink.n_script = 6;
+	f->ucfg.send_mask = 1u << CGW_LANE_ALARM | 1u << CGW_LANE_STATUS;
+	open_uplink(f, f->ucfg.send_mask);
+	int saved = capture_begin(f, logpath, sizeof(logpath));
+	uint64_t a = put(f, CGW_LANE_ALARM, "smoke-1", "{\"alarm\":\"smoke\"}", cgw_now_ms());
+	uint64_t st = put(f, CGW_LANE_STATUS, "smoke-1", "{\"state\":\"online\"}", cgw_now_ms());
+	run(f, all_delivered, 30000);
+	assert_int_equal(capture_end(saved, logpath, "refused message"), 1);
+	assert_int_equal(peek_int(f, "SELECT count(*) FROM dead_letter"), 0);
+	struct uplink_status us = status(f);
+	assert_true(us.refused >= 4);
+	assert_int_equal(us.rejected, 0);
+	assert_int_equal(us.acked, 2);
+	/* the last two requests are the alarm and the state, accepted */
+	bool got_a = false, got_st = false;
+	for (size_t i = 6; i < f->sink.n; i++) {
+		got_a |= body_seq(f->sink.reqs[i].body) == a;
+		got_st |= body_seq(f->sink.reqs[i].body) == st;
+	}
+	assert_true(got_a && got_st);
 }
 
 static bool retried_once(struct fx *f)
@@ -1128,6 +1165,7 @@ int main(void)
 		T(test_close_in_flight),     T(test_https_verified),
 		T(test_https_unknown_ca),    T(test_https_wrong_host),
 		T(test_bad_payload),         cmocka_unit_test(test_resolver_check),
+		T(test_4xx_alarm_kept),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	curl_global_cleanup();
