@@ -25,6 +25,7 @@
 
 #include "commission.h"
 #include "driver.h"
+#include "episode.h"
 #include "log.h"
 #include "model.h"
 
@@ -66,6 +67,7 @@ struct control {
 	ino_t ino;
 	bool accept_paused;
 	int64_t accept_resume;
+	struct episode accept_trouble;
 	struct loop_timer *timer;
 	struct client *clients[CTL_MAX_CLIENTS];
 	long pid;
@@ -727,8 +729,11 @@ static void on_accept(struct loop *l, int fd, uint32_t events, void *arg)
 			if (errno != EAGAIN && errno != EWOULDBLOCK) {
 				/* out of fds: the connection stays queued and the
 				 * listener would fire at once again, so pause it */
-				log_warn("control", "accept on %s: %s; pausing for %d ms",
-					 ctl->path, strerror(errno), CTL_ACCEPT_PAUSE_MS);
+				/* out of fds lasts: once per episode, not every
+				 * pause */
+				log_episode_bad(&ctl->accept_trouble, cgw_mono_ms(), LOG_WARNING,
+						"control", "accept on %s: %s; pausing for %d ms",
+						ctl->path, strerror(errno), CTL_ACCEPT_PAUSE_MS);
 				loop_mod_fd(l, fd, 0);
 				ctl->accept_paused = true;
 				ctl->accept_resume = cgw_mono_ms() + CTL_ACCEPT_PAUSE_MS;
@@ -736,6 +741,9 @@ static void on_accept(struct loop *l, int fd, uint32_t events, void *arg)
 			}
 			return;
 		}
+		if (ctl->accept_trouble.active)
+			log_episode_good(&ctl->accept_trouble, cgw_mono_ms(), "control",
+					 "accept on %s works again", ctl->path);
 		for (slot = 0; slot < CTL_MAX_CLIENTS && ctl->clients[slot]; slot++)
 			;
 		if (slot == CTL_MAX_CLIENTS) {

@@ -23,9 +23,11 @@
 #include "config.h"
 #include "control.h"
 #include "core.h"
+#include "episode.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "model.h"
 #include "mqtt_link.h"
 
 #define CGW_VERSION "0.1.0"
@@ -39,6 +41,7 @@ struct daemon {
 	struct loop_timer *watchdog;
 	struct loop_timer *status;
 	uint64_t watchdog_ms;
+	struct episode unhealthy; /* the watchdog is withheld */
 	int exit_code;
 };
 
@@ -98,8 +101,15 @@ static void on_watchdog(struct loop *l, struct loop_timer *t, void *arg)
 	(void)l;
 	/* The loop turning is what we vouch for; the core reports a stuck
 	 * store itself (it is the only writer). */
-	if (core_healthy(d->core))
+	if (core_healthy(d->core)) {
 		sd_notify(0, "WATCHDOG=1");
+		log_episode_good(&d->unhealthy, cgw_mono_ms(), "main",
+				 "the store commits again: the watchdog is fed again");
+	} else {
+		log_episode_bad(&d->unhealthy, cgw_mono_ms(), LOG_ERR, "main",
+				"the store does not commit: the watchdog is not fed, systemd "
+				"will restart cgwd if this lasts");
+	}
 	loop_timer_in(t, (int64_t)d->watchdog_ms / 2);
 }
 

@@ -50,6 +50,7 @@
 
 #include <jansson.h>
 
+#include "episode.h"
 #include "log.h"
 #include "model.h"
 
@@ -90,6 +91,7 @@ struct metrics {
 	char listen[128];
 	struct mconn conn[METRICS_SLOTS];
 	uint64_t accepted, dropped, refused;
+	struct episode dropping;
 };
 
 /* ---- text building ------------------------------------------------------------ */
@@ -737,6 +739,18 @@ static void ip_key(const struct sockaddr_storage *ss, unsigned char ip[16])
 
 static void drop(struct metrics *m, struct mconn *c)
 {
+	char who[INET6_ADDRSTRLEN] = "?";
+
+	if (c->addr.ss_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)&c->addr)->sin_addr, who, sizeof(who));
+	else if (c->addr.ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&c->addr)->sin6_addr, who,
+			  sizeof(who));
+	/* slow clients or a flood: once per episode, the first culprit named */
+	log_episode_bad(&m->dropping, cgw_mono_ms(), LOG_NOTICE, "metrics",
+			"%s: dropping connections that send no request within %d ms or go "
+			"over the limits (first from %s); /metrics and /healthz still answer",
+			m->listen, METRICS_REQUEST_MS, who);
 	m->dropped++;
 	if (c->state == MC_PENDING) {
 		loop_del_fd(m->loop, c->fd);
@@ -918,11 +932,13 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
+	struct metrics *m = cls;
 	struct mconn *c = conn_of(conn);
 
-	(void)cls;
 	(void)con_cls;
-	(void)toe;
+	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && m->dropping.active)
+		log_episode_good(&m->dropping, cgw_mono_ms(), "metrics",
+				 "%s: no connection dropped for a minute", m->listen);
 	if (c && c->fd >= 0) {
 		c->waiting_ms = cgw_mono_ms();
 		c->body = 0;

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "episode.h"
 #include "json_path.h"
 #include "log.h"
 #include "mqtt_link.h"
@@ -59,10 +60,10 @@ struct mi_dev {
 	const struct cfg_profile *pr;
 	struct mi_pstate *pts; /* one per profile point */
 	int64_t stale_ms;
-	int64_t last_mono; /* last live message (monotonic), 0 none yet */
-	int state;         /* enum mi_dstate, as last reported to the core */
-	bool bad_episode;
-	uint64_t msgs, bad, bad_in_episode;
+	int64_t last_mono;          /* last live message (monotonic), 0 none yet */
+	int state;                  /* enum mi_dstate, as last reported to the core */
+	struct episode bad_episode; /* bad payloads: logged once per episode */
+	uint64_t msgs, bad;
 	int64_t last_ok_ms;
 	char last_error[96];
 	int64_t quar_start;
@@ -247,17 +248,11 @@ static void bad_payload(struct driver *d, struct mi_dev *dv, const char *topic, 
 	dv->bad++;
 	d->bad++;
 	snprintf(dv->last_error, sizeof(dv->last_error), "%s", why);
-	if (!dv->bad_episode) {
-		char t[128];
-		dv->bad_episode = true;
-		dv->bad_in_episode = 0;
-		log_warn(
-			MOD,
-			"[%s] %s: bad payload on %s: %s (kept in the quarantine; more bad payloads "
-			"from this device are counted, not logged, until a good one)",
+	char t[128];
+	log_episode_bad(&dv->bad_episode, mono_ms, LOG_WARNING, MOD,
+			"[%s] %s: bad payload on %s: %s (kept in the quarantine; more bad "
+			"payloads from this device are counted and summarised)",
 			d->bus->name, dv->cfg->id, printable(topic, t, sizeof(t)), why);
-	}
-	dv->bad_in_episode++;
 	if (!d->env.store)
 		return;
 	/* a device spewing garbage must not fill the store's batch: the
@@ -273,14 +268,12 @@ static void bad_payload(struct driver *d, struct mi_dev *dv, const char *topic, 
 			 mono_ms);
 }
 
-static void good_payload(struct driver *d, struct mi_dev *dv, int64_t wall_ms)
+static void good_payload(struct driver *d, struct mi_dev *dv, int64_t wall_ms, int64_t mono_ms)
 {
 	dv->last_ok_ms = wall_ms;
-	if (dv->bad_episode) {
-		dv->bad_episode = false;
-		log_notice(MOD, "[%s] %s: good payloads again after %llu bad", d->bus->name,
-			   dv->cfg->id, (unsigned long long)dv->bad_in_episode);
-	}
+	if (dv->bad_episode.active)
+		log_episode_good(&dv->bad_episode, mono_ms, MOD, "[%s] %s: good payloads again",
+				 d->bus->name, dv->cfg->id);
 }
 
 static void set_dev_why(struct mi_dev *dv, bool is_error, const char *fmt, ...)
@@ -427,7 +420,7 @@ void mqtt_ingest_feed(struct driver *d, const char *topic, const void *payload, 
 			else if (dv->errors || !dv->found)
 				bad_payload(d, dv, topic, payload, len, dv->why, wall_ms, mono_ms);
 			else
-				good_payload(d, dv, wall_ms);
+				good_payload(d, dv, wall_ms, mono_ms);
 		}
 	}
 	json_decref(root);

@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "driver.h"
+#include "episode.h"
 #include "log.h"
 #include "loop.h"
 #include "mqtt_ingest.h"
@@ -442,9 +443,14 @@ static void test_malformed(void **state)
 	assert_null(find(fx, "a", "tamper"));
 	assert_int_equal(bad_count(fx, "a"), 8);
 
-	/* a good message ends the episode; the next bad one is logged again */
+	/* a good message right after does not end the episode (a device that
+	 * alternates stays one episode); one after a quiet minute does, and the
+	 * next bad one is logged again */
 	feed(fx, "lockers/a/status", "{\"mains\":true}");
-	assert_int_equal(log_count(fx, "] a: good payloads again after 8 bad"), 1);
+	assert_int_equal(log_count(fx, "] a: good payloads again"), 0);
+	fx->mono += EPISODE_QUIET_MS;
+	feed(fx, "lockers/a/status", "{\"mains\":true}");
+	assert_int_equal(log_count(fx, "] a: good payloads again (after 8 in 0 s)"), 1);
 	feed(fx, "lockers/a/status", "nope");
 	assert_int_equal(log_count(fx, "] a: bad payload on"), 2);
 
@@ -472,7 +478,30 @@ static void test_quarantine_bounded(void **state)
 	fx->mono += MI_QUARANTINE_WINDOW_MS;
 	feed(fx, "lockers/b/raw", "\"x\"");
 	assert_int_equal(quarantined(fx, "b", NULL, NULL), MI_QUARANTINE_BURST + 1);
-	assert_int_equal(log_count(fx, "] b: bad payload on"), 1);
+	/* the start line, and a minute later one summary with the count */
+	assert_int_equal(log_count(fx, "] b: bad payload on"), 2);
+	assert_int_equal(log_count(fx, "(30 times in the last 60 s)"), 1);
+}
+
+/* The issue's case: 200 good and 200 bad payloads interleaved from one
+ * device, 50 ms apart, made 401 log lines; now one episode: a start line,
+ * a summary a minute in, and one end line after a quiet minute. */
+static void test_alternating_one_episode(void **state)
+{
+	struct fx *fx = *state;
+
+	for (int i = 0; i < 200; i++) {
+		feed(fx, "lockers/a/status", "{\"mains\":true}");
+		fx->mono += 50;
+		feed(fx, "lockers/a/status", "not json");
+		fx->mono += 50;
+	}
+	assert_int_equal(bad_count(fx, "a"), 200);
+	assert_int_equal(log_count(fx, "] a: "), 1);
+	fx->mono += EPISODE_QUIET_MS;
+	feed(fx, "lockers/a/status", "{\"mains\":true}");
+	assert_int_equal(log_count(fx, "] a: good payloads again (after 200 in 20 s)"), 1);
+	assert_int_equal(log_count(fx, "] a: "), 2);
 }
 
 static void test_stale(void **state)
@@ -699,6 +728,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_values, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_optional_fields, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_alternating_one_episode, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_quarantine_bounded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_retained, setup, teardown),
