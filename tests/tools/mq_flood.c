@@ -3,7 +3,9 @@
  * unacknowledged messages, as fast as the broker acknowledges them. The
  * reference publisher for the uplink benchmark.
  *
- *   mq_flood PORT TOPIC N SIZE [WINDOW]
+ *   mq_flood PORT TOPIC N SIZE [WINDOW [PAYLOAD]]
+ *
+ * PAYLOAD (e.g. a device's JSON) is sent instead of SIZE bytes of 'x'.
  */
 #include <mosquitto.h>
 #include <pthread.h>
@@ -41,17 +43,22 @@ static void on_publish(struct mosquitto *m, void *arg, int mid)
 int main(int argc, char **argv)
 {
 	if (argc < 5) {
-		fprintf(stderr, "usage: mq_flood PORT TOPIC N SIZE [WINDOW]\n");
+		fprintf(stderr, "usage: mq_flood PORT TOPIC N SIZE [WINDOW [PAYLOAD]]\n");
 		return 2;
 	}
 	int port = atoi(argv[1]);
 	long n = atol(argv[3]), size = atol(argv[4]), window = argc > 5 ? atol(argv[5]) : 500;
+	if (argc > 6)
+		size = (long)strlen(argv[6]);
 	char *payload = malloc((size_t)size + 1);
 	struct mosquitto *m;
 
 	if (!payload)
 		return 1;
-	memset(payload, 'x', (size_t)size);
+	if (argc > 6)
+		memcpy(payload, argv[6], (size_t)size);
+	else
+		memset(payload, 'x', (size_t)size);
 	mosquitto_lib_init();
 	m = mosquitto_new(NULL, true, NULL);
 	mosquitto_int_option(m, MOSQ_OPT_SEND_MAXIMUM, 65535);
