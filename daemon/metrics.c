@@ -60,7 +60,7 @@
 #define METRICS_PER_IP 8           /* the same, per client address */
 #define METRICS_REQUEST_MS 2000    /* to send a whole request */
 #define METRICS_SWEEP_MS 250
-#define METRICS_ACCEPT_BUDGET 64  /* accepts per loop turn */
+#define METRICS_ACCEPT_BUDGET 16  /* accepts per loop turn */
 #define METRICS_CONN_TIMEOUT_S 10 /* MHD's: no progress at all */
 #define METRICS_CONN_MEMORY (32 * 1024)
 #define METRICS_BODY_MAX 1024
@@ -763,6 +763,45 @@ static void drop(struct metrics *m, struct mconn *c)
 	c->state = MC_DROPPED;
 }
 
+static void run_mhd(struct metrics *m);
+static bool make_room(struct metrics *m, enum mc_state state, const unsigned char ip[16]);
+
+static bool has_data(int fd)
+{
+	char b;
+
+	return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+/* A pending connection has something to say: MHD takes it, and reads its
+ * request at once. */
+static void promote(struct metrics *m, struct mconn *c)
+{
+	int fd = c->fd;
+
+	loop_del_fd(m->loop, fd);
+	if (!has_data(fd) || !make_room(m, MC_MHD, c->ip)) {
+		/* gone before saying anything, or no room */
+		close(fd);
+		c->fd = -1;
+		return;
+	}
+	c->state = MC_MHD;
+	if (MHD_add_connection(m->mhd, fd, (struct sockaddr *)&c->addr, c->addrlen) != MHD_YES)
+		c->fd = -1; /* MHD closed it */
+	run_mhd(m);
+}
+
+static void on_pending(struct loop *l, int fd, uint32_t events, void *arg)
+{
+	struct mconn *c = arg;
+
+	(void)l;
+	(void)fd;
+	(void)events;
+	promote(c->m, c);
+}
+
 struct by_ip {
 	const unsigned char *ip;
 	unsigned n;
@@ -820,32 +859,13 @@ static bool make_room(struct metrics *m, enum mc_state state, const unsigned cha
 			return true;
 		if (!v)
 			return false;
-		drop(m, v);
+		/* one that has spoken meanwhile is not pushed out but handed
+		 * on: a monitor's request may be in the socket already */
+		if (v->state == MC_PENDING && has_data(v->fd))
+			promote(m, v);
+		else
+			drop(m, v);
 	}
-}
-
-static void run_mhd(struct metrics *m);
-
-/* A pending connection has something to say: MHD takes it, and reads its
- * request at once. */
-static void on_pending(struct loop *l, int fd, uint32_t events, void *arg)
-{
-	struct mconn *c = arg;
-	struct metrics *m = c->m;
-	char b;
-
-	(void)events;
-	loop_del_fd(l, fd);
-	if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) <= 0 || !make_room(m, MC_MHD, c->ip)) {
-		/* gone before saying anything, or no room */
-		close(fd);
-		c->fd = -1;
-		return;
-	}
-	c->state = MC_MHD;
-	if (MHD_add_connection(m->mhd, fd, (struct sockaddr *)&c->addr, c->addrlen) != MHD_YES)
-		c->fd = -1; /* MHD closed it */
-	run_mhd(m);
 }
 
 static void on_accept(struct loop *l, int fd, uint32_t events, void *arg)
