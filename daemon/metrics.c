@@ -399,6 +399,10 @@ static void status_metrics(struct sb *b, json_t *st)
 	per_item(b, ups, "cgw_uplink_acked_total", "counter",
 		 "Messages the platform confirmed (PUBACK or 2xx); only these leave the store.",
 		 "uplink", "name", "acked");
+	per_item(b, ups, "cgw_uplink_refused_total", "counter",
+		 "Alarms and device states an HTTP endpoint refused (4xx): kept and retried, "
+		 "never dead letters.",
+		 "uplink", "name", "refused");
 
 	family(b, "cgw_outbox_messages", "gauge",
 	       "Messages waiting in the store for the uplink, by lane.");
