@@ -1224,7 +1224,7 @@ int main(int argc, char **argv)
 		show_scan(data);
 	} else if (!strcmp(cmd, "probe")) {
 		show_probe(data);
-	} else if (commands[k].records) {
+	} else if (commands[k].records && !replay) {
 		show_records(cmd, data);
 	} else {
 		show_result(cmd, o.args + 1, resp);
