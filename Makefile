@@ -25,7 +25,7 @@ TMPFILESDIR ?= /usr/lib/tmpfiles.d
 
 B          ?= build
 CC         ?= cc
-PKGS       := libmosquitto libmodbus sqlite3 libcurl libfyaml jansson libsystemd libmicrohttpd libcrypto
+PKGS       := libmosquitto libmodbus sqlite3 libcurl libfyaml jansson libsystemd libmicrohttpd libcrypto libxcrypt
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
@@ -41,7 +41,8 @@ LDFLAGS  += $(SAN)
 LDLIBS   += $(PKG_LIBS) -lpthread -lm
 
 LIB_SRC  := $(filter-out daemon/main.c daemon/cgwctl.c,$(wildcard daemon/*.c)) $(wildcard drivers/*.c)
-LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o) $(B)/daemon/console_assets.o
+WEB      := $(wildcard daemon/web/*)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 HELP_SRC := $(wildcard tests/unit/helpers/*.c)
@@ -56,11 +57,11 @@ PROGS    := $(B)/cgwd $(if $(wildcard daemon/cgwctl.c),$(B)/cgwctl) $(if $(SIM_S
 
 DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev \
               libcurl4-openssl-dev libfyaml-dev libjansson-dev libsystemd-dev libmicrohttpd-dev \
-              libssl-dev
+              libssl-dev libcrypt-dev
 DEPS_RUN   := mosquitto mosquitto-clients
-DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl python3-pymodbus
+DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl python3-pymodbus chromium nodejs fonts-wqy-microhei
 
-.PHONY: all run test asan bench bench-peers fuzz install uninstall clean deps deps-test check-config format test-faults soak FORCE
+.PHONY: all browser run test asan bench bench-peers fuzz install uninstall clean deps deps-test check-config format test-faults soak FORCE
 .DELETE_ON_ERROR:
 
 all: $(PROGS) $(TOOL_BIN)
@@ -77,6 +78,12 @@ $(B)/datadir.stamp: FORCE
 	@mkdir -p $(@D)
 	@echo '$(DATADIR)' | cmp -s - $@ || echo '$(DATADIR)' > $@
 $(B)/daemon/config.o: $(B)/datadir.stamp
+
+# the console's pages, built in (.incbin)
+$(B)/daemon/console_assets.o: daemon/console_assets.S $(WEB)
+	@mkdir -p $(@D)
+	@echo "  AS      $<"
+	@$(CC) -c -o $@ $<
 
 $(B)/libcgw.a: $(LIB_OBJ)
 	@rm -f $@
@@ -131,8 +138,18 @@ run: deps
 	@config/demo/run.sh $(B)
 
 test: deps
-	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(BENCH_BIN)
+	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(BENCH_BIN) browser
 	@tests/run.sh $(B)
+
+# playwright-core for the console's browser tests, pinned by
+# tests/browser/package-lock.json, under $(B)/browser (nothing global; no
+# install scripts: it drives Debian's chromium, downloads no browser)
+browser: $(B)/browser/node_modules/playwright-core/package.json
+$(B)/browser/node_modules/playwright-core/package.json: tests/browser/package.json tests/browser/package-lock.json
+	@command -v npm >/dev/null || { echo "browser: needs node and npm (apt-get install nodejs npm)"; exit 1; }
+	@mkdir -p $(B)/browser && cp tests/browser/package.json tests/browser/package-lock.json $(B)/browser/
+	@cd $(B)/browser && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
 
 # the long fault suite: 20 SIGKILLs under load, a minute-long bad-input storm
 test-faults: deps

@@ -21,6 +21,8 @@
 
 #include <jansson.h>
 
+#include "console_users.h"
+
 #define CGW_VERSION "0.1.0"
 #define DEFAULT_SOCKET "/run/cgw/cgwd.sock"
 #define DEFAULT_TIMEOUT_S 40 /* the daemon gives up on a write after 30 s */
@@ -54,6 +56,10 @@ static void usage(FILE *f)
 	      "                            still evaluated and sent, marked \"shelved\" (fire\n"
 	      "                            alarms are never shelved)\n"
 	      "  unshelve DEVICE           end the shelving\n"
+	      "  user add NAME ROLE | del NAME | passwd NAME | list\n"
+	      "                            web console accounts (roles duty, installer,\n"
+	      "                            admin), in the accounts file: --users FILE, or\n"
+	      "                            the one -c CONFIG names (console.users)\n"
 	      "  read DEVICE POINT         the last value read from the point\n"
 	      "  write DEVICE POINT VALUE  write a point marked writable in its profile, and wait\n"
 	      "                            for the device's answer. VALUE is taken as JSON if it\n"
@@ -1151,6 +1157,9 @@ int main(int argc, char **argv)
 	size_t k;
 	int rc;
 
+	/* accounts of the web console: a file, not the running daemon */
+	if (argc > 1 && !strcmp(argv[1], "user"))
+		return console_user_main(argc - 1, argv + 1);
 	rc = parse_args(argc, argv, &o);
 	if (rc != EXIT_OK)
 		goto out;

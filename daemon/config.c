@@ -13,7 +13,9 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <libfyaml.h>
@@ -85,7 +87,7 @@ struct loader {
 	const char *base_dir; /* directory of the current file, for relative paths */
 	int depth;
 	/* which singleton sections were set, and where */
-	struct cfg_obj *seen_gateway, *seen_store, *seen_control, *seen_metrics;
+	struct cfg_obj *seen_gateway, *seen_store, *seen_control, *seen_metrics, *seen_console;
 	bool yaml_failed; /* a file did not parse: what it held is unknown */
 };
 
@@ -785,6 +787,19 @@ static const struct key metrics_keys[] = {
 	 NULL, NULL, "address:port of the metrics endpoint"},
 };
 
+static const struct key console_keys[] = {
+	{"enabled", K_BOOL, offsetof(struct cgw_config, console.enabled), "false", 0, 0, 0, NULL,
+	 NULL, "serve the web console (duty room, installers); off until configured"},
+	{"listen", K_STR, offsetof(struct cgw_config, console.listen), "127.0.0.1:8443", 0, 0, 0,
+	 NULL, NULL, "address:port of the console; other than loopback only with tls_cert"},
+	{"tls_cert", K_STR, offsetof(struct cgw_config, console.tls_cert), "", 0, 0, 0, NULL, NULL,
+	 "PEM certificate file: serve HTTPS (with tls_key)"},
+	{"tls_key", K_STR, offsetof(struct cgw_config, console.tls_key), "", 0, 0, 0, NULL, NULL,
+	 "PEM private key file of tls_cert"},
+	{"users", K_STR, offsetof(struct cgw_config, console.users), "", 0, 0, 0, NULL, NULL,
+	 "accounts file written by cgwctl user (empty: STATE_DIR/console-users)"},
+};
+
 static const struct key uplink_keys[] = {
 	{"name", K_STR, OFF(struct cfg_uplink, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique uplink name"},
@@ -1042,6 +1057,7 @@ static const struct keytab gateway_tab = TAB("gateway", gateway_keys);
 static const struct keytab store_tab = TAB("store", store_keys);
 static const struct keytab control_tab = TAB("control", control_keys);
 static const struct keytab metrics_tab = TAB("metrics", metrics_keys);
+static const struct keytab console_tab = TAB("console", console_keys);
 static const struct keytab uplink_tab = TAB("uplink", uplink_keys);
 static const struct keytab bus_tab = TAB("bus", bus_keys);
 static const struct keytab device_tab = TAB("device", device_keys);
@@ -1739,6 +1755,7 @@ static const struct key top_keys[] = {
 	{"store", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, NULL, "the SQLite store"},
 	{"control", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, NULL, "the cgwctl socket"},
 	{"metrics", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, NULL, "the metrics endpoint"},
+	{"console", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, NULL, "the web console"},
 	{"uplinks", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, NULL, "where messages are delivered"},
 	{"buses", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, NULL, "Modbus lines and MQTT brokers"},
 	{"devices", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, NULL, "the devices"},
@@ -1788,6 +1805,11 @@ static int parse_top(struct loader *ld, struct fy_node *root)
 		} else if (!strcmp(k, "metrics")) {
 			if (!singleton(ld, kn, "metrics", &ld->seen_metrics, &cfg->metrics.o))
 				nerr += parse_map(ld, &metrics_tab, vn, cfg, &cfg->metrics.o);
+			else
+				nerr++;
+		} else if (!strcmp(k, "console")) {
+			if (!singleton(ld, kn, "console", &ld->seen_console, &cfg->console.o))
+				nerr += parse_map(ld, &console_tab, vn, cfg, &cfg->console.o);
 			else
 				nerr++;
 		} else if (!strcmp(k, "profile_dirs")) {
@@ -2943,6 +2965,39 @@ static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 	return nerr;
 }
 
+/* The console listens on loopback in the clear, anywhere else only with TLS. */
+static int check_console(struct loader *ld, const struct cgw_config *cfg)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *cert = cfg->console.tls_cert, *key = cfg->console.tls_key;
+	int line = key_line(&console_tab, &cfg->console.o, "listen");
+
+	if (!cfg->console.listen || metrics_parse_listen(cfg->console.listen, &ss, &sl) < 0) {
+		err_at(ld, cfg->console.o.file, line,
+		       "console: listen '%s' is not ADDRESS:PORT (e.g. 127.0.0.1:8443)",
+		       cfg->console.listen ? cfg->console.listen : "");
+		return 1;
+	}
+	if ((cert && *cert) != (key && *key)) {
+		err_at(ld, cfg->console.o.file, key_line(&console_tab, &cfg->console.o, "tls_cert"),
+		       "console: tls_cert and tls_key go together");
+		return 1;
+	}
+	bool loopback = (ss.ss_family == AF_INET &&
+			 (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127) ||
+			(ss.ss_family == AF_INET6 &&
+			 IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr));
+	if (!loopback && !(cert && *cert)) {
+		err_at(ld, cfg->console.o.file, line,
+		       "console: listen '%s' is not a loopback address: it needs tls_cert and "
+		       "tls_key (passwords and session cookies must not cross the LAN in the clear)",
+		       cfg->console.listen);
+		return 1;
+	}
+	return 0;
+}
+
 static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 {
 	const struct cfg_obj *o = &u->o;
@@ -3302,6 +3357,8 @@ static int check_all(struct loader *ld)
 			nerr++;
 		}
 	}
+	if (ld->seen_console)
+		nerr += check_console(ld, cfg);
 	if (cfg->n_uplinks > 32) {
 		err_at(ld, cfg->path, 1, "at most 32 uplinks");
 		nerr++;
@@ -3349,6 +3406,8 @@ static void set_section_defaults(struct loader *ld)
 		apply_defaults(ld, &control_tab, cfg);
 	if (!ld->seen_metrics)
 		apply_defaults(ld, &metrics_tab, cfg);
+	if (!ld->seen_console)
+		apply_defaults(ld, &console_tab, cfg);
 	if (!cfg->gateway.state_dir)
 		cfg->gateway.state_dir = strdup("/var/lib/cgw");
 }
@@ -3430,6 +3489,7 @@ void config_free(struct cgw_config *cfg)
 	free_strs(cfg, &store_tab);
 	free_strs(cfg, &control_tab);
 	free_strs(cfg, &metrics_tab);
+	free_strs(cfg, &console_tab);
 	strlist_free(&cfg->profile_dirs);
 	for (size_t i = 0; i < cfg->n_uplinks; i++) {
 		free_strs(&cfg->uplinks[i], &uplink_tab);
@@ -3551,7 +3611,7 @@ static void print_tab(FILE *f, const struct keytab *t)
 void config_print_reference(FILE *f)
 {
 	const struct keytab *tabs[] = {&top_tab,     &gateway_tab, &store_tab, &control_tab,
-				       &metrics_tab, &uplink_tab,  &bus_tab,   &device_tab,
+				       &metrics_tab, &console_tab, &uplink_tab,  &bus_tab,   &device_tab,
 				       &profile_tab, &point_tab,   &alarm_tab, &unless_tab};
 	for (size_t i = 0; i < sizeof(tabs) / sizeof(tabs[0]); i++) {
 		print_tab(f, tabs[i]);

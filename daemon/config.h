@@ -240,6 +240,13 @@ struct cgw_config {
 		bool enabled;
 		char *listen;
 	} metrics;
+	struct {
+		struct cfg_obj o;
+		bool enabled;
+		char *listen;
+		char *tls_cert, *tls_key; /* both or neither; required off loopback */
+		char *users;              /* "" = STATE_DIR/console-users */
+	} console;
 	struct cfg_uplink *uplinks;
 	size_t n_uplinks;
 	struct cfg_bus *buses;

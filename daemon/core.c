@@ -106,6 +106,8 @@ struct core {
 	struct uplink_rt *uplink_rt;
 	struct dev_rt *devs;
 	struct alarm_engine *alarms;
+	core_alarm_observer_fn observer; /* the console */
+	void *observer_arg;
 	struct uplink **uplinks;
 	const struct uplink_ops **uplink_ops;
 	size_t n_uplinks;
@@ -1028,6 +1030,23 @@ static void on_alarm(void *arg, const struct alarm_change *ch)
 		store_alarm_delete(c->store, ch->alarm_id);
 	else
 		store_alarm_put(c->store, &sa);
+	if (ch->event) {
+		struct store_history h = {
+			.ts_ms = ch->ts_ms,
+			.alarm_id = ch->alarm_id,
+			.device = d->id,
+			.building = cfg_device_location(d, "building"),
+			.rule = ch->rule_name,
+			.event = ch->event,
+			.state = ch->shelved ? "shelved" : alarm_state_name(ch->state),
+			.severity = cfg_severity_name(ch->severity),
+			.by = ch->by,
+			.message = ch->message,
+		};
+		store_history_add(c->store, &h);
+	}
+	if (c->observer)
+		c->observer(c->observer_arg, ch);
 	if (ch->suppressed)
 		return; /* chatter/flood: recorded, reported once elsewhere */
 
@@ -2426,4 +2445,15 @@ int core_dead_letter_replay(struct core *c, int64_t id, uint64_t *replayed, uint
 		kick_uplinks(c);
 	}
 	return 0;
+}
+
+void core_set_alarm_observer(struct core *c, core_alarm_observer_fn fn, void *arg)
+{
+	c->observer = fn;
+	c->observer_arg = arg;
+}
+
+struct store *core_store(struct core *c)
+{
+	return c->store;
 }

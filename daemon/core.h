@@ -107,6 +107,15 @@ int core_dead_letter_replay(struct core *c, int64_t id, uint64_t *replayed, uint
  * -ENOENT unknown device, -EALREADY. */
 int core_shelve(struct core *c, const char *device, bool shelve, const char *by);
 
+/* Told of every alarm change after it is stored (the console's live board);
+ * NULL to stop. One observer. The change is valid during the call only. */
+struct alarm_change;
+typedef void (*core_alarm_observer_fn)(void *arg, const struct alarm_change *ch);
+void core_set_alarm_observer(struct core *c, core_alarm_observer_fn fn, void *arg);
+/* The store, for the console's history (may be NULL while it is reopened). */
+struct store;
+struct store *core_store(struct core *c);
+
 /* `cgwd --check-config -v`: the Modbus request plan of every bus. */
 void core_print_plan(const struct cgw_config *cfg, FILE *f);
 

@@ -26,6 +26,7 @@
 #include "episode.h"
 #include "log.h"
 #include "loop.h"
+#include "console.h"
 #include "metrics.h"
 #include "model.h"
 #include "mqtt_link.h"
@@ -37,6 +38,7 @@ struct daemon {
 	struct core *core;
 	struct control *control;
 	struct metrics *metrics;
+	struct console *console;
 	const char *config_path;
 	struct loop_timer *watchdog;
 	struct loop_timer *status;
@@ -133,6 +135,16 @@ static void rebind(struct daemon *d, const char *old_sock, const char *old_group
 {
 	const struct cgw_config *cfg = core_config(d->core);
 	bool m_on = cfg->metrics.enabled;
+
+	if (!console_matches(d->console, cfg)) {
+		/* the same address is likely: closed first (sessions end) */
+		console_close(d->console);
+		d->console = NULL;
+		if (cfg->console.enabled && console_open(d->core, d->loop, cfg, &d->console) < 0)
+			log_warn("main", "console on %s not opened", cfg->console.listen);
+		else
+			log_notice("main", "console %s", cfg->console.enabled ? "re-opened" : "closed");
+	}
 
 	if (!same_str(old_sock, cfg->control.socket) || !same_str(old_group, cfg->control.group)) {
 		struct control *ctl = NULL;
@@ -345,6 +357,9 @@ int main(int argc, char **argv)
 	r = metrics_open(d.core, d.loop, core_config(d.core), &d.metrics);
 	if (r < 0)
 		log_warn("main", "running without metrics: %s", strerror(-r));
+	r = console_open(d.core, d.loop, core_config(d.core), &d.console);
+	if (r < 0)
+		log_warn("main", "running without the web console: %s", strerror(-r));
 	if (sd_watchdog_enabled(0, &d.watchdog_ms) > 0) {
 		d.watchdog_ms /= 1000;
 		if (d.watchdog_ms < 2)
@@ -369,6 +384,7 @@ int main(int argc, char **argv)
 out:
 	control_close(d.control); /* before the core: it cancels pending replies */
 	metrics_close(d.metrics);
+	console_close(d.console); /* before the core: it cancels pending replies */
 	core_free(d.core);
 	config_free(cfg);
 	loop_timer_free(d.watchdog);

@@ -186,6 +186,12 @@ static const char *const migrations[] = {
 	"INSERT OR IGNORE INTO command_ids(source, command_id, ts_ms, kept, result, detail)"
 	" SELECT source, command_id, ts_ms, coalesce(result, '') <> 'rejected', result, detail"
 	" FROM audit;",
+	/* v2 -> v3: the local alarm history (console) */
+	"CREATE TABLE alarm_history(id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL,"
+	" alarm_id TEXT NOT NULL, device TEXT NOT NULL, building TEXT, rule TEXT NOT NULL,"
+	" event TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL, by_who TEXT,"
+	" message TEXT);"
+	"CREATE INDEX alarm_history_ts ON alarm_history(ts_ms);",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(N_MIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -2456,6 +2462,8 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 		rc = trim_table(s, "audit", STORE_AUDIT_KEEP);
 	if (!rc)
 		rc = cmdid_trim(s, now_ms);
+	if (!rc)
+		rc = trim_table(s, "alarm_history", STORE_HISTORY_KEEP);
 	int64_t cap = cap_now(s);
 	if (!rc && cap > 0)
 		rc = evict_to(s, data_budget(s, cap) / 100 * TARGET_PCT);
@@ -3236,4 +3244,88 @@ out:
 	sqlite3_finalize(st);
 	sqlite3_finalize(del);
 	return rc;
+}
+
+/* ----------------------------------------------------------- alarm history */
+
+int store_history_add(struct store *s, const struct store_history *h)
+{
+	static const char sql[] =
+		"INSERT INTO alarm_history(ts_ms, alarm_id, device, building, rule, event, state,"
+		" severity, by_who, message) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	if (!h || !h->alarm_id || !h->device || !h->rule || !h->event || !h->state ||
+	    !h->severity)
+		return -EINVAL;
+	rc = tx_begin(s, cgw_mono_ms());
+	if (rc)
+		return rc;
+	rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+	if (rc != SQLITE_OK)
+		return db_fail(s, "history", rc);
+	sqlite3_bind_int64(st, 1, h->ts_ms);
+	sqlite3_bind_text(st, 2, h->alarm_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, h->device, -1, SQLITE_STATIC);
+	bind_text(st, 4, h->building);
+	sqlite3_bind_text(st, 5, h->rule, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, h->event, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, h->state, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 8, h->severity, -1, SQLITE_STATIC);
+	bind_text(st, 9, h->by);
+	bind_text(st, 10, h->message);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return db_fail(s, "history", rc);
+	return batch_wrote(s, NULL);
+}
+
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+	return (const char *)sqlite3_column_text(st, i);
+}
+
+int store_history_query(struct store *s, const struct store_history_filter *f,
+			int (*cb)(void *ctx, const struct store_history *h), void *ctx)
+{
+	static const char sql[] =
+		"SELECT ts_ms, alarm_id, device, building, rule, event, state, severity, by_who,"
+		" message FROM alarm_history WHERE (?1 IS NULL OR device = ?1)"
+		" AND (?2 IS NULL OR building = ?2) AND (?3 IS NULL OR severity = ?3)"
+		" AND ts_ms >= ?4 AND ts_ms < ?5 ORDER BY id DESC LIMIT ?6";
+	sqlite3_stmt *st = NULL;
+	int rc, r = 0;
+
+	rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return db_fail(s, "history", rc);
+	bind_text(st, 1, f->device);
+	bind_text(st, 2, f->building);
+	bind_text(st, 3, f->severity);
+	sqlite3_bind_int64(st, 4, f->from_ms);
+	sqlite3_bind_int64(st, 5, f->to_ms > 0 ? f->to_ms : INT64_MAX);
+	sqlite3_bind_int64(st, 6, f->limit > 0 ? (int64_t)f->limit : STORE_HISTORY_KEEP);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_history h = {
+			.ts_ms = sqlite3_column_int64(st, 0),
+			.alarm_id = col_text(st, 1),
+			.device = col_text(st, 2),
+			.building = col_text(st, 3),
+			.rule = col_text(st, 4),
+			.event = col_text(st, 5),
+			.state = col_text(st, 6),
+			.severity = col_text(st, 7),
+			.by = col_text(st, 8),
+			.message = col_text(st, 9),
+		};
+		r = cb(ctx, &h);
+		if (r)
+			break;
+	}
+	if (!r && rc != SQLITE_DONE)
+		r = db_fail(s, "history", rc);
+	sqlite3_finalize(st);
+	return r;
 }

@@ -89,7 +89,7 @@
 /* Other notable returns: -ENOSPC (cap reached for a non-alarm message, or the
  * disk is full), -EEXIST (duplicate audit command id), -ENOENT (no such row). */
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 #define STORE_APPLICATION_ID 0x43475731 /* "CGW1" */
 #define STORE_SEQ_GAP 1000000           /* seqs skipped after an unclean NORMAL close */
 #define STORE_MAX_UPLINKS 16
@@ -401,6 +401,28 @@ int store_recent(struct store *s, const char *table, unsigned limit,
  * its lane stays and is counted in *skipped. Commits the pending batch, then
  * the replay, at once. */
 int store_dead_letter_replay(struct store *s, int64_t id, uint64_t *replayed, uint64_t *skipped);
+
+/* ---- local alarm history (the console's 历史) ----
+ * Every alarm change (raised, acknowledged, cleared, shelved, ...) with who
+ * and when, in its own table: telemetry eviction never touches it, and only
+ * the newest STORE_HISTORY_KEEP rows are kept (store_maintain). */
+#define STORE_HISTORY_KEEP 20000
+struct store_history {
+	int64_t ts_ms;
+	const char *alarm_id, *device, *building /* may be NULL */, *rule, *event, *state,
+		*severity, *by /* may be NULL */, *message /* may be NULL */;
+};
+/* Joins the batch. */
+int store_history_add(struct store *s, const struct store_history *h);
+struct store_history_filter {
+	const char *device, *building, *severity; /* NULL: any */
+	int64_t from_ms, to_ms;                   /* [from, to); to 0: no end */
+	unsigned limit;                           /* 0: STORE_HISTORY_KEEP */
+};
+/* Newest first; pointers valid during the callback only; non-zero from cb
+ * stops and is returned. */
+int store_history_query(struct store *s, const struct store_history_filter *f,
+			int (*cb)(void *ctx, const struct store_history *h), void *ctx);
 
 /* ---- meta key/value ---- */
 /* -ENOENT if absent; -ENOSPC if the value does not fit (len includes NUL). */
