@@ -60,6 +60,9 @@ DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev 
               libssl-dev libcrypt-dev
 DEPS_RUN   := mosquitto mosquitto-clients
 DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl python3-pymodbus chromium nodejs fonts-wqy-microhei
+# npm for the browser tests' playwright-core: Debian's package, unless the
+# nodejs installed already brings its own (nodesource's conflicts with it)
+DEPS_TEST  += $(if $(shell command -v npm 2>/dev/null),,npm)
 
 .PHONY: all browser run test asan bench bench-peers fuzz install uninstall clean deps deps-test check-config format test-faults soak FORCE
 .DELETE_ON_ERROR:

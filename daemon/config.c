@@ -13,14 +13,13 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <libfyaml.h>
 #include <limits.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -3610,9 +3609,10 @@ static void print_tab(FILE *f, const struct keytab *t)
 
 void config_print_reference(FILE *f)
 {
-	const struct keytab *tabs[] = {&top_tab,     &gateway_tab, &store_tab, &control_tab,
-				       &metrics_tab, &console_tab, &uplink_tab,  &bus_tab,   &device_tab,
-				       &profile_tab, &point_tab,   &alarm_tab, &unless_tab};
+	const struct keytab *tabs[] = {&top_tab,     &gateway_tab, &store_tab,  &control_tab,
+				       &metrics_tab, &console_tab, &uplink_tab, &bus_tab,
+				       &device_tab,  &profile_tab, &point_tab,  &alarm_tab,
+				       &unless_tab};
 	for (size_t i = 0; i < sizeof(tabs) / sizeof(tabs[0]); i++) {
 		print_tab(f, tabs[i]);
 		fputc('\n', f);

@@ -165,7 +165,8 @@ static void client_addr(struct MHD_Connection *conn, char *out, size_t len)
 
 	snprintf(out, len, "?");
 	if (sa && sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)len);
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out,
+			  (socklen_t)len);
 	else if (sa && sa->sa_family == AF_INET6)
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out,
 			  (socklen_t)len);
@@ -203,9 +204,9 @@ static void security_headers(struct console *con, struct MHD_Response *r)
 		MHD_add_response_header(r, "Strict-Transport-Security", "max-age=31536000");
 }
 
-static enum MHD_Result send_buf(struct console *con, struct MHD_Connection *conn,
-				unsigned status, const char *type, const void *body, size_t len,
-				bool copy, const char *cookie)
+static enum MHD_Result send_buf(struct console *con, struct MHD_Connection *conn, unsigned status,
+				const char *type, const void *body, size_t len, bool copy,
+				const char *cookie)
 {
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -227,8 +228,8 @@ static enum MHD_Result send_buf(struct console *con, struct MHD_Connection *conn
 }
 
 /* Takes the reference. */
-static enum MHD_Result send_json(struct console *con, struct MHD_Connection *conn,
-				 unsigned status, json_t *j, const char *cookie)
+static enum MHD_Result send_json(struct console *con, struct MHD_Connection *conn, unsigned status,
+				 json_t *j, const char *cookie)
 {
 	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	enum MHD_Result ret;
@@ -242,8 +243,8 @@ static enum MHD_Result send_json(struct console *con, struct MHD_Connection *con
 	return ret;
 }
 
-static enum MHD_Result send_error(struct console *con, struct MHD_Connection *conn,
-				  unsigned status, const char *msg)
+static enum MHD_Result send_error(struct console *con, struct MHD_Connection *conn, unsigned status,
+				  const char *msg)
 {
 	return send_json(con, conn, status, json_pack("{s:s}", "error", msg), NULL);
 }
@@ -268,7 +269,8 @@ static void users_reload(struct console *con)
 		memset(&con->users_st, 0, sizeof(con->users_st));
 		return;
 	}
-	if (st.st_ino == con->users_st.st_ino && st.st_mtim.tv_sec == con->users_st.st_mtim.tv_sec &&
+	if (st.st_ino == con->users_st.st_ino &&
+	    st.st_mtim.tv_sec == con->users_st.st_mtim.tv_sec &&
 	    st.st_mtim.tv_nsec == con->users_st.st_mtim.tv_nsec &&
 	    st.st_size == con->users_st.st_size)
 		return;
@@ -417,8 +419,8 @@ static void login_done(struct console *con, struct login_job *j)
 			struct session *s = session_new(con, j->user, j->role);
 			l->fails = 0;
 			if (s) {
-				log_notice("console", "%s signed in from %s (%s)", j->user, rq->addr,
-					   console_role_name(j->role));
+				log_notice("console", "%s signed in from %s (%s)", j->user,
+					   rq->addr, console_role_name(j->role));
 				audit(con, j->user, "login", NULL, NULL, "ok", rq->addr);
 				rq->result = json_pack("{s:i,s:s,s:s,s:s}", "status", 200, "user",
 						       j->user, "role", console_role_name(j->role),
@@ -433,10 +435,10 @@ static void login_done(struct console *con, struct login_job *j)
 			}
 			if (++l->fails >= CONSOLE_LOGIN_FAILS)
 				l->locked_until_ms = now + CONSOLE_LOGIN_LOCK_MS;
-			log_episode_bad(&con->bad_login, now, LOG_WARNING, "console",
-					"failed login as '%s' from %s%s", j->user, rq->addr,
-					l->locked_until_ms > now ? " (address locked out for 60 s)" :
-								   "");
+			log_episode_bad(
+				&con->bad_login, now, LOG_WARNING, "console",
+				"failed login as '%s' from %s%s", j->user, rq->addr,
+				l->locked_until_ms > now ? " (address locked out for 60 s)" : "");
 			rq->result = json_pack("{s:i}", "status", 401);
 		}
 		if (rq->suspended) {
@@ -491,16 +493,17 @@ static json_t *board_json(struct console *con)
 		{
 			const char *key;
 			json_t *lane;
-			if (!name || strcmp(name, json_string_value(json_object_get(o, "uplink")) ?: ""))
+			if (!name ||
+			    strcmp(name, json_string_value(json_object_get(o, "uplink")) ?: ""))
 				continue;
 			json_object_foreach(json_object_get(o, "lanes"), key, lane)
 				backlog += json_integer_value(json_object_get(lane, "depth"));
 		}
 		json_array_append_new(
-			ups, json_pack("{s:s,s:O,s:O,s:I}", "name", name ? name : "", "connected",
-				       json_object_get(u, "connected") ?: json_false(), "since",
-				       json_object_get(u, "since") ?: json_null(), "backlog",
-				       backlog));
+			ups,
+			json_pack("{s:s,s:O,s:O,s:I}", "name", name ? name : "", "connected",
+				  json_object_get(u, "connected") ?: json_false(), "since",
+				  json_object_get(u, "since") ?: json_null(), "backlog", backlog));
 	}
 	o = json_pack("{s:s,s:s,s:o,s:o}", "gateway", cfg->gateway.id, "site", cfg->gateway.site,
 		      "alarms", alarms, "uplinks", ups);
@@ -673,7 +676,8 @@ static enum MHD_Result open_stream(struct console *con, struct MHD_Connection *c
 	s->next = con->streams;
 	con->streams = s;
 	con->n_streams++;
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+				"text/event-stream; charset=utf-8");
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	security_headers(con, r);
 	ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
@@ -727,12 +731,11 @@ static int latest_cb(void *ctx, const struct store_latest *l)
 		arr = json_array();
 		json_object_set_new(x->by_dev, l->device, arr);
 	}
-	json_array_append_new(arr, json_pack("{s:s,s:o,s:s,s:I,s:s,s:b}", "name", l->point,
-					     "value", value_json(pt, &l->value), "quality",
-					     cgw_quality_name(l->quality), "ts",
-					     (json_int_t)l->ts_ms, "unit",
-					     pt && pt->unit ? pt->unit : "", "writable",
-					     pt && pt->writable));
+	json_array_append_new(
+		arr, json_pack("{s:s,s:o,s:s,s:I,s:s,s:b}", "name", l->point, "value",
+			       value_json(pt, &l->value), "quality", cgw_quality_name(l->quality),
+			       "ts", (json_int_t)l->ts_ms, "unit", pt && pt->unit ? pt->unit : "",
+			       "writable", pt && pt->writable));
 	return 0;
 }
 
@@ -793,12 +796,12 @@ static int parse_day(const char *s, int64_t *ms)
 
 static int hist_json_cb(void *ctx, const struct store_history *h)
 {
-	json_array_append_new(
-		ctx, json_pack("{s:I,s:s,s:s,s:s?,s:s,s:s,s:s,s:s,s:s?,s:s?}", "ts",
-			       (json_int_t)h->ts_ms, "alarm_id", h->alarm_id, "device", h->device,
-			       "building", h->building, "alarm", h->rule, "event", h->event, "state",
-			       h->state, "severity", h->severity, "by", h->by, "message",
-			       h->message));
+	json_array_append_new(ctx,
+			      json_pack("{s:I,s:s,s:s,s:s?,s:s,s:s,s:s,s:s,s:s?,s:s?}", "ts",
+					(json_int_t)h->ts_ms, "alarm_id", h->alarm_id, "device",
+					h->device, "building", h->building, "alarm", h->rule,
+					"event", h->event, "state", h->state, "severity",
+					h->severity, "by", h->by, "message", h->message));
 	return 0;
 }
 
@@ -893,8 +896,7 @@ static enum MHD_Result history(struct console *con, struct MHD_Connection *conn)
 		free(c.p);
 		return send_error(con, conn, 500, "out of memory");
 	}
-	struct MHD_Response *r =
-		MHD_create_response_from_buffer(c.len, c.p, MHD_RESPMEM_MUST_FREE);
+	struct MHD_Response *r = MHD_create_response_from_buffer(c.len, c.p, MHD_RESPMEM_MUST_FREE);
 	if (!r) {
 		free(c.p);
 		return MHD_NO;
@@ -954,7 +956,9 @@ static enum MHD_Result finish_command(struct console *con, struct req *rq)
 {
 	json_t *r = rq->result;
 	const char *res = json_string_value(json_object_get(r, "result"));
-	unsigned status = res && !strcmp(res, "ok") ? 200 : res && !strcmp(res, "failed") ? 502 : 409;
+	unsigned status = res && !strcmp(res, "ok")     ? 200 :
+			  res && !strcmp(res, "failed") ? 502 :
+							  409;
 
 	rq->result = NULL;
 	rq->waiting = false;

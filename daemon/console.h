@@ -39,9 +39,9 @@
 #define CONSOLE_MAX_STREAMS 32
 #define CONSOLE_BODY_MAX 4096
 #define CONSOLE_LOGIN_WORKERS 2
-#define CONSOLE_LOGIN_FAILS 5            /* failed logins from one address ... */
-#define CONSOLE_LOGIN_WINDOW_MS 600000   /* ... within 10 minutes ... */
-#define CONSOLE_LOGIN_LOCK_MS 60000      /* ... lock it out for a minute */
+#define CONSOLE_LOGIN_FAILS 5          /* failed logins from one address ... */
+#define CONSOLE_LOGIN_WINDOW_MS 600000 /* ... within 10 minutes ... */
+#define CONSOLE_LOGIN_LOCK_MS 60000    /* ... lock it out for a minute */
 #define CONSOLE_SESSION_IDLE_MS (12LL * 3600 * 1000)
 #define CONSOLE_HEARTBEAT_MS 2000
 

@@ -9,10 +9,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define CONSOLE_FIELD_MAX 512   /* a decoded form value, bytes with the NUL */
-#define CONSOLE_NAME_MAX 32     /* an account name */
-#define CONSOLE_HASH_MAX 160    /* a crypt(3) hash */
-#define CONSOLE_USERS_MAX 256   /* accounts in the file */
+#define CONSOLE_FIELD_MAX 512 /* a decoded form value, bytes with the NUL */
+#define CONSOLE_NAME_MAX 32   /* an account name */
+#define CONSOLE_HASH_MAX 160  /* a crypt(3) hash */
+#define CONSOLE_USERS_MAX 256 /* accounts in the file */
 
 /* The value of `key` in a urlencoded body of `len` bytes (not NUL-terminated),
  * decoded ('+' is a space, %XX a byte) into out. 0, -ENOENT (absent), or

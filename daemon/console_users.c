@@ -72,7 +72,8 @@ int console_users_save(const char *path, const struct console_user *users, size_
 	if (fd < 0)
 		return -errno;
 	/* cgwd (its own user) reads it: owned like the state directory */
-	if (geteuid() == 0 && stat(dirname(dirbuf), &st) == 0 && fchown(fd, st.st_uid, st.st_gid) < 0) {
+	if (geteuid() == 0 && stat(dirname(dirbuf), &st) == 0 &&
+	    fchown(fd, st.st_uid, st.st_gid) < 0) {
 		r = -errno;
 		close(fd);
 		unlink(tmp);
@@ -211,8 +212,9 @@ static int users_path(const char *config, char *out, size_t len)
 	struct cfg_errors errs = {0};
 
 	if (config_load(config, &cfg, &errs) < 0) {
-		fprintf(stderr, "cgwctl: %s: not a valid configuration (cgwd --check-config -c %s); "
-				"or give --users FILE\n",
+		fprintf(stderr,
+			"cgwctl: %s: not a valid configuration (cgwd --check-config -c %s); "
+			"or give --users FILE\n",
 			config, config);
 		cfg_errors_free(&errs);
 		return 2;

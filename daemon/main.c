@@ -21,12 +21,12 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "console.h"
 #include "control.h"
 #include "core.h"
 #include "episode.h"
 #include "log.h"
 #include "loop.h"
-#include "console.h"
 #include "metrics.h"
 #include "model.h"
 #include "mqtt_link.h"
@@ -143,7 +143,8 @@ static void rebind(struct daemon *d, const char *old_sock, const char *old_group
 		if (cfg->console.enabled && console_open(d->core, d->loop, cfg, &d->console) < 0)
 			log_warn("main", "console on %s not opened", cfg->console.listen);
 		else
-			log_notice("main", "console %s", cfg->console.enabled ? "re-opened" : "closed");
+			log_notice("main", "console %s",
+				   cfg->console.enabled ? "re-opened" : "closed");
 	}
 
 	if (!same_str(old_sock, cfg->control.socket) || !same_str(old_group, cfg->control.group)) {

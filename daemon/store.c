@@ -3256,13 +3256,12 @@ int store_history_add(struct store *s, const struct store_history *h)
 	sqlite3_stmt *st = NULL;
 	int rc;
 
-	if (!h || !h->alarm_id || !h->device || !h->rule || !h->event || !h->state ||
-	    !h->severity)
+	if (!h || !h->alarm_id || !h->device || !h->rule || !h->event || !h->state || !h->severity)
 		return -EINVAL;
 	rc = tx_begin(s, cgw_mono_ms());
 	if (rc)
 		return rc;
-	rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+	rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return db_fail(s, "history", rc);
 	sqlite3_bind_int64(st, 1, h->ts_ms);

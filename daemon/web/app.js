@@ -130,7 +130,7 @@ function connect() {
   es = new EventSource('/api/events');
   const alive = () => { lastEvent = Date.now(); setLost(false); };
   es.addEventListener('state', (e) => { alive(); onState(JSON.parse(e.data)); });
-  es.addEventListener('beat', alive);
+  es.addEventListener('beat', () => { alive(); if (tab === 'devices' && !document.hidden) loadDevices(); });
   es.onopen = alive;
   es.onerror = async () => {
     setLost(true);

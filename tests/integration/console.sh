@@ -150,6 +150,40 @@ check "... while another address still signs in" test "$(login "$TMP/j3" duty1 d
 n=$(grep -c 'failed login' "$TMP/cgwd.log")
 check "failed logins are logged once per episode, not once each (lines: $n)" test "$n" -eq 1
 
+# ---- TLS: a second gateway serving HTTPS ----
+tp=$(free_port)
+mkdir -p "$TMP/tls/state"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -keyout "$TMP/tls/key.pem" \
+	-out "$TMP/tls/cert.pem" >/dev/null 2>&1
+cat >"$TMP/tls/cgw.yaml" <<Y
+gateway: {id: gw-tls, site: garden, state_dir: $TMP/tls/state}
+control: {socket: $TMP/tls/cgwd.sock}
+metrics: {enabled: false}
+console: {enabled: true, listen: "127.0.0.1:$tp", tls_cert: $TMP/tls/cert.pem, tls_key: $TMP/tls/key.pem}
+Y
+printf 'gateway: {id: g, site: s, state_dir: %s}\nconsole: {enabled: true, listen: "0.0.0.0:8443", tls_cert: c.pem, tls_key: k.pem}\n' "$TMP" >"$TMP/lan-tls.yaml"
+check "a LAN listen with TLS passes the configuration check" quiet "$CGWD" --check-config -c "$TMP/lan-tls.yaml"
+echo 'duty-pass-1' | "$CTL" user add duty1 duty --users "$TMP/tls/state/console-users"
+bg_start "$CGWD" -c "$TMP/tls/cgw.yaml" -f 2>>"$TMP/tls/cgwd.log"
+TLS_PID=$BG_PID
+if wait_for 10 port_open "$tp"; then
+	check "TLS: the page is served over HTTPS" test "$(code -k "https://127.0.0.1:$tp/")" = 200
+	check "TLS: not in the clear" bash -c "[ \"\$(curl -s -m 5 -o /dev/null -w '%{http_code}' 'http://127.0.0.1:$tp/')\" != 200 ]"
+	URL=https://127.0.0.1:$tp
+	t=$(c -k -c "$TMP/tls/jar" -b "$TMP/tls/jar" "$URL/api/session" | sed -n 's/.*"login_csrf":"\([0-9a-f]*\)".*/\1/p')
+	setc=$(curl -s -k -D - -o /dev/null -c "$TMP/tls/jar" -b "$TMP/tls/jar" -H "X-CSRF-Token: $t" -d 'user=duty1&password=duty-pass-1' "$URL/api/login" | grep -i '^set-cookie: cgw_session')
+	check "TLS: the session cookie is Secure" grep -q '; Secure' <<<"$setc"
+	ttok=$(awk '$6 == "cgw_session" { print $7 }' "$TMP/tls/jar")
+	check "TLS: the session works there" test "$(code -k -H "Cookie: cgw_session=$ttok" "$URL/api/board")" = 200
+	check "a session cookie of another gateway is refused" \
+		test "$(code -H "Cookie: cgw_session=$ttok" "http://127.0.0.1:$wp/api/board")" = 401
+	URL=http://127.0.0.1:$wp
+else
+	not_ok "TLS: the console listens"
+	sed 's/^/# /' "$TMP/tls/cgwd.log"
+fi
+kill "$TLS_PID"
+
 # ---- the browser ----
 NODE_MODULES=$CGW_BUILD/browser/node_modules
 if ! command -v chromium >/dev/null || [ ! -d "$NODE_MODULES/playwright-core" ]; then

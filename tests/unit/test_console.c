@@ -56,8 +56,8 @@ static void test_cookie(void **state)
 	char v[8];
 
 	(void)state;
-	assert_int_equal(console_cookie_get("a=1; cgw_session=abc; b=2", "cgw_session", v, sizeof(v)),
-			 0);
+	assert_int_equal(
+		console_cookie_get("a=1; cgw_session=abc; b=2", "cgw_session", v, sizeof(v)), 0);
 	assert_string_equal(v, "abc");
 	assert_int_equal(console_cookie_get("cgw_session2=x;cgw_session=y ", "cgw_session", v,
 					    sizeof(v)),
@@ -81,10 +81,10 @@ static void test_users_parse(void **state)
 	const char *t = "# accounts\n"
 			"duty1:duty:$y$j9T$abc$def\n"
 			"\n"
-			"Bad:duty:$y$x\n"       /* upper case name */
-			"x:root:$y$x\n"         /* no such role */
-			"y:duty:plain\n"        /* not a crypt hash */
-			"z:duty:$y$a:b\n"       /* ':' in the hash */
+			"Bad:duty:$y$x\n" /* upper case name */
+			"x:root:$y$x\n"   /* no such role */
+			"y:duty:plain\n"  /* not a crypt hash */
+			"z:duty:$y$a:b\n" /* ':' in the hash */
 			"nohash\n"
 			"inst.1:installer:$y$j9T$x/y.z\r\n"
 			"adm:admin:$6$salt$hash";
@@ -132,7 +132,8 @@ static void test_password(void **state)
 static void test_users_file(void **state)
 {
 	char dir[] = "/tmp/cgw-console-XXXXXX", path[64];
-	struct console_user u[2] = {{"a", CONSOLE_DUTY, "$y$1"}, {"b", CONSOLE_ADMIN, "$y$2"}}, r[4];
+	struct console_user u[2] = {{"a", CONSOLE_DUTY, "$y$1"}, {"b", CONSOLE_ADMIN, "$y$2"}},
+			    r[4];
 	size_t n = 9;
 
 	(void)state;
@@ -239,7 +240,8 @@ static void test_history(void **state)
 	assert_int_equal(store_history_query(s, &f, count_cb, &c), 0);
 	assert_int_equal(c.n, 3500);
 	assert_false(c.other);
-	f = (struct store_history_filter){.building = "3", .from_ms = 1000000 + 100,
+	f = (struct store_history_filter){.building = "3",
+					  .from_ms = 1000000 + 100,
 					  .to_ms = 1000000 + 200};
 	c = (struct count){0};
 	assert_int_equal(store_history_query(s, &f, count_cb, &c), 0);
