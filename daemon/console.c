@@ -37,6 +37,7 @@
 #define CONN_TIMEOUT_S 60
 #define HISTORY_PAGE 500
 #define HISTORY_CSV_MAX STORE_HISTORY_KEEP
+#define BACKLOG_EVERY_MS 10000
 
 /* the pages, built in (console_assets.S) */
 extern const char console_index_html[], console_app_js[], console_style_css[];
@@ -58,6 +59,8 @@ struct limit {
 
 struct stream {
 	struct console *con;
+	struct session *session; /* the stream ends when it does */
+	char token[TOKEN_HEX + 1];
 	struct MHD_Connection *conn;
 	char *buf;
 	size_t len, pos, cap;
@@ -109,6 +112,10 @@ struct console {
 	struct stream *streams;
 	size_t n_streams;
 	char *last_state;
+	json_t *backlog; /* uplink name -> messages waiting */
+	int64_t backlog_due_ms;
+	bool backlog_stale; /* alarms changed since the last count */
+	char backlog_conn[64];
 	int64_t next_beat_ms;
 	/* login workers */
 	int pipe_r, pipe_w;
@@ -464,12 +471,53 @@ static void on_pipe(struct loop *l, int fd, uint32_t events, void *arg)
 
 /* ---- the board: alarms and uplinks ------------------------------------------------- */
 
+/* The backlog per uplink: a count over the outbox, whose cost grows with it,
+ * so every BACKLOG_EVERY_MS, at once when an uplink's state changed (the
+ * banner's number), and when alarms changed at most once a second. */
+static void backlog_refresh(struct console *con, json_t *ups)
+{
+	int64_t now = cgw_mono_ms();
+	json_t *u, *o;
+	size_t i, k;
+	char conn[64] = "";
+
+	json_array_foreach(ups, i, u)
+	{
+		if (i < sizeof(conn) - 1)
+			conn[i] = json_is_true(json_object_get(u, "connected")) ? '1' : '0';
+	}
+	/* an alarm changed: the outbox did too (at most once a second) */
+	if (con->dirty)
+		con->backlog_stale = true;
+	bool news = con->backlog_stale && now >= con->backlog_due_ms - BACKLOG_EVERY_MS + 1000;
+	if (con->backlog && now < con->backlog_due_ms && !news && !strcmp(conn, con->backlog_conn))
+		return;
+	json_t *q = core_queue_json(con->core), *b = json_object();
+	json_array_foreach(q, k, o)
+	{
+		const char *key;
+		json_t *lane;
+		json_int_t n = 0;
+		json_object_foreach(json_object_get(o, "lanes"), key, lane)
+			n += json_integer_value(json_object_get(lane, "depth"));
+		const char *name = json_string_value(json_object_get(o, "uplink"));
+		if (name)
+			json_object_set_new(b, name, json_integer(n));
+	}
+	json_decref(q);
+	json_decref(con->backlog);
+	con->backlog = b;
+	con->backlog_due_ms = now + BACKLOG_EVERY_MS;
+	con->backlog_stale = false;
+	snprintf(con->backlog_conn, sizeof(con->backlog_conn), "%s", conn);
+}
+
 static json_t *board_json(struct console *con)
 {
 	const struct cgw_config *cfg = core_config(con->core);
-	json_t *alarms = core_alarms_json(con->core), *st = core_status_json(con->core);
-	json_t *ups = json_array(), *a, *u, *o;
-	size_t i, k;
+	json_t *alarms = core_alarms_json(con->core), *ups = core_uplinks_json(con->core);
+	json_t *a, *u;
+	size_t i;
 	char where[256];
 
 	json_array_foreach(alarms, i, a)
@@ -485,30 +533,15 @@ static json_t *board_json(struct console *con)
 		if (b)
 			json_object_set_new(a, "building", json_string(b));
 	}
-	json_array_foreach(json_object_get(st, "uplinks"), i, u)
+	backlog_refresh(con, ups);
+	json_array_foreach(ups, i, u)
 	{
-		json_int_t backlog = 0;
 		const char *name = json_string_value(json_object_get(u, "name"));
-		json_array_foreach(json_object_get(st, "outbox"), k, o)
-		{
-			const char *key;
-			json_t *lane;
-			if (!name ||
-			    strcmp(name, json_string_value(json_object_get(o, "uplink")) ?: ""))
-				continue;
-			json_object_foreach(json_object_get(o, "lanes"), key, lane)
-				backlog += json_integer_value(json_object_get(lane, "depth"));
-		}
-		json_array_append_new(
-			ups,
-			json_pack("{s:s,s:O,s:O,s:I}", "name", name ? name : "", "connected",
-				  json_object_get(u, "connected") ?: json_false(), "since",
-				  json_object_get(u, "since") ?: json_null(), "backlog", backlog));
+		json_t *n = name ? json_object_get(con->backlog, name) : NULL;
+		json_object_set_new(u, "backlog", json_integer(n ? json_integer_value(n) : 0));
 	}
-	o = json_pack("{s:s,s:s,s:o,s:o}", "gateway", cfg->gateway.id, "site", cfg->gateway.site,
-		      "alarms", alarms, "uplinks", ups);
-	json_decref(st);
-	return o;
+	return json_pack("{s:s,s:s,s:o,s:o}", "gateway", cfg->gateway.id, "site", cfg->gateway.site,
+			 "alarms", alarms, "uplinks", ups);
 }
 
 /* ---- event streams -------------------------------------------------------------------- */
@@ -571,6 +604,23 @@ static void on_tick(struct loop *l, struct loop_timer *t, void *arg)
 	char beat[96];
 
 	(void)l;
+	/* a page open on the board keeps its session alive; a session that
+	 * ended (logout, account deleted) ends its streams */
+	if (con->streams)
+		users_reload(con);
+	for (struct stream *s = con->streams; s; s = s->next) {
+		if (s->session->token[0] && !user_find(con, s->session->user))
+			memset(s->session, 0, sizeof(*s->session));
+		if (strcmp(s->session->token, s->token)) {
+			s->dead = true;
+			if (s->suspended) {
+				s->suspended = false;
+				MHD_resume_connection(s->conn);
+			}
+		} else {
+			s->session->seen_ms = now;
+		}
+	}
 	if (con->streams) {
 		char *ev = state_event(con);
 		if (ev && (!con->last_state || strcmp(ev, con->last_state))) {
@@ -640,7 +690,8 @@ static void stream_free(void *cls)
 	free(s);
 }
 
-static enum MHD_Result open_stream(struct console *con, struct MHD_Connection *conn)
+static enum MHD_Result open_stream(struct console *con, struct MHD_Connection *conn,
+				   struct session *sess)
 {
 	struct MHD_Response *r;
 	struct stream *s;
@@ -654,6 +705,8 @@ static enum MHD_Result open_stream(struct console *con, struct MHD_Connection *c
 		return MHD_NO;
 	s->con = con;
 	s->conn = conn;
+	s->session = sess;
+	memcpy(s->token, sess->token, sizeof(s->token));
 	stream_push(s, "retry: 1000\n\n");
 	ev = state_event(con);
 	if (ev) {
@@ -1171,7 +1224,7 @@ static enum MHD_Result get(struct console *con, struct req *rq, const char *url)
 	if (!strncmp(url, "/api/", 5) && !s)
 		return send_error(con, conn, MHD_HTTP_UNAUTHORIZED, "not signed in");
 	if (!strcmp(url, "/api/events"))
-		return open_stream(con, conn);
+		return open_stream(con, conn, s);
 	if (!strcmp(url, "/api/board"))
 		return send_json(con, conn, 200, board_json(con), NULL);
 	if (!strcmp(url, "/api/devices"))
@@ -1498,6 +1551,7 @@ void console_close(struct console *con)
 	loop_timer_free(con->timer);
 	loop_timer_free(con->tick);
 	free(con->last_state);
+	json_decref(con->backlog);
 	explicit_bzero(con->sessions, sizeof(con->sessions));
 	free(con);
 }

@@ -2457,3 +2457,18 @@ struct store *core_store(struct core *c)
 {
 	return c->store;
 }
+
+json_t *core_uplinks_json(struct core *c)
+{
+	json_t *ups = json_array();
+
+	for (size_t i = 0; i < c->n_uplinks; i++) {
+		struct uplink_status us;
+		if (!c->uplinks[i])
+			continue;
+		c->uplink_ops[i]->status(c->uplinks[i], &us);
+		json_array_append_new(ups, json_pack("{s:s,s:b,s:I}", "name", us.name, "connected",
+						     us.connected, "since", (json_int_t)us.since_ms));
+	}
+	return ups;
+}

@@ -103,6 +103,9 @@ json_t *core_queue_json(struct core *c);   /* outbox depth and oldest age per up
  * that one, else all. 0, or a negative errno (-ENOENT: no such dead letter;
  * -ENODEV: its uplink is gone). */
 int core_dead_letter_replay(struct core *c, int64_t id, uint64_t *replayed, uint64_t *skipped);
+
+/* Only name, connected and since of each uplink: no store query, cheap. */
+json_t *core_uplinks_json(struct core *c);
 /* Shelve or unshelve a device's alarms (maintenance), persisted at once.
  * -ENOENT unknown device, -EALREADY. */
 int core_shelve(struct core *c, const char *device, bool shelve, const char *by);

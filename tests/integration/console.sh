@@ -142,6 +142,17 @@ check "the session cookie is refused after logout" test "$(code -b "$ij" "$URL/a
 check "a cookie this gateway never gave (another gateway's) is refused" \
 	test "$(code -H "Cookie: cgw_session=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$URL/api/board")" = 401
 
+# a deleted account: its session and its live page end at once
+echo 'temp-pass-1' | "$CTL" user add temp1 duty -c "$TMP/cgw.yaml"
+check "temp1 signs in" test "$(login "$TMP/jt" temp1 temp-pass-1)" = 200
+bg_start curl -s -N -b "$TMP/jt" "$URL/api/events" -o "$TMP/events.txt"
+EV_PID=$BG_PID
+check "the live stream sends the board and a heartbeat every 2 s" \
+	wait_for 5 bash -c "grep -q '^event: state' '$TMP/events.txt' && [ \$(grep -c '^event: beat' '$TMP/events.txt') -ge 2 ]"
+"$CTL" user del temp1 -c "$TMP/cgw.yaml"
+check "deleting the account ends its live stream" wait_for 5 bash -c "! kill -0 $EV_PID"
+check "and its session" test "$(code -b "$TMP/jt" "$URL/api/board")" = 401
+
 # rate limit, from another loopback address so that the browser is not locked out
 for i in 1 2 3 4 5; do login "$TMP/jr" duty1 wrong-$i --interface 127.0.0.2 >/dev/null; done
 check "after 5 wrong passwords the address is locked out, even with the right one" \
