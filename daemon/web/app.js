@@ -158,7 +158,7 @@ async function loadDevices() {
   $('dev-rows').replaceChildren(...devs.filter((d) => (!b || d.building === b) && (!bus || d.bus === bus)).map((d) => {
     const c = d.counters || {};
     const errs = (c.timeouts || 0) + (c.exceptions || 0) + (c.crc_errors || 0) + (c.conn_errors || 0) + (c.bad_payloads || 0);
-    const tools = el('td', {class: 'inst'});
+    const tools = el('td', {class: 'inst'}, el('button', {class: 'hist', onclick: () => deviceHistory(d)}, '报警记录'));
     if (inst) {
       tools.append(el('button', {onclick: () => shelve(d, !d.shelved)}, d.shelved ? '解除搁置' : '搁置'));
       for (const p of d.writable) tools.append(el('button', {onclick: () => writePoint(d, p)}, '写 ' + p));
@@ -187,6 +187,13 @@ async function writePoint(d, p) {
   const r = await api('/api/write', {device: d.id, point: p, value: v});
   alert(r.status === 200 ? '写入成功' : '写入失败：' + (r.body.detail || r.body.error || r.status));
   loadDevices();
+}
+
+function deviceHistory(d) {
+  const f = $('hist-form');
+  f.reset();
+  f.elements.device.value = d.id;
+  show('history');
 }
 
 // ---- history ----

@@ -107,9 +107,16 @@ async function until(ms, fn, what) {
     await step('the devices page lists the devices with their points', () =>
       page.locator('#dev-rows tr', {hasText: '3号楼微型消防站'}).locator('text=hydrant_pressure = 0.35').waitFor({timeout: 5000}));
     await step('a duty user is offered no installer tools', async () => {
-      if (await page.locator('#dev-rows button').count()) throw new Error('tools shown to duty');
+      if (await page.locator('#dev-rows button:not(.hist)').count()) throw new Error('tools shown to duty');
     });
     await page.screenshot({path: env.SHOTS + '/devices.png'});
+    await page.locator('#dev-rows tr', {hasText: '3号楼微型消防站'}).locator('button.hist').click();
+    await step("a device's recent alarms, from its row", () => until(3000, async () => {
+      const rows = await page.locator('#hist-rows tr').allInnerTexts();
+      return rows.length > 0 && rows.every((r) => r.includes('station-b3')) && rows.some((r) => r.includes('手动报警按钮动作'));
+    }, 'the station\'s history'));
+    await page.fill('#hist-form input[name=device]', '');
+    await page.click('#hist-form button');
     await page.click('#tabs button[data-tab=history]');
     await step('the history shows raise and acknowledgement with who', async () => {
       await page.locator('#hist-rows tr', {hasText: 'console:duty1'}).first().waitFor({timeout: 5000});
