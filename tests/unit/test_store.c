@@ -1357,7 +1357,9 @@ static void test_command_ids_migration(void **state)
 	struct store_cmdid first;
 
 	store_close(s);
-	raw_exec(f->path, "DROP TABLE command_ids; PRAGMA user_version = 1;"
+	/* a v1 store had neither table */
+	raw_exec(f->path, "DROP TABLE command_ids; DROP TABLE alarm_history;"
+			  " PRAGMA user_version = 1;"
 			  "INSERT INTO audit(ts_ms, source, device, command_id, action, result)"
 			  " VALUES(7, 'mqtt:p', 'pump', 'w-old', 'write', 'ok'),"
 			  " (8, 'mqtt:p', 'pump', 'x-old', 'format', 'rejected')");
