@@ -138,6 +138,40 @@ async function until(ms, fn, what) {
     });
     await page.click('#tabs button[data-tab=board]');
 
+    // an installer, in a second browser context: shelves a device, writes a point
+    const ctx2 = await browser.newContext({viewport: {width: 1100, height: 700}, locale: 'zh-CN'});
+    const inst = await ctx2.newPage();
+    const dialogs = [];
+    inst.on('dialog', (d) => { dialogs.push(d.message()); d.type() === 'prompt' ? d.accept('false') : d.accept(); });
+    await inst.goto(env.URL);
+    await inst.fill('input[name=user]', 'inst1');
+    await inst.fill('input[name=password]', 'inst-pass-1');
+    await inst.click('#login-form button');
+    await inst.waitForSelector('#board', {state: 'visible', timeout: 5000});
+    await inst.click('#tabs button[data-tab=devices]');
+    const smoke = inst.locator('#dev-rows tr', {hasText: '3号楼3层东侧楼梯间烟感'});
+    await smoke.locator('button', {hasText: '搁置'}).click();
+    await step('an installer shelves a device (after confirming)', async () => {
+      await inst.locator('#dev-rows tr', {hasText: '3号楼3层东侧楼梯间烟感'}).locator('text=搁置中').waitFor({timeout: 5000});
+      if (!dialogs.some((m) => m.includes('搁置'))) throw new Error('no confirmation asked');
+    });
+    await step('its fire alarm stays on the duty board, not shelved (fire alarms never are)', async () => {
+      await page.waitForTimeout(2500);
+      const t = await page.locator('#alarms li', {hasText: '烟感报警'}).innerText();
+      if (t.includes('已搁置')) throw new Error(t);
+    });
+    await inst.screenshot({path: env.SHOTS + '/devices-installer.png'});
+    const station = inst.locator('#dev-rows tr', {hasText: '3号楼微型消防站'});
+    await station.locator('button', {hasText: '写 pump_start'}).click();
+    await step('an installer writes a point: value asked, confirmed, the device answers', async () => {
+      await until(5000, () => dialogs.some((m) => m.includes('写入成功')), 'written');
+      if (!dialogs.some((m) => m.startsWith('确认将'))) throw new Error('no confirmation asked: ' + dialogs.join(' | '));
+      if (sim('get station-b3 pump_start') !== 'false') throw new Error('device has ' + sim('get station-b3 pump_start'));
+    });
+    await step('and reads it back on the devices page', () =>
+      inst.locator('#dev-rows tr', {hasText: '3号楼微型消防站'}).locator('text=pump_start = false').waitFor({timeout: 5000}));
+    await ctx2.close();
+
     // the gateway stops answering
     sh(env.HANG_CGWD);
     let t1 = Date.now();
