@@ -189,6 +189,13 @@ if wait_for 10 port_open "$tp"; then
 	check "a session cookie of another gateway is refused" \
 		test "$(code -H "Cookie: cgw_session=$ttok" "http://127.0.0.1:$wp/api/board")" = 401
 	URL=http://127.0.0.1:$wp
+	# reload: off closes the listener, on opens it again
+	sed -i 's/console: {enabled: true/console: {enabled: false/' "$TMP/tls/cgw.yaml"
+	kill -HUP "$TLS_PID"
+	check "reload with the console disabled closes it" wait_for 10 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$tp) 2>/dev/null"
+	sed -i 's/console: {enabled: false/console: {enabled: true/' "$TMP/tls/cgw.yaml"
+	kill -HUP "$TLS_PID"
+	check "reload with it enabled opens it again" wait_for 10 port_open "$tp"
 else
 	not_ok "TLS: the console listens"
 	sed 's/^/# /' "$TMP/tls/cgwd.log"
