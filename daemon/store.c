@@ -186,12 +186,13 @@ static const char *const migrations[] = {
 	"INSERT OR IGNORE INTO command_ids(source, command_id, ts_ms, kept, result, detail)"
 	" SELECT source, command_id, ts_ms, coalesce(result, '') <> 'rejected', result, detail"
 	" FROM audit;",
-	/* v2 -> v3: the local alarm history (console) */
+	/* v2 -> v3: the local alarm history (console). No index: the table is
+	 * bounded (STORE_HISTORY_KEEP) and read newest first by rowid, and
+	 * every page counts against a small store's cap. */
 	"CREATE TABLE alarm_history(id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL,"
 	" alarm_id TEXT NOT NULL, device TEXT NOT NULL, building TEXT, rule TEXT NOT NULL,"
 	" event TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL, by_who TEXT,"
-	" message TEXT);"
-	"CREATE INDEX alarm_history_ts ON alarm_history(ts_ms);",
+	" message TEXT);",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(N_MIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
