@@ -34,7 +34,7 @@
 #define MAX_LIMITS 256
 #define STREAM_BUF_MAX (512 * 1024)
 #define CONN_MEMORY (32 * 1024)
-#define CONN_TIMEOUT_S 60
+#define CONN_TIMEOUT_S 15 /* idle; live pages are never idle (a beat every 2 s) */
 #define HISTORY_PAGE 500
 #define HISTORY_CSV_MAX STORE_HISTORY_KEEP
 #define BACKLOG_EVERY_MS 10000
