@@ -59,7 +59,7 @@ DEPS_BUILD := gcc make pkg-config libmosquitto-dev libmodbus-dev libsqlite3-dev 
               libcurl4-openssl-dev libfyaml-dev libjansson-dev libsystemd-dev libmicrohttpd-dev \
               libssl-dev libcrypt-dev
 DEPS_RUN   := mosquitto mosquitto-clients
-DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl python3-pymodbus chromium nodejs fonts-wqy-microhei
+DEPS_TEST  := libcmocka-dev socat sqlite3 systemd openssl procps iproute2 curl python3-pymodbus python3-jsonschema chromium nodejs fonts-wqy-microhei
 # npm for the browser tests' playwright-core: Debian's package, unless the
 # nodejs installed already brings its own (nodesource's conflicts with it)
 DEPS_TEST  += $(if $(shell command -v npm 2>/dev/null),,npm)
@@ -209,6 +209,8 @@ install: $(B)/cgwd $(if $(wildcard daemon/cgwctl.c),$(B)/cgwctl)
 	install -m 0644 config/profiles/*.yaml $(DESTDIR)$(DATADIR)/profiles/
 	for f in $(DOC_FILES); do $(SUBST) $$f > $(DESTDIR)$(DOCDIR)/$${f##*/} && chmod 0644 $(DESTDIR)$(DOCDIR)/$${f##*/}; done
 	[ ! -d docs/schema ] || cp -R docs/schema $(DESTDIR)$(DOCDIR)/
+	install -d $(DESTDIR)$(DOCDIR)/schema
+	install -m 0644 schema/*.json schema/asyncapi.yaml $(DESTDIR)$(DOCDIR)/schema/
 	$(SUBST) config/cgw.yaml > $(DESTDIR)$(DOCDIR)/examples/cgw.yaml
 	install -m 0644 config/demo/*.yaml $(DESTDIR)$(DOCDIR)/examples/demo/
 	chmod 0644 $(DESTDIR)$(DOCDIR)/examples/cgw.yaml

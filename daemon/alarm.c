@@ -23,8 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #define NOPOS UINT32_MAX
 #define VALUE_MAX 256 /* longest string value kept for messages */
 #define CHATTER_RING (ALARM_CHATTER_TOGGLES + 1)
@@ -34,6 +32,7 @@
 static const char NOTE_RESTORED[] = "condition ended while cgwd was not running";
 static const char NOTE_SHELVED_FIRE[] = "device shelved; fire alarms are never suppressed";
 static const char OFFLINE_TEMPLATE[] = "{name} 通信中断";
+static const char OFFLINE_CLEAR_TEMPLATE[] = "{name} 通信恢复";
 
 /* An equals / not_equals / unless comparison, resolved against its point. */
 struct cmp {
@@ -49,6 +48,7 @@ struct crule {
 	uint32_t pt_idx;
 	const char *name;
 	const char *tmpl;
+	const char *clear_tmpl; /* NULL: tmpl followed by CLEARED */
 	int op;
 	double thr, deadband;
 	uint64_t bit;
@@ -195,7 +195,7 @@ static bool bits_of(const struct cgw_value *v, uint64_t *u)
 	return true;
 }
 
-static const char *enum_label(const struct cfg_point *pt, const struct cgw_value *v)
+const char *alarm_enum_label(const struct cfg_point *pt, const struct cgw_value *v)
 {
 	int64_t k;
 
@@ -364,7 +364,7 @@ size_t alarm_format_value(const struct cfg_point *pt, const struct cgw_value *v,
 	out[0] = '\0';
 	if (!v)
 		return 0;
-	if (pt && pt->n_enums && (label = enum_label(pt, v)) != NULL) {
+	if (pt && pt->n_enums && (label = alarm_enum_label(pt, v)) != NULL) {
 		sb_str(&b, label);
 		return b.len;
 	}
@@ -515,6 +515,7 @@ static int cprofile_build(struct cprofile *cp, const struct cfg_profile *pr)
 		cr->a = a;
 		cr->name = a->name;
 		cr->tmpl = a->message ? a->message : "{name} {alarm}";
+		cr->clear_tmpl = a->clear_message;
 		cr->pt = a->point_idx < np ? &pr->points[a->point_idx] : NULL;
 		cr->pt_idx = (uint32_t)a->point_idx;
 		cr->op = a->op;
@@ -541,6 +542,7 @@ static int cprofile_build(struct cprofile *cp, const struct cfg_profile *pr)
 	struct crule *off = &cp->rules[nr];
 	off->name = "offline";
 	off->tmpl = OFFLINE_TEMPLATE;
+	off->clear_tmpl = OFFLINE_CLEAR_TEMPLATE;
 	off->severity = CFG_SEV_MAJOR;
 
 	/* CSR: count, prefix sum, fill */
@@ -832,6 +834,48 @@ static void fill_change(const struct alarm_engine *e, const struct slot *s, stru
 	c->message = msg;
 }
 
+/* Every event reads right on its own: a clear says that the condition
+ * cleared (the rule's clear_message, or the raise text followed by 已恢复),
+ * an acknowledgement or a shelving says so; never the bare raise text again. */
+static void event_message(const struct alarm_engine *e, const struct slot *s, const char *event,
+			  char *msg, size_t size)
+{
+	const struct crule *cr = slot_rule(e, s);
+	const char *suffix = NULL;
+	size_t n, k;
+
+	if (!strcmp(event, "cleared")) {
+		if (cr->clear_tmpl) {
+			alarm_render(e->cfg, s->dev,
+				     (size_t)s->rule < e->devs[s->dev].cp->n_rules ?
+					     s->rule :
+					     ALARM_OFFLINE_RULE,
+				     cr->clear_tmpl, slot_value(e, s), msg, size);
+			return;
+		}
+		suffix = ALARM_TEXT_CLEARED;
+	} else if (!strcmp(event, "acknowledged")) {
+		suffix = ALARM_TEXT_ACKED;
+	} else if (!strcmp(event, "shelved")) {
+		suffix = ALARM_TEXT_SHELVED;
+	} else if (!strcmp(event, "unshelved")) {
+		suffix = ALARM_TEXT_UNSHELVED;
+	}
+	if (!suffix)
+		return;
+	n = strlen(msg);
+	k = strlen(suffix);
+	if (k + 1 >= size)
+		return;
+	if (n + k + 1 > size) {
+		/* make room on a UTF-8 character boundary */
+		n = size - k - 1;
+		while (n > 0 && ((unsigned char)msg[n] & 0xC0) == 0x80)
+			n--;
+	}
+	memcpy(msg + n, suffix, k + 1);
+}
+
 static void emit(struct alarm_engine *e, struct slot *s, const char *event, int64_t wall,
 		 const char *by, const char *note, bool suppressed)
 {
@@ -839,6 +883,7 @@ static void emit(struct alarm_engine *e, struct slot *s, const char *event, int6
 	struct alarm_change c;
 
 	fill_change(e, s, &c, e->msg, sizeof(e->msg));
+	event_message(e, s, event, e->msg, sizeof(e->msg));
 	c.event = event;
 	c.ts_ms = wall;
 	c.by = by;
@@ -1444,107 +1489,4 @@ int alarm_state_from_name(const char *name)
 		if (!strcmp(name, state_names[i]))
 			return i;
 	return -1;
-}
-
-/* ---- JSON ----------------------------------------------------------------------- */
-
-/* A JSON string even from bytes that are not UTF-8 (they become '?'). */
-static json_t *jstr(const char *s)
-{
-	json_t *j;
-	char *c;
-
-	if (!s)
-		return json_null();
-	j = json_string(s);
-	if (j)
-		return j;
-	c = strdup(s);
-	if (!c)
-		return NULL;
-	for (unsigned char *p = (unsigned char *)c; *p; p++)
-		if (*p >= 0x80)
-			*p = '?';
-	j = json_string(c);
-	free(c);
-	return j;
-}
-
-static json_t *jvalue(const struct cfg_point *pt, const struct cgw_value *v)
-{
-	const char *label;
-	char num[48];
-
-	if (!v)
-		return json_null();
-	if (pt && pt->n_enums && (label = enum_label(pt, v)) != NULL)
-		return jstr(label);
-	switch (v->type) {
-	case CGW_V_BOOL:
-		return json_boolean(v->b);
-	case CGW_V_INT:
-		return json_integer((json_int_t)v->i);
-	case CGW_V_UINT:
-		return v->u <= INT64_MAX ? json_integer((json_int_t)v->u) : json_real((double)v->u);
-	case CGW_V_DOUBLE:
-		if (!isfinite(v->d))
-			return json_null();
-		/* the same digits as the message: 57.3, not 57.300000000000004 */
-		fmt_double(v->d, pt && pt->type == CGW_T_FLOAT32, num, sizeof(num));
-		return json_real(strtod(num, NULL));
-	case CGW_V_STRING:
-		return jstr(v->s);
-	default:
-		return json_null();
-	}
-}
-
-char *alarm_change_json(const struct cgw_config *cfg, const struct alarm_change *c)
-{
-	const struct cfg_device *d;
-	const struct cfg_profile *pr;
-	json_t *o, *loc;
-	char *out = NULL;
-	int err = 0;
-
-	if (!cfg || !c || c->device >= cfg->n_devices)
-		return NULL;
-	d = &cfg->devices[c->device];
-	pr = cfg_device_profile(cfg, d);
-	o = json_object();
-	loc = json_object();
-	if (!o || !loc) {
-		json_decref(o);
-		json_decref(loc);
-		return NULL;
-	}
-	for (size_t i = 0; i < d->n_location; i++)
-		err |= json_object_set_new(loc, d->location[i].key, jstr(d->location[i].value));
-	err |= json_object_set_new(o, "ts", json_integer(c->ts_ms));
-	err |= json_object_set_new(o, "device", jstr(d->id));
-	err |= json_object_set_new(o, "name", jstr(d->name));
-	err |= json_object_set_new(o, "alarm", jstr(c->rule_name));
-	err |= json_object_set_new(o, "alarm_id", jstr(c->alarm_id));
-	err |= json_object_set_new(o, "event", jstr(c->event));
-	err |= json_object_set_new(o, "state",
-				   jstr(c->shelved ? "shelved" : alarm_state_name(c->state)));
-	err |= json_object_set_new(o, "severity", jstr(cfg_severity_name(c->severity)));
-	err |= json_object_set_new(o, "value", jvalue(rule_point(pr, c->rule), c->value));
-	err |= json_object_set_new(o, "location", loc);
-	err |= json_object_set_new(o, "message", jstr(c->message ? c->message : ""));
-	err |= json_object_set_new(o, "raised_at", json_integer(c->raised_at_ms));
-	if (c->by)
-		err |= json_object_set_new(o, "by", jstr(c->by));
-	if (c->note)
-		err |= json_object_set_new(o, "note", jstr(c->note));
-	if (c->chattering) {
-		err |= json_object_set_new(o, "chattering", json_true());
-		err |= json_object_set_new(o, "chatter_count", json_integer(c->chatter_count));
-	}
-	if (c->flood)
-		err |= json_object_set_new(o, "flood", json_true());
-	if (!err)
-		out = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
-	json_decref(o);
-	return out;
 }

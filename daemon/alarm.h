@@ -6,7 +6,11 @@
  *   wall_ms  ms since the epoch, goes into messages (ts, raised_at, alarm_id);
  *   mono_ms  CLOCK_MONOTONIC ms, the only clock used for delays and windows.
  * Every change of an alarm is reported once through the emit callback; the
- * core persists it (store_alarm_put / _delete) and enqueues the message.
+ * core persists it (store_alarm_put / _delete) and hands it to the wire
+ * module (wire_alarm()), which renders the message. The change's `message`
+ * says in words what happened: the rule's message for a raise, its
+ * clear_message (default: the message followed by 已恢复) for a clear, the
+ * message followed by 已确认 / 已屏蔽 / 已解除屏蔽 for the others.
  *
  * States (per device and rule, plus the implicit `offline` rule per device):
  *   normal -> active-unacked            condition held for on_delay (raised)
@@ -77,6 +81,12 @@
 #define ALARM_FLOOD_END 5             /* ... ends when fewer than this ... */
 #define ALARM_FLOOD_WINDOW_MS 600000  /* ... within this window */
 #define ALARM_MESSAGE_MAX 1024        /* rendered message, bytes with the NUL */
+/* What follows the raise text when a rule has no clear_message, and for the
+ * other events (the message then says in words what happened). */
+#define ALARM_TEXT_CLEARED " 已恢复"
+#define ALARM_TEXT_ACKED " 已确认"
+#define ALARM_TEXT_SHELVED " 已屏蔽"
+#define ALARM_TEXT_UNSHELVED " 已解除屏蔽"
 
 /* The state without shelving (shelving is a flag on top). */
 enum alarm_state { ALARM_NORMAL, ALARM_ACTIVE_UNACKED, ALARM_ACTIVE_ACKED, ALARM_CLEARED_UNACKED };
@@ -193,18 +203,14 @@ void alarm_foreach(const struct alarm_engine *e,
 const char *alarm_state_name(enum alarm_state s);
 int alarm_state_from_name(const char *name); /* -1 if unknown */
 
-/* The SPEC alarm payload, malloc'd, NULL on ENOMEM. Without "id": the uplink
- * adds it. Fields: ts device name alarm alarm_id event state severity value
- * location message raised_at, and by note chattering chatter_count flood when
- * set. "state" is "shelved" when c->shelved. */
-char *alarm_change_json(const struct cgw_config *cfg, const struct alarm_change *c);
-
 /* Render a message template for device dev and rule (ALARM_OFFLINE_RULE too):
  * {name} {device} {alarm} {value} {unit} {location.KEY}; anything else in
  * braces is copied as is. Always NUL-terminates; truncates on a UTF-8
  * character boundary. Returns the length written. */
 size_t alarm_render(const struct cgw_config *cfg, uint32_t dev, int rule, const char *tmpl,
 		    const struct cgw_value *v, char *out, size_t size);
+/* The enum word of v on an enum point (strings as they are), or NULL. */
+const char *alarm_enum_label(const struct cfg_point *pt, const struct cgw_value *v);
 /* The value as text: the enum word of an enum point, numbers compactly (57.3,
  * 0.12), true/false. Returns the length written. */
 size_t alarm_format_value(const struct cfg_point *pt, const struct cgw_value *v, char *out,

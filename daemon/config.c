@@ -32,6 +32,7 @@
 #include "json_path.h"
 #include "metrics.h"
 #include "modbus_decode.h"
+#include "wire.h"
 
 #ifndef CGW_DATADIR
 #define CGW_DATADIR "/usr/local/share/cgw"
@@ -1030,6 +1031,8 @@ static const struct key alarm_keys[] = {
 	 "critical, major, minor or warning"},
 	{"message", K_STR, OFF(struct cfg_alarm, message), "{name} {alarm}", 0, 0, 0, NULL, NULL,
 	 "text template: {name} {alarm} {value} {unit} {location.KEY}"},
+	{"clear_message", K_STR, OFF(struct cfg_alarm, clear_message), NULL, 0, 0, 0, NULL, NULL,
+	 "text template of the clear (default: the message followed by 已恢复)"},
 	{"latch", K_BOOL, OFF(struct cfg_alarm, latch), "false", 0, 0, 0, NULL, NULL,
 	 "stays active until acknowledged, even after the condition ends"},
 	{"unless", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, custom_unless,
@@ -1957,14 +1960,11 @@ static char *shipped_profiles_dir(void)
 	return strdup(CGW_DATADIR "/profiles");
 }
 
+/* Names that go into topics, message ids and file names: the wire module's
+ * rule. */
 static bool valid_name(const char *s)
 {
-	if (!*s || strlen(s) > 64)
-		return false;
-	for (; *s; s++)
-		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')
-			return false;
-	return true;
+	return wire_id_valid(s);
 }
 
 /* The closest profile name on disk, for "did you mean". */
@@ -3046,6 +3046,13 @@ static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 		       u->name);
 		nerr++;
 	}
+	if (u->type == CFG_UPLINK_MQTT && u->topic_prefix &&
+	    mosquitto_pub_topic_check(u->topic_prefix) != MOSQ_ERR_SUCCESS) {
+		err_at(ld, o->file, key_line(&uplink_tab, o, "topic_prefix"),
+		       "uplink '%s': topic_prefix '%s': no wildcards (+ #) in a topic prefix",
+		       u->name, u->topic_prefix);
+		nerr++;
+	}
 	if (!u->client_id && ld->cfg->gateway.id)
 		u->client_id = strdup(ld->cfg->gateway.id);
 	nerr += check_files(ld, &uplink_tab, u, &u->o);
@@ -3324,6 +3331,13 @@ static int check_all(struct loader *ld)
 		err_at(ld, cfg->gateway.o.file, key_line(&gateway_tab, &cfg->gateway.o, "id"),
 		       "gateway id '%s': use letters, digits, '-', '_' and '.' only",
 		       cfg->gateway.id);
+		nerr++;
+	}
+	if (ld->seen_gateway && cfg->gateway.site && !valid_name(cfg->gateway.site)) {
+		err_at(ld, cfg->gateway.o.file, key_line(&gateway_tab, &cfg->gateway.o, "site"),
+		       "gateway site '%s': use letters, digits, '-', '_' and '.' only (it goes into "
+		       "topics)",
+		       cfg->gateway.site);
 		nerr++;
 	}
 	nerr += check_unique(ld, "uplink", &uplink_tab, cfg->uplinks, cfg->n_uplinks,

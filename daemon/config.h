@@ -119,6 +119,7 @@ struct cfg_alarm {
 	int64_t poll_ms; /* 0, or the rule's point is read at least this often */
 	int severity;    /* enum cfg_severity */
 	char *message;
+	char *clear_message; /* NULL: the message followed by 已恢复 */
 	bool latch;
 	struct cfg_unless *unless;
 	size_t n_unless;

@@ -11,7 +11,7 @@
 /* A new field must be compared below: update the comparison, then the size. */
 _Static_assert(sizeof(struct cfg_point) == 400, "cfg_point changed: compare it");
 _Static_assert(sizeof(struct cfg_unless) == 256, "cfg_unless changed: compare it");
-_Static_assert(sizeof(struct cfg_alarm) == 352, "cfg_alarm changed: compare it");
+_Static_assert(sizeof(struct cfg_alarm) == 360, "cfg_alarm changed: compare it");
 _Static_assert(sizeof(struct cfg_profile) == 280, "cfg_profile changed: compare it");
 _Static_assert(sizeof(struct cfg_bus) == 512, "cfg_bus changed: compare it");
 _Static_assert(sizeof(struct cfg_device) == 352, "cfg_device changed: compare it");
@@ -89,7 +89,8 @@ static bool alarm_eq(const struct cfg_alarm *a, const struct cfg_alarm *b)
 	    a->bit != b->bit || !dbl_eq(a->deadband, b->deadband) ||
 	    a->on_delay_ms != b->on_delay_ms || a->off_delay_ms != b->off_delay_ms ||
 	    a->poll_ms != b->poll_ms || a->severity != b->severity ||
-	    !str_eq(a->message, b->message) || a->latch != b->latch || a->n_unless != b->n_unless)
+	    !str_eq(a->message, b->message) || !str_eq(a->clear_message, b->clear_message) ||
+	    a->latch != b->latch || a->n_unless != b->n_unless)
 		return false;
 	for (size_t i = 0; i < a->n_unless; i++)
 		if (!unless_eq(&a->unless[i], &b->unless[i]))

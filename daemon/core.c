@@ -34,6 +34,7 @@
 #include "queue.h"
 #include "store.h"
 #include "uplink.h"
+#include "wire.h"
 
 #define QUEUE_CAPACITY 65536
 #define POP_BATCH 512
@@ -71,9 +72,10 @@ struct uplink_rt {
 
 /* Per device of the running configuration. */
 struct dev_rt {
-	uint32_t local; /* its index in its driver's configuration (writes, stats) */
-	int8_t online;  /* the state last reported to the platform; -1 none yet */
-	bool adopted;   /* reload: alarm state carried over from the old engine */
+	uint32_t local;   /* its index in its driver's configuration (writes, stats) */
+	int8_t online;    /* the state last reported to the platform; -1 none yet */
+	int64_t since_ms; /* since when (re-sent at every connect and at a rebirth) */
+	bool adopted;     /* reload: alarm state carried over from the old engine */
 };
 
 #define MAX_PENDING_COMMISSIONS 16
@@ -240,69 +242,24 @@ static void watch_store(struct core *c)
 		(unsigned long long)(ss.alarms_in_memory_total - c->mem_at_start));
 }
 
-/* The same, from a JSON object (consumed). */
-static int emit(struct core *c, enum cgw_lane lane, const char *device, const char *topic,
-		int64_t ts_ms, json_t *obj)
+/* Stores a message rendered by the wire module (cleared here). */
+static int emit(struct core *c, int r, struct wire_msg *m)
 {
-	char *payload = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
-	int r;
-
-	json_decref(obj);
-	if (!payload)
-		return -ENOMEM;
-	r = emit_text(c, lane, device, topic, ts_ms, payload);
-	free(payload);
+	if (r == 0)
+		r = emit_text(c, m->lane, m->device, m->topic, m->ts_ms, m->payload);
+	wire_msg_clear(m);
 	return r;
-}
-
-static json_t *core_value_json(const struct cfg_point *pt, const struct cgw_value *v)
-{
-	switch (v->type) {
-	case CGW_V_NONE:
-		return json_null();
-	case CGW_V_BOOL:
-		return json_boolean(v->b);
-	case CGW_V_INT:
-	case CGW_V_UINT: {
-		int64_t raw = v->type == CGW_V_INT ? v->i : (int64_t)v->u;
-		for (size_t i = 0; pt && i < pt->n_enums; i++)
-			if (pt->enums[i].key == raw)
-				return json_string(pt->enums[i].label);
-		return v->type == CGW_V_INT ? json_integer(v->i) : json_integer((json_int_t)v->u);
-	}
-	case CGW_V_DOUBLE:
-		return json_real(v->d);
-	case CGW_V_STRING:
-		return json_string(v->s);
-	}
-	return json_null();
-}
-
-/* The one place the telemetry payload is built. Takes values and quality. */
-static json_t *telemetry_json(const struct cfg_device *d, int64_t ts_ms, json_t *values,
-			      json_t *quality)
-{
-	json_t *o = json_pack("{s:I,s:s,s:o}", "ts", (json_int_t)ts_ms, "device", d->id, "values",
-			      values);
-
-	if (o && quality)
-		json_object_set_new(o, "quality", quality);
-	else
-		json_decref(quality);
-	return o;
 }
 
 static void send_telemetry(struct core *c, uint32_t dev)
 {
-	const struct cfg_device *d = &c->cfg->devices[dev];
 	json_t *values, *quality;
 	int64_t ts;
-	char topic[160];
+	struct wire_msg m;
 
 	if (!gather_take(c->gather, dev, &values, &quality, &ts))
 		return;
-	snprintf(topic, sizeof(topic), "device/%s/telemetry", d->id);
-	emit(c, CGW_LANE_TELEMETRY, d->id, topic, ts, telemetry_json(d, ts, values, quality));
+	emit(c, wire_telemetry(&c->cfg->devices[dev], ts, values, quality, &m), &m);
 }
 
 /* Sends what is due: after a drain (drain_end) the readings without a
@@ -397,43 +354,29 @@ static void on_reading(struct core *c, const struct cgw_item *it)
 	if (!it->in_cycle && gather_splits(c->gather, it->device, it->ts_ms))
 		send_telemetry(c, it->device);
 	gather_add(c->gather, it->device, pt->name,
-		   it->quality == CGW_Q_GOOD ? core_value_json(pt, &it->value) : json_null(),
+		   it->quality == CGW_Q_GOOD ? wire_value_json(pt, &it->value) : json_null(),
 		   it->quality == CGW_Q_GOOD ? NULL : cgw_quality_name(it->quality), it->ts_ms,
 		   it->in_cycle, cgw_mono_ms());
-}
-
-static json_t *location_json(const struct cfg_device *d)
-{
-	json_t *loc = json_object();
-	for (size_t i = 0; i < d->n_location; i++)
-		json_object_set_new(loc, d->location[i].key, json_string(d->location[i].value));
-	return loc;
 }
 
 static void on_event(struct core *c, const struct cgw_item *it)
 {
 	const struct cfg_device *d = &c->cfg->devices[it->device];
 	const struct cfg_profile *pr = cfg_device_profile(c->cfg, d);
-	char topic[160];
+	struct wire_msg m;
 
 	if (it->point >= pr->n_points)
 		return;
 	const struct cfg_point *pt = &pr->points[it->point];
 	alarm_on_reading(c->alarms, it->device, it->point, &it->value, it->quality, it->ts_ms,
 			 cgw_mono_ms());
-	snprintf(topic, sizeof(topic), "device/%s/event", d->id);
-	json_t *o = json_pack("{s:I,s:s,s:s,s:s,s:o,s:o}", "ts", (json_int_t)it->ts_ms, "device",
-			      d->id, "name", d->name, "event", pt->name, "value",
-			      core_value_json(pt, &it->value), "location", location_json(d));
-	if (o && it->suppressed) /* rate_limit: how many were held back since the last one */
-		json_object_set_new(o, "suppressed", json_integer(it->suppressed));
-	emit(c, CGW_LANE_EVENT, d->id, topic, it->ts_ms, o);
+	emit(c, wire_event(c->cfg, it->device, pt, &it->value, it->suppressed, it->ts_ms, &m), &m);
 }
 
 static void on_device_state(struct core *c, const struct cgw_item *it)
 {
 	const struct cfg_device *d = &c->cfg->devices[it->device];
-	char topic[160];
+	struct wire_msg m;
 
 	/* a bus restarted by a reload finds its unchanged devices as they were:
 	 * no new `since`, nothing to tell */
@@ -442,11 +385,8 @@ static void on_device_state(struct core *c, const struct cgw_item *it)
 	c->devs[it->device].online = (int8_t)it->online;
 	log_notice("core", "device %s (%s) is %s", d->id, d->name,
 		   it->online ? "online" : "offline");
-	snprintf(topic, sizeof(topic), "device/%s/state", d->id);
-	emit(c, CGW_LANE_STATUS, d->id, topic, it->ts_ms,
-	     json_pack("{s:I,s:s,s:s,s:s,s:I}", "ts", (json_int_t)it->ts_ms, "device", d->id,
-		       "name", d->name, "state", it->online ? "online" : "offline", "since",
-		       (json_int_t)it->ts_ms));
+	c->devs[it->device].since_ms = it->ts_ms;
+	emit(c, wire_device_state(c->cfg, it->device, it->online, it->ts_ms, it->ts_ms, &m), &m);
 	alarm_on_device_state(c->alarms, it->device, it->online, it->ts_ms, cgw_mono_ms());
 }
 
@@ -492,41 +432,6 @@ struct cmd_answer {
 	bool audited;                    /* already in the audit */
 };
 
-/* The one place the command result payload is built. */
-static json_t *command_result_json(const struct cmd_answer *a, int64_t ts_ms)
-{
-	json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "ts", (json_int_t)ts_ms, "device", a->device,
-			      "command_id", a->command_id, "result", cmd_outcome_names[a->outcome]);
-
-	if (!o)
-		return NULL;
-	if (a->detail)
-		json_object_set_new(o, "detail", json_string(a->detail));
-	if (a->first) {
-		json_t *f = json_pack("{s:I,s:s}", "ts", (json_int_t)a->first->ts_ms, "result",
-				      a->first->result);
-		if (f && a->first->detail[0])
-			json_object_set_new(f, "detail", json_string(a->first->detail));
-		json_object_set_new(o, "first", f);
-	}
-	if (a->extra)
-		json_object_update(o, a->extra);
-	return o;
-}
-
-/* A device name from outside (the topic level after P/cmd/) that may go
- * back into a topic: what a configured device id may be. */
-static bool answerable_device(const char *s)
-{
-	size_t n = 0;
-
-	for (; s[n]; n++)
-		if (n >= 64 ||
-		    !(isalnum((unsigned char)s[n]) || s[n] == '-' || s[n] == '_' || s[n] == '.'))
-			return false;
-	return n > 0;
-}
-
 static void refusal_audit(struct core *c, const struct cmd_answer *a, const char *request)
 {
 	struct store_audit au = {.ts_ms = cgw_now_ms(),
@@ -551,19 +456,17 @@ static void command_answer(struct core *c, const struct reply_to *rt, struct cmd
 
 	c->cmd_count[a->outcome]++;
 	if (refused) {
-		say = log_episode_bad(&c->cmd_refused, cgw_mono_ms(), LOG_WARNING, "core",
-				      "command %s from %s for %.64s refused (%s%s%s); commands "
-				      "refused so far: %llu",
-				      a->command_id && *a->command_id ? a->command_id : "(no id)",
-				      a->source,
-				      a->known || answerable_device(a->device) ?
-					      a->device :
-					      "(not a device name)",
-				      cmd_outcome_names[a->outcome], a->detail ? ": " : "",
-				      a->detail ? a->detail : "",
-				      (unsigned long long)(c->cmd_count[CMD_REJECTED] +
-							   c->cmd_count[CMD_DUPLICATE] +
-							   c->cmd_count[CMD_UNANSWERED]));
+		say = log_episode_bad(
+			&c->cmd_refused, cgw_mono_ms(), LOG_WARNING, "core",
+			"command %s from %s for %.64s refused (%s%s%s); commands "
+			"refused so far: %llu",
+			a->command_id && *a->command_id ? a->command_id : "(no id)", a->source,
+			a->known || wire_id_valid(a->device) ? a->device : "(not a device name)",
+			cmd_outcome_names[a->outcome], a->detail ? ": " : "",
+			a->detail ? a->detail : "",
+			(unsigned long long)(c->cmd_count[CMD_REJECTED] +
+					     c->cmd_count[CMD_DUPLICATE] +
+					     c->cmd_count[CMD_UNANSWERED]));
 	} else {
 		log_info("core", "command %s from %s for %s: %s%s%s", a->command_id, a->source,
 			 a->device, cmd_outcome_names[a->outcome], a->detail ? ": " : "",
@@ -578,8 +481,18 @@ static void command_answer(struct core *c, const struct reply_to *rt, struct cmd
 		refusal_audit(c, a, NULL); /* sampled */
 	}
 	if (a->outcome != CMD_UNANSWERED)
-		o = command_result_json(a, now);
-	json_decref(a->extra);
+		o = wire_command_result(&(struct wire_result){
+			.device = a->device,
+			.command_id = a->command_id,
+			.result = cmd_outcome_names[a->outcome],
+			.detail = a->detail,
+			.first_result = a->first ? a->first->result : NULL,
+			.first_detail = a->first && a->first->detail[0] ? a->first->detail : NULL,
+			.first_ts_ms = a->first ? a->first->ts_ms : 0,
+			.extra = a->extra,
+			.ts_ms = now});
+	else
+		json_decref(a->extra);
 	a->extra = NULL;
 	if (rt && rt->fn) {
 		if (o) {
@@ -592,12 +505,9 @@ static void command_answer(struct core *c, const struct reply_to *rt, struct cmd
 		}
 	}
 	if (o) {
-		char topic[200];
-		snprintf(topic, sizeof(topic), "cmd/%s/result", a->device);
-		/* answers for devices we do not have go behind everything else,
-		 * so that a flood of them never delays a real result */
-		emit(c, a->known ? CGW_LANE_EVENT : CGW_LANE_TELEMETRY, a->known ? a->device : NULL,
-		     topic, now, o);
+		struct wire_msg m;
+		emit(c, wire_command_result_msg(a->device, a->known, o, now, &m), &m);
+		json_decref(o);
 	}
 }
 
@@ -721,7 +631,7 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 				return;
 			}
 			json_t *extra = json_pack("{s:s,s:o,s:s,s:I}", "point", pt->name, "value",
-						  core_value_json(pt, &l.value), "quality",
+						  wire_value_json(pt, &l.value), "quality",
 						  cgw_quality_name(l.quality), "value_ts",
 						  (json_int_t)l.ts_ms);
 			cgw_value_clear(&l.value);
@@ -944,7 +854,7 @@ void core_command_reply(struct core *c, const char *source, const char *device, 
 		/* refused before anything is recorded: answered when there is
 		 * an id and a topic to answer on, else counted */
 		a.detail = r < 0 ? why : "unknown device";
-		a.outcome = *cmd.id && answerable_device(device) ? CMD_REJECTED : CMD_UNANSWERED;
+		a.outcome = *cmd.id && wire_id_valid(device) ? CMD_REJECTED : CMD_UNANSWERED;
 		if (r == 0 && !cmd.action) /* the reason a platform can act on first */
 			a.detail = "unknown device (and no \"action\")";
 		if (r < 0 && !*cmd.id)
@@ -997,11 +907,132 @@ void core_command_reply(struct core *c, const char *source, const char *device, 
 	kick_uplinks(c);
 }
 
+/* ---- restate and rebirth ------------------------------------------------------- */
+
+/* Queues m for one uplink (store id) only. */
+static void emit_for(struct core *c, int64_t uplink, int r, struct wire_msg *m)
+{
+	struct store_msg sm = {.lane = m->lane,
+			       .device = m->device,
+			       .topic = m->topic,
+			       .ts_ms = m->ts_ms,
+			       .payload = m->payload,
+			       .uplink = uplink};
+	uint64_t seq;
+
+	if (r == 0 && store_enqueue(c->store, &sm, cgw_mono_ms(), &seq, NULL) == 0)
+		c->messages++;
+	else
+		c->enqueue_errors++;
+	wire_msg_clear(m);
+}
+
+/* Every device's retained state again, for one uplink: a broker that lost
+ * its retained messages (restarted without persistence) gets them back. */
+static void restate_devices(struct core *c, int64_t uplink)
+{
+	int64_t now = cgw_now_ms();
+	struct wire_msg m;
+	size_t n = 0;
+
+	for (size_t i = 0; c->devs && i < c->cfg->n_devices; i++) {
+		const struct dev_rt *ds = &c->devs[i];
+		if (ds->online < 0)
+			continue;
+		emit_for(c, uplink,
+			 wire_device_state(c->cfg, (uint32_t)i, ds->online, ds->since_ms, now, &m),
+			 &m);
+		n++;
+	}
+	if (n)
+		log_debug("core", "re-sent the state of %zu devices", n);
+	arm_flush(c);
+}
+
+static void on_uplink_connect(void *arg, int64_t uplink)
+{
+	restate_devices(arg, uplink);
+}
+
+struct restate_ctx {
+	struct core *c;
+	int64_t uplink, now;
+	size_t n;
+};
+
+static void restate_alarm(void *arg, const struct alarm_change *ch)
+{
+	struct restate_ctx *x = arg;
+	struct alarm_change rc = *ch;
+	struct wire_msg m;
+
+	/* no change, the state as it stands: the platform must not annunciate
+	 * it again (it knows the alarm_id) */
+	rc.event = "restated";
+	rc.ts_ms = x->now;
+	if (wire_alarm(x->c->cfg, &rc, &m) == 0) {
+		struct store_msg sm = {.lane = m.lane,
+				       .device = m.device,
+				       .topic = m.topic,
+				       .ts_ms = m.ts_ms,
+				       .payload = m.payload,
+				       .uplink = x->uplink};
+		uint64_t seq;
+		if (store_enqueue(x->c->store, &sm, cgw_mono_ms(), &seq, NULL) == 0)
+			x->n++;
+	}
+	wire_msg_clear(&m);
+}
+
+/* A gateway command on P/cmd: {"id", "action": "rebirth"}. Idempotent, so
+ * not de-duplicated; answered on P/result. */
+static void gateway_command(struct core *c, size_t up, const char *payload, size_t len)
+{
+	struct command cmd;
+	char why[160];
+	int64_t now = cgw_now_ms();
+	struct wire_msg m;
+	const char *result = "ok", *detail = NULL;
+
+	if (command_parse(payload, len, &cmd, why, sizeof(why)) < 0) {
+		c->cmd_count[CMD_UNANSWERED]++; /* no id to answer to */
+		return;
+	}
+	if (!cmd.action || strcmp(cmd.action, "rebirth") != 0) {
+		result = "rejected";
+		detail = "unknown gateway action (rebirth)";
+	} else {
+		struct restate_ctx x = {c, c->uplink_rt[up].store_id, now, 0};
+		if (c->uplink_ops[up]->announce)
+			c->uplink_ops[up]->announce(c->uplinks[up]);
+		restate_devices(c, x.uplink);
+		alarm_foreach(c->alarms, restate_alarm, &x);
+		log_info("core", "rebirth for uplink %s: states and %zu alarms re-sent",
+			 c->cfg->uplinks[up].name, x.n);
+	}
+	json_t *o = wire_command_result(&(struct wire_result){.command_id = cmd.id,
+							      .result = result,
+							      .detail = detail,
+							      .ts_ms = now});
+	emit_for(c, c->uplink_rt[up].store_id, wire_command_result_msg(NULL, true, o, now, &m), &m);
+	json_decref(o);
+	command_clear(&cmd);
+	arm_flush(c);
+	kick_uplinks(c);
+}
+
 static void on_uplink_command(void *arg, const char *uplink, const char *device,
 			      const char *payload, size_t len)
 {
+	struct core *c = arg;
 	char source[96];
 
+	if (!device) {
+		for (size_t i = 0; i < c->n_uplinks; i++)
+			if (c->uplinks[i] && !strcmp(c->cfg->uplinks[i].name, uplink))
+				gateway_command(c, i, payload, len);
+		return;
+	}
 	snprintf(source, sizeof(source), "mqtt:%s", uplink);
 	core_command(arg, source, device, payload, len);
 }
@@ -1012,8 +1043,7 @@ static void on_alarm(void *arg, const struct alarm_change *ch)
 {
 	struct core *c = arg;
 	const struct cfg_device *d = &c->cfg->devices[ch->device];
-	char topic[160];
-	char *payload;
+	struct wire_msg m;
 
 	struct store_alarm sa = {
 		.alarm_id = ch->alarm_id,
@@ -1050,18 +1080,13 @@ static void on_alarm(void *arg, const struct alarm_change *ch)
 	if (ch->suppressed)
 		return; /* chatter/flood: recorded, reported once elsewhere */
 
-	payload = alarm_change_json(c->cfg, ch);
-	if (!payload)
-		return;
-	snprintf(topic, sizeof(topic), "device/%s/alarm", d->id);
-	if (emit_text(c, CGW_LANE_ALARM, d->id, topic, ch->ts_ms, payload) == 0) {
+	if (emit(c, wire_alarm(c->cfg, ch, &m), &m) == 0) {
 		if (ch->severity == CFG_SEV_CRITICAL)
 			log_warn("alarm", "%s: %s %s: %s", d->id, ch->rule_name, ch->event,
 				 ch->message);
 		else
 			log_info("alarm", "%s: %s %s", d->id, ch->rule_name, ch->event);
 	}
-	free(payload);
 	/* committed: out it goes, before anything else this turn */
 	kick_uplinks(c);
 }
@@ -1074,10 +1099,11 @@ static void on_flood(void *arg, bool active, unsigned new_alarms, int64_t wall_m
 		log_warn("alarm", "alarm flood: %u new alarms in 10 minutes", new_alarms);
 	else
 		log_notice("alarm", "alarm flood over (%u new alarms)", new_alarms);
-	emit(c, CGW_LANE_STATUS, NULL, "status/event", wall_ms,
-	     json_pack("{s:I,s:s,s:I}", "ts", (json_int_t)wall_ms, "event",
-		       active ? "alarm_flood" : "alarm_flood_over", "new_alarms",
-		       (json_int_t)new_alarms));
+	struct wire_msg m;
+	emit(c,
+	     wire_notice(active ? "alarm_flood" : "alarm_flood_over", wall_ms,
+			 json_pack("{s:I}", "new_alarms", (json_int_t)new_alarms), &m),
+	     &m);
 	kick_uplinks(c);
 }
 
@@ -1260,12 +1286,16 @@ static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
 				 "store at its cap (%lld bytes): evicting oldest telemetry "
 				 "(%llu messages so far)",
 				 (long long)c->cfg->store.max_size, (unsigned long long)ev);
-			emit(c, CGW_LANE_STATUS, NULL, "status/event", cgw_now_ms(),
-			     json_pack("{s:I,s:s,s:I,s:I,s:I}", "ts", (json_int_t)cgw_now_ms(),
-				       "event", "store_evicting", "telemetry_evicted",
-				       (json_int_t)rep.evicted[CGW_LANE_TELEMETRY],
-				       "events_evicted", (json_int_t)rep.evicted[CGW_LANE_EVENT],
-				       "size_bytes", (json_int_t)rep.size_bytes));
+			struct wire_msg m;
+			emit(c,
+			     wire_notice("store_evicting", cgw_now_ms(),
+					 json_pack("{s:I,s:I,s:I}", "telemetry_evicted",
+						   (json_int_t)rep.evicted[CGW_LANE_TELEMETRY],
+						   "events_evicted",
+						   (json_int_t)rep.evicted[CGW_LANE_EVENT],
+						   "size_bytes", (json_int_t)rep.size_bytes),
+					 &m),
+			     &m);
 		}
 		if (rep.episode_ended)
 			log_notice("core", "store below its cap again");
@@ -1594,6 +1624,7 @@ static int open_uplink(struct core *c, size_t i)
 				 .store = c->store,
 				 .cfg = c->cfg,
 				 .on_command = on_uplink_command,
+				 .on_connect = on_uplink_connect,
 				 .arg = c};
 	int r;
 
@@ -1986,8 +2017,10 @@ int core_reload(struct core *c, struct cgw_config *nc)
 		a.devs[n].adopted = true;
 		/* an unchanged device keeps its state and `since`, even when a
 		 * sibling's change restarts its bus */
-		if (cfg_device_equal(oc, d, nc, &nc->devices[n]))
+		if (cfg_device_equal(oc, d, nc, &nc->devices[n])) {
 			a.devs[n].online = c->devs[i].online;
+			a.devs[n].since_ms = c->devs[i].since_ms;
+		}
 	}
 	alarm_adopt_flood(ne, oe);
 	for (size_t i = 0; i < MAX_PENDING_WRITES; i++) {

@@ -219,9 +219,12 @@ static struct mosquitto *make_handle(struct mqtt_link *lk, const char **why)
 	mosquitto_publish_v5_callback_set(m, on_publish_cb);
 	mosquitto_message_v5_callback_set(m, on_message_cb);
 	mosquitto_subscribe_v5_callback_set(m, on_subscribe_cb);
-	if (o->will_topic)
-		rc = mosquitto_will_set(m, o->will_topic, (int)strlen(o->will_payload),
-					o->will_payload, 1, o->will_retain);
+	if (o->will_topic) {
+		char *w = lk->cb.will ? lk->cb.will(lk->cb.arg) : NULL;
+		const char *p = w ? w : o->will_payload;
+		rc = mosquitto_will_set(m, o->will_topic, (int)strlen(p), p, 1, o->will_retain);
+		free(w);
+	}
 	if (rc == MOSQ_ERR_SUCCESS && (o->username || o->password))
 		rc = mosquitto_username_pw_set(m, o->username, o->password);
 	if (rc == MOSQ_ERR_SUCCESS && o->tls) {

@@ -104,6 +104,9 @@ struct mqtt_link_cbs {
 	void (*read_done)(void *arg);
 	/* Something is waiting that must not wait for the backoff. May be NULL. */
 	bool (*urgent)(void *arg);
+	/* The will of the next attempt (malloc'd, taken), called on the loop
+	 * before each attempt; NULL return: will_payload. May be NULL. */
+	char *(*will)(void *arg);
 };
 
 /* Creates the link and starts the first connect attempt (off the loop).

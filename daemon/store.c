@@ -1877,7 +1877,7 @@ int store_enqueue(struct store *s, const struct store_msg *m, int64_t mono_ms, u
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < s->n_up; i++)
-		if (s->up[i].mask & (1u << m->lane))
+		if ((s->up[i].mask & (1u << m->lane)) && (!m->uplink || m->uplink == s->up[i].id))
 			targets[nt++] = s->up[i].id;
 	if (!nt) {
 		/* Nobody sends this lane: nothing to keep. */
@@ -3328,4 +3328,48 @@ int store_history_query(struct store *s, const struct store_history_filter *f,
 		r = db_fail(s, "history", rc);
 	sqlite3_finalize(st);
 	return r;
+}
+
+int store_reserve_ids(struct store *s, unsigned n, uint64_t *first, uint64_t *session)
+{
+	char sql[160], buf[32];
+	uint64_t sess = 0;
+	int rc;
+
+	if (!n || !first)
+		return -EINVAL;
+	rc = tx_begin(s, -1);
+	if (rc)
+		return rc;
+	/* last_seq counts what this batch inserted too: it is the sequence */
+	snprintf(sql, sizeof(sql), "UPDATE sqlite_sequence SET seq = %llu WHERE name = 'msg'",
+		 (unsigned long long)(s->last_seq + n));
+	rc = exec(s, sql);
+	if (!rc && sqlite3_changes(s->db) == 0) {
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO sqlite_sequence(name, seq) VALUES('msg', %llu)",
+			 (unsigned long long)(s->last_seq + n));
+		rc = exec(s, sql);
+	}
+	if (rc) {
+		tx_abort(s);
+		return rc;
+	}
+	*first = s->last_seq + 1;
+	s->last_seq += n;
+	if (session) {
+		if (store_meta_get(s, "session", buf, sizeof(buf)) == 0)
+			sess = strtoull(buf, NULL, 10);
+		snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(sess + 1));
+		rc = store_meta_set(s, "session", buf);
+	}
+	if (!rc)
+		rc = tx_commit(s, false);
+	if (rc) {
+		tx_abort(s);
+		return rc;
+	}
+	if (session)
+		*session = sess + 1;
+	return 0;
 }

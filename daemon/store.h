@@ -157,6 +157,7 @@ struct store_msg {
 	const char *topic;   /* topic suffix under the uplink prefix, e.g. "device/x/alarm" */
 	int64_t ts_ms;       /* when it was produced (wall clock) */
 	const char *payload; /* JSON object, without "id" */
+	int64_t uplink;      /* 0: every uplink of the lane; else only this one */
 };
 
 /* Stores a message for every registered uplink of its lane. *seq gets its id
@@ -423,6 +424,13 @@ struct store_history_filter {
  * stops and is returned. */
 int store_history_query(struct store *s, const struct store_history_filter *f,
 			int (*cb)(void *ctx, const struct store_history *h), void *ctx);
+
+/* Reserves n message ids (seqs) for messages that are not stored (the MQTT
+ * birth and will) and, when session is not NULL, increments the persistent
+ * session counter (meta "session") and gives its new value. Commits (with
+ * the pending batch) before it returns, so an id handed out is never handed
+ * out again. *first gets the first of the n ids. */
+int store_reserve_ids(struct store *s, unsigned n, uint64_t *first, uint64_t *session);
 
 /* ---- meta key/value ---- */
 /* -ENOENT if absent; -ENOSPC if the value does not fit (len includes NUL). */

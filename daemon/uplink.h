@@ -4,6 +4,9 @@
  * outcome back to the store (OK / RETRY / ERROR); only then are rows deleted
  * or re-scheduled. Uplinks run on the core loop; nothing here is threaded.
  *
+ * Uplinks only transport: what goes on the wire (payloads, topics, retain,
+ * birth and will) is rendered by the wire module (wire.h).
+ *
  * Ownership: an uplink borrows the store, the loop and its config entry for
  * its whole life (the core frees uplinks before any of them).
  */
@@ -29,6 +32,10 @@ struct uplink_env {
 	 * through the outbox (P/cmd/{device}/result). */
 	void (*on_command)(void *arg, const char *uplink, const char *device, const char *payload,
 			   size_t len);
+	/* The uplink (re)connected (MQTT: after the birth, before anything
+	 * queued): the core re-sends every device's retained state to it
+	 * (store_msg.uplink = store_id). May be NULL. */
+	void (*on_connect)(void *arg, int64_t store_id);
 	void *arg;
 };
 
@@ -51,6 +58,8 @@ struct uplink_ops {
 	void (*close)(struct uplink *u);
 	void (*kick)(struct uplink *u); /* new messages are in the outbox */
 	void (*status)(const struct uplink *u, struct uplink_status *st);
+	/* Publish the birth message again (a rebirth request); may be NULL. */
+	void (*announce)(struct uplink *u);
 };
 
 extern const struct uplink_ops uplink_mqtt_ops;
@@ -65,13 +74,5 @@ int uplink_http_check_resolver(long features, const char *version, char *why, si
 
 /* The table of uplink types, by config type. */
 const struct uplink_ops *uplink_ops_for(int type);
-
-/* The payload as sent: "id" first, and "delayed":true when it was produced
- * more than late_after_ms before now. Returns a malloc'd string. */
-char *uplink_render(const char *gateway, uint64_t seq, const char *payload, int64_t ts_ms,
-		    int64_t now_ms, int64_t late_after_ms);
-
-/* topic_prefix with {site} and {gateway} filled in; malloc'd. */
-char *uplink_prefix(const struct cgw_config *cfg, const char *topic_prefix);
 
 #endif

@@ -5,7 +5,7 @@
  * blocking call). curl_global_init() is main's job.
  *
  * Request: POST url, Content-Type: application/json, the body as rendered by
- * uplink_render() ("id" first, "delayed" when late), and when a secret is
+ * wire_render() ("id" first, "delayed" when late), and when a secret is
  * configured X-CGW-Signature: sha256=<lowercase hex HMAC-SHA256 of the body>
  * (OpenSSL libcrypto). Redirects are not followed; TLS peers and host names
  * are always verified; at most RESP_KEEP bytes of a response body are kept.
@@ -69,6 +69,7 @@
 #include "log.h"
 #include "secret.h"
 #include "uplink.h"
+#include "wire.h"
 
 #define HTTP_WINDOW_MAX 8         /* requests in flight per lane */
 #define RESP_KEEP 4096            /* bytes of a response body kept */
@@ -616,7 +617,7 @@ static int sign(const struct uplink *u, const char *body, size_t len, char *hdr,
 	return 0;
 }
 
-/* uplink_render() returns NULL both for a payload that is not an object and
+/* wire_render() returns NULL both for a payload that is not an object and
  * when out of memory; only the first is the message's fault. */
 static bool looks_like_object(const char *p)
 {
@@ -651,7 +652,7 @@ static int send_one(struct uplink *u, int lane, const struct store_item *it, int
 	r->seq = it->seq;
 	r->lane = (uint8_t)lane;
 	r->attempts = it->attempts;
-	r->body = uplink_render(u->env.cfg->gateway.id, it->seq, it->payload, it->ts_ms, now,
+	r->body = wire_render(u->env.cfg->gateway.id, it->seq, it->payload, it->ts_ms, now,
 				c->late_after_ms);
 	r->device = it->device ? strdup(it->device) : NULL;
 	r->easy = curl_easy_init();

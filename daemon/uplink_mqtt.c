@@ -16,6 +16,13 @@
  * down, the link is probed every MQTT_LINK_PROBE_MS (jittered) instead of
  * after its backoff, so the alarm goes out within about that time after the
  * broker is back.
+ *
+ * Birth and will (rendered by wire_status()): before each connect attempt
+ * the session counter grows and two ids are reserved in the store, one for
+ * the will (set with the connect, so its ts is the connect time) and one for
+ * the birth published when the broker accepts. After the birth, the core is
+ * told (env.on_connect) and queues every device's current state for this
+ * uplink, so that a broker that lost its retained messages gets them back.
  */
 #include <errno.h>
 #include <mosquitto.h>
@@ -27,6 +34,7 @@
 #include "mqtt_link.h"
 #include "secret.h"
 #include "uplink.h"
+#include "wire.h"
 
 #define FETCH_MAX 64
 
@@ -51,7 +59,9 @@ struct uplink {
 	struct flight *fl;
 	size_t fl_size;
 	uint64_t sent, acked;
-	char *cmd_topic_prefix; /* "P/cmd/" */
+	char *cmd_topic_prefix; /* "P/" */
+	uint64_t session;       /* of the current connection */
+	uint64_t birth_seq;     /* id reserved for the birth of this connection */
 	struct store_item items[FETCH_MAX];
 };
 
@@ -112,7 +122,7 @@ static void on_up(void *arg)
 	struct uplink *u = arg;
 	struct mosquitto *m = mqtt_link_mosq(u->link);
 	int64_t now = cgw_now_ms();
-	char topic[512], birth[256];
+	char topic[512], *birth;
 
 	fl_clear(u);
 	u->ever_connected = true;
@@ -120,12 +130,16 @@ static void on_up(void *arg)
 	store_uplink_rearm(u->env.store, u->store_id);
 
 	snprintf(topic, sizeof(topic), "%s/status", u->prefix);
-	snprintf(birth, sizeof(birth),
-		 "{\"state\":\"online\",\"gateway\":\"%s\",\"site\":\"%s\",\"ts\":%lld}",
-		 u->env.cfg->gateway.id, u->env.cfg->gateway.site, (long long)now);
-	mosquitto_publish(m, NULL, topic, (int)strlen(birth), birth, 1, true);
-	snprintf(topic, sizeof(topic), "%s/cmd/+", u->prefix);
+	birth = wire_status(u->env.cfg, true, u->birth_seq, u->session, now, NULL);
+	if (birth)
+		mosquitto_publish(m, NULL, topic, (int)strlen(birth), birth, 1, true);
+	free(birth);
+	snprintf(topic, sizeof(topic), "%s/" WIRE_SUB_DEVICE_COMMANDS, u->prefix);
 	mosquitto_subscribe(m, NULL, topic, 1);
+	snprintf(topic, sizeof(topic), "%s/" WIRE_SUB_GATEWAY_COMMANDS, u->prefix);
+	mosquitto_subscribe(m, NULL, topic, 1);
+	if (u->env.on_connect)
+		u->env.on_connect(u->env.arg, u->store_id);
 	pump(u);
 }
 
@@ -164,11 +178,14 @@ static void on_message(void *arg, const struct mosquitto_message *msg)
 {
 	struct uplink *u = arg;
 	size_t pl = strlen(u->cmd_topic_prefix);
+	const char *device;
 
-	if (strncmp(msg->topic, u->cmd_topic_prefix, pl) != 0 || strchr(msg->topic + pl, '/'))
+	if (strncmp(msg->topic, u->cmd_topic_prefix, pl) != 0 ||
+	    !wire_command_topic(msg->topic + pl, &device))
 		return;
+	/* device NULL: a gateway command (P/cmd) */
 	if (u->env.on_command)
-		u->env.on_command(u->env.arg, u->cfg->name, msg->topic + pl, msg->payload,
+		u->env.on_command(u->env.arg, u->cfg->name, device, msg->payload,
 				  (size_t)msg->payloadlen);
 }
 
@@ -223,16 +240,11 @@ static void pump(struct uplink *u)
 			for (size_t i = 0; i < n; i++) {
 				const struct store_item *it = &u->items[i];
 				char topic[512];
-				char *body = uplink_render(u->env.cfg->gateway.id, it->seq,
-							   it->payload, it->ts_ms, now,
-							   u->cfg->late_after_ms);
+				char *body = wire_render(u->env.cfg->gateway.id, it->seq,
+							 it->payload, it->ts_ms, now,
+							 u->cfg->late_after_ms);
 				int mid = 0, rc;
-				/* retained: the gateway's and each device's current state */
-				bool retain =
-					strcmp(it->topic, "status") == 0 ||
-					(strncmp(it->topic, "device/", 7) == 0 &&
-					 strlen(it->topic) > 6 &&
-					 !strcmp(it->topic + strlen(it->topic) - 6, "/state"));
+				bool retain = wire_retained(it->topic);
 
 				snprintf(topic, sizeof(topic), "%s/%s", u->prefix, it->topic);
 				if (!body) {
@@ -277,6 +289,37 @@ static void mqtt_kick(struct uplink *u)
 
 static void mqtt_close(struct uplink *u);
 
+/* Before each connect attempt: a new session, ids for the will and the
+ * birth, and the will itself. */
+static char *next_will(void *arg)
+{
+	struct uplink *u = arg;
+	uint64_t first = 0, session = 0;
+
+	if (store_reserve_ids(u->env.store, 2, &first, &session) < 0)
+		return NULL; /* the store says why elsewhere */
+	u->session = session;
+	u->birth_seq = first + 1;
+	return wire_status(u->env.cfg, false, first, session, cgw_now_ms(), NULL);
+}
+
+/* A rebirth: the birth again, with a new id, in the same session. */
+static void mqtt_announce(struct uplink *u)
+{
+	struct mosquitto *m = mqtt_link_mosq(u->link);
+	char topic[512], *birth;
+	uint64_t seq;
+
+	if (!m || store_reserve_ids(u->env.store, 1, &seq, NULL) < 0)
+		return;
+	birth = wire_status(u->env.cfg, true, seq, u->session, cgw_now_ms(), NULL);
+	snprintf(topic, sizeof(topic), "%s/status", u->prefix);
+	if (birth)
+		mosquitto_publish(m, NULL, topic, (int)strlen(birth), birth, 1, true);
+	free(birth);
+	mqtt_link_flush(u->link);
+}
+
 static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg, int64_t store_id,
 		     struct uplink **out)
 {
@@ -294,8 +337,8 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 	for (u->fl_size = 64; u->fl_size < (size_t)u->budget * CGW_LANE_COUNT * 2;)
 		u->fl_size *= 2;
 	u->fl = calloc(u->fl_size, sizeof(*u->fl));
-	u->prefix = uplink_prefix(env->cfg, cfg->topic_prefix);
-	if (!u->fl || !u->prefix || asprintf(&u->cmd_topic_prefix, "%s/cmd/", u->prefix) < 0)
+	u->prefix = wire_prefix(env->cfg, cfg->topic_prefix);
+	if (!u->fl || !u->prefix || asprintf(&u->cmd_topic_prefix, "%s/", u->prefix) < 0)
 		goto fail;
 	if (cfg->password_file) {
 		u->password = secret_read(cfg->password_file, err, sizeof(err));
@@ -324,7 +367,7 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 		.keepalive_s = (int)(cfg->keepalive_ms / 1000),
 		.connect_timeout_ms = cfg->timeout_ms,
 		.will_topic = topic,
-		.will_payload = "{\"state\":\"offline\"}",
+		.will_payload = "{\"state\":\"offline\"}", /* if the store fails */
 		.will_retain = true,
 		.read_budget = 0,
 		/* we bound the window per lane ourselves; libmosquitto must not
@@ -339,6 +382,7 @@ static int mqtt_open(const struct uplink_env *env, const struct cfg_uplink *cfg,
 		.published = on_publish,
 		.read_done = on_read_done,
 		.urgent = alarm_waiting,
+		.will = next_will,
 	};
 	r = mqtt_link_new(env->loop, &o, &cb, &u->link);
 	if (r < 0)
@@ -359,10 +403,15 @@ static void mqtt_close(struct uplink *u)
 	m = mqtt_link_mosq(u->link);
 	if (m) {
 		/* a clean disconnect publishes no will: say we are going */
-		char topic[512];
-		const char *bye = "{\"state\":\"offline\",\"reason\":\"stopped\"}";
+		char topic[512], *bye = NULL;
+		uint64_t seq;
+		if (store_reserve_ids(u->env.store, 1, &seq, NULL) == 0)
+			bye = wire_status(u->env.cfg, false, seq, u->session, cgw_now_ms(),
+					  "stopped");
 		snprintf(topic, sizeof(topic), "%s/status", u->prefix);
-		mosquitto_publish(m, NULL, topic, (int)strlen(bye), bye, 1, true);
+		if (bye)
+			mosquitto_publish(m, NULL, topic, (int)strlen(bye), bye, 1, true);
+		free(bye);
 		mqtt_link_flush(u->link);
 	}
 	mqtt_link_free(u->link); /* a stop is not an outage: no log line */
@@ -392,4 +441,5 @@ const struct uplink_ops uplink_mqtt_ops = {
 	.close = mqtt_close,
 	.kick = mqtt_kick,
 	.status = mqtt_status,
+	.announce = mqtt_announce,
 };

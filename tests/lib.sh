@@ -68,7 +68,50 @@ _cleanup() {
 }
 trap _cleanup EXIT
 
+# Every message a suite receives from cgwd is checked against the contract
+# (schema/*.json): mosquitto_sub started through this function with -v and
+# its output in a file registers that file, and done_testing validates
+# every registered file (one TAP line; any mismatch fails the suite).
+mosquitto_sub() {
+	local a out me=$BASHPID
+	for a in "$@"; do
+		if [ "$a" = -v ]; then
+			out=$(readlink "/proc/$me/fd/1" 2>/dev/null)
+			[ -f "$out" ] && echo "$out" >>"$TMP/.wire-captures"
+			break
+		fi
+	done
+	# in a background subshell (bg_start): become mosquitto_sub, so that
+	# BG_PID is the subscriber itself
+	if [ "$BASHPID" != "$$" ]; then exec mosquitto_sub "$@"; fi
+	command mosquitto_sub "$@"
+}
+
+wire_python() {
+	local py
+	for py in /usr/bin/python3 python3; do
+		"$py" -c 'import jsonschema' 2>/dev/null && { echo "$py"; return 0; }
+	done
+	return 1
+}
+
+# wire_check FILE...: validates mosquitto_sub -v captures against schema/.
+wire_check() {
+	local py
+	py=$(wire_python) || { echo "# python3-jsonschema missing (make deps)"; return 1; }
+	"$py" "$TOP/tests/tools/wire_check.py" "$TOP/schema" "$@" | sed 's/^/# /'
+	return "${PIPESTATUS[0]}"
+}
+
+_wire_check_all() {
+	[ -s "$TMP/.wire-captures" ] || return 0
+	local files
+	mapfile -t files < <(sort -u "$TMP/.wire-captures")
+	check "every message received validates against schema/ (protocol.md)" wire_check "${files[@]}"
+}
+
 done_testing() {
+	_wire_check_all
 	echo "1..$_tap_n"
 	[ "$_tap_fail" -eq 0 ]
 }

@@ -18,13 +18,14 @@ mkdir -p "$TMP/state" "$TMP/state2" "$TMP/state3"
 start_mosquitto "$mqtt_port" || not_ok "mosquitto started"
 write_config() { # file state_dir socket metrics-yaml
 	cat >"$1" <<YAML
-gateway: {id: gw-met, site: 'site "north"\\1', state_dir: $2}
+gateway: {id: gw-met, site: north, state_dir: $2}
 control: {socket: $3}
 metrics: $4
 uplinks:
   - {name: platform, type: mqtt, url: "mqtt://127.0.0.1:$mqtt_port"}
 buses:
   - {name: tcp-1, type: modbus-tcp, host: 127.0.0.1, port: $sim_port, timeout: 100ms, retries: 0, offline_after: 2}
+  - {name: 'spare "b"\\1', type: modbus-tcp, host: 127.0.0.1, port: 1}
 devices:
   - {id: smoke-1, name: 烟感一, profile: smoke-detector, bus: tcp-1, unit: 1, poll: 100ms}
 YAML
@@ -104,7 +105,9 @@ check "metrics: the store cap by default half the filesystem ($((fs_total / 100 
 check "metrics: the store's state and the free space" bash -c \
 	"grep -qx 'cgw_store_state{state=\"ok\"} 1' '$TMP/m' && grep -qE '^cgw_store_fs_free_bytes [1-9]' '$TMP/m'"
 check "metrics: label values escaped (\" and \\)" \
-	grep -qF 'cgw_info{gateway="gw-met",site="site \"north\"\\1",config_hash="' "$TMP/m"
+	grep -qF 'cgw_bus_connected{bus="spare \"b\"\\1",type="modbus-tcp"} 0' "$TMP/m"
+check "metrics: gateway and site in cgw_info" \
+	grep -qF 'cgw_info{gateway="gw-met",site="north",config_hash="' "$TMP/m"
 up1=$(awk '$1 == "cgw_uptime_seconds" { print $2 }' "$TMP/m")
 reads1=$(awk '$1 == "cgw_readings_total" { print $2 }' "$TMP/m")
 check "metrics: uptime goes on" bash -c \

@@ -5,7 +5,8 @@
  *   outbox_fill STORE_PATH UPLINK N DEVICES [AGE_MS]
  *
  * Message k (1-based) goes to device k % DEVICES, with payload
- * {"ts":..,"device":"dev-J","k":k}; AGE_MS makes them that old.
+ * {"ts":..,"device":"dev-J","values":{"k":k}} (a telemetry message as the
+ * contract has it, schema/telemetry.json); AGE_MS makes them that old.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,8 +41,9 @@ int main(int argc, char **argv)
 	for (long k = 1; k <= n; k++) {
 		snprintf(dev, sizeof(dev), "dev-%ld", k % ndev);
 		snprintf(topic, sizeof(topic), "device/%s/telemetry", dev);
-		snprintf(payload, sizeof(payload), "{\"ts\":%lld,\"device\":\"%s\",\"k\":%ld}",
-			 (long long)now, dev, k);
+		snprintf(payload, sizeof(payload),
+			 "{\"ts\":%lld,\"device\":\"%s\",\"values\":{\"k\":%ld}}", (long long)now,
+			 dev, k);
 		struct store_msg m = {.lane = CGW_LANE_TELEMETRY,
 				      .device = dev,
 				      .topic = topic,

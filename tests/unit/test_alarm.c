@@ -16,6 +16,7 @@
 
 #include "alarm.h"
 #include "config.h"
+#include "wire.h"
 
 #define W0 1700000000000LL /* wall = W0 + mono in these tests */
 
@@ -64,7 +65,8 @@ static const char FP_YAML[] =
 	"alarms:\n"
 	"  - {name: smoke, point: smoke, equals: true, severity: critical, message: '{name} 烟感报警'}\n"
 	"  - {name: heat, point: temp, above: 60, on_delay: 3s, severity: critical}\n"
-	"  - {name: warm, point: temp, above: 40, severity: minor}\n";
+	"  - {name: warm, point: temp, above: 40, severity: minor,\n"
+	"     clear_message: '{name} 温度恢复 {value}{unit}'}\n";
 
 struct rec {
 	char id[160], event[16], note[160], by[32], msg[ALARM_MESSAGE_MAX], rule[32], val[64];
@@ -117,7 +119,9 @@ static void on_emit(void *arg, const struct alarm_change *c)
 	r->ts = c->ts_ms;
 	r->raised_at = c->raised_at_ms;
 	assert_string_equal(c->device_id, f->cfg->devices[c->device].id);
-	r->json = alarm_change_json(f->cfg, c);
+	struct wire_msg m;
+	assert_int_equal(wire_alarm(f->cfg, c, &m), 0);
+	r->json = m.payload;
 	assert_non_null(r->json);
 }
 
@@ -488,6 +492,45 @@ static void test_state_ack_then_clear(void **state)
 	assert_int_equal(alarm_ack(F.e, "d1/norule", "x", 0), -ENOENT);
 	assert_int_equal(alarm_ack(F.e, "d1", "x", 0), -ENOENT);
 	assert_int_equal(alarm_ack(F.e, "", "x", 0), -ENOENT);
+}
+
+/* Every event says in words what happened: never the raise text alone. */
+static void test_event_texts(void **state)
+{
+	(void)state;
+	bol(F1, FP_SMOKE, true, 0);
+	check(last(), "smoke", "raised", ALARM_ACTIVE_UNACKED);
+	assert_string_equal(last()->msg, "3号楼烟感 烟感报警");
+	assert_int_equal(alarm_ack(F.e, "f1/smoke", "duty", W0 + 1000), 0);
+	assert_string_equal(last()->msg, "3号楼烟感 烟感报警 已确认");
+	bol(F1, FP_SMOKE, false, 2000);
+	check(last(), "smoke", "cleared", ALARM_NORMAL);
+	assert_string_equal(last()->msg, "3号楼烟感 烟感报警 已恢复");
+	assert_non_null(strstr(last()->json, "\"message\":\"3号楼烟感 烟感报警 已恢复\""));
+	/* clear_message, rendered with the value at the clear */
+	num(F1, FP_TEMP, 45, 3000);
+	check(last(), "warm", "raised", ALARM_ACTIVE_UNACKED);
+	num(F1, FP_TEMP, 30, 4000);
+	check(last(), "warm", "cleared", ALARM_CLEARED_UNACKED);
+	assert_string_equal(last()->msg, "3号楼烟感 温度恢复 30°C");
+	/* shelving */
+	uin(D2, P_STATUS, 1, 5000); /* st_alarm, then st_notnormal */
+	check(&F.r[F.n - 2], "st_alarm", "raised", ALARM_ACTIVE_UNACKED);
+	assert_string_equal(F.r[F.n - 2].msg, "二号设备 st_alarm alarm");
+	assert_int_equal(alarm_shelve(F.e, D2, true, "duty", W0 + 6000), 0);
+	assert_string_equal(F.r[F.n - 2].event, "shelved");
+	assert_string_equal(F.r[F.n - 2].msg, "二号设备 st_alarm alarm 已屏蔽");
+	assert_int_equal(alarm_shelve(F.e, D2, false, "duty", W0 + 7000), 0);
+	assert_string_equal(F.r[F.n - 2].event, "unshelved");
+	assert_string_equal(F.r[F.n - 2].msg, "二号设备 st_alarm alarm 已解除屏蔽");
+	/* the implicit offline alarm */
+	alarm_on_device_state(F.e, D1, false, W0 + 8000, 8000);
+	tick(100000);
+	check(last(), "offline", "raised", ALARM_ACTIVE_UNACKED);
+	assert_string_equal(last()->msg, "3号楼3层东侧门 通信中断");
+	alarm_on_device_state(F.e, D1, true, W0 + 200000, 200000);
+	check(last(), "offline", "cleared", ALARM_CLEARED_UNACKED);
+	assert_string_equal(last()->msg, "3号楼3层东侧门 通信恢复");
 }
 
 static void test_state_clear_then_ack(void **state)
@@ -1075,7 +1118,8 @@ static void test_json(void **state)
 	assert_non_null(strstr(last()->json, "\"value\":true"));
 	uin(D2, P_WORD, 8, 3000);
 	assert_non_null(strstr(last()->json, "\"value\":8,"));
-	assert_null(alarm_change_json(NULL, NULL));
+	struct wire_msg m;
+	assert_int_equal(wire_alarm(NULL, NULL, &m), -EINVAL);
 }
 
 struct fe {
@@ -1255,6 +1299,7 @@ int main(void)
 		T(test_bad_quality_ignored),
 		T(test_state_ack_then_clear),
 		T(test_state_clear_then_ack),
+		T(test_event_texts),
 		T(test_latch),
 		T(test_shelve),
 		T(test_fire_never_suppressed),

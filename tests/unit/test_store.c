@@ -304,6 +304,36 @@ static void test_seq_monotonic_never_reused(void **state)
 	store_close(s);
 }
 
+/* Ids for messages that are not stored (MQTT birth and will) come from the
+ * same sequence, committed, and the session counter persists. */
+static void test_reserve_ids_and_session(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = open_ok(f->path, NULL);
+	int64_t up;
+	uint64_t first = 0, session = 0, first2 = 0, session2 = 0;
+	assert_int_equal(store_uplink_register(s, "platform", ALL_LANES, &up), 0);
+	uint64_t a = put(s, CGW_LANE_TELEMETRY, "d", 1, NULL); /* pending in the batch */
+	assert_int_equal(store_reserve_ids(s, 2, &first, &session), 0);
+	assert_int_equal(first, a + 1);
+	assert_int_equal(session, 1);
+	assert_int_equal(store_pending(s), 0); /* committed, with the batch */
+	assert_int_equal(put(s, CGW_LANE_ALARM, "d", 2, NULL), first + 2);
+	assert_int_equal(store_reserve_ids(s, 1, &first2, NULL), 0);
+	assert_int_equal(first2, first + 3);
+	store_close(s);
+	/* an unclean close keeps them too (sync FULL: no gap) */
+	raw_exec(f->path, "UPDATE meta SET value='0' WHERE key='clean_close'");
+	struct store_opts o = {.sync_full = true};
+	s = open_ok(f->path, &o);
+	assert_int_equal(store_uplink_register(s, "platform", ALL_LANES, &up), 0);
+	assert_int_equal(store_reserve_ids(s, 2, &first, &session2), 0);
+	assert_int_equal(first, first2 + 1);
+	assert_int_equal(session2, 2);
+	assert_int_equal(store_reserve_ids(s, 0, &first, NULL), -EINVAL);
+	store_close(s);
+}
+
 static void test_seq_gap_after_unclean_close(void **state)
 {
 	struct fx *f = *state;
@@ -1635,6 +1665,7 @@ int main(void)
 		T(test_latest_foreach),
 		T(test_alarms_table),
 		T(test_meta),
+		T(test_reserve_ids_and_session),
 		T(test_stats),
 #undef T
 	};
