@@ -123,7 +123,7 @@ struct core {
 	uint64_t mem_at_start;
 	int lock_fd;
 	bool evicting;
-	bool queue_full_logged;
+	struct episode queue_full; /* the driver queue was found full */
 	uint64_t write_token;
 	struct pending_write writes[MAX_PENDING_WRITES];
 	/* telemetry being gathered per device: one message per poll cycle */
@@ -1304,10 +1304,13 @@ static void on_maint_timer(struct loop *l, struct loop_timer *t, void *arg)
 	watch_store(c);
 	arm_flush(c);
 	core_queue_stats(c, &qs);
-	if (qs.full && !c->queue_full_logged)
-		log_warn("core", "driver queue full (%zu items): bus workers are slowed down",
-			 qs.capacity);
-	c->queue_full_logged = qs.full;
+	if (qs.full)
+		log_episode_bad(&c->queue_full, cgw_mono_ms(), LOG_WARNING, "core",
+				"driver queue full (%zu items): bus workers are slowed down",
+				qs.capacity);
+	else
+		log_episode_good(&c->queue_full, cgw_mono_ms(), "core",
+				 "driver queue drains again");
 	kick_uplinks(c);
 	loop_timer_in(t, MAINTAIN_MS);
 }
