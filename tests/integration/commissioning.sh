@@ -12,7 +12,8 @@ mq=$(free_port); mb=$(free_port); hp=$(free_port)
 mkdir -p "$TMP/state"
 start_mosquitto "$mq" || not_ok "mosquitto started"
 
-# an HTTP duty-room endpoint that refuses everything for good (400): dead letters
+# an HTTP endpoint that refuses everything for good (400): telemetry becomes dead
+# letters (alarms never do: they are retried, see dead_letters.sh)
 cat >"$TMP/http400.py" <<'PY'
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -46,7 +47,7 @@ include: [devices.yaml]
 control: {socket: $SOCK}
 metrics: {enabled: false}
 uplinks:
-  - {name: duty, type: http, url: "http://127.0.0.1:$hp/alarms", send: [alarm]}
+  - {name: duty, type: http, url: "http://127.0.0.1:$hp/alarms", send: [telemetry]}
 Y
 # what is on the line: also units 7 and 9 that nobody configured yet
 cat >"$TMP/sim.yaml" <<Y
@@ -120,7 +121,7 @@ check "probe: a bus without devices is not opened: said so" grep -q "add one dev
 # ---- records
 ctl write t1 c true >/dev/null 2>&1
 mosquitto_pub -p "$mq" -q 1 -t lockers/north/status -m '{"mains":tru' # malformed
-sim set t1 a 60 >/dev/null   # alarm 'hot' (above 50): POSTed, refused with 400
+sim set t1 a 60 >/dev/null   # new telemetry: POSTed, refused with 400
 wait_for 15 bash -c "'$CTL' -s '$SOCK' --json dead-letters | grep -q '\"topic\"'"
 ctl audit >"$TMP/audit.txt"; sed 's/^/# /' "$TMP/audit.txt"
 check "audit: the write, by whom, with its result" \
@@ -135,8 +136,8 @@ check "quarantine: the malformed payload, where from and why" \
 ctl --json quarantine 5 >"$TMP/q.json"
 check "quarantine --json" python3 -c "import json,sys; d=json.load(open('$TMP/q.json')); sys.exit(0 if d[0]['device']=='locker-1' and d[0]['payload']=='{\"mains\":tru' else 1)"
 ctl dead-letters >"$TMP/dl.txt"; sed 's/^/# /' "$TMP/dl.txt" | cut -c1-160
-check "dead-letters: the refused alarm and the reason" \
-	bash -c "grep -q 'device/t1/alarm' '$TMP/dl.txt' && grep -q 'HTTP 400' '$TMP/dl.txt'"
+check "dead-letters: the refused telemetry and the reason" \
+	bash -c "grep -q 'device/t1/telemetry' '$TMP/dl.txt' && grep -q 'HTTP 400' '$TMP/dl.txt'"
 ctl dead-letters list 1 >/dev/null
 check "dead-letters list N: the same listing" test $? -eq 0
 ctl --json dead-letters >"$TMP/dl.json"
