@@ -75,8 +75,11 @@ check "metrics: the slow connections were dropped and counted" \
 	grep -qE '^cgw_http_connections_dropped_total [1-9][0-9]*$' "$TMP/m"
 longest=$(awk '$1 == "cgw_loop_longest_iteration_seconds" { print $2 }' "$TMP/m")
 diag "$("$CGW_BUILD/cgwctl" -s "$TMP/cgwd.sock" status | grep '^loop')"
-check "the loop never stalled serving them (longest iteration ${longest}s < 0.1 s)" \
-	awk -v w="${longest:-1}" 'BEGIN { exit !(w < 0.1) }'
+# a client that could hold the loop would show as seconds (the 2 s request
+# deadline); the bound leaves room for a busy machine descheduling cgwd, and
+# make bench's adversity rows measure the loop against its 20 ms target
+check "the loop never stalled serving them (longest iteration ${longest}s < 0.5 s)" \
+	awk -v w="${longest:-1}" 'BEGIN { exit !(w < 0.5) }'
 big=$(python3 -c 'print("a" * 40000)')
 code=$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' -H "X-Big: $big" "$URL/healthz")
 check "a request head over 32 KiB is refused (HTTP $code)" test "$code" = 431 -o "$code" = 413
