@@ -124,6 +124,7 @@ struct core {
 	int lock_fd;
 	bool evicting;
 	struct episode queue_full; /* the driver queue was found full */
+	bool restate_owed; /* an uplink connected while the disk was full */
 	uint64_t write_token;
 	struct pending_write writes[MAX_PENDING_WRITES];
 	/* telemetry being gathered per device: one message per poll cycle */
@@ -210,6 +211,8 @@ static int emit_text(struct core *c, enum cgw_lane lane, const char *device, con
 
 /* The store's full-disk episode: logged once when it starts and once when it
  * ends, with what it cost; the store's own probing ends it. */
+static void restate_devices(struct core *c, int64_t uplink);
+
 static void watch_store(struct core *c)
 {
 	enum store_state st = store_state(c->store);
@@ -240,6 +243,10 @@ static void watch_store(struct core *c)
 		(unsigned long long)(ss.lost[CGW_LANE_EVENT] - c->lost_at_start[CGW_LANE_EVENT]),
 		(unsigned long long)(ss.lost[CGW_LANE_STATUS] - c->lost_at_start[CGW_LANE_STATUS]),
 		(unsigned long long)(ss.alarms_in_memory_total - c->mem_at_start));
+	if (c->restate_owed) {
+		c->restate_owed = false;
+		restate_devices(c, 0);
+	}
 }
 
 /* Stores a message rendered by the wire module (cleared here). */
@@ -951,7 +958,17 @@ static void restate_devices(struct core *c, int64_t uplink)
 
 static void on_uplink_connect(void *arg, int64_t uplink)
 {
-	restate_devices(arg, uplink);
+	struct core *c = arg;
+	enum store_state st = store_state(c->store);
+
+	/* On a full disk the restated states could not be stored (and a batch
+	 * of them failing with the disk has left telemetry behind the uplink's
+	 * cursor): restate to every uplink once the store writes again. */
+	if (st == STORE_DISK_FULL || st == STORE_MEMORY_ONLY) {
+		c->restate_owed = true;
+		return;
+	}
+	restate_devices(c, uplink);
 }
 
 struct restate_ctx {

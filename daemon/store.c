@@ -293,6 +293,7 @@ struct store {
 	size_t n_mem;
 	uint64_t mem_total;
 	uint64_t seq_floor; /* no new message gets a seq at or below this */
+	uint64_t session;   /* the gateway session last handed out (0: read meta) */
 };
 
 #define HELD_SLOTS (STORE_HELD_ACKS_MAX * 2)
@@ -3330,46 +3331,69 @@ int store_history_query(struct store *s, const struct store_history_filter *f,
 	return r;
 }
 
+/* Ids for the birth and will when nothing can be written: past every seq
+ * handed out (seq_floor moves past them, as for held alarms). A close in
+ * this state is not marked clean, so the next open skips past them too. */
+static void reserve_in_memory(struct store *s, unsigned n, uint64_t *first, uint64_t *session)
+{
+	char buf[32];
+
+	*first = next_seq(s);
+	s->seq_floor = *first + n - 1;
+	if (session) {
+		if (!s->session && store_meta_get(s, "session", buf, sizeof(buf)) == 0)
+			s->session = strtoull(buf, NULL, 10);
+		*session = ++s->session;
+	}
+}
+
 int store_reserve_ids(struct store *s, unsigned n, uint64_t *first, uint64_t *session)
 {
 	char sql[160], buf[32];
-	uint64_t sess = 0;
+	uint64_t sess = 0, base;
 	int rc;
 
 	if (!n || !first)
 		return -EINVAL;
+	if (troubled(s)) {
+		reserve_in_memory(s, n, first, session);
+		return 0;
+	}
 	rc = tx_begin(s, -1);
 	if (rc)
-		return rc;
-	/* last_seq counts what this batch inserted too: it is the sequence */
+		goto memory;
+	/* past what this batch inserted and what was handed out from memory */
+	base = next_seq(s) - 1;
 	snprintf(sql, sizeof(sql), "UPDATE sqlite_sequence SET seq = %llu WHERE name = 'msg'",
-		 (unsigned long long)(s->last_seq + n));
+		 (unsigned long long)(base + n));
 	rc = exec(s, sql);
 	if (!rc && sqlite3_changes(s->db) == 0) {
 		snprintf(sql, sizeof(sql),
 			 "INSERT INTO sqlite_sequence(name, seq) VALUES('msg', %llu)",
-			 (unsigned long long)(s->last_seq + n));
+			 (unsigned long long)(base + n));
 		rc = exec(s, sql);
 	}
-	if (rc) {
-		tx_abort(s);
-		return rc;
-	}
-	*first = s->last_seq + 1;
-	s->last_seq += n;
-	if (session) {
+	if (!rc && session) {
 		if (store_meta_get(s, "session", buf, sizeof(buf)) == 0)
 			sess = strtoull(buf, NULL, 10);
+		if (s->session > sess)
+			sess = s->session; /* counted in memory while the disk was full */
 		snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(sess + 1));
 		rc = store_meta_set(s, "session", buf);
 	}
-	if (!rc)
-		rc = tx_commit(s, false);
-	if (rc) {
-		tx_abort(s);
-		return rc;
-	}
+	if (rc)
+		goto memory;
+	s->last_seq = base + n;
+	rc = tx_commit(s, false);
+	if (rc)
+		goto memory; /* the batch is counted as lost by the commit */
+	*first = base + 1;
 	if (session)
-		*session = sess + 1;
+		*session = s->session = sess + 1;
+	return 0;
+memory:
+	/* a failed write aborts the batch the normal way (counted, acks held) */
+	tx_abort(s);
+	reserve_in_memory(s, n, first, session);
 	return 0;
 }
