@@ -128,7 +128,9 @@ struct mb_pstate {
 	bool sent;             /* `last` is what the core has, and it is good */
 	bool failed;           /* inside a failure episode; fail_q was sent */
 	bool logged;           /* this episode was logged at point level */
+	bool raw_ok;           /* `raw` is the last read, decoded and reported good */
 	enum cgw_quality fail_q;
+	uint64_t raw;          /* its registers at the last good read (numbers and bools) */
 };
 
 struct mb_dev {
@@ -824,7 +826,7 @@ static int link_call(struct driver *d, enum mb_op op, int addr, int n)
 static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 {
 	uint8_t frame[RTU_MAX_ADU], adu[MODBUS_TCP_MAX_ADU_LENGTH];
-	uint8_t rsp[MODBUS_TCP_MAX_ADU_LENGTH], fake[RTU_MAX_ADU + 2];
+	uint8_t rsp[MODBUS_TCP_MAX_ADU_LENGTH], fake[RTU_MAX_ADU];
 	struct rtu_req req;
 	int64_t deadline;
 	size_t plen;
@@ -857,7 +859,6 @@ static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 	for (;;) {
 		int64_t left = deadline - mono_us();
 		struct rtu_answer a;
-		size_t used;
 		int rc;
 
 		if (left <= 0)
@@ -877,14 +878,11 @@ static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 			d->foreign++;
 			continue;
 		}
+		/* TCP framed it and carries no CRC: check the PDU as an RTU
+		 * frame of unit 1 (see above), without computing one */
 		fake[0] = 1;
 		memcpy(fake + 1, rsp + 7, (size_t)rc - 7);
-		{
-			uint16_t crc = rtu_crc16(fake, (size_t)rc - 6);
-			fake[rc - 6] = (uint8_t)(crc & 0xFF);
-			fake[rc - 5] = (uint8_t)(crc >> 8);
-		}
-		switch (rtu_scan(fake, (size_t)rc - 4, &req, &a, &used)) {
+		switch (rtu_match(fake, (size_t)rc - 6, &req, &a)) {
 		case RTU_ANSWER:
 			unpack(d, op, n, a.data, a.len);
 			e = 0;
@@ -993,6 +991,7 @@ static void fail_point(struct driver *d, struct mb_dev *dev, size_t p, enum cgw_
 			      .ts_ms = dev->cycle_ts ? dev->cycle_ts : cgw_now_ms(),
 			      .in_cycle = true};
 
+	ps->raw_ok = false;
 	if (ps->failed && ps->fail_q == q)
 		return;
 	dev->cycle_readings = true;
@@ -1042,10 +1041,25 @@ static void report(struct driver *d, struct mb_dev *dev, size_t p, struct cgw_va
 	push(d, &it);
 }
 
-/* Decode every point a successful read covers. */
+/* The registers of one numeric point as they came, for comparing reads:
+ * decoding (a float32 to its shortest decimal costs a printf and two strtod)
+ * and the deadband check are skipped when they did not change. */
+static uint64_t raw_regs(const uint16_t *regs, unsigned n)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		v = v << 16 | regs[i];
+	return v;
+}
+
+/* Decode every point a successful read covers. A point whose registers are
+ * those of its last good read decodes to the same value, which report()
+ * already judged: unless its report_every is due, nothing to do. */
 static void deliver(struct driver *d, struct mb_dev *dev, const struct mb_req *r)
 {
 	int64_t now = cgw_mono_ms(), ts;
+	bool regs = r->table != CGW_TBL_COIL && r->table != CGW_TBL_DISCRETE;
 
 	/* one time for the whole cycle: its readings are one telemetry message */
 	if (!dev->cycle_ts)
@@ -1055,19 +1069,33 @@ static void deliver(struct driver *d, struct mb_dev *dev, const struct mb_req *r
 	for (size_t k = 0; k < r->nspans; k++) {
 		const struct mb_span *s = mbp_span(d->plan, r->first_span + k);
 		size_t off = (size_t)(s->addr - r->addr);
+		struct mb_pstate *ps = &dev->pts[s->point];
+		const struct cfg_point *pt = &dev->prof->points[s->point];
 		struct cgw_value v = {.type = CGW_V_NONE};
 		enum cgw_quality q = CGW_Q_GOOD;
+		uint64_t raw = 0;
+		bool cacheable = false;
 		int rc;
 
-		if (r->table == CGW_TBL_COIL || r->table == CGW_TBL_DISCRETE) {
+		if (!regs) {
 			rc = mbd_decode_bit(d->bits, r->count, off, &v);
 		} else {
-			struct mb_format f = modbus_point_format(&dev->prof->points[s->point]);
+			struct mb_format f = modbus_point_format(pt);
+			cacheable = f.type != CGW_T_STRING && s->count <= 4 && off + s->count <= r->count;
+			if (cacheable) {
+				raw = raw_regs(d->regs + off, s->count);
+				if (ps->raw_ok && ps->raw == raw && ps->sent &&
+				    !(pt->report_every_ms > 0 &&
+				      now - ps->last_sent >= pt->report_every_ms))
+					continue;
+			}
 			rc = mbd_decode_regs(&f, d->regs + off, r->count - off, &v, &q);
 		}
 		if (rc < 0)
 			q = CGW_Q_BAD;
 		report(d, dev, s->point, &v, q, now, ts);
+		ps->raw_ok = cacheable && !ps->failed && ps->sent;
+		ps->raw = raw;
 	}
 }
 

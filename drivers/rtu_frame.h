@@ -89,4 +89,12 @@ int rtu_request_length(const uint8_t *p, size_t n);
 enum rtu_scan_result rtu_scan(const uint8_t *buf, size_t n, const struct rtu_req *req,
 			      struct rtu_answer *out, size_t *consumed);
 
+/* rtu_scan()'s verdict on one frame a transport has already cut out and
+ * checked (Modbus TCP: the MBAP header framed it and TCP carries no CRC):
+ * buf[0..n) is unit, function and body, without the CRC. RTU_ANSWER,
+ * RTU_EXCEPTION, RTU_FOREIGN, or RTU_GARBAGE when the length does not fit
+ * the function (never RTU_NEED_MORE). */
+enum rtu_scan_result rtu_match(const uint8_t *buf, size_t n, const struct rtu_req *req,
+			       struct rtu_answer *out);
+
 #endif

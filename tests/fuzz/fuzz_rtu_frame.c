@@ -46,6 +46,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(buf, data + 6, n);
 	(void)rtu_request_length(buf, n);
+	/* the whole buffer as one frame a transport cut out (Modbus TCP) */
+	{
+		struct rtu_answer a;
+		enum rtu_scan_result r = rtu_match(buf, n, &req, &a);
+
+		CHECK(r != RTU_NEED_MORE);
+		if (r == RTU_ANSWER || r == RTU_EXCEPTION) {
+			CHECK(n >= 3 && buf[0] == req.unit);
+			if (r == RTU_EXCEPTION)
+				CHECK(n == 3 && buf[1] == (req.fn | 0x80));
+			else if (req.fn >= 1 && req.fn <= 4)
+				CHECK(a.data == buf + 3 && a.data + a.len == buf + n);
+		}
+	}
 	for (;;) {
 		struct rtu_answer a;
 		size_t used = 0;

@@ -27,6 +27,73 @@ static void test_crc(void **state)
 	assert_int_equal(rtu_crc16(NULL, 0), 0xFFFF);
 }
 
+/* The table-driven CRC against the bitwise definition, over every byte
+ * value and a long frame. */
+static void test_crc_table(void **state)
+{
+	uint8_t buf[RTU_MAX_ADU];
+	(void)state;
+	for (size_t i = 0; i < sizeof buf; i++)
+		buf[i] = (uint8_t)(i * 37 + 11);
+	for (size_t n = 0; n <= sizeof buf; n++) {
+		uint16_t crc = 0xFFFF;
+		for (size_t i = 0; i < n; i++) {
+			crc ^= buf[i];
+			for (int b = 0; b < 8; b++)
+				crc = crc & 1 ? (uint16_t)((crc >> 1) ^ 0xA001) : (uint16_t)(crc >> 1);
+		}
+		assert_int_equal(rtu_crc16(buf, n), crc);
+	}
+}
+
+/* A frame the transport cut out (Modbus TCP, no CRC): the same verdicts as
+ * rtu_scan() on the same frame with its CRC, and malformed lengths refused. */
+static void test_match(void **state)
+{
+	struct rtu_req req = {.unit = 0x11, .fn = 3, .addr = 0x6B, .count = 3};
+	struct rtu_answer a;
+	static const uint8_t ok[] = {0x11, 0x03, 0x06, 0x02, 0x2B, 0x00, 0x00, 0x00, 0x64};
+	static const uint8_t exc[] = {0x11, 0x83, 0x02};
+	static const uint8_t other_unit[] = {0x12, 0x03, 0x06, 0, 0, 0, 0, 0, 0};
+	static const uint8_t other_count[] = {0x11, 0x03, 0x04, 0, 0, 0, 0};
+	static const uint8_t other_fn[] = {0x11, 0x04, 0x06, 0, 0, 0, 0, 0, 0};
+	(void)state;
+
+	assert_int_equal(rtu_match(ok, sizeof ok, &req, &a), RTU_ANSWER);
+	assert_ptr_equal(a.data, ok + 3);
+	assert_int_equal(a.len, 6);
+	assert_int_equal(rtu_match(exc, sizeof exc, &req, &a), RTU_EXCEPTION);
+	assert_int_equal(a.exception, 2);
+	assert_int_equal(rtu_match(other_unit, sizeof other_unit, &req, &a), RTU_FOREIGN);
+	assert_int_equal(rtu_match(other_count, sizeof other_count, &req, &a), RTU_FOREIGN);
+	assert_int_equal(rtu_match(other_fn, sizeof other_fn, &req, &a), RTU_FOREIGN);
+	/* cut short, one byte too many, odd register byte count, nothing */
+	assert_int_equal(rtu_match(ok, sizeof ok - 1, &req, &a), RTU_GARBAGE);
+	{
+		uint8_t longer[sizeof ok + 1];
+		memcpy(longer, ok, sizeof ok);
+		longer[sizeof ok] = 0;
+		assert_int_equal(rtu_match(longer, sizeof longer, &req, &a), RTU_GARBAGE);
+	}
+	{
+		static const uint8_t odd[] = {0x11, 0x03, 0x05, 0, 0, 0, 0, 0};
+		assert_int_equal(rtu_match(odd, sizeof odd, &req, &a), RTU_GARBAGE);
+	}
+	assert_int_equal(rtu_match(exc, 2, &req, &a), RTU_GARBAGE);
+	assert_int_equal(rtu_match(NULL, 0, &req, &a), RTU_GARBAGE);
+	/* the same frame with its CRC through rtu_scan() agrees */
+	{
+		uint8_t f[sizeof ok + 2];
+		uint16_t crc = rtu_crc16(ok, sizeof ok);
+		size_t used;
+		memcpy(f, ok, sizeof ok);
+		f[sizeof ok] = crc & 0xFF;
+		f[sizeof ok + 1] = crc >> 8;
+		assert_int_equal(rtu_scan(f, sizeof f, &req, &a, &used), RTU_ANSWER);
+		assert_int_equal(used, sizeof f);
+	}
+}
+
 static void test_build(void **state)
 {
 	uint8_t buf[RTU_MAX_ADU];
@@ -286,6 +353,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc),
+		cmocka_unit_test(test_crc_table),
+		cmocka_unit_test(test_match),
 		cmocka_unit_test(test_build),
 		cmocka_unit_test(test_lengths),
 		cmocka_unit_test(test_scan_answer),
