@@ -127,6 +127,64 @@ int queue_push(struct queue *q, struct cgw_item *item)
 	return rc;
 }
 
+/* The deadline of a wait of timeout_ms (> 0) on the monotonic clock. */
+static struct timespec deadline_in(int timeout_ms)
+{
+	struct timespec deadline;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += timeout_ms / 1000;
+	deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (deadline.tv_nsec >= 1000000000) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000;
+	}
+	return deadline;
+}
+
+int queue_push_many_wait(struct queue *q, struct cgw_item *items, size_t n, int timeout_ms,
+			 size_t *pushed)
+{
+	struct timespec deadline = {0};
+	bool timed_out = false, waited = false;
+	size_t done = 0;
+	int rc = 0;
+
+	if (timeout_ms > 0)
+		deadline = deadline_in(timeout_ms);
+	pthread_mutex_lock(&q->lock);
+	while (done < n) {
+		if (q->closed) {
+			rc = -EPIPE;
+			break;
+		}
+		if (q->count < q->cap) {
+			put_locked(q, &items[done++]);
+			continue;
+		}
+		note_full_locked(q);
+		if (timeout_ms == 0 || timed_out) {
+			q->st.drops++;
+			rc = timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
+			break;
+		}
+		if (!waited) {
+			q->st.waits++;
+			waited = true;
+		}
+		q->st.waiting++;
+		if (timeout_ms < 0)
+			pthread_cond_wait(&q->not_full, &q->lock);
+		else if (pthread_cond_timedwait(&q->not_full, &q->lock, &deadline))
+			timed_out = true; /* ETIMEDOUT, or EINVAL: never spin */
+		q->st.waiting--;
+	}
+	pthread_mutex_unlock(&q->lock);
+	if (pushed)
+		*pushed = done;
+	return rc;
+}
+
 int queue_push_wait(struct queue *q, struct cgw_item *item, int timeout_ms)
 {
 	struct timespec deadline = {0};
@@ -135,15 +193,8 @@ int queue_push_wait(struct queue *q, struct cgw_item *item, int timeout_ms)
 
 	if (timeout_ms == 0)
 		return queue_push(q, item);
-	if (timeout_ms > 0) {
-		clock_gettime(CLOCK_MONOTONIC, &deadline);
-		deadline.tv_sec += timeout_ms / 1000;
-		deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-		if (deadline.tv_nsec >= 1000000000) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000;
-		}
-	}
+	if (timeout_ms > 0)
+		deadline = deadline_in(timeout_ms);
 
 	pthread_mutex_lock(&q->lock);
 	if (!q->closed && q->count == q->cap) {

@@ -75,6 +75,17 @@ int queue_push(struct queue *q, struct cgw_item *item);
  * waiting). */
 int queue_push_wait(struct queue *q, struct cgw_item *item, int timeout_ms);
 
+/* Like queue_push_wait() for items[0..n) in order, under one lock and with
+ * at most one wake-up of the consumer (a producer hands over what one poll
+ * read at once, not item by item). When full it waits for room, up to
+ * timeout_ms for the whole call (< 0: no limit; 0: no wait). *pushed (may be
+ * NULL) is how many were accepted, the first ones: their values belong to
+ * the queue (reset to CGW_V_NONE in items[]); the rest are still the
+ * caller's. 0 when all were, -EAGAIN (timeout 0) or -ETIMEDOUT (still full:
+ * one drop counted) or -EPIPE (closed). */
+int queue_push_many_wait(struct queue *q, struct cgw_item *items, size_t n, int timeout_ms,
+			 size_t *pushed);
+
 /* Moves up to max items, oldest first, into items[] and returns how many
  * (0 if empty). Consumer only: one thread. Resets the eventfd when the queue
  * is left empty. */

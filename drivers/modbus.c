@@ -79,6 +79,7 @@
 
 #define MB_WRITE_QUEUE 32       /* writes waiting for the worker, per bus */
 #define MB_PUSH_SLICE_MS 200    /* a blocked push re-checks `stop` this often */
+#define MB_PENDING 32           /* items held for one hand-over to the core */
 #define MB_RECONNECT_MIN_MS 500 /* first reconnect delay; doubles per failure */
 #define MB_RECONNECT_MAX_MS 30000
 #define MB_OFFLINE_POLL_MAX_MS 30000
@@ -130,7 +131,7 @@ struct mb_pstate {
 	bool logged;           /* this episode was logged at point level */
 	bool raw_ok;           /* `raw` is the last read, decoded and reported good */
 	enum cgw_quality fail_q;
-	uint64_t raw;          /* its registers at the last good read (numbers and bools) */
+	uint64_t raw; /* its registers at the last good read (numbers and bools) */
 };
 
 struct mb_dev {
@@ -176,12 +177,17 @@ struct driver {
 	bool rtu, connected, conn_fault, rs485_logged;
 	bool answered; /* a request was answered on this connection */
 	bool in_fast;  /* serving fast points between the requests of a cycle */
+	bool any_fast; /* some device has points polled faster than itself */
 	int64_t reconnect_at, backoff;
 	int cur_unit, cur_timeout;
 	int64_t last_frame_end; /* monotonic us */
 	struct mb_plan *plan;
 	uint16_t regs[MBP_MAX_REGS];
 	uint8_t bits[MBP_MAX_BITS];
+	/* items for the core not handed over yet: flushed before anything that
+	 * may wait (a request, a connect, the idle wait) and at each cycle's end */
+	struct cgw_item pend[MB_PENDING];
+	size_t n_pend;
 
 	/* read-only after open */
 	struct mb_dev *devs;
@@ -434,17 +440,35 @@ static int64_t offline_interval(const struct mb_dev *dev)
 	return i > p ? i : p;
 }
 
-/* Hand an item to the core. Waits while the queue is full (the worker slows
- * down rather than losing data) but gives up when the driver stops or the
- * queue is closed. The item's value is always consumed. */
-static void push(struct driver *d, struct cgw_item *it)
+/* Hand the pending items to the core in one go: one lock and at most one
+ * wake-up of the core per request or cycle instead of one per item. Waits
+ * while the queue is full (the worker slows down rather than losing data)
+ * but gives up when the driver stops or the queue is closed. */
+static void flush(struct driver *d)
 {
+	size_t done = 0, at = 0;
 	int r;
 
-	do
-		r = queue_push_wait(d->q, it, MB_PUSH_SLICE_MS);
-	while (r == -ETIMEDOUT && !stopping(d));
-	cgw_value_clear(&it->value);
+	while (at < d->n_pend) {
+		r = queue_push_many_wait(d->q, d->pend + at, d->n_pend - at, MB_PUSH_SLICE_MS,
+					 &done);
+		at += done;
+		if (r != -ETIMEDOUT || stopping(d))
+			break;
+	}
+	for (size_t i = at; i < d->n_pend; i++) /* given up: the values are ours */
+		cgw_value_clear(&d->pend[i].value);
+	d->n_pend = 0;
+}
+
+/* Queue an item for the core (see flush()); the item's value is always
+ * consumed. */
+static void push(struct driver *d, struct cgw_item *it)
+{
+	if (d->n_pend == MB_PENDING)
+		flush(d);
+	d->pend[d->n_pend++] = *it;
+	it->value.type = CGW_V_NONE;
 }
 
 /* ---- statistics ----------------------------------------------------------------------- */
@@ -905,6 +929,7 @@ static int call(struct driver *d, enum mb_op op, int addr, int n)
 {
 	int rc = -1;
 
+	flush(d); /* nothing read waits behind line time */
 	if (d->link)
 		return link_call(d, op, addr, n);
 	if (!d->rtu)
@@ -945,6 +970,7 @@ static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int add
 	int64_t retries = dev->state == DEV_OFFLINE ? 0 : dev->cfg->retries;
 	int e = 0;
 
+	flush(d);
 	for (int64_t t = 0; t <= retries; t++) {
 		int64_t t0;
 		if (t > 0 && stopping(d))
@@ -1081,7 +1107,8 @@ static void deliver(struct driver *d, struct mb_dev *dev, const struct mb_req *r
 			rc = mbd_decode_bit(d->bits, r->count, off, &v);
 		} else {
 			struct mb_format f = modbus_point_format(pt);
-			cacheable = f.type != CGW_T_STRING && s->count <= 4 && off + s->count <= r->count;
+			cacheable = f.type != CGW_T_STRING && s->count <= 4 &&
+				    off + s->count <= r->count;
 			if (cacheable) {
 				raw = raw_regs(d->regs + off, s->count);
 				if (ps->raw_ok && ps->raw == raw && ps->sent &&
@@ -1135,6 +1162,7 @@ static void update_ranges(struct driver *d)
 		dev->req_n++;
 	}
 	d->n_pollable = 0;
+	d->any_fast = false;
 	for (size_t i = 0; i < d->n_devs; i++) {
 		struct mb_dev *dev = &d->devs[i];
 		d->n_pollable += dev->req_n > 0;
@@ -1144,6 +1172,7 @@ static void update_ranges(struct driver *d)
 			if (pm && (!dev->fast_ms || pm < dev->fast_ms))
 				dev->fast_ms = pm;
 		}
+		d->any_fast |= dev->fast_ms > 0;
 	}
 }
 
@@ -1519,6 +1548,7 @@ static void end_cycle(struct driver *d, struct mb_dev *dev)
 
 	if (dev->cycle_readings)
 		push(d, &it);
+	flush(d);
 	dev->cycle_readings = false;
 	dev->cycle_ts = 0;
 }
@@ -1534,7 +1564,7 @@ static void reschedule_fast(struct mb_dev *dev, int64_t now);
  * with it, so two reads are never more than the fast poll apart. */
 static void run_fast_due(struct driver *d, int64_t horizon_ms, const struct mb_dev *busy)
 {
-	if (d->in_fast)
+	if (d->in_fast || !d->any_fast) /* no scan of the bus per request without them */
 		return;
 	d->in_fast = true;
 	while (d->connected && !stopping(d)) {
@@ -1753,6 +1783,7 @@ static void wait_wake(struct driver *d, int64_t ms)
 {
 	struct pollfd pfd = {.fd = d->wake_fd, .events = POLLIN};
 
+	flush(d);
 	if (ms > 60000)
 		ms = 60000;
 	if (ms < 0)
@@ -1792,6 +1823,7 @@ static void *worker(void *arg)
 		now = cgw_mono_ms();
 		dtu_replace(d);
 		if (!d->connected && (now >= d->reconnect_at || d->dtu)) {
+			flush(d);
 			try_connect(d);
 			now = cgw_mono_ms();
 		}
@@ -1820,6 +1852,7 @@ static void *worker(void *arg)
 			due = d->reconnect_at;
 		wait_wake(d, due == INT64_MAX ? 60000 : due - now);
 	}
+	flush(d);
 	return NULL;
 }
 
@@ -1829,6 +1862,8 @@ static void mb_free(struct driver *d)
 {
 	if (!d)
 		return;
+	for (size_t i = 0; i < d->n_pend; i++)
+		cgw_value_clear(&d->pend[i].value);
 	for (size_t i = 0; i < d->n_devs; i++) {
 		struct mb_dev *dev = &d->devs[i];
 		for (size_t p = 0; dev->pts && p < dev->prof->n_points; p++)

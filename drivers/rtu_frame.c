@@ -11,7 +11,7 @@
 /* CRC-16/MODBUS (reflected 0xA001) of every byte value: one lookup per byte
  * instead of eight shifts (the line's answers are checked byte by byte). */
 static const uint16_t crc_table[256] = {
-#define C1(c) ((c) & 1 ? ((c) >> 1) ^ 0xA001 : (c) >> 1)
+#define C1(c) ((c)&1 ? ((c) >> 1) ^ 0xA001 : (c) >> 1)
 #define C8(c) C1(C1(C1(C1(C1(C1(C1(C1(c))))))))
 #define R4(i) C8(i), C8(i + 1), C8(i + 2), C8(i + 3)
 #define R16(i) R4(i), R4(i + 4), R4(i + 8), R4(i + 12)

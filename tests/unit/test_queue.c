@@ -386,6 +386,59 @@ struct producer {
 	int err;          /* first unexpected return code */
 };
 
+/* A batch goes in under one wake-up; on a full queue it takes what fits,
+ * oldest first, and leaves the rest (and their strings) to the caller. */
+static void test_push_many(void **state)
+{
+	struct queue *q;
+	struct cgw_item in[5], out[8];
+	struct queue_stats st;
+	uint64_t counter = 0;
+	size_t done = 99;
+
+	(void)state;
+	assert_int_equal(queue_new(&q, 4), 0);
+	for (int i = 0; i < 3; i++)
+		in[i] = uint_item(1, (uint64_t)i);
+	assert_int_equal(queue_push_many_wait(q, in, 3, 0, &done), 0);
+	assert_int_equal(done, 3);
+	assert_int_equal(read(queue_fd(q), &counter, sizeof(counter)), sizeof(counter));
+	assert_int_equal(counter, 1); /* one wake-up for three items */
+	assert_int_equal(queue_pop_batch(q, out, 8), 3);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(out[i].value.u, (uint64_t)i);
+
+	in[0] = uint_item(1, 10);
+	in[1] = str_item(1, "kept");
+	in[2] = str_item(1, "not kept");
+	in[3] = uint_item(1, 13);
+	in[4] = uint_item(1, 14);
+	assert_int_equal(queue_push(q, &in[4]), 0);
+	assert_int_equal(queue_push(q, &in[4]), 0);
+	/* two free slots, no wait: the first two go in */
+	assert_int_equal(queue_push_many_wait(q, in, 4, 0, &done), -EAGAIN);
+	assert_int_equal(done, 2);
+	assert_int_equal(in[1].value.type, CGW_V_NONE); /* the queue's now */
+	assert_int_equal(in[2].value.type, CGW_V_STRING);
+	assert_string_equal(in[2].value.s, "not kept");
+	/* with a timeout, still full: -ETIMEDOUT, one drop */
+	assert_int_equal(queue_push_many_wait(q, in + 2, 2, 50, &done), -ETIMEDOUT);
+	assert_int_equal(done, 0);
+	queue_get_stats(q, &st);
+	assert_int_equal(st.drops, 2);
+	assert_true(st.full);
+	cgw_value_clear(&in[2].value);
+	assert_int_equal(queue_pop_batch(q, out, 8), 4);
+	assert_int_equal(out[2].value.u, 10);
+	assert_string_equal(out[3].value.s, "kept");
+	cgw_value_clear(&out[3].value);
+	queue_close(q);
+	in[0] = uint_item(1, 20);
+	assert_int_equal(queue_push_many_wait(q, in, 1, -1, &done), -EPIPE);
+	assert_int_equal(done, 0);
+	queue_free(q);
+}
+
 static void *producer_main(void *arg)
 {
 	struct producer *p = arg;
@@ -555,6 +608,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_new_rejects_bad_capacity),
 		cmocka_unit_test(test_fifo_single_producer),
+		cmocka_unit_test(test_push_many),
 		cmocka_unit_test(test_full_eagain_and_string_ownership),
 		cmocka_unit_test(test_full_episodes_hysteresis),
 		cmocka_unit_test(test_push_wait_times_out),

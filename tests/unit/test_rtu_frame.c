@@ -40,7 +40,8 @@ static void test_crc_table(void **state)
 		for (size_t i = 0; i < n; i++) {
 			crc ^= buf[i];
 			for (int b = 0; b < 8; b++)
-				crc = crc & 1 ? (uint16_t)((crc >> 1) ^ 0xA001) : (uint16_t)(crc >> 1);
+				crc = crc & 1 ? (uint16_t)((crc >> 1) ^ 0xA001) :
+						(uint16_t)(crc >> 1);
 		}
 		assert_int_equal(rtu_crc16(buf, n), crc);
 	}
