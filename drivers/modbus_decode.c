@@ -113,16 +113,66 @@ static void put_raw(uint16_t *regs, unsigned n, enum cgw_order o, uint64_t v)
  * conversions. */
 /* A float32 as the shortest decimal that reads back as the same float, so
  * that 0.35f is reported as 0.35 rather than 0.3499999940395355. */
-static double float_as_decimal(float fl)
+static double float_as_decimal_slow(float fl)
 {
 	char buf[32];
 
-	if (!isfinite(fl))
-		return fl;
 	for (int prec = 6; prec <= 9; prec++) {
 		snprintf(buf, sizeof(buf), "%.*g", prec, (double)fl);
 		if (strtof(buf, NULL) == fl)
 			return strtod(buf, NULL);
+	}
+	return fl;
+}
+
+/* Exact powers of ten in a double: 10^0 .. 10^22. */
+static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+				     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+				     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* The same value as float_as_decimal_slow() without printf and strtod (they
+ * were most of the driver's instructions per request). For `prec` digits the
+ * printed decimal is m * 10^-k with m = |x| * 10^k rounded to an integer;
+ * |x| * 10^k is computed in a double (a 24-bit float times an exact power of
+ * ten, error at most 2^-24 for m < 10^9), so m is exact unless the product
+ * lies that close to a rounding tie, and m / 10^k (or m * 10^-k) is one
+ * correctly rounded operation on exact operands: what strtod() gives for the
+ * digits. Near a tie, or outside the exact powers, the slow path decides. */
+static double float_as_decimal(float fl)
+{
+	double x = fl, a = fabs(x);
+	int e;
+
+	if (!isfinite(fl) || fl == 0.0f)
+		return fl;
+	e = (int)floor(log10(a));
+	for (int prec = 6; prec <= 9; prec++) {
+		int k = prec - 1 - e;
+		double p, m, frac, cand;
+
+		float f;
+
+		if (k < 0 || k > 22) /* 10^6 and more, or tiny: rare, exactness unclear */
+			return float_as_decimal_slow(fl);
+		p = pow10_exact[k];
+		m = a * p;
+		frac = m - floor(m);
+		if (fabs(frac - 0.5) < 1.0 / (1 << 20))
+			return float_as_decimal_slow(fl); /* near a tie: which way printf went */
+		m = nearbyint(m);
+		if (m < pow10_exact[prec - 1] || m > pow10_exact[prec])
+			return float_as_decimal_slow(fl); /* log10() missed the decade */
+		cand = m / p;
+		f = (float)cand;
+		if ((double)f != cand) {
+			/* decimal -> double -> float rounds twice; strtof() once: they
+			 * differ only when the double is a float midpoint */
+			float g = nextafterf(f, cand > (double)f ? INFINITY : 0.0f);
+			if (((double)f + (double)g) / 2 == cand)
+				return float_as_decimal_slow(fl);
+		}
+		if (f == (float)a)
+			return x < 0 ? -cand : cand;
 	}
 	return fl;
 }

@@ -720,6 +720,70 @@ static void test_check_format(void **state)
 
 /* Decoding then encoding an unscaled number gives back the same registers,
  * for random registers in every order (NaNs excluded: they are not values). */
+/* The float32 decoding's shortest decimal, computed without printf, against
+ * the definition (the shortest of %.6g .. %.9g that strtof() reads back as
+ * the same float, as strtod() reads it): every exponent, random mantissas,
+ * and the values a sensor gives (tenths and hundredths). */
+static double shortest_reference(float fl)
+{
+	char buf[32];
+
+	if (!isfinite(fl))
+		return fl;
+	for (int prec = 6; prec <= 9; prec++) {
+		snprintf(buf, sizeof(buf), "%.*g", prec, (double)fl);
+		if (strtof(buf, NULL) == fl)
+			return strtod(buf, NULL);
+	}
+	return fl;
+}
+
+static void check_shortest(uint32_t bits)
+{
+	struct mb_format f = MB_FORMAT_INIT;
+	uint16_t regs[2] = {(uint16_t)(bits >> 16), (uint16_t)bits};
+	struct cgw_value v;
+	enum cgw_quality q;
+	float fl;
+	double want;
+
+	memcpy(&fl, &bits, sizeof fl);
+	if (!isfinite(fl))
+		return;
+	f.type = CGW_T_FLOAT32;
+	want = shortest_reference(fl);
+	assert_int_equal(mbd_decode_regs(&f, regs, 2, &v, &q), 0);
+	assert_int_equal(v.type, CGW_V_DOUBLE);
+	if (memcmp(&v.d, &want, sizeof want) != 0)
+		fail_msg("float32 0x%08x: %.17g, want %.17g", (unsigned)bits, v.d, want);
+}
+
+static void test_float32_shortest(void **state)
+{
+	uint32_t x = 0x12345678;
+	(void)state;
+	for (uint32_t i = 0; i < 400000; i++) {
+		x ^= x << 13, x ^= x >> 17, x ^= x << 5; /* xorshift32 */
+		check_shortest(x);
+	}
+	for (uint32_t e = 0; e < 256; e++)
+		for (uint32_t m = 0; m < 64; m++) {
+			check_shortest(e << 23 | m);
+			check_shortest(e << 23 | (0x7FFFFFu - m));
+			check_shortest(0x80000000u | e << 23 | m * 131071u);
+		}
+	for (int i = -200000; i <= 200000; i++) {
+		float a = (float)i / 10.0f, b = (float)i / 100.0f, c = (float)i * 0.001f;
+		uint32_t u;
+		memcpy(&u, &a, 4);
+		check_shortest(u);
+		memcpy(&u, &b, 4);
+		check_shortest(u);
+		memcpy(&u, &c, 4);
+		check_shortest(u);
+	}
+}
+
 static void test_round_trip_random(void **state)
 {
 	(void)state;
@@ -755,6 +819,7 @@ int main(void)
 		cmocka_unit_test(test_nan_inf_bad),      cmocka_unit_test(test_short_buffers),
 		cmocka_unit_test(test_encode_ranges),    cmocka_unit_test(test_decode_bit),
 		cmocka_unit_test(test_parse),            cmocka_unit_test(test_check_format),
+		cmocka_unit_test(test_float32_shortest),
 		cmocka_unit_test(test_round_trip_random),
 	};
 
