@@ -12,6 +12,7 @@ struct queue {
 	pthread_cond_t not_full; /* producers in queue_push_wait() */
 	int efd;
 	bool closed;
+	bool signalled; /* the eventfd was written and not read since */
 	size_t cap;
 	size_t head; /* index of the oldest item */
 	size_t count;
@@ -106,6 +107,7 @@ static void put_locked(struct queue *q, struct cgw_item *item)
 		uint64_t one = 1;
 		ssize_t n = write(q->efd, &one, sizeof(one));
 		(void)n;
+		q->signalled = true;
 	}
 }
 
@@ -234,12 +236,13 @@ size_t queue_pop_batch(struct queue *q, struct cgw_item *items, size_t max)
 			q->head = 0;
 	}
 	q->count -= n;
-	if (q->count == 0) {
-		/* Reset the wake-up; EAGAIN if already reset (a pop on an
-		 * empty queue) is fine. */
+	if (q->count == 0 && q->signalled) {
+		/* Reset the wake-up, once: a consumer that pops until it gets
+		 * nothing costs no read() that finds it already reset. */
 		uint64_t v;
 		ssize_t r = read(q->efd, &v, sizeof(v));
 		(void)r;
+		q->signalled = false;
 	}
 	if (q->st.full && q->count <= q->cap / 2)
 		q->st.full = false;
