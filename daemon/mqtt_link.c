@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -500,6 +501,13 @@ static void on_subscribe_cb(struct mosquitto *m, void *arg, int mid, int n, cons
 
 /* ---- events ------------------------------------------------------------------ */
 
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static bool more_to_read(int fd)
 {
 	int n = 0;
@@ -535,12 +543,16 @@ static void on_io(struct loop *l, int fd, uint32_t ev, void *arg)
 	if (!lk->mosq || fd != lk->fd)
 		return;
 	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+		/* a count and a time budget: whatever the callbacks cost per
+		 * message (a store write, a PUBACK's ack), a turn stays short */
+		int64_t until = mono_us() + MQTT_LINK_READ_US;
 		for (unsigned n = 0; n < budget; n++) {
 			lk->in_io++;
 			errno = 0;
 			rc = mosquitto_loop_read(lk->mosq, 1);
 			lk->in_io--;
-			if (rc != MOSQ_ERR_SUCCESS || lk->fail_pending || !more_to_read(fd))
+			if (rc != MOSQ_ERR_SUCCESS || lk->fail_pending || !more_to_read(fd) ||
+			    mono_us() >= until)
 				break;
 		}
 		if (rc != MOSQ_ERR_SUCCESS && !lk->fail_pending) {

@@ -28,7 +28,8 @@
  * timer.
  *
  * Reads: at most read_budget mosquitto_loop_read() calls per readable event
- * (one packet each for a subscriber); the rest stays in the socket for the
+ * (one packet each for a subscriber), and no more once MQTT_LINK_READ_US have
+ * passed (callbacks included: a store write, a PUBACK's ack); the rest stays in the socket for the
  * next turn of the loop, so a flood costs a bounded slice of each turn, and
  * the broker holds back (QoS 1: it sends no more than its in-flight window
  * before our PUBACKs).
@@ -65,6 +66,7 @@
 #define MQTT_LINK_STABLE_MS 10000 /* a connection this old resets the backoff */
 #define MQTT_LINK_PROBE_MS 2000   /* urgent: the next attempt within this */
 #define MQTT_LINK_READ_BUDGET 64  /* default reads per readable event */
+#define MQTT_LINK_READ_US 5000    /* and at most this long reading per event */
 #define MQTT_LINK_MAX_CONNECTORS 16
 
 struct mqtt_link;

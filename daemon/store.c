@@ -19,6 +19,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,11 +36,17 @@
 #define PAGE_SIZE 4096
 #define WAL_CKPT_PAGES_MAX 256 /* 1 MB: one PASSIVE pass stays ~20 ms on the core loop */
 #define WAL_CKPT_PAGES_MIN 4
-#define ADMIT_EVERY 32 /* size check every N non-alarm writes */
-#define SOFT_PCT 90    /* non-alarm writes stop (or evict) above this % of the data budget */
-#define TARGET_PCT 85  /* eviction brings the store down to this % */
-#define SHM_EST 32768  /* the WAL index of a WAL kept under 4096 frames */
-#define EVICT_CHUNK_MAX 20000
+#define CKPT_WORKER_MIN_PAGES 64 /* caps from 4 MB: checkpoints on the worker */
+#define ADMIT_EVERY 32           /* size check every N non-alarm writes */
+#define SOFT_PCT 90         /* non-alarm writes stop (or evict) above this % of the data budget */
+#define TARGET_PCT 85       /* eviction brings the store down to this % */
+#define SHM_EST 32768       /* the WAL index of a WAL kept under 4096 frames */
+#define EVICT_CHUNK_MAX 256 /* rows per eviction statement: a few ms */
+#define CGW_STR_(x) #x
+#define CGW_STR(x) CGW_STR_(x)
+#define VACUUM_STEP_PAGES 2048 /* free pages given back per maintenance */
+#define EVICT_STEP_MS 5        /* eviction work per call on the core loop */
+#define EVICT_AHEAD_PCT 87     /* maintenance evicts from here, ahead of SOFT_PCT */
 #define RETENTION_CHUNK 1000
 #define RETENTION_STEP_MS 10 /* retention work per call on the core loop */
 #define NAME_MAX_LEN 63
@@ -263,6 +270,7 @@ struct store {
 	uint64_t expired_unreported;
 	int64_t expire_cutoff; /* wall ms: telemetry older goes */
 	bool expire_more;      /* retention not done yet */
+	bool evict_more;       /* above EVICT_AHEAD_PCT: store_flush() evicts */
 	bool evicting;         /* inside an eviction episode */
 	bool episode_new;      /* it started since the last store_maintain() */
 
@@ -284,6 +292,7 @@ struct store {
 	uint64_t tx_msgs[CGW_LANE_COUNT]; /* messages in the open batch */
 	uint64_t disk_full_episodes;
 	int64_t ckpt_max_us;
+	struct ckpt_worker *ck; /* checkpoints off the core thread; NULL: inline */
 	/* acks of the open batch (to hold if it rolls back), and held acks */
 	struct held_ack *tx_acks;
 	size_t n_tx_acks, cap_tx_acks;
@@ -650,6 +659,189 @@ static int checkpoint(struct store *s, int mode)
 	return 0;
 }
 
+/* The checkpoint worker: a thread with a connection of its own that runs
+ * PASSIVE checkpoints, so that their page copies and fsyncs (tens of ms
+ * under load) never run on the core loop. SQLite allows a checkpoint from
+ * any connection in WAL mode; a PASSIVE one takes no lock a writer needs, so
+ * the core's commits go on meanwhile. Only the core writes data: the worker
+ * copies committed WAL frames into the database file and nothing else.
+ * The core asks (ckpt_request()), the worker coalesces requests, and the core
+ * collects the outcome at its next flush or maintenance (ckpt_collect()). */
+struct ckpt_worker {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	sqlite3 *db;
+	pid_t pid; /* the process that has the thread (not a fork's child) */
+	bool want, want_truncate, busy, stop, have;
+	int rc, log, done;
+	int64_t us;
+};
+
+static void *ckpt_main(void *arg)
+{
+	struct ckpt_worker *w = arg;
+	pthread_mutex_lock(&w->mu);
+	for (;;) {
+		while (!w->want && !w->stop)
+			pthread_cond_wait(&w->cv, &w->mu);
+		if (w->stop)
+			break;
+		bool truncate = w->want_truncate;
+		w->want = w->want_truncate = false;
+		w->busy = true;
+		pthread_mutex_unlock(&w->mu);
+		int log = 0, done = 0;
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		int rc = sqlite3_wal_checkpoint_v2(w->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log,
+						   &done);
+		/* The file back to nothing: after the PASSIVE pass copied the
+		 * pages, the write lock this takes is held only for the few
+		 * frames since and the truncation; busy (the core writing):
+		 * next time. */
+		if (truncate && rc == SQLITE_OK && log == done)
+			rc = sqlite3_wal_checkpoint_v2(w->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+						       &log, &done);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		pthread_mutex_lock(&w->mu);
+		w->busy = false;
+		w->have = true;
+		pthread_cond_broadcast(&w->cv); /* ckpt_quiesce() */
+		w->rc = rc;
+		w->log = log;
+		w->done = done;
+		int64_t us = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 +
+			     (t1.tv_nsec - t0.tv_nsec) / 1000;
+		if (us > w->us)
+			w->us = us;
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+static void ckpt_stop(struct store *s)
+{
+	struct ckpt_worker *w = s->ck;
+	if (!w)
+		return;
+	s->ck = NULL;
+	if (w->pid != getpid())
+		return; /* a forked child: the thread and its connection are the parent's */
+	pthread_mutex_lock(&w->mu);
+	w->stop = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	pthread_join(w->th, NULL);
+	sqlite3_close(w->db);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+}
+
+/* Starts the worker; without one (a small cap, no memory, no thread, no
+ * second connection) checkpoints run inline. Under a small cap (below
+ * CKPT_WORKER_MIN_PAGES frames per checkpoint) the WAL's share is a few
+ * pages that a burst would outgrow while the worker runs, and an inline
+ * checkpoint copies only those few pages. */
+static void ckpt_start(struct store *s)
+{
+	if (s->ckpt_pages < CKPT_WORKER_MIN_PAGES)
+		return;
+	struct ckpt_worker *w = calloc(1, sizeof(*w));
+	if (!w)
+		return;
+	if (sqlite3_open_v2(s->path, &w->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+		    SQLITE_OK ||
+	    sqlite3_exec(w->db,
+			 s->o.sync_full ? "PRAGMA synchronous = FULL" :
+					  "PRAGMA synchronous = NORMAL",
+			 NULL, NULL, NULL) != SQLITE_OK) {
+		sqlite3_close(w->db);
+		free(w);
+		return;
+	}
+	sqlite3_busy_timeout(w->db, 0);
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	if (pthread_create(&w->th, NULL, ckpt_main, w) != 0) {
+		sqlite3_close(w->db);
+		pthread_cond_destroy(&w->cv);
+		pthread_mutex_destroy(&w->mu);
+		free(w);
+		return;
+	}
+	w->pid = getpid();
+	s->ck = w;
+}
+
+/* The worker, if this process has it (a forked child does not). */
+static struct ckpt_worker *ckpt_worker(const struct store *s)
+{
+	return s->ck && s->ck->pid == getpid() ? s->ck : NULL;
+}
+
+/* Takes the worker's outcome, if any: its time into the status figure, a
+ * full disk into the disk-full state. */
+static void ckpt_collect(struct store *s)
+{
+	struct ckpt_worker *w = ckpt_worker(s);
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->mu);
+	bool have = w->have;
+	int rc = w->rc;
+	int64_t us = w->us;
+	w->have = false;
+	pthread_mutex_unlock(&w->mu);
+	if (us > s->ckpt_max_us)
+		s->ckpt_max_us = us;
+	if (!have || rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
+		return;
+	int e = db_fail(s, "checkpoint", rc);
+	if (e == -ENOSPC)
+		go_disk_full(s, s->err);
+}
+
+/* Waits until the worker is idle: before a checkpoint on the core that must
+ * not meet the worker's checkpoint lock (a full disk, an alarm to make room
+ * for). Rare paths: correctness before latency. */
+static void ckpt_quiesce(struct store *s)
+{
+	struct ckpt_worker *w = ckpt_worker(s);
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->want = false;
+	while (w->busy)
+		pthread_cond_wait(&w->cv, &w->mu);
+	pthread_mutex_unlock(&w->mu);
+	ckpt_collect(s);
+}
+
+/* A PASSIVE checkpoint: on the worker when there is one, else inline. The
+ * worker's checkpoint runs while writes go on; should the WAL reach twice
+ * its checkpoint size meanwhile (a burst faster than the disk), or the disk
+ * be full, the core checkpoints itself: the WAL's share of the cap holds. */
+static void ckpt_request(struct store *s)
+{
+	struct ckpt_worker *w = ckpt_worker(s);
+	s->ckpt_due = false;
+	if (w && (s->disk_full || s->wal_frames >= 2 * s->ckpt_pages)) {
+		ckpt_quiesce(s);
+		w = NULL;
+	}
+	if (!w) {
+		checkpoint(s, SQLITE_CHECKPOINT_PASSIVE);
+		return;
+	}
+	ckpt_collect(s);
+	pthread_mutex_lock(&w->mu);
+	w->want = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
 /* mono_ms < 0: read the clock (only when a batch starts). */
 static int tx_begin(struct store *s, int64_t mono_ms)
 {
@@ -731,7 +923,7 @@ static int tx_commit(struct store *s, bool may_checkpoint)
 		/* A failed checkpoint is not a failed commit: it is retried
 		 * after the next commit and reported by store_maintain(). */
 		if (may_checkpoint)
-			checkpoint(s, SQLITE_CHECKPOINT_PASSIVE);
+			ckpt_request(s);
 		else
 			s->ckpt_due = true;
 	}
@@ -755,14 +947,18 @@ static int batch_wrote(struct store *s, bool *committed)
 static void probe(struct store *s);
 
 static int expire_step(struct store *s);
+static int evict_step(struct store *s);
 
 int store_flush(struct store *s)
 {
 	int rc = tx_commit(s, true);
 	if (rc == 0 && s->ckpt_due)
-		checkpoint(s, SQLITE_CHECKPOINT_PASSIVE); /* see tx_commit() */
+		ckpt_request(s); /* see tx_commit() */
+	ckpt_collect(s);
 	if (rc == 0 && s->expire_more && !s->disk_full && !s->memory_only)
 		rc = expire_step(s);
+	else if (rc == 0 && s->evict_more && !s->disk_full && !s->memory_only && !s->in_tx)
+		rc = evict_step(s);
 	probe(s);
 	return rc;
 }
@@ -779,7 +975,7 @@ int64_t store_flush_deadline_ms(const struct store *s)
 	int64_t d = s->in_tx ? s->deadline : -1;
 	if (troubled(s) && (d < 0 || s->probe_at < d))
 		d = s->probe_at;
-	if (s->expire_more && !s->disk_full && !s->memory_only) {
+	if ((s->expire_more || s->evict_more) && !s->disk_full && !s->memory_only) {
 		int64_t e = cgw_mono_ms() + 2 * RETENTION_STEP_MS; /* leave the loop its turn */
 		if (d < 0 || e < d)
 			d = e;
@@ -983,14 +1179,19 @@ static int delete_oldest(struct store *s, enum cgw_lane lane, int64_t max_rows, 
 	return 0;
 }
 
-/* Evicts (telemetry, then events, then status) until used bytes <= target.
- * Inside a transaction. */
-static int evict_to(struct store *s, int64_t target)
+/* Evicts (telemetry, then events, then status) until used bytes <= target,
+ * in statements of at most EVICT_CHUNK_MAX rows, until mono deadline_ms
+ * (< 0: no deadline); s->evict_more says whether it stopped short. Inside a
+ * transaction. */
+static int evict_to(struct store *s, int64_t target, int64_t deadline_ms)
 {
 	static const enum cgw_lane order[] = {CGW_LANE_TELEMETRY, CGW_LANE_EVENT, CGW_LANE_STATUS};
 	int64_t used = 0;
 	int rc = used_bytes(s, &used);
-	for (size_t li = 0; !rc && li < sizeof(order) / sizeof(order[0]) && used > target;) {
+	size_t li = 0;
+	for (; !rc && li < sizeof(order) / sizeof(order[0]) && used > target;) {
+		if (deadline_ms >= 0 && cgw_mono_ms() >= deadline_ms)
+			break;
 		/* Rows to drop, from the running average row cost (pages are
 		 * not full: a quarter more), plus a few so that a round or two
 		 * suffice. */
@@ -1009,10 +1210,50 @@ static int evict_to(struct store *s, int64_t target)
 			li++; /* lane is empty */
 		rc = used_bytes(s, &used);
 	}
+	s->evict_more = !rc && used > target && li < sizeof(order) / sizeof(order[0]);
 	return rc;
 }
 
-/* Before a non-alarm write: keep it out of the alarm reserve. */
+/* The eviction target: TARGET_PCT of the data budget; 0: no cap. */
+static int64_t evict_target(struct store *s, int64_t *soft, int64_t *ahead)
+{
+	int64_t cap = cap_now(s);
+	if (cap <= 0)
+		return 0;
+	int64_t budget = data_budget(s, cap);
+	if (soft)
+		*soft = budget / 100 * SOFT_PCT;
+	if (ahead)
+		*ahead = budget / 100 * EVICT_AHEAD_PCT;
+	return budget / 100 * TARGET_PCT;
+}
+
+/* Eviction ahead of need, from store_flush(): one bounded step in a
+ * transaction of its own; the checkpoint its commit may call for waits for
+ * the next turn (ckpt_due). */
+static int evict_step(struct store *s)
+{
+	int64_t target = evict_target(s, NULL, NULL);
+	if (target <= 0) {
+		s->evict_more = false;
+		return 0;
+	}
+	int rc = tx_begin(s, -1);
+	if (!rc)
+		rc = evict_to(s, target, cgw_mono_ms() + EVICT_STEP_MS);
+	if (!rc)
+		rc = tx_commit(s, false);
+	if (rc) {
+		tx_abort(s);
+		s->evict_more = false; /* store_maintain() tries again */
+	}
+	return rc;
+}
+
+/* Before a non-alarm write: keep it out of the alarm reserve. Maintenance
+ * evicts from EVICT_AHEAD_PCT in bounded steps (store_flush()), so a write
+ * rarely finds the store above SOFT_PCT; when one does, it evicts one
+ * bounded step itself, and is refused only if that was not enough. */
 static int admit(struct store *s)
 {
 	if (s->o.max_size <= 0 && s->o.min_free <= 0)
@@ -1022,17 +1263,19 @@ static int admit(struct store *s)
 		return 0;
 	}
 	s->admit_countdown = ADMIT_EVERY;
-	int64_t cap = cap_now(s);
-	if (cap <= 0)
+	int64_t soft = 0, ahead = 0;
+	int64_t target = evict_target(s, &soft, &ahead);
+	if (target <= 0)
 		return 0;
-	int64_t used = 0, budget = data_budget(s, cap);
+	int64_t used = 0;
 	int rc = used_bytes(s, &used);
 	if (rc)
 		return rc;
-	int64_t soft = budget / 100 * SOFT_PCT;
+	if (used > ahead)
+		s->evict_more = true;
 	if (used <= soft)
 		return 0;
-	rc = evict_to(s, budget / 100 * TARGET_PCT);
+	rc = evict_to(s, target, cgw_mono_ms() + EVICT_STEP_MS);
 	if (rc)
 		return rc;
 	rc = used_bytes(s, &used);
@@ -1043,7 +1286,8 @@ static int admit(struct store *s)
 		set_err(s,
 			"%s: store is at its %s (%" PRId64 " of %" PRId64
 			" bytes for data); only alarms are accepted",
-			s->path, s->at_floor ? "free-space floor" : "size cap", used, budget);
+			s->path, s->at_floor ? "free-space floor" : "size cap", used,
+			soft / SOFT_PCT * 100);
 		return -ENOSPC;
 	}
 	return 0;
@@ -1399,6 +1643,8 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 		if (rc == -ENOSPC)
 			rc = 0; /* the disk-full state says it */
 		reserve_make(s);
+		if (!rc)
+			ckpt_start(s);
 	}
 	if (rc)
 		goto fail;
@@ -1424,6 +1670,7 @@ void store_close(struct store *s)
 			exec(s,
 			     "INSERT OR REPLACE INTO meta(key, value) VALUES('clean_close', '1')");
 	}
+	ckpt_stop(s); /* before the last connection closes: it checkpoints */
 	if (s->db)
 		close_db(s);
 	held_clear(s);
@@ -1786,6 +2033,7 @@ static int alarm_make_room(struct store *s, const struct store_msg *m, const int
 	char why[sizeof(s->err)];
 	memcpy(why, s->err, sizeof(why));
 	tx_abort(s);
+	ckpt_quiesce(s);
 	checkpoint(s, SQLITE_CHECKPOINT_PASSIVE);
 	int rc = tx_begin(s, mono_ms);
 	uint64_t n = 0;
@@ -1837,6 +2085,7 @@ static int enqueue_alarm(struct store *s, const struct store_msg *m, const int64
 		/* The disk is full: give the reserve back, let the WAL start
 		 * over if it can, and try again. */
 		if (disk_trouble(rc) && reserve_release(s)) {
+			ckpt_quiesce(s);
 			checkpoint(s, SQLITE_CHECKPOINT_PASSIVE);
 			rc = try_alarm(s, m, targets, nt, mono_ms, sq);
 		}
@@ -2467,10 +2716,11 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 	if (!rc)
 		rc = trim_table(s, "alarm_history", STORE_HISTORY_KEEP);
 	int64_t cap = cap_now(s);
-	if (!rc && cap > 0)
-		rc = evict_to(s, data_budget(s, cap) / 100 * TARGET_PCT);
+	if (!rc && cap > 0) /* a bounded step; store_flush() goes on with it */
+		rc = evict_to(s, data_budget(s, cap) / 100 * TARGET_PCT,
+			      cgw_mono_ms() + EVICT_STEP_MS);
 	if (!rc)
-		rc = tx_commit(s, true);
+		rc = tx_commit(s, false);
 	if (rc)
 		goto fail;
 	if (s->at_floor || s->disk_full)
@@ -2485,11 +2735,22 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 		goto fail;
 	if (fl > 0 && (fl * 4 >= pc ||
 		       (s->o.max_size > 0 && pc * PAGE_SIZE > s->o.max_size / 100 * TARGET_PCT))) {
-		rc = exec(s, "PRAGMA incremental_vacuum");
+		/* bounded: a few ms per maintenance; the next one goes on */
+		rc = exec(s, "PRAGMA incremental_vacuum(" CGW_STR(VACUUM_STEP_PAGES) ")");
 		if (rc)
 			goto fail;
 	}
-	rc = checkpoint(s, SQLITE_CHECKPOINT_TRUNCATE);
+	/* The WAL file back to nothing: on the worker when there is one. */
+	if (!ckpt_worker(s)) {
+		rc = checkpoint(s, SQLITE_CHECKPOINT_TRUNCATE);
+	} else {
+		struct ckpt_worker *w = ckpt_worker(s);
+		ckpt_collect(s);
+		pthread_mutex_lock(&w->mu);
+		w->want = w->want_truncate = true;
+		pthread_cond_signal(&w->cv);
+		pthread_mutex_unlock(&w->mu);
+	}
 	if (rc)
 		goto fail;
 	reserve_make(s);

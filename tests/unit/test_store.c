@@ -965,8 +965,16 @@ static void test_vacuum_shrinks(void **state)
 		cursor = it[n - 1].seq;
 		store_items_clear(it, n);
 	}
-	assert_int_equal(store_maintain(s, 0, NULL), 0);
-	int64_t small = store_size_bytes(s);
+	/* The WAL's checkpoints run on a worker: the space comes back within
+	 * a few maintenance rounds (the daemon runs one every few seconds). */
+	int64_t small = big;
+	for (int round = 0; round < 100 && small >= big / 10; round++) {
+		if (round)
+			usleep(50 * 1000);
+		assert_int_equal(store_flush(s), 0);
+		assert_int_equal(store_maintain(s, 0, NULL), 0);
+		small = store_size_bytes(s);
+	}
 	assert_true(small < big / 10);
 	struct stat sb;
 	assert_int_equal(stat(f->path, &sb), 0);
