@@ -66,7 +66,7 @@
 #define MQTT_LINK_STABLE_MS 10000 /* a connection this old resets the backoff */
 #define MQTT_LINK_PROBE_MS 2000   /* urgent: the next attempt within this */
 #define MQTT_LINK_READ_BUDGET 64  /* default reads per readable event */
-#define MQTT_LINK_READ_US 5000    /* and at most this long reading per event */
+#define MQTT_LINK_READ_US 3000    /* and at most this long reading per event */
 #define MQTT_LINK_MAX_CONNECTORS 16
 
 struct mqtt_link;

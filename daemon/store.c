@@ -44,9 +44,11 @@
 #define EVICT_CHUNK_MAX 256 /* rows per eviction statement: a few ms */
 #define CGW_STR_(x) #x
 #define CGW_STR(x) CGW_STR_(x)
-#define VACUUM_STEP_PAGES 2048 /* free pages given back per maintenance */
-#define EVICT_STEP_MS 5        /* eviction work per call on the core loop */
-#define EVICT_AHEAD_PCT 87     /* maintenance evicts from here, ahead of SOFT_PCT */
+#define VACUUM_STEP_PAGES 128 /* free pages given back per maintenance */
+#define EVICT_STEP_MS 5       /* eviction work per step on the core loop */
+#define EVICT_GAP_MS \
+	15 /* and this long between steps: many enqueues or flushes in one turn evict once */
+#define EVICT_AHEAD_PCT 87 /* maintenance evicts from here, ahead of SOFT_PCT */
 #define RETENTION_CHUNK 1000
 #define RETENTION_STEP_MS 10 /* retention work per call on the core loop */
 #define NAME_MAX_LEN 63
@@ -271,6 +273,7 @@ struct store {
 	int64_t expire_cutoff; /* wall ms: telemetry older goes */
 	bool expire_more;      /* retention not done yet */
 	bool evict_more;       /* above EVICT_AHEAD_PCT: store_flush() evicts */
+	int64_t evict_at;      /* mono ms: no eviction step before (one per turn) */
 	bool evicting;         /* inside an eviction episode */
 	bool episode_new;      /* it started since the last store_maintain() */
 
@@ -820,16 +823,27 @@ static void ckpt_quiesce(struct store *s)
 }
 
 /* A PASSIVE checkpoint: on the worker when there is one, else inline. The
- * worker's checkpoint runs while writes go on; should the WAL reach twice
- * its checkpoint size meanwhile (a burst faster than the disk), or the disk
- * be full, the core checkpoints itself: the WAL's share of the cap holds. */
+ * worker's checkpoint runs while writes go on; should the WAL reach its
+ * share of the cap meanwhile (a flood faster than the disk), or the disk be
+ * full, the core checkpoints itself: the WAL's share of the cap holds. */
 static void ckpt_request(struct store *s)
 {
 	struct ckpt_worker *w = ckpt_worker(s);
 	s->ckpt_due = false;
-	if (w && (s->disk_full || s->wal_frames >= 2 * s->ckpt_pages)) {
+	if (w && s->disk_full) {
 		ckpt_quiesce(s);
 		w = NULL;
+	} else if (w && s->wal_frames >= 4 * s->ckpt_pages) {
+		/* The worker ran while the WAL grew, so it never found the
+		 * WAL copied to its end at a batch's start, and it cannot
+		 * start over: a pass here, between batches, copies what came
+		 * since the worker's last one; busy (the worker is at it):
+		 * next commit. */
+		pthread_mutex_lock(&w->mu);
+		bool busy = w->busy || w->want;
+		pthread_mutex_unlock(&w->mu);
+		if (!busy)
+			w = NULL;
 	}
 	if (!w) {
 		checkpoint(s, SQLITE_CHECKPOINT_PASSIVE);
@@ -1033,6 +1047,20 @@ static int64_t data_budget(const struct store *s, int64_t cap)
  * after a checkpoint until the next commit cuts it to journal_size_limit,
  * and store_maintain() truncates it, so counting the file here would only
  * count space that is about to be given back. */
+/* Pages in use only: what eviction can give back (a WAL past its share
+ * wants a checkpoint, and the WAL an eviction writes must not make it evict
+ * more: counted in, a large eviction emptied the lane). */
+static int data_bytes(struct store *s, int64_t *used)
+{
+	int64_t pc = 0, fl = 0;
+	int rc = cached_int(s, ST_PAGE_COUNT, &pc);
+	if (!rc)
+		rc = cached_int(s, ST_FREELIST, &fl);
+	if (!rc)
+		*used = (pc - fl) * PAGE_SIZE;
+	return rc;
+}
+
 static int used_bytes(struct store *s, int64_t *used)
 {
 	int64_t pc = 0, fl = 0;
@@ -1183,11 +1211,11 @@ static int delete_oldest(struct store *s, enum cgw_lane lane, int64_t max_rows, 
  * in statements of at most EVICT_CHUNK_MAX rows, until mono deadline_ms
  * (< 0: no deadline); s->evict_more says whether it stopped short. Inside a
  * transaction. */
-static int evict_to(struct store *s, int64_t target, int64_t deadline_ms)
+static int evict_to(struct store *s, int64_t target, int64_t deadline_ms, bool pages_only)
 {
 	static const enum cgw_lane order[] = {CGW_LANE_TELEMETRY, CGW_LANE_EVENT, CGW_LANE_STATUS};
 	int64_t used = 0;
-	int rc = used_bytes(s, &used);
+	int rc = (pages_only ? data_bytes(s, &used) : used_bytes(s, &used));
 	size_t li = 0;
 	for (; !rc && li < sizeof(order) / sizeof(order[0]) && used > target;) {
 		if (deadline_ms >= 0 && cgw_mono_ms() >= deadline_ms)
@@ -1208,7 +1236,7 @@ static int evict_to(struct store *s, int64_t target, int64_t deadline_ms)
 		note_eviction(s, order[li], n);
 		if (n == 0)
 			li++; /* lane is empty */
-		rc = used_bytes(s, &used);
+		rc = (pages_only ? data_bytes(s, &used) : used_bytes(s, &used));
 	}
 	s->evict_more = !rc && used > target && li < sizeof(order) / sizeof(order[0]);
 	return rc;
@@ -1233,14 +1261,17 @@ static int64_t evict_target(struct store *s, int64_t *soft, int64_t *ahead)
  * the next turn (ckpt_due). */
 static int evict_step(struct store *s)
 {
-	int64_t target = evict_target(s, NULL, NULL);
+	int64_t target = evict_target(s, NULL, NULL), now = cgw_mono_ms();
 	if (target <= 0) {
 		s->evict_more = false;
 		return 0;
 	}
-	int rc = tx_begin(s, -1);
+	if (now < s->evict_at)
+		return 0;
+	int rc = tx_begin(s, now);
 	if (!rc)
-		rc = evict_to(s, target, cgw_mono_ms() + EVICT_STEP_MS);
+		rc = evict_to(s, target, now + EVICT_STEP_MS, false);
+	s->evict_at = cgw_mono_ms() + EVICT_GAP_MS;
 	if (!rc)
 		rc = tx_commit(s, false);
 	if (rc) {
@@ -1253,7 +1284,10 @@ static int evict_step(struct store *s)
 /* Before a non-alarm write: keep it out of the alarm reserve. Maintenance
  * evicts from EVICT_AHEAD_PCT in bounded steps (store_flush()), so a write
  * rarely finds the store above SOFT_PCT; when one does, it evicts one
- * bounded step itself, and is refused only if that was not enough. */
+ * bounded step itself (one per EVICT_GAP_MS: a turn that writes a thousand
+ * readings evicts once, unless they pass the data budget), and is refused
+ * only beyond the data budget. A store opened over its cap is brought under
+ * it in store_open(), before the loop runs. */
 static int admit(struct store *s)
 {
 	if (s->o.max_size <= 0 && s->o.min_free <= 0)
@@ -1275,21 +1309,29 @@ static int admit(struct store *s)
 		s->evict_more = true;
 	if (used <= soft)
 		return 0;
-	rc = evict_to(s, target, cgw_mono_ms() + EVICT_STEP_MS);
-	if (rc)
-		return rc;
-	rc = used_bytes(s, &used);
-	if (rc)
-		return rc;
-	if (used > soft) {
+	int64_t now = cgw_mono_ms(), budget = soft / SOFT_PCT * 100;
+	if (now >= s->evict_at || used > budget) {
+		rc = evict_to(s, target, now + EVICT_STEP_MS, false);
+		s->evict_at = cgw_mono_ms() + EVICT_GAP_MS;
+		if (rc)
+			return rc;
+		rc = used_bytes(s, &used);
+		if (rc)
+			return rc;
+	}
+	/* Above SOFT_PCT with a step just taken (this turn's, or this one's
+	 * not enough): maintenance is on it, and the write may use the band
+	 * up to the data budget meanwhile; beyond that only alarms. */
+	if (used > budget) {
 		s->admit_countdown = 0; /* check again next time */
 		set_err(s,
 			"%s: store is at its %s (%" PRId64 " of %" PRId64
 			" bytes for data); only alarms are accepted",
-			s->path, s->at_floor ? "free-space floor" : "size cap", used,
-			soft / SOFT_PCT * 100);
+			s->path, s->at_floor ? "free-space floor" : "size cap", used, budget);
 		return -ENOSPC;
 	}
+	if (used > soft)
+		s->admit_countdown = 0;
 	return 0;
 }
 
@@ -1643,6 +1685,20 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 		if (rc == -ENOSPC)
 			rc = 0; /* the disk-full state says it */
 		reserve_make(s);
+		/* over the cap already (a lowered cap, a copied file): under
+		 * it now, before the loop runs, not in steps of its turns */
+		int64_t target = evict_target(s, NULL, NULL);
+		if (!rc && target > 0) {
+			rc = tx_begin(s, -1);
+			if (!rc)
+				rc = evict_to(s, target, -1, true);
+			if (!rc)
+				rc = tx_commit(s, true);
+			if (rc == -ENOSPC)
+				rc = 0; /* the disk-full state says it */
+			else if (rc)
+				tx_abort(s);
+		}
 		if (!rc)
 			ckpt_start(s);
 	}
@@ -2716,9 +2772,11 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 	if (!rc)
 		rc = trim_table(s, "alarm_history", STORE_HISTORY_KEEP);
 	int64_t cap = cap_now(s);
-	if (!rc && cap > 0) /* a bounded step; store_flush() goes on with it */
+	if (!rc && cap > 0) { /* a bounded step; store_flush() goes on with it */
 		rc = evict_to(s, data_budget(s, cap) / 100 * TARGET_PCT,
-			      cgw_mono_ms() + EVICT_STEP_MS);
+			      cgw_mono_ms() + EVICT_STEP_MS, false);
+		s->evict_at = cgw_mono_ms() + EVICT_GAP_MS;
+	}
 	if (!rc)
 		rc = tx_commit(s, false);
 	if (rc)

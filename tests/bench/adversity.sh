@@ -209,23 +209,35 @@ if start_cgwd 5; then measure 5 "HTTP uplink: server accepts, never answers"; fi
 stop_cgwd
 kill "$blackhole" 2>/dev/null
 
-# ---- 6 the store at its size cap, evicting (an archive uplink that never
-# connects keeps a backlog over the cap; the LAN flood keeps adding)
+# ---- 6 the store at its size cap, evicting: an archive uplink that never
+# connects keeps every message, a backlog prefilled over the cap, and the LAN
+# flood adds a changed reading with every message (so each one is stored:
+# "%d" in mq_flood's payload), so that maintenance and enqueues evict
+# throughout the samples. Printed: the store's state and what was evicted
+# while the samples ran.
 config 6 "  - {name: archive, type: mqtt, url: \"mqtt://127.0.0.1:1\", insecure: true}" \
 	"  - {name: lan, type: mqtt, url: \"mqtt://127.0.0.1:$lan\"}" \
 	"  - {id: locker-1, name: 快递柜, profile: parcel-locker, bus: lan, topic: lockers/1}" \
 	"max_size: 16MB"
 "$CGW_BUILD/tools/outbox_fill" "$TMP/state-6/cgw.db" archive 200000 50 >/dev/null
+store_now() { # evicted telemetry, size in MB, state
+	curl -sf --max-time 5 "$URL/metrics" | awk '
+		$1 == "cgw_store_evicted_total{lane=\"telemetry\"}" { ev = $2 }
+		$1 == "cgw_store_bytes" { mb = $2 / 1048576 }
+		$1 ~ /^cgw_store_state\{/ && $2 == 1 { split($1, a, "\""); st = a[2] }
+		END { printf "%d %.1f %s\n", ev, mb, st }'
+}
 if start_cgwd 6; then
-	bg_start "$CGW_BUILD/tools/mq_flood" "$lan" lockers/1/status 100000000 0 200 \
-		'{"mains":true,"battery":87,"occupied":3,"overdue":0,"tamper":false}' >/dev/null 2>&1
+	bg_start "$CGW_BUILD/tools/mq_flood" "$lan" lockers/1/status 100000000 0 1000 \
+		'{"mains":true,"battery":%d,"occupied":3,"overdue":0,"tamper":false}' >/dev/null 2>&1
 	flood=$BG_PID
-	ev0=$(curl -sf --max-time 5 "$URL/metrics" | awk '$1 == "cgw_store_evicted_total{lane=\"telemetry\"}" { print $2 }')
+	# until the store is at its cap and evicting
+	wait_for 60 sh -c "curl -sf --max-time 2 '$URL/metrics' | grep -q '^cgw_store_state{state=\"at_cap\"} 1'"
+	read -r ev0 mb0 st0 <<<"$(store_now)"
 	measure 6 "store at its cap, evicting"
-	ev1=$(curl -sf --max-time 5 "$URL/metrics" | awk '$1 == "cgw_store_evicted_total{lane=\"telemetry\"}" { print $2 }')
-	size=$(curl -sf --max-time 5 "$URL/metrics" | awk '$1 == "cgw_store_bytes" { printf "%.1f", $2 / 1048576 }')
+	read -r ev1 mb1 st1 <<<"$(store_now)"
 	kill "$flood" 2>/dev/null
-	echo "  (evicted during row 6: $(awk -v a="${ev0:-0}" -v b="${ev1:-0}" 'BEGIN { print b - a }') telemetry messages; store ${size:-?} MB of 16 MB)"
+	echo "  (during row 6: $((ev1 - ev0)) telemetry messages evicted; store ${mb0} MB ($st0) before the samples, ${mb1} MB ($st1) after, cap 16 MB)"
 fi
 stop_cgwd
 

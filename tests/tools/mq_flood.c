@@ -5,7 +5,9 @@
  *
  *   mq_flood PORT TOPIC N SIZE [WINDOW [PAYLOAD]]
  *
- * PAYLOAD (e.g. a device's JSON) is sent instead of SIZE bytes of 'x'.
+ * PAYLOAD (e.g. a device's JSON) is sent instead of SIZE bytes of 'x'; a
+ * "%d" in it becomes the message's number modulo 100, so that every message
+ * is a change (a filler that the gateway stores, not one it deduplicates).
  */
 #include <mosquitto.h>
 #include <pthread.h>
@@ -50,7 +52,8 @@ int main(int argc, char **argv)
 	long n = atol(argv[3]), size = atol(argv[4]), window = argc > 5 ? atol(argv[5]) : 500;
 	if (argc > 6)
 		size = (long)strlen(argv[6]);
-	char *payload = malloc((size_t)size + 1);
+	const char *fmt = argc > 6 && strstr(argv[6], "%d") ? argv[6] : NULL;
+	char *payload = malloc((size_t)size + 16);
 	struct mosquitto *m;
 
 	if (!payload)
@@ -79,6 +82,11 @@ int main(int argc, char **argv)
 			pthread_cond_wait(&cv, &mu);
 		inflight++;
 		pthread_mutex_unlock(&mu);
+		if (fmt) {
+			const char *at = strstr(fmt, "%d");
+			size = snprintf(payload, (size_t)size + 16, "%.*s%d%s", (int)(at - fmt),
+					fmt, (int)(i % 100), at + 2);
+		}
 		if (mosquitto_publish(m, NULL, argv[2], (int)size, payload, 1, false) !=
 		    MOSQ_ERR_SUCCESS) {
 			fprintf(stderr, "mq_flood: publish failed\n");
