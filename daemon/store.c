@@ -11,7 +11,9 @@
  * checkpoint runs inside the COMMIT that crosses the threshold, which would
  * put a checkpoint (and its fsyncs) into an alarm's commit latency. We
  * checkpoint after batch commits and in store_flush()/store_maintain(); an
- * alarm commit only marks the checkpoint as due.
+ * alarm commit only marks the checkpoint as due. With a WAL of 64 pages or
+ * more per checkpoint, the checkpoint itself runs on a worker thread with a
+ * connection of its own (struct ckpt_worker): the core only asks.
  */
 #include "store.h"
 
@@ -44,8 +46,9 @@
 #define EVICT_CHUNK_MAX 256 /* rows per eviction statement: a few ms */
 #define CGW_STR_(x) #x
 #define CGW_STR(x) CGW_STR_(x)
-#define VACUUM_STEP_PAGES 128 /* free pages given back per maintenance */
-#define EVICT_STEP_MS 5       /* eviction work per step on the core loop */
+#define VACUUM_OVER_PAGES 1024 /* the same, with the file over the cap */
+#define VACUUM_STEP_PAGES 128  /* free pages given back per maintenance */
+#define EVICT_STEP_MS 5        /* eviction work per step on the core loop */
 #define EVICT_GAP_MS \
 	15 /* and this long between steps: many enqueues or flushes in one turn evict once */
 #define EVICT_AHEAD_PCT 87 /* maintenance evicts from here, ahead of SOFT_PCT */
@@ -1690,10 +1693,16 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 		int64_t target = evict_target(s, NULL, NULL);
 		if (!rc && target > 0) {
 			rc = tx_begin(s, -1);
+			bool was = s->evicting;
 			if (!rc)
 				rc = evict_to(s, target, -1, true);
 			if (!rc)
 				rc = tx_commit(s, true);
+			/* and the file down to what it holds */
+			if (!rc && s->evicting && !was)
+				rc = exec(s, "PRAGMA incremental_vacuum");
+			if (!rc && s->evicting && !was)
+				rc = checkpoint(s, SQLITE_CHECKPOINT_TRUNCATE);
 			if (rc == -ENOSPC)
 				rc = 0; /* the disk-full state says it */
 			else if (rc)
@@ -2794,7 +2803,9 @@ int store_maintain(struct store *s, int64_t now_ms, struct store_maint_report *r
 	if (fl > 0 && (fl * 4 >= pc ||
 		       (s->o.max_size > 0 && pc * PAGE_SIZE > s->o.max_size / 100 * TARGET_PCT))) {
 		/* bounded: a few ms per maintenance; the next one goes on */
-		rc = exec(s, "PRAGMA incremental_vacuum(" CGW_STR(VACUUM_STEP_PAGES) ")");
+		rc = exec(s, pc * PAGE_SIZE > cap && cap > 0 ?
+				     "PRAGMA incremental_vacuum(" CGW_STR(VACUUM_OVER_PAGES) ")" :
+				     "PRAGMA incremental_vacuum(" CGW_STR(VACUUM_STEP_PAGES) ")");
 		if (rc)
 			goto fail;
 	}

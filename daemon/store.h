@@ -48,7 +48,15 @@
  * A full disk (see store_state):
  * - size: db + WAL + SHM are counted against max_size; the WAL is
  *   checkpointed after batch commits once it holds 1/16 of the cap (PASSIVE:
- *   it never waits for a reader) and truncated by store_maintain();
+ *   it never waits for a reader) and truncated by store_maintain(). From a
+ *   4 MB cap (or without one) a worker thread does it on a connection of
+ *   its own, so the core loop never waits for a checkpoint's fsyncs; the
+ *   core checkpoints itself only when the WAL outgrows its share meanwhile,
+ *   or on a full disk. Only the core writes data;
+ * - eviction runs in bounded steps (at most ~5 ms, one per 15 ms) from
+ *   store_flush() once the data reach ~87% of their budget, ahead of the
+ *   ~90% at which a write would have to evict itself; a store opened over
+ *   its cap is brought under it by store_open();
  * - floor: when the filesystem's free space falls below min_free, the store
  *   behaves as at its cap at its current size (evicts telemetry to make room,
  *   grows no file), before SQLite meets ENOSPC;
@@ -167,14 +175,16 @@ struct store_msg {
  * (the disk is full: *seq is still valid and the alarm is delivered like a
  * stored one); for other lanes only when this write completed a batch. A non-alarm message that would take the store above
  * ~90% of max_size first evicts the oldest telemetry, then events, then
- * status; if nothing is left to evict it is refused with -ENOSPC. Alarms use
+ * status (one bounded step); it is refused with -ENOSPC only if the data
+ * are still above their budget after it. Alarms use
  * the remaining reserve and are never refused for the cap; if the disk itself
  * is full, an alarm gives up older non-alarm messages inside the file to get
  * in. On any other error the whole pending batch is rolled back (none of it
  * had been reported committed). */
 int store_enqueue(struct store *s, const struct store_msg *m, int64_t mono_ms, uint64_t *seq,
 		  bool *committed);
-/* Commits the pending batch (if any) and runs a deferred WAL checkpoint. */
+/* Commits the pending batch (if any), asks for a deferred WAL checkpoint,
+ * and runs one bounded step of retention or eviction when one is due. */
 int store_flush(struct store *s);
 /* Monotonic ms by which store_flush() must run (<= batch_ms after the
  * batch's first write; 0 = now, when an alarm commit left a WAL checkpoint
