@@ -22,6 +22,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -770,7 +771,14 @@ static void ckpt_start(struct store *s)
 	sqlite3_busy_timeout(w->db, 0);
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
-	if (pthread_create(&w->th, NULL, ckpt_main, w) != 0) {
+	/* no signal for the worker: whatever the process blocks later (a
+	 * signalfd) must not land on this thread */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int prc = pthread_create(&w->th, NULL, ckpt_main, w);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (prc != 0) {
 		sqlite3_close(w->db);
 		pthread_cond_destroy(&w->cv);
 		pthread_mutex_destroy(&w->mu);
