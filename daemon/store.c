@@ -1699,7 +1699,7 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 		/* over the cap already (a lowered cap, a copied file): under
 		 * it now, before the loop runs, not in steps of its turns */
 		int64_t target = evict_target(s, NULL, NULL);
-		if (!rc && target > 0) {
+		if (!rc && target > 0 && s->o.max_size > 0 && !s->at_floor) {
 			rc = tx_begin(s, -1);
 			bool was = s->evicting;
 			if (!rc)
@@ -1711,10 +1711,10 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 				rc = exec(s, "PRAGMA incremental_vacuum");
 			if (!rc && s->evicting && !was)
 				rc = checkpoint(s, SQLITE_CHECKPOINT_TRUNCATE);
+			if (rc)
+				tx_abort(s);
 			if (rc == -ENOSPC)
 				rc = 0; /* the disk-full state says it */
-			else if (rc)
-				tx_abort(s);
 		}
 		if (!rc)
 			ckpt_start(s);
