@@ -520,7 +520,10 @@ static int encode_number(const struct mb_format *f, const struct cgw_value *in, 
 	if (f->type == CGW_T_FLOAT32) {
 		float fl;
 		uint32_t u;
-		if (fabs(d) > FLT_MAX)
+		/* in range if it rounds to a finite float: the shortest decimal
+		 * of FLT_MAX (3.4028235e+38, what a read reports) is a little
+		 * above it and must write back as FLT_MAX */
+		if (fabs(d) >= 0x1.ffffffp+127)
 			return -ERANGE;
 		fl = (float)d;
 		memcpy(&u, &fl, sizeof u);

@@ -568,6 +568,13 @@ static void test_encode_ranges(void **state)
 	assert_int_equal(enc(CGW_T_UINT64, F(9007199254740992.0), r), 0); /* 2^53 */
 	assert_int_equal(r[0], 0x0020);
 	assert_int_equal(r[3], 0x0000);
+	/* float32: what a read of -FLT_MAX reports (its shortest decimal, a little
+	 * beyond FLT_MAX) writes back as -FLT_MAX; past the rounding edge it is
+	 * out of range (found by fuzz_modbus_decode) */
+	assert_int_equal(enc(CGW_T_FLOAT32, F(-3.4028235e38), r), 0);
+	assert_int_equal(r[0], 0xFF7F);
+	assert_int_equal(r[1], 0xFFFF);
+	assert_int_equal(enc(CGW_T_FLOAT32, F(3.4028236e38), r), -ERANGE);
 	/* booleans write 0/1 to a number */
 	assert_int_equal(enc(CGW_T_UINT16, ((struct cgw_value){.type = CGW_V_BOOL, .b = true}), r), 0);
 	assert_int_equal(r[0], 1);
