@@ -2953,7 +2953,8 @@ static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
 		bool http = false;
 		free(b->host); /* not settable on an mqtt bus (checked above): from the url */
 		b->host = NULL;
-		if (parse_url(b->url, &b->host, &b->port, &b->tls, &http) < 0 || http) {
+		/* `url:` with no value is a null (said already), not a url */
+		if (b->url && (parse_url(b->url, &b->host, &b->port, &b->tls, &http) < 0 || http)) {
 			err_at(ld, b->o.file, key_line(&bus_tab, &b->o, "url"),
 			       "bus '%s': url '%s' is not mqtt://host[:port] or mqtts://host[:port]",
 			       b->name, b->url);
