@@ -124,7 +124,7 @@ struct core {
 	int lock_fd;
 	bool evicting;
 	struct episode queue_full; /* the driver queue was found full */
-	bool restate_owed; /* an uplink connected while the disk was full */
+	bool restate_owed;         /* an uplink connected while the disk was full */
 	uint64_t write_token;
 	struct pending_write writes[MAX_PENDING_WRITES];
 	/* telemetry being gathered per device: one message per poll cycle */
@@ -1056,15 +1056,12 @@ static void on_uplink_command(void *arg, const char *uplink, const char *device,
 
 /* ---- alarms ---------------------------------------------------------------------- */
 
-static void on_alarm(void *arg, const struct alarm_change *ch)
+/* The store's record of an alarm as a change leaves it. */
+static struct store_alarm stored_alarm(const struct alarm_change *ch, const char *device)
 {
-	struct core *c = arg;
-	const struct cfg_device *d = &c->cfg->devices[ch->device];
-	struct wire_msg m;
-
-	struct store_alarm sa = {
+	return (struct store_alarm){
 		.alarm_id = ch->alarm_id,
-		.device = d->id,
+		.device = device,
 		.rule = ch->rule_name,
 		.state = alarm_state_name(ch->state),
 		.severity = cfg_severity_name(ch->severity),
@@ -1073,6 +1070,15 @@ static void on_alarm(void *arg, const struct alarm_change *ch)
 		.latched = ch->latched,
 		.shelved = ch->shelved,
 	};
+}
+
+static void on_alarm(void *arg, const struct alarm_change *ch)
+{
+	struct core *c = arg;
+	const struct cfg_device *d = &c->cfg->devices[ch->device];
+	struct wire_msg m;
+
+	struct store_alarm sa = stored_alarm(ch, d->id);
 	if (ch->state == ALARM_NORMAL)
 		store_alarm_delete(c->store, ch->alarm_id);
 	else
@@ -1898,17 +1904,7 @@ static long find_uplink(const struct cgw_config *cfg, const char *name)
 static void persist_one(void *arg, const struct alarm_change *ch)
 {
 	struct core *c = arg;
-	struct store_alarm sa = {
-		.alarm_id = ch->alarm_id,
-		.device = ch->device_id,
-		.rule = ch->rule_name,
-		.state = alarm_state_name(ch->state),
-		.severity = cfg_severity_name(ch->severity),
-		.raised_at_ms = ch->raised_at_ms,
-		.updated_at_ms = ch->ts_ms,
-		.latched = ch->latched,
-		.shelved = ch->shelved,
-	};
+	struct store_alarm sa = stored_alarm(ch, ch->device_id);
 	store_alarm_put(c->store, &sa);
 }
 
@@ -2520,8 +2516,9 @@ json_t *core_uplinks_json(struct core *c)
 		if (!c->uplinks[i])
 			continue;
 		c->uplink_ops[i]->status(c->uplinks[i], &us);
-		json_array_append_new(ups, json_pack("{s:s,s:b,s:I}", "name", us.name, "connected",
-						     us.connected, "since", (json_int_t)us.since_ms));
+		json_array_append_new(ups,
+				      json_pack("{s:s,s:b,s:I}", "name", us.name, "connected",
+						us.connected, "since", (json_int_t)us.since_ms));
 	}
 	return ups;
 }
