@@ -7,6 +7,7 @@
 #include <mqtt_protocol.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -52,6 +53,7 @@ struct mqtt_link {
 	struct job *job;        /* while RESOLVING */
 	int fd;                 /* the watched socket, -1 none */
 	bool watching_out;
+	bool corked; /* TCP_CORK set on the socket until the next do_write() */
 	struct loop_timer *timer;
 	int64_t deadline;   /* monotonic: end of the attempt in progress */
 	int64_t up_mono;    /* monotonic, of the last CONNACK */
@@ -379,6 +381,7 @@ static void link_fail(struct mqtt_link *lk, const char *why)
 		mosquitto_destroy(lk->mosq);
 		lk->mosq = NULL;
 	}
+	lk->corked = false;
 	lk->state = LK_IDLE;
 	snprintf(lk->last_error, sizeof(lk->last_error), "%s", why);
 	if (was_up) {
@@ -514,6 +517,22 @@ static bool more_to_read(int fd)
 	return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }
 
+static void set_cork(struct mqtt_link *lk, bool on)
+{
+	int fd = lk->mosq ? mosquitto_socket(lk->mosq) : -1, v = on;
+
+	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_CORK, &v, sizeof(v)) == 0)
+		lk->corked = on;
+	else
+		lk->corked = false; /* not TCP, or gone: nothing is held */
+}
+
+void mqtt_link_cork(struct mqtt_link *lk)
+{
+	if (lk && lk->state == LK_UP && !lk->corked)
+		set_cork(lk, true);
+}
+
 static int do_write(struct mqtt_link *lk)
 {
 	int rc = MOSQ_ERR_SUCCESS;
@@ -526,6 +545,9 @@ static int do_write(struct mqtt_link *lk)
 		if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
 			link_fail(lk, mosq_why(rc, errno));
 	}
+	/* what the publishes since the cork wrote leaves now */
+	if (lk->corked)
+		set_cork(lk, false);
 	return rc;
 }
 
@@ -777,8 +799,13 @@ struct mosquitto *mqtt_link_mosq(struct mqtt_link *lk)
 void mqtt_link_flush(struct mqtt_link *lk)
 {
 	/* inside a read batch the write follows it anyway */
-	if (!lk || lk->state != LK_UP || lk->in_io)
+	if (!lk || lk->in_io)
 		return;
+	if (lk->state != LK_UP) {
+		if (lk->corked)
+			set_cork(lk, false);
+		return;
+	}
 	do_write(lk);
 	check_pending_fail(lk);
 	if (lk->mosq)

@@ -124,6 +124,12 @@ bool mqtt_link_up(const struct mqtt_link *lk);
 struct mosquitto *mqtt_link_mosq(struct mqtt_link *lk);
 /* Write what is queued now (after publishing outside a callback). */
 void mqtt_link_flush(struct mqtt_link *lk);
+/* Several publishes follow: hold them in the socket (TCP_CORK) so that they
+ * leave in as few segments as fit, one wake-up of the broker for a batch
+ * instead of one per message. The link uncorks after its next write, which
+ * mqtt_link_flush() and every read turn do: a corked link never waits for
+ * the kernel's 200 ms cork timeout. */
+void mqtt_link_cork(struct mqtt_link *lk);
 /* Something urgent is waiting: if the link is down and idle, attempt within
  * a few hundred ms, then every MQTT_LINK_PROBE_MS while urgent() says so. */
 void mqtt_link_probe(struct mqtt_link *lk);

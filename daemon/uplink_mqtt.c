@@ -237,6 +237,8 @@ static void pump(struct uplink *u)
 					u->items, &n) < 0 ||
 			    n == 0)
 				break;
+			if (n > 1)
+				mqtt_link_cork(u->link); /* uncorked by the write that follows */
 			for (size_t i = 0; i < n; i++) {
 				const struct store_item *it = &u->items[i];
 				char topic[512];
