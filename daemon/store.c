@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "latest.h"
+
 #define DEFAULT_BATCH_ROWS 512
 #define DEFAULT_BUSY_MS 5000
 #define PAGE_SIZE 4096
@@ -54,7 +56,9 @@
 	15 /* and this long between steps: many enqueues or flushes in one turn evict once */
 #define EVICT_AHEAD_PCT 87 /* maintenance evicts from here, ahead of SOFT_PCT */
 #define RETENTION_CHUNK 1000
-#define RETENTION_STEP_MS 10 /* retention work per call on the core loop */
+#define RETENTION_STEP_MS 10  /* retention work per call on the core loop */
+#define LATEST_STEP_ROWS 256  /* latest rows written down per store_flush() */
+#define LATEST_MAX (1u << 20) /* points kept in memory; beyond, written through */
 #define NAME_MAX_LEN 63
 
 enum st {
@@ -310,6 +314,15 @@ struct store {
 	uint64_t mem_total;
 	uint64_t seq_floor; /* no new message gets a seq at or below this */
 	uint64_t session;   /* the gateway session last handed out (0: read meta) */
+
+	/* latest values, written behind (see store.h) */
+	struct latest *latest;
+	bool latest_partial;            /* the map is not all of the table */
+	const struct latest_entry **lw; /* the dirty entries being written, key order */
+	size_t lw_n, lw_i;              /* their number, the next one */
+	int64_t latest_due;             /* mono ms of the next write-down; -1: none */
+	unsigned tx_latest;             /* latest rows in the open batch */
+	uint64_t latest_written_total;
 };
 
 #define HELD_SLOTS (STORE_HELD_ACKS_MAX * 2)
@@ -902,6 +915,13 @@ static void tx_abort(struct store *s)
 	s->pending = 0;
 	s->last_seq = s->committed_seq;
 	cnt_settle(s, false);
+	if (s->tx_latest) {
+		/* latest rows of this batch were marked written: not so */
+		latest_redirty(s->latest);
+		s->tx_latest = 0;
+		if (s->latest_due < 0)
+			s->latest_due = cgw_mono_ms() + STORE_LATEST_WRITE_MS;
+	}
 	for (int l = 0; l < CGW_LANE_COUNT; l++) {
 		s->lost[l] += s->tx_msgs[l];
 		s->tx_msgs[l] = 0;
@@ -919,6 +939,7 @@ static void tx_settled(struct store *s)
 	s->in_tx = false;
 	s->pending = 0;
 	s->committed_seq = s->last_seq;
+	s->tx_latest = 0;
 	cnt_settle(s, true);
 	memset(s->tx_msgs, 0, sizeof(s->tx_msgs));
 	for (size_t i = 0; i < s->n_tx_acks; i++)
@@ -973,10 +994,15 @@ static void probe(struct store *s);
 
 static int expire_step(struct store *s);
 static int evict_step(struct store *s);
+static int latest_step(struct store *s, int64_t mono_ms, bool all);
+static int latest_load(struct store *s);
 
 int store_flush(struct store *s)
 {
-	int rc = tx_commit(s, true);
+	int rc = latest_step(s, cgw_mono_ms(), false);
+	if (rc)
+		tx_abort(s);
+	rc = tx_commit(s, true);
 	if (rc == 0 && s->ckpt_due)
 		ckpt_request(s); /* see tx_commit() */
 	ckpt_collect(s);
@@ -1000,6 +1026,12 @@ int64_t store_flush_deadline_ms(const struct store *s)
 	int64_t d = s->in_tx ? s->deadline : -1;
 	if (troubled(s) && (d < 0 || s->probe_at < d))
 		d = s->probe_at;
+	if (!s->disk_full && !s->memory_only && (s->lw || s->latest_due >= 0)) {
+		/* the latest values' write-down: its time, or its next step */
+		int64_t e = s->lw ? cgw_mono_ms() + 2 * RETENTION_STEP_MS : s->latest_due;
+		if (d < 0 || e < d)
+			d = e;
+	}
 	if ((s->expire_more || s->evict_more) && !s->disk_full && !s->memory_only) {
 		int64_t e = cgw_mono_ms() + 2 * RETENTION_STEP_MS; /* leave the loop its turn */
 		if (d < 0 || e < d)
@@ -1663,6 +1695,10 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 			rc = mark_open(s);
 		if (rc)
 			goto fail;
+		rc = latest_new(s->o.latest_max ? s->o.latest_max : LATEST_MAX, &s->latest);
+		if (rc)
+			goto fail;
+		s->latest_due = -1;
 		s->seq_floor = STORE_SEQ_GAP;
 		s->memory_only = true;
 		s->disk_full_episodes++;
@@ -1719,6 +1755,8 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
 		if (!rc)
 			ckpt_start(s);
 	}
+	if (!rc)
+		rc = latest_load(s);
 	if (rc)
 		goto fail;
 	s->ready = true;
@@ -1736,6 +1774,8 @@ void store_close(struct store *s)
 		return;
 	if (s->db && s->ready) {
 		s->probe_at = 0; /* a last chance for what is held */
+		if (latest_step(s, cgw_mono_ms(), true))
+			tx_abort(s);
 		store_flush(s);
 		/* Held alarms had seqs no commit recorded: the next open must
 		 * skip past them, as after a crash. */
@@ -1748,6 +1788,8 @@ void store_close(struct store *s)
 		close_db(s);
 	held_clear(s);
 	free(s->held);
+	free(s->lw);
+	latest_free(s->latest);
 	while (s->n_mem)
 		mem_drop(s, s->n_mem - 1);
 	for (size_t i = 0; i < s->n_tx_acks; i++)
@@ -2966,11 +3008,13 @@ int store_stats(struct store *s, struct store_stats *st)
 
 /* ---------------------------------------------------------- latest values */
 
-int store_put_latest(struct store *s, const char *device, const char *point,
-		     const struct cgw_value *v, enum cgw_quality q, int64_t ts_ms, int64_t mono_ms)
+static int read_latest(sqlite3_stmt *st, int col, struct store_latest *l, bool own);
+
+/* One row of the latest table, joining the batch. */
+static int put_latest_row(struct store *s, const char *device, const char *point,
+			  const struct cgw_value *v, enum cgw_quality q, int64_t ts_ms,
+			  int64_t mono_ms)
 {
-	if (!device || !point || !v)
-		return -EINVAL;
 	int rc = tx_begin(s, mono_ms);
 	if (rc)
 		return rc;
@@ -3009,6 +3053,103 @@ int store_put_latest(struct store *s, const char *device, const char *point,
 		return rc;
 	}
 	return batch_wrote(s, NULL);
+}
+
+int store_put_latest(struct store *s, const char *device, const char *point,
+		     const struct cgw_value *v, enum cgw_quality q, int64_t ts_ms, int64_t mono_ms)
+{
+	if (!device || !point || !v)
+		return -EINVAL;
+	int rc = latest_set(s->latest, device, point, v, q, ts_ms, true);
+	if (rc == 0) {
+		if (s->latest_due < 0)
+			s->latest_due =
+				(mono_ms >= 0 ? mono_ms : cgw_mono_ms()) + STORE_LATEST_WRITE_MS;
+		return 0;
+	}
+	if (rc != -ENOSPC)
+		return rc;
+	/* more points than the map holds: this one goes to the table now */
+	s->latest_partial = true;
+	return put_latest_row(s, device, point, v, q, ts_ms, mono_ms);
+}
+
+/* Writes the dirty latest entries down, in key order (one page of the
+ * table for many points), LATEST_STEP_ROWS per call unless `all`. Only
+ * while data can be written; the entries stay dirty otherwise. */
+static int latest_step(struct store *s, int64_t mono_ms, bool all)
+{
+	int rc = 0;
+
+	if (s->disk_full || s->memory_only || !s->latest)
+		return 0;
+	if (!s->lw && latest_dirty_count(s->latest) &&
+	    (all || (s->latest_due >= 0 && mono_ms >= s->latest_due))) {
+		rc = latest_collect(s->latest, NULL, true, &s->lw, &s->lw_n);
+		if (rc)
+			return rc;
+		s->lw_i = 0;
+		s->latest_due = -1;
+	}
+	if (!s->lw)
+		return 0;
+	size_t stop = all || s->lw_n - s->lw_i < LATEST_STEP_ROWS ? s->lw_n :
+								    s->lw_i + LATEST_STEP_ROWS;
+	for (; s->lw_i < stop; s->lw_i++) {
+		const struct latest_entry *e = s->lw[s->lw_i];
+		if (!e->dirty)
+			continue;
+		rc = put_latest_row(s, e->device, e->point, &e->value, e->quality, e->ts_ms,
+				    mono_ms);
+		if (rc)
+			return rc; /* the rest of the walk waits for the next turn */
+		latest_written(s->latest, e);
+		s->tx_latest++;
+		s->latest_written_total++;
+	}
+	free(s->lw);
+	s->lw = NULL;
+	s->lw_n = s->lw_i = 0;
+	if (latest_dirty_count(s->latest) && s->latest_due < 0)
+		s->latest_due = mono_ms + STORE_LATEST_WRITE_MS;
+	return 0;
+}
+
+/* At open: the table into the map (clean). A table larger than the map
+ * leaves it partial: lookups then fall back to the table. */
+static int latest_load(struct store *s)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = latest_new(s->o.latest_max ? s->o.latest_max : LATEST_MAX, &s->latest);
+
+	s->latest_due = -1;
+	if (rc)
+		return rc;
+	rc = sqlite3_prepare_v2(s->db,
+				"SELECT device, point, vtype, value, quality, ts_ms FROM latest",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return db_fail(s, "latest", rc);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_latest l;
+		const char *dev = (const char *)sqlite3_column_text(st, 0);
+		const char *pt = (const char *)sqlite3_column_text(st, 1);
+		if (!dev || !pt)
+			continue;
+		read_latest(st, 2, &l, false);
+		int r = latest_set(s->latest, dev, pt, &l.value, l.quality, l.ts_ms, false);
+		if (r == -ENOSPC) {
+			s->latest_partial = true;
+			break;
+		}
+		if (r) {
+			sqlite3_finalize(st);
+			return r;
+		}
+	}
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_fail(s, "latest", rc);
+	sqlite3_finalize(st);
+	return rc;
 }
 
 /* Reads columns (vtype, value, quality, ts) starting at col into l. The
@@ -3063,6 +3204,16 @@ int store_get_latest(struct store *s, const char *device, const char *point,
 	memset(out, 0, sizeof(*out));
 	if (!device || !point)
 		return -EINVAL;
+	const struct latest_entry *e = latest_get(s->latest, device, point);
+	if (e) {
+		if (cgw_value_copy(&out->value, &e->value) < 0)
+			return -ENOMEM;
+		out->quality = e->quality;
+		out->ts_ms = e->ts_ms;
+		return 0;
+	}
+	if (!s->latest_partial)
+		return -ENOENT;
 	sqlite3_stmt *st = stmt(s, ST_GET_LATEST);
 	if (!st)
 		return -EIO;
@@ -3085,6 +3236,25 @@ int store_get_latest(struct store *s, const char *device, const char *point,
 int store_latest_foreach(struct store *s, const char *device,
 			 int (*cb)(void *ctx, const struct store_latest *l), void *ctx)
 {
+	if (!s->latest_partial) {
+		const struct latest_entry **v;
+		size_t n;
+		int ret = latest_collect(s->latest, device, false, &v, &n);
+		for (size_t i = 0; !ret && i < n; i++) {
+			struct store_latest l = {.device = v[i]->device,
+						 .point = v[i]->point,
+						 .value = v[i]->value,
+						 .quality = v[i]->quality,
+						 .ts_ms = v[i]->ts_ms};
+			ret = cb(ctx, &l);
+		}
+		free(v);
+		return ret;
+	}
+	/* the map is not all of it: the table, with what is dirty written in */
+	int wr = latest_step(s, cgw_mono_ms(), true);
+	if (wr)
+		return wr;
 	sqlite3_stmt *st = NULL;
 	int rc = sqlite3_prepare_v2(s->db,
 				    "SELECT device, point, vtype, value, quality, ts_ms FROM latest"

@@ -103,9 +103,10 @@
 #define STORE_MAX_UPLINKS 16
 #define STORE_QUARANTINE_MAX_PAYLOAD 1024
 #define STORE_BATCH_MS_MAX 50
-#define STORE_MEM_ALARMS_MAX 256  /* alarms held in memory at most */
-#define STORE_HELD_ACKS_MAX 16384 /* acks held in memory while the disk is full */
-#define STORE_PROBE_MS 1000       /* recovery attempts while in trouble */
+#define STORE_MEM_ALARMS_MAX 256   /* alarms held in memory at most */
+#define STORE_HELD_ACKS_MAX 16384  /* acks held in memory while the disk is full */
+#define STORE_PROBE_MS 1000        /* recovery attempts while in trouble */
+#define STORE_LATEST_WRITE_MS 5000 /* latest values are written down this late at most */
 
 enum store_state {
 	STORE_OK,
@@ -128,6 +129,7 @@ struct store_opts {
 	unsigned batch_ms;              /* commit deadline after the first write; 0 or >50 = 50 */
 	unsigned busy_timeout_ms;       /* 0 = 5000 */
 	uint64_t rng_seed;              /* backoff jitter; 0 = from getrandom() */
+	size_t latest_max;              /* latest values kept in memory; 0 = 1M (tests) */
 };
 
 /* Opens (creating and migrating if needed) the store at `path`. `opts` may be
@@ -297,8 +299,17 @@ const char *store_trouble(const struct store *s);
 /* page_count * page_size + WAL file size. */
 int64_t store_size_bytes(struct store *s);
 
-/* ---- latest values ---- */
-/* Joins the batch. The value is copied. */
+/* ---- latest values ----
+ * The latest value of every point is kept in memory (latest.h) and written
+ * behind: a value is written down within STORE_LATEST_WRITE_MS (plus the
+ * steps of LATEST_STEP_ROWS rows it takes) of its first change since the
+ * last write-down, all dirty points in key order, and at store_close(). A
+ * crash of cgwd or a power loss can lose the last STORE_LATEST_WRITE_MS of
+ * latest values, never a message: every reading is in the outbox anyway.
+ * Reads (get, foreach) see every value at once. While the disk is full the
+ * values stay in memory and are written when room returns. */
+/* Never waits for SQLite unless the map is full (then: joins the batch).
+ * The value is copied. */
 int store_put_latest(struct store *s, const char *device, const char *point,
 		     const struct cgw_value *v, enum cgw_quality q, int64_t ts_ms, int64_t mono_ms);
 struct store_latest {

@@ -627,10 +627,7 @@ static void test_alarm_commits_immediately(void **state)
 	bool c = true;
 	put(s, CGW_LANE_TELEMETRY, "d", 1, &c);
 	assert_false(c);
-	struct cgw_value v = {.type = CGW_V_DOUBLE, .d = 1.5};
-	assert_int_equal(store_put_latest(s, "d", "t", &v, CGW_Q_GOOD, 1, 1000), 0);
 	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM msg"), 0);
-	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM latest"), 0);
 	assert_true(store_flush_deadline_ms(s) >= 0);
 	uint64_t al = put(s, CGW_LANE_ALARM, "d", 2, &c);
 	assert_true(c);
@@ -640,7 +637,6 @@ static void test_alarm_commits_immediately(void **state)
 	snprintf(sql, sizeof(sql), "SELECT lane FROM msg WHERE seq=%" PRIu64, al);
 	assert_int_equal(peek_int(f->path, sql), CGW_LANE_ALARM);
 	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM msg"), 2);
-	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM latest"), 1);
 	assert_int_equal(store_flush_deadline_ms(s), -1);
 	assert_int_equal(store_pending(s), 0);
 	store_close(s);
@@ -1535,6 +1531,81 @@ static void test_latest_foreach(void **state)
 	store_close(s);
 }
 
+/* Latest values are written behind: not at the next commit, but once the
+ * first change is STORE_LATEST_WRITE_MS old, all of them, and at close. */
+static void test_latest_written_behind(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = open_ok(f->path, NULL);
+	struct cgw_value v = {.type = CGW_V_INT, .i = 5};
+	int64_t now = cgw_mono_ms();
+	struct store_latest l;
+
+	assert_int_equal(store_put_latest(s, "a", "p1", &v, CGW_Q_GOOD, 1, now), 0);
+	assert_int_equal(store_put_latest(s, "a", "p2", &v, CGW_Q_GOOD, 1, now), 0);
+	/* the flush timer is armed for the write-down, not for the next turn */
+	int64_t due = store_flush_deadline_ms(s);
+	assert_true(due >= now + STORE_LATEST_WRITE_MS - 1 && due <= now + STORE_LATEST_WRITE_MS);
+	assert_int_equal(store_flush(s), 0);
+	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM latest"), 0);
+	/* readable at once all the same */
+	assert_int_equal(store_get_latest(s, "a", "p2", &l), 0);
+	assert_int_equal(l.value.i, 5);
+	store_close(s);
+	/* a clean close writes everything down */
+	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM latest"), 2);
+
+	/* a change whose write-down is due goes at the next flush, with every
+	 * point dirty since (one walk in key order) */
+	s = open_ok(f->path, NULL);
+	v.i = 6;
+	assert_int_equal(store_put_latest(s, "b", "p1", &v, CGW_Q_GOOD, 2, 0), 0);
+	assert_int_equal(store_put_latest(s, "a", "p1", &v, CGW_Q_GOOD, 2, cgw_mono_ms()), 0);
+	assert_int_equal(store_flush(s), 0); /* the walk writes into the batch */
+	assert_int_equal(store_flush(s), 0); /* which commits */
+	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM latest"), 3);
+	assert_int_equal(
+		peek_int(f->path, "SELECT value FROM latest WHERE device='a' AND point='p1'"), 6);
+	assert_int_equal(
+		peek_int(f->path, "SELECT value FROM latest WHERE device='a' AND point='p2'"), 5);
+	assert_int_equal(store_flush_deadline_ms(s), -1);
+	store_close(s);
+}
+
+/* More points than the map holds: the rest is written through and read
+ * from the table; nothing is lost either way. */
+static void test_latest_beyond_map(void **state)
+{
+	struct fx *f = *state;
+	struct store_opts o = {.latest_max = 2};
+	struct store *s = open_ok(f->path, &o);
+	struct cgw_value v = {.type = CGW_V_STRING, .s = (char *)"x"};
+	struct store_latest l;
+	struct count_ctx c = {0};
+
+	assert_int_equal(store_put_latest(s, "b", "p1", &v, CGW_Q_GOOD, 1, 0), 0);
+	assert_int_equal(store_put_latest(s, "a", "p2", &v, CGW_Q_GOOD, 1, 0), 0);
+	assert_int_equal(store_put_latest(s, "a", "p1", &v, CGW_Q_BAD, 3, 0), 0);
+	assert_int_equal(store_get_latest(s, "a", "p1", &l), 0);
+	assert_int_equal(l.quality, CGW_Q_BAD);
+	assert_string_equal(l.value.s, "x");
+	cgw_value_clear(&l.value);
+	assert_int_equal(store_get_latest(s, "a", "p3", &l), -ENOENT);
+	assert_int_equal(store_latest_foreach(s, NULL, count_latest, &c), 0);
+	assert_int_equal(c.n, 3);
+	assert_string_equal(c.last, "b/p1");
+	store_close(s);
+	assert_int_equal(peek_int(f->path, "SELECT count(*) FROM latest"), 3);
+	/* and a map smaller than the table at open */
+	s = open_ok(f->path, &o);
+	assert_int_equal(store_get_latest(s, "b", "p1", &l), 0);
+	cgw_value_clear(&l.value);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(store_latest_foreach(s, "a", count_latest, &c), 0);
+	assert_int_equal(c.n, 2);
+	store_close(s);
+}
+
 static int collect_alarm(void *ctx, const struct store_alarm *a)
 {
 	struct count_ctx *c = ctx;
@@ -1672,6 +1743,8 @@ int main(void)
 		T(test_quarantine_truncation),
 		T(test_latest_values),
 		T(test_latest_foreach),
+		T(test_latest_written_behind),
+		T(test_latest_beyond_map),
 		T(test_alarms_table),
 		T(test_meta),
 		T(test_reserve_ids_and_session),
