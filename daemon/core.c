@@ -38,6 +38,10 @@
 
 #define QUEUE_CAPACITY 65536
 #define POP_BATCH 512
+/* While readings keep coming, the core drains its queue this often instead
+ * of being woken per push; an urgent item (an input of an alarm rule, a
+ * device state, an event, a command's outcome) still wakes it at once. */
+#define DRAIN_MS 20
 #define MAINTAIN_MS 10000
 #define MAX_PENDING_WRITES 256
 #define DEV_NONE UINT32_MAX
@@ -51,8 +55,13 @@ struct gen {
 	struct core *core;
 	struct cgw_config *cfg;
 	struct queue *queue;
-	uint32_t *map;  /* cfg device -> running device, DEV_NONE gone; NULL: identity */
-	unsigned users; /* drivers and uplinks opened on cfg */
+	uint32_t *map; /* cfg device -> running device, DEV_NONE gone; NULL: identity */
+	/* per profile, per point: a rule reads it (its readings wake the core
+	 * at once; see on_queue). Read by producer threads: set before any
+	 * driver of this generation starts, never changed after. */
+	uint8_t *alarm_input;
+	size_t *prof_first; /* index of each profile's first point in alarm_input */
+	unsigned users;     /* drivers and uplinks opened on cfg */
 	struct gen *next;
 };
 
@@ -115,6 +124,7 @@ struct core {
 	size_t n_uplinks;
 	struct driver **drivers; /* one per bus, NULL where none */
 	struct loop_timer *flush_timer, *maint_timer, *alarm_timer; /* tele_timer below */
+	struct loop_timer *drain_timer; /* drains the held queue (on_queue) */
 	int64_t started_ms;
 	bool store_ok;
 	struct episode commit_ep; /* commits that fail for another reason than room */
@@ -1215,23 +1225,109 @@ static void handle_item(struct gen *g, struct cgw_item *it)
 	}
 }
 
-static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
+/* Runs on producer threads (queue.h): whether the item must wake the core
+ * now. Readings of points no rule reads can wait for the next drain. */
+static bool item_urgent(void *arg, const struct cgw_item *it)
 {
-	struct gen *g = arg;
+	const struct gen *g = arg;
+
+	if (it->kind == CGW_ITEM_CYCLE_END)
+		return false;
+	if (it->kind != CGW_ITEM_READING || !g->alarm_input || it->device >= g->cfg->n_devices)
+		return true;
+	const struct cfg_device *d = &g->cfg->devices[it->device];
+	const struct cfg_profile *pr = cfg_device_profile(g->cfg, d);
+	return it->point >= pr->n_points || g->alarm_input[g->prof_first[d->profile] + it->point];
+}
+
+/* Which points of each profile a rule reads (its point, its unless: points). */
+static int gen_alarm_inputs(struct gen *g)
+{
+	const struct cgw_config *cfg = g->cfg;
+	size_t total = 0;
+
+	g->prof_first = calloc(cfg->n_profiles + 1, sizeof(*g->prof_first));
+	if (!g->prof_first)
+		return -ENOMEM;
+	for (size_t p = 0; p < cfg->n_profiles; p++) {
+		g->prof_first[p] = total;
+		total += cfg->profiles[p].n_points;
+	}
+	g->alarm_input = calloc(total + 1, 1);
+	if (!g->alarm_input)
+		return -ENOMEM;
+	for (size_t p = 0; p < cfg->n_profiles; p++) {
+		const struct cfg_profile *pr = &cfg->profiles[p];
+		uint8_t *in = g->alarm_input + g->prof_first[p];
+		for (size_t a = 0; a < pr->n_alarms; a++) {
+			const struct cfg_alarm *al = &pr->alarms[a];
+			if (al->point_idx < pr->n_points)
+				in[al->point_idx] = 1;
+			for (size_t u = 0; u < al->n_unless; u++)
+				if (al->unless[u].point_idx < pr->n_points)
+					in[al->unless[u].point_idx] = 1;
+		}
+	}
+	return 0;
+}
+
+/* Handles what the queue holds (bounded, so timers and uplinks keep their
+ * turn); the number of items handled. */
+static size_t drain(struct gen *g)
+{
 	struct core *c = g->core;
-	size_t n;
+	size_t n, total = 0;
 	int rounds = 0;
 
-	(void)l;
-	(void)fd;
-	(void)ev;
-	/* bounded work per wake-up so timers and uplinks keep their turn */
 	while (rounds++ < 16 && (n = queue_pop_batch(g->queue, c->items, POP_BATCH)) > 0) {
 		for (size_t i = 0; i < n; i++) {
 			handle_item(g, &c->items[i]);
 			cgw_value_clear(&c->items[i].value);
 		}
+		total += n;
 	}
+	return total;
+}
+
+static void after_drain(struct core *c);
+
+static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
+{
+	struct gen *g = arg;
+	struct core *c = g->core;
+
+	(void)l;
+	(void)fd;
+	(void)ev;
+	if (drain(g) > 0 && g->queue == c->queue && c->drain_timer) {
+		/* readings are coming: drain on the timer from now on, and
+		 * let the producers push without waking the core */
+		queue_hold(g->queue, true);
+		if (loop_timer_due(c->drain_timer) < 0)
+			loop_timer_in(c->drain_timer, DRAIN_MS);
+	}
+	after_drain(c);
+}
+
+static void on_drain_timer(struct loop *l, struct loop_timer *t, void *arg)
+{
+	struct core *c = arg;
+
+	(void)l;
+	if (!c->gens || c->gens->queue != c->queue)
+		return;
+	if (drain(c->gens) > 0) {
+		loop_timer_in(t, DRAIN_MS);
+	} else {
+		/* quiet: the next push wakes the core again */
+		queue_hold(c->queue, false);
+		return;
+	}
+	after_drain(c);
+}
+
+static void after_drain(struct core *c)
+{
 	flush_telemetry(c, true, false);
 	arm_alarm_timer(c);
 	arm_flush(c);
@@ -1387,6 +1483,11 @@ static int gen_new(struct core *c, struct gen **out)
 static void gen_push(struct core *c, struct gen *g, struct cgw_config *cfg)
 {
 	g->cfg = cfg;
+	if (gen_alarm_inputs(g) == 0)
+		queue_set_urgent(g->queue, item_urgent, g);
+	/* else every push wakes the core, as without coalescing */
+	if (c->queue)
+		queue_hold(c->queue, false); /* the old generation's drains by its fd */
 	g->next = c->gens;
 	c->gens = g;
 	c->cfg = cfg;
@@ -1400,6 +1501,8 @@ static void gen_free(struct core *c, struct gen *g)
 	loop_del_fd(c->loop, queue_fd(g->queue));
 	queue_free(g->queue);
 	free(g->map);
+	free(g->alarm_input);
+	free(g->prof_first);
 	config_free(g->cfg);
 	free(g);
 }
@@ -1852,7 +1955,9 @@ int core_new(struct cgw_config *cfg, struct loop *l, struct core **out)
 	c->maint_timer = loop_timer_new(l, on_maint_timer, c);
 	c->alarm_timer = loop_timer_new(l, on_alarm_timer, c);
 	c->tele_timer = loop_timer_new(l, on_tele_timer, c);
-	if (!c->flush_timer || !c->maint_timer || !c->alarm_timer || !c->tele_timer) {
+	c->drain_timer = loop_timer_new(l, on_drain_timer, c);
+	if (!c->flush_timer || !c->maint_timer || !c->alarm_timer || !c->tele_timer ||
+	    !c->drain_timer) {
 		core_free(c);
 		return -ENOMEM;
 	}
@@ -1877,6 +1982,7 @@ void core_free(struct core *c)
 	loop_timer_free(c->maint_timer);
 	loop_timer_free(c->alarm_timer);
 	loop_timer_free(c->tele_timer);
+	loop_timer_free(c->drain_timer);
 	while (c->gens) {
 		struct gen *g = c->gens;
 		c->gens = g->next;

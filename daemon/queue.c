@@ -13,6 +13,9 @@ struct queue {
 	int efd;
 	bool closed;
 	bool signalled; /* the eventfd was written and not read since */
+	bool hold;      /* the consumer drains on its own timer: wake it only if urgent */
+	bool (*urgent)(void *arg, const struct cgw_item *it);
+	void *urgent_arg;
 	size_t cap;
 	size_t head; /* index of the oldest item */
 	size_t count;
@@ -89,6 +92,34 @@ static void note_full_locked(struct queue *q)
 	}
 }
 
+/* Under the lock. It cannot fail: the counter is reset on every drain, so
+ * it never nears its limit. */
+static void signal_locked(struct queue *q)
+{
+	uint64_t one = 1;
+	ssize_t n = write(q->efd, &one, sizeof(one));
+	(void)n;
+	q->signalled = true;
+}
+
+void queue_set_urgent(struct queue *q, bool (*urgent)(void *arg, const struct cgw_item *it),
+		      void *arg)
+{
+	pthread_mutex_lock(&q->lock);
+	q->urgent = urgent;
+	q->urgent_arg = arg;
+	pthread_mutex_unlock(&q->lock);
+}
+
+void queue_hold(struct queue *q, bool hold)
+{
+	pthread_mutex_lock(&q->lock);
+	q->hold = hold;
+	if (!hold && q->count > 0 && !q->signalled)
+		signal_locked(q);
+	pthread_mutex_unlock(&q->lock);
+}
+
 static void put_locked(struct queue *q, struct cgw_item *item)
 {
 	size_t tail = q->head + q->count;
@@ -100,15 +131,12 @@ static void put_locked(struct queue *q, struct cgw_item *item)
 	q->st.pushes++;
 	if (++q->count > q->st.high_water)
 		q->st.high_water = q->count;
-	if (q->count == 1) {
-		/* Under the lock, so the eventfd is readable exactly while the
-		 * queue is non-empty. It cannot fail: the counter is reset on
-		 * every drain, so it never nears its limit. */
-		uint64_t one = 1;
-		ssize_t n = write(q->efd, &one, sizeof(one));
-		(void)n;
-		q->signalled = true;
-	}
+	/* Unheld, the eventfd is readable exactly while the queue is
+	 * non-empty. Held, only once an urgent item (or half the capacity)
+	 * is in. */
+	if (!q->signalled && (!q->hold || q->count >= q->cap / 2 ||
+			      (q->urgent && q->urgent(q->urgent_arg, &q->ring[tail]))))
+		signal_locked(q);
 }
 
 int queue_push(struct queue *q, struct cgw_item *item)

@@ -19,6 +19,13 @@
  * - queue_pop_batch() hands the popped items, strings included, to the caller.
  * - queue_free() frees the strings of items still queued.
  *
+ * Coalescing: a consumer that drains on a timer of its own while items
+ * keep coming may hold the queue (queue_hold): pushes then wake it only for
+ * an item that queue_set_urgent()'s function calls urgent, or once the
+ * queue is half full; queue_hold(q, false) wakes it at once if items wait.
+ * The urgent function runs on the producer's thread under the queue's lock:
+ * it may only read what does not change while producers run.
+ *
  * Full queue: queue_push() never blocks and refuses with -EAGAIN (a drop).
  * queue_push_wait() blocks up to a timeout for room, so a producer that must
  * not lose data (alarms) slows down instead. Both count into the stats. A
@@ -66,6 +73,11 @@ void queue_free(struct queue *q);
 /* The eventfd to poll for POLLIN (EFD_CLOEXEC|EFD_NONBLOCK). The queue owns
  * it: do not read, write or close it. */
 int queue_fd(const struct queue *q);
+
+/* Consumer side, see "Coalescing" above. */
+void queue_set_urgent(struct queue *q, bool (*urgent)(void *arg, const struct cgw_item *it),
+		      void *arg);
+void queue_hold(struct queue *q, bool hold);
 
 /* 0, -EAGAIN (full: counted as a drop) or -EPIPE (closed). */
 int queue_push(struct queue *q, struct cgw_item *item);

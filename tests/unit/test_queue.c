@@ -374,6 +374,72 @@ static void test_eventfd_wakeup(void **state)
 	queue_free(q);
 }
 
+/* Held, the queue wakes its consumer only for an urgent item or at half
+ * its capacity; released, at once if items wait. */
+static struct cgw_item point_item(uint32_t point)
+{
+	struct cgw_item it = uint_item(0, point);
+	it.point = point;
+	return it;
+}
+
+static bool odd_point_urgent(void *arg, const struct cgw_item *it)
+{
+	(*(int *)arg)++;
+	return it->point % 2 == 1;
+}
+
+static void test_hold_wakes_only_for_urgent(void **state)
+{
+	struct queue *q;
+	struct cgw_item it, out[8];
+	int calls = 0;
+
+	(void)state;
+	assert_int_equal(queue_new(&q, 8), 0);
+	queue_set_urgent(q, odd_point_urgent, &calls);
+	/* unheld: the first push wakes, without asking */
+	it = point_item(0);
+	assert_int_equal(queue_push(q, &it), 0);
+	assert_true(fd_readable(queue_fd(q)));
+	assert_int_equal(calls, 0);
+	assert_int_equal(queue_pop_batch(q, out, 8), 1);
+	assert_false(fd_readable(queue_fd(q)));
+
+	queue_hold(q, true);
+	it = point_item(2);
+	assert_int_equal(queue_push(q, &it), 0);
+	it = point_item(4);
+	assert_int_equal(queue_push(q, &it), 0);
+	assert_false(fd_readable(queue_fd(q))); /* waits for the consumer's timer */
+	it = point_item(3);
+	assert_int_equal(queue_push(q, &it), 0);
+	assert_true(fd_readable(queue_fd(q))); /* urgent: at once */
+	assert_int_equal(queue_pop_batch(q, out, 8), 3);
+	assert_false(fd_readable(queue_fd(q)));
+	/* half full wakes too: a burst never waits for the timer */
+	for (int i = 0; i < 3; i++) {
+		it = point_item(10);
+		assert_int_equal(queue_push(q, &it), 0);
+	}
+	assert_false(fd_readable(queue_fd(q)));
+	it = point_item(12);
+	assert_int_equal(queue_push(q, &it), 0);
+	assert_true(fd_readable(queue_fd(q)));
+	assert_int_equal(queue_pop_batch(q, out, 8), 4);
+	/* released with items waiting: readable at once; empty: quiet */
+	it = point_item(6);
+	assert_int_equal(queue_push(q, &it), 0);
+	assert_false(fd_readable(queue_fd(q)));
+	queue_hold(q, false);
+	assert_true(fd_readable(queue_fd(q)));
+	assert_int_equal(queue_pop_batch(q, out, 8), 1);
+	assert_false(fd_readable(queue_fd(q)));
+	queue_hold(q, false);
+	assert_false(fd_readable(queue_fd(q)));
+	queue_free(q);
+}
+
 /* Many producers, one consumer. */
 #define PRODUCERS 4
 #define PER_PRODUCER 100000
@@ -615,6 +681,7 @@ int main(void)
 		cmocka_unit_test(test_push_wait_woken_by_pop),
 		cmocka_unit_test(test_push_wait_forever_woken_by_pop),
 		cmocka_unit_test(test_eventfd_wakeup),
+		cmocka_unit_test(test_hold_wakes_only_for_urgent),
 		cmocka_unit_test(test_many_producers_one_consumer),
 		cmocka_unit_test(test_close_wakes_waiting_producers),
 	};
