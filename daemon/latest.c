@@ -13,8 +13,9 @@ struct latest {
 	struct latest_entry **chunks;
 	size_t n_chunks, n;
 	size_t dirty;
-	/* open addressing over entries: slot = entry index + 1, 0 empty */
-	uint32_t *slots;
+	/* open addressing over entries: slot = entry index + 1, 0 empty; the
+	 * key's hash beside it, so a probe compares strings only on a match */
+	uint32_t *slots, *hashes;
 	size_t n_slots; /* a power of two, at least twice n */
 	/* interned strings: slot = pointer or NULL */
 	char **names;
@@ -63,6 +64,7 @@ void latest_free(struct latest *m)
 		free(m->chunks[c]);
 	free(m->chunks);
 	free(m->slots);
+	free(m->hashes);
 	for (size_t i = 0; i < m->names_slots; i++)
 		free(m->names[i]);
 	free(m->names);
@@ -111,14 +113,16 @@ static const char *intern(struct latest *m, const char *s)
 
 /* ---- entries ------------------------------------------------------------ */
 
-static size_t find_slot(const struct latest *m, const char *device, const char *point)
+static size_t find_slot(const struct latest *m, uint32_t h, const char *device, const char *point)
 {
-	size_t j = hash_key(device, point) & (m->n_slots - 1);
+	size_t j = h & (m->n_slots - 1);
 
 	while (m->slots[j]) {
-		const struct latest_entry *e = entry_at(m, m->slots[j] - 1);
-		if (strcmp(e->device, device) == 0 && strcmp(e->point, point) == 0)
-			return j;
+		if (m->hashes[j] == h) {
+			const struct latest_entry *e = entry_at(m, m->slots[j] - 1);
+			if (strcmp(e->device, device) == 0 && strcmp(e->point, point) == 0)
+				return j;
+		}
 		j = (j + 1) & (m->n_slots - 1);
 	}
 	return j;
@@ -127,19 +131,26 @@ static size_t find_slot(const struct latest *m, const char *device, const char *
 static int slots_grow(struct latest *m)
 {
 	size_t ns = m->n_slots ? m->n_slots * 2 : 256;
-	uint32_t *t = calloc(ns, sizeof(*t));
+	uint32_t *t = calloc(ns, sizeof(*t)), *th = calloc(ns, sizeof(*th));
 
-	if (!t)
+	if (!t || !th) {
+		free(t);
+		free(th);
 		return -ENOMEM;
-	for (size_t i = 0; i < m->n; i++) {
-		const struct latest_entry *e = entry_at(m, i);
-		size_t j = hash_key(e->device, e->point) & (ns - 1);
+	}
+	for (size_t i = 0; i < m->n_slots; i++) {
+		if (!m->slots[i])
+			continue;
+		size_t j = m->hashes[i] & (ns - 1);
 		while (t[j])
 			j = (j + 1) & (ns - 1);
-		t[j] = (uint32_t)(i + 1);
+		t[j] = m->slots[i];
+		th[j] = m->hashes[i];
 	}
 	free(m->slots);
+	free(m->hashes);
 	m->slots = t;
+	m->hashes = th;
 	m->n_slots = ns;
 	return 0;
 }
@@ -148,7 +159,7 @@ const struct latest_entry *latest_get(const struct latest *m, const char *device
 {
 	if (!m || !m->n || !device || !point)
 		return NULL;
-	size_t j = find_slot(m, device, point);
+	size_t j = find_slot(m, hash_key(device, point), device, point);
 	return m->slots[j] ? entry_at(m, m->slots[j] - 1) : NULL;
 }
 
@@ -181,8 +192,10 @@ static struct latest_entry *add_entry(struct latest *m, const char *device, cons
 	e->device = dn;
 	e->point = pn;
 	e->value.type = CGW_V_NONE;
-	size_t j = find_slot(m, device, point);
+	uint32_t h = hash_key(device, point);
+	size_t j = find_slot(m, h, device, point);
 	m->slots[j] = (uint32_t)(++m->n);
+	m->hashes[j] = h;
 	return e;
 }
 
