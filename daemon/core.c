@@ -270,13 +270,14 @@ static int emit(struct core *c, int r, struct wire_msg *m)
 
 static void send_telemetry(struct core *c, uint32_t dev)
 {
-	json_t *values, *quality;
+	const struct wire_field *f;
+	size_t n;
 	int64_t ts;
 	struct wire_msg m;
 
-	if (!gather_take(c->gather, dev, &values, &quality, &ts))
+	if (!gather_take(c->gather, dev, &f, &n, &ts))
 		return;
-	emit(c, wire_telemetry(&c->cfg->devices[dev], ts, values, quality, &m), &m);
+	emit(c, wire_telemetry(&c->cfg->devices[dev], ts, f, n, &m), &m);
 }
 
 /* Sends what is due: after a drain (drain_end) the readings without a
@@ -370,10 +371,22 @@ static void on_reading(struct core *c, const struct cgw_item *it)
 	/* one telemetry message per device per poll cycle (see gather.h) */
 	if (!it->in_cycle && gather_splits(c->gather, it->device, it->ts_ms))
 		send_telemetry(c, it->device);
-	gather_add(c->gather, it->device, pt->name,
-		   it->quality == CGW_Q_GOOD ? wire_value_json(pt, &it->value) : json_null(),
+	char text[256], *big = NULL;
+	const char *json = "null";
+	if (it->quality == CGW_Q_GOOD) {
+		size_t len = wire_value_text(pt, &it->value, text, sizeof(text));
+		json = text;
+		if (len >= sizeof(text) && (big = malloc(len + 1)) != NULL) {
+			wire_value_text(pt, &it->value, big, len + 1);
+			json = big;
+		} else if (len >= sizeof(text)) {
+			json = "null"; /* out of memory: the point is sent without its value */
+		}
+	}
+	gather_add(c->gather, it->device, pt->name, json,
 		   it->quality == CGW_Q_GOOD ? NULL : cgw_quality_name(it->quality), it->ts_ms,
 		   it->in_cycle, cgw_mono_ms());
+	free(big);
 }
 
 static void on_event(struct core *c, const struct cgw_item *it)

@@ -4,13 +4,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define INLINE_TEXT 40 /* a value's text up to this size needs no allocation */
+
+/* Where a field's text lives: inline, or on the heap when longer. */
+struct text {
+	char inl[INLINE_TEXT];
+	char *heap;
+	bool on_heap; /* the text is in heap (kept for reuse), else in inl */
+};
+
 struct acc {
-	json_t *values, *quality;
+	struct wire_field *f; /* n used, cap allocated; kept between messages */
+	struct text *t;
+	size_t n, cap;
+	bool active;      /* something gathered */
 	int64_t ts_ms;    /* the newest value's */
 	int64_t first_ms; /* the oldest value's */
 	int64_t deadline; /* monotonic */
 	bool in_cycle, ended;
-	size_t pos; /* index in g->order, valid while values != NULL */
+	size_t pos; /* index in g->order, valid while active */
 };
 
 struct gather {
@@ -43,31 +55,57 @@ void gather_free(struct gather *g)
 	if (!g)
 		return;
 	for (size_t i = 0; g->a && i < g->n; i++) {
-		json_decref(g->a[i].values);
-		json_decref(g->a[i].quality);
+		for (size_t k = 0; k < g->a[i].cap; k++)
+			free(g->a[i].t[k].heap);
+		free(g->a[i].f);
+		free(g->a[i].t);
 	}
 	free(g->a);
 	free(g->order);
 	free(g);
 }
 
-int gather_add(struct gather *g, uint32_t dev, const char *point, json_t *value,
+/* The field of `point` in a, added at the end if new. */
+static struct wire_field *field(struct acc *a, const char *point, size_t *k)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		if (a->f[i].name == point || strcmp(a->f[i].name, point) == 0) {
+			*k = i;
+			return &a->f[i];
+		}
+	}
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 8;
+		struct wire_field *f = realloc(a->f, cap * sizeof(*f));
+		if (!f)
+			return NULL;
+		a->f = f;
+		struct text *t = realloc(a->t, cap * sizeof(*t));
+		if (!t)
+			return NULL;
+		memset(t + a->cap, 0, (cap - a->cap) * sizeof(*t));
+		a->t = t;
+		a->cap = cap;
+	}
+	*k = a->n;
+	a->f[a->n] = (struct wire_field){.name = point};
+	return &a->f[a->n++];
+}
+
+int gather_add(struct gather *g, uint32_t dev, const char *point, const char *json,
 	       const char *quality, int64_t ts_ms, bool in_cycle, int64_t mono_ms)
 {
 	struct acc *a;
+	struct wire_field *f;
+	struct text *t;
+	size_t k, len;
 
-	if (dev >= g->n || !point || !value) {
-		json_decref(value);
+	if (dev >= g->n || !point || !json)
 		return -EINVAL;
-	}
 	a = &g->a[dev];
-	if (!a->values) {
-		a->values = json_object();
-		if (!a->values) {
-			json_decref(value);
-			return -ENOMEM;
-		}
-		a->quality = NULL;
+	if (!a->active) {
+		a->active = true;
+		a->n = 0;
 		a->ts_ms = ts_ms;
 		a->first_ms = ts_ms;
 		a->deadline = mono_ms + GATHER_MAX_MS;
@@ -83,16 +121,27 @@ int gather_add(struct gather *g, uint32_t dev, const char *point, json_t *value,
 		a->ts_ms = ts_ms; /* latest wins, and says when */
 	if (ts_ms < a->first_ms)
 		a->first_ms = ts_ms;
-	if (json_object_set_new(a->values, point, value) < 0)
+	f = field(a, point, &k);
+	if (!f)
 		return -ENOMEM;
-	if (quality) {
-		if (!a->quality)
-			a->quality = json_object();
-		if (a->quality)
-			json_object_set_new(a->quality, point, json_string(quality));
-	} else if (a->quality) {
-		json_object_del(a->quality, point);
+	t = &a->t[k];
+	len = strlen(json);
+	/* f->json is set by gather_take(): the arrays may move until then */
+	if (len < sizeof(t->inl)) {
+		memcpy(t->inl, json, len + 1);
+		t->on_heap = false;
+	} else {
+		char *h = realloc(t->heap, len + 1);
+		if (!h) {
+			memcpy(t->inl, "null", 5);
+			t->on_heap = false;
+			return -ENOMEM;
+		}
+		memcpy(h, json, len + 1);
+		t->heap = h;
+		t->on_heap = true;
 	}
+	f->quality = quality; /* a good value clears the point's bad quality */
 	return 0;
 }
 
@@ -100,7 +149,7 @@ bool gather_splits(const struct gather *g, uint32_t dev, int64_t ts_ms)
 {
 	const struct acc *a;
 
-	if (dev >= g->n || !g->a[dev].values)
+	if (dev >= g->n || !g->a[dev].active)
 		return false;
 	a = &g->a[dev];
 	return !a->in_cycle && ts_ms - a->first_ms > GATHER_SPAN_MS;
@@ -108,7 +157,7 @@ bool gather_splits(const struct gather *g, uint32_t dev, int64_t ts_ms)
 
 void gather_end_cycle(struct gather *g, uint32_t dev)
 {
-	if (dev < g->n && g->a[dev].values)
+	if (dev < g->n && g->a[dev].active)
 		g->a[dev].ended = true;
 }
 
@@ -116,7 +165,7 @@ bool gather_due(const struct gather *g, uint32_t dev, bool drain_end, int64_t mo
 {
 	const struct acc *a;
 
-	if (dev >= g->n || !g->a[dev].values)
+	if (dev >= g->n || !g->a[dev].active)
 		return false;
 	a = &g->a[dev];
 	return a->ended || (!a->in_cycle && drain_end) || mono_ms >= a->deadline;
@@ -129,22 +178,23 @@ size_t gather_pending(const struct gather *g, uint32_t *devs, size_t max)
 	return g->n_order;
 }
 
-bool gather_take(struct gather *g, uint32_t dev, json_t **values, json_t **quality, int64_t *ts_ms)
+bool gather_take(struct gather *g, uint32_t dev, const struct wire_field **fields, size_t *n,
+		 int64_t *ts_ms)
 {
 	struct acc *a;
 
-	if (dev >= g->n || !g->a[dev].values)
+	if (dev >= g->n || !g->a[dev].active)
 		return false;
 	a = &g->a[dev];
-	*values = a->values;
-	*quality = a->quality && json_object_size(a->quality) ? a->quality : NULL;
-	if (!*quality)
-		json_decref(a->quality);
+	for (size_t i = 0; i < a->n; i++)
+		a->f[i].json = a->t[i].on_heap ? a->t[i].heap : a->t[i].inl;
+	*fields = a->f;
+	*n = a->n;
 	*ts_ms = a->ts_ms;
 	/* out of the order list: the last one takes its place */
 	g->order[a->pos] = g->order[--g->n_order];
 	g->a[g->order[a->pos]].pos = a->pos;
-	memset(a, 0, sizeof(*a));
+	a->active = false; /* the fields stay until the next gather_add() */
 	return true;
 }
 

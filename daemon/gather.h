@@ -16,16 +16,23 @@
  * a backlog does not merge seconds of history into one message.
  * Only states are gathered; events never are (the core sends each one).
  *
- * Ownership: gather_add() takes the value (a JSON value, new reference);
- * gather_take() hands the gathered objects to the caller.
+ * Values are kept as JSON text (wire_value_text()), ready for
+ * wire_telemetry(): no JSON tree per reading.
+ *
+ * Ownership: gather_add() copies the value's text; the point name is
+ * borrowed and must outlive the gathered value (the running configuration's:
+ * the core sends everything gathered before a reload frees it). The fields
+ * gather_take() hands out stay valid until the next gather_add() or
+ * gather_free().
  */
 #ifndef CGW_GATHER_H
 #define CGW_GATHER_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "wire.h"
 
 #define GATHER_MAX_MS 5000  /* a cycle not closed by then goes out as it is */
 #define GATHER_SPAN_MS 1000 /* readings without a cycle coalesce within this span */
@@ -36,10 +43,11 @@ struct gather;
 int gather_new(size_t n_devices, struct gather **out);
 void gather_free(struct gather *g); /* NULL is fine */
 
-/* A point's value (taken, also on failure) read at ts_ms; quality NULL when
- * good, else its name ("bad", "stale"). in_cycle: a cycle end will come.
- * mono_ms: now (CLOCK_MONOTONIC), for the deadline. 0, -EINVAL or -ENOMEM. */
-int gather_add(struct gather *g, uint32_t dev, const char *point, json_t *value,
+/* A point's value read at ts_ms, as JSON text (copied); quality NULL when
+ * good, else its name ("bad", "stale"; borrowed: a constant). in_cycle: a
+ * cycle end will come. mono_ms: now (CLOCK_MONOTONIC), for the deadline.
+ * 0, -EINVAL or -ENOMEM. */
+int gather_add(struct gather *g, uint32_t dev, const char *point, const char *json,
 	       const char *quality, int64_t ts_ms, bool in_cycle, int64_t mono_ms);
 /* Whether a reading without a cycle at ts_ms must not join the device's
  * gathered message (it is more than GATHER_SPAN_MS newer than the message's
@@ -53,10 +61,11 @@ bool gather_due(const struct gather *g, uint32_t dev, bool drain_end, int64_t mo
 /* The devices with something gathered (in no particular order); up to max
  * of them into devs. Returns how many there are. */
 size_t gather_pending(const struct gather *g, uint32_t *devs, size_t max);
-/* Takes the device's gathered values: *values (object point -> value),
- * *quality (object point -> quality name, or NULL when all are good),
- * *ts_ms (the newest value's). False if nothing is gathered. */
-bool gather_take(struct gather *g, uint32_t dev, json_t **values, json_t **quality, int64_t *ts_ms);
+/* Takes the device's gathered values: *fields (one per point, in the order
+ * the points were first gathered; see Ownership), *n, *ts_ms (the newest
+ * value's). False if nothing is gathered. */
+bool gather_take(struct gather *g, uint32_t dev, const struct wire_field **fields, size_t *n,
+		 int64_t *ts_ms);
 /* The earliest deadline (CLOCK_MONOTONIC ms) of a cycle not ended, or -1. */
 int64_t gather_next_deadline(const struct gather *g);
 

@@ -1,11 +1,14 @@
 /*
  * wire.c - every topic and payload cgwd sends; see wire.h and
- * docs/protocol.md. JSON is built with jansson only: no text is pasted into
- * a payload.
+ * docs/protocol.md. JSON is built with jansson, except the telemetry
+ * message, the one rendered for every reading: it is written as text by the
+ * small writer below, whose output tests/unit/test_wire.c and a fuzz target
+ * compare with jansson's for the same values, byte for byte.
  */
 #include "wire.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,12 +85,278 @@ json_t *wire_value_json(const struct cfg_point *pt, const struct cgw_value *v)
 			return json_null();
 		/* the same digits as the alarm message: 57.3, not 57.300000000000004 */
 		alarm_format_value(pt, v, num, sizeof(num));
-		return json_real(strtod(num, NULL));
+		double d = strtod(num, NULL);
+		/* within an ulp of DBL_MAX 15 digits round past it: no number */
+		return isfinite(d) ? json_real(d) : json_null();
 	case CGW_V_STRING:
 		return wire_str(v->s);
 	default:
 		return json_null();
 	}
+}
+
+/* ---- the telemetry writer ------------------------------------------------ */
+
+static int topic(struct wire_msg *out, const char *fmt, const char *id);
+
+/* A growing text buffer; `oom` once an allocation failed (then the text is
+ * dropped as a whole). */
+struct tbuf {
+	char *p;
+	size_t len, cap;
+	bool oom;
+};
+
+static void tb_need(struct tbuf *b, size_t more)
+{
+	if (b->oom || b->len + more + 1 <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < b->len + more + 1)
+		cap *= 2;
+	char *p = realloc(b->p, cap);
+	if (!p) {
+		b->oom = true;
+		return;
+	}
+	b->p = p;
+	b->cap = cap;
+}
+
+static void tb_put(struct tbuf *b, const char *s, size_t n)
+{
+	tb_need(b, n);
+	if (b->oom)
+		return;
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+static void tb_str(struct tbuf *b, const char *s)
+{
+	tb_put(b, s, strlen(s));
+}
+
+/* Whether s is UTF-8 as jansson accepts it (no overlong forms, no
+ * surrogates, nothing above U+10FFFF). */
+static bool utf8_ok(const unsigned char *s)
+{
+	while (*s) {
+		unsigned c = *s++, n, cp;
+		if (c < 0x80)
+			continue;
+		if (c >= 0xC2 && c <= 0xDF) {
+			n = 1;
+			cp = c & 0x1F;
+		} else if (c >= 0xE0 && c <= 0xEF) {
+			n = 2;
+			cp = c & 0x0F;
+		} else if (c >= 0xF0 && c <= 0xF4) {
+			n = 3;
+			cp = c & 0x07;
+		} else {
+			return false;
+		}
+		for (unsigned i = 0; i < n; i++, s++) {
+			if ((*s & 0xC0) != 0x80)
+				return false;
+			cp = cp << 6 | (*s & 0x3F);
+		}
+		if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+		    (cp >= 0xD800 && cp <= 0xDFFF))
+			return false;
+	}
+	return true;
+}
+
+/* A JSON string, escaped as jansson's dump escapes it; bytes that are not
+ * UTF-8 as '?' (wire_str()). Returns the length written or needed. */
+static size_t json_string_text(const char *s, char *out, size_t size)
+{
+	bool ok = utf8_ok((const unsigned char *)s);
+	size_t len = 0;
+
+#define PUT(ch)                          \
+	do {                             \
+		if (len + 1 < size)      \
+			out[len] = (ch); \
+		len++;                   \
+	} while (0)
+	PUT('"');
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		unsigned c = *p;
+		const char *esc = NULL;
+		char u[8];
+		switch (c) {
+		case '"':
+			esc = "\\\"";
+			break;
+		case '\\':
+			esc = "\\\\";
+			break;
+		case '\b':
+			esc = "\\b";
+			break;
+		case '\f':
+			esc = "\\f";
+			break;
+		case '\n':
+			esc = "\\n";
+			break;
+		case '\r':
+			esc = "\\r";
+			break;
+		case '\t':
+			esc = "\\t";
+			break;
+		default:
+			if (c < 0x20) {
+				snprintf(u, sizeof(u), "\\u%04X", c);
+				esc = u;
+			} else if (c >= 0x80 && !ok) {
+				c = '?';
+			}
+		}
+		if (esc)
+			for (; *esc; esc++)
+				PUT(*esc);
+		else
+			PUT((char)c);
+	}
+	PUT('"');
+#undef PUT
+	if (size)
+		out[len < size ? len : size - 1] = '\0';
+	return len;
+}
+
+/* A number as jansson dumps a real with JSON_REAL_PRECISION(15), from the
+ * digits %g gave: ".0" when they look like an integer, the exponent without
+ * '+' and leading zeros (1e+15 -> 1e15, 1e-05 -> 1e-5). */
+static size_t real_text(const char *digits, char *buf, size_t size)
+{
+	char t[64];
+	size_t n = (size_t)snprintf(t, sizeof(t), "%s", digits);
+	char *e = strchr(t, 'e');
+
+	if (n >= sizeof(t))
+		n = sizeof(t) - 1;
+	if (!e && !strchr(t, '.')) {
+		if (n + 2 < sizeof(t)) {
+			memcpy(t + n, ".0", 3);
+			n += 2;
+		}
+	} else if (e) {
+		char *start = e + 1, *end = e + 2;
+		if (*start == '-')
+			start++;
+		while (*end == '0')
+			end++;
+		if (end != start) {
+			memmove(start, end, n - (size_t)(end - t) + 1);
+			n -= (size_t)(end - start);
+		}
+	}
+	return (size_t)snprintf(buf, size, "%s", t);
+}
+
+size_t wire_value_text(const struct cfg_point *pt, const struct cgw_value *v, char *buf,
+		       size_t size)
+{
+	const char *label;
+	char num[48];
+
+	if (!v)
+		return (size_t)snprintf(buf, size, "null");
+	if (pt && pt->n_enums && (label = alarm_enum_label(pt, v)) != NULL)
+		return json_string_text(label, buf, size);
+	switch (v->type) {
+	case CGW_V_BOOL:
+		return (size_t)snprintf(buf, size, "%s", v->b ? "true" : "false");
+	case CGW_V_INT:
+		return (size_t)snprintf(buf, size, "%" PRId64, v->i);
+	case CGW_V_UINT:
+		if (v->u <= INT64_MAX)
+			return (size_t)snprintf(buf, size, "%" PRIu64, v->u);
+		snprintf(num, sizeof(num), "%.15g", (double)v->u);
+		return real_text(num, buf, size);
+	case CGW_V_DOUBLE:
+		if (!isfinite(v->d))
+			return (size_t)snprintf(buf, size, "null");
+		/* the digits wire_value_json() reads back: at most 15, so
+		 * jansson's %.15g of them gives them again */
+		alarm_format_value(pt, v, num, sizeof(num));
+		if (!isfinite(strtod(num, NULL)))
+			return (size_t)snprintf(buf, size, "null"); /* as wire_value_json() */
+		return real_text(num, buf, size);
+	case CGW_V_STRING:
+		return json_string_text(v->s, buf, size);
+	default:
+		return (size_t)snprintf(buf, size, "null");
+	}
+}
+
+/* Appends s as a JSON string. */
+static void tb_jstr(struct tbuf *b, const char *s)
+{
+	size_t len = json_string_text(s, NULL, 0);
+
+	tb_need(b, len);
+	if (b->oom)
+		return;
+	json_string_text(s, b->p + b->len, len + 1);
+	b->len += len;
+}
+
+int wire_telemetry(const struct cfg_device *d, int64_t ts_ms, const struct wire_field *f, size_t n,
+		   struct wire_msg *out)
+{
+	struct tbuf b = {0};
+	char num[32];
+	bool any_bad = false;
+
+	memset(out, 0, sizeof(*out));
+	if (!d || topic(out, "device/%s/telemetry", d->id) < 0)
+		return -EINVAL;
+	snprintf(num, sizeof(num), "{\"ts\":%" PRId64 ",\"device\":", ts_ms);
+	tb_str(&b, num);
+	tb_jstr(&b, d->id);
+	tb_str(&b, ",\"values\":{");
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			tb_put(&b, ",", 1);
+		tb_jstr(&b, f[i].name);
+		tb_put(&b, ":", 1);
+		tb_str(&b, f[i].json ? f[i].json : "null");
+		any_bad = any_bad || f[i].quality;
+	}
+	tb_put(&b, "}", 1);
+	if (any_bad) {
+		bool first = true;
+		tb_str(&b, ",\"quality\":{");
+		for (size_t i = 0; i < n; i++) {
+			if (!f[i].quality)
+				continue;
+			if (!first)
+				tb_put(&b, ",", 1);
+			first = false;
+			tb_jstr(&b, f[i].name);
+			tb_put(&b, ":", 1);
+			tb_jstr(&b, f[i].quality);
+		}
+		tb_put(&b, "}", 1);
+	}
+	tb_put(&b, "}", 1);
+	if (b.oom) {
+		free(b.p);
+		return -ENOMEM;
+	}
+	out->lane = CGW_LANE_TELEMETRY;
+	out->device = d->id;
+	out->ts_ms = ts_ms;
+	out->payload = b.p;
+	return 0;
 }
 
 static json_t *location_json(const struct cfg_device *d)
@@ -131,26 +400,6 @@ int wire_device_state(const struct cgw_config *cfg, uint32_t dev, bool online, i
 		      json_pack("{s:I,s:s,s:o,s:s,s:I}", "ts", (json_int_t)ts_ms, "device", d->id,
 				"name", wire_str(d->name), "state", online ? "online" : "offline",
 				"since", (json_int_t)since_ms));
-}
-
-int wire_telemetry(const struct cfg_device *d, int64_t ts_ms, json_t *values, json_t *quality,
-		   struct wire_msg *out)
-{
-	json_t *o;
-
-	memset(out, 0, sizeof(*out));
-	if (!d || topic(out, "device/%s/telemetry", d->id) < 0) {
-		json_decref(values);
-		json_decref(quality);
-		return -EINVAL;
-	}
-	o = json_pack("{s:I,s:s,s:o}", "ts", (json_int_t)ts_ms, "device", d->id, "values",
-		      values ? values : json_object());
-	if (o && quality)
-		json_object_set_new(o, "quality", quality);
-	else
-		json_decref(quality);
-	return finish(out, CGW_LANE_TELEMETRY, d->id, ts_ms, o);
 }
 
 int wire_event(const struct cgw_config *cfg, uint32_t dev, const struct cfg_point *pt,

@@ -68,13 +68,28 @@ bool wire_id_valid(const char *id);
 json_t *wire_value_json(const struct cfg_point *pt, const struct cgw_value *v);
 /* A JSON string even from bytes that are not UTF-8; NULL gives null. */
 json_t *wire_str(const char *s);
+/* The text json_dumps() writes for wire_value_json()'s value, byte for
+ * byte, without building it (the telemetry path renders every reading).
+ * Like snprintf: returns the length of the whole text; it was cut (and
+ * buf is NUL-terminated) when that is >= size. */
+size_t wire_value_text(const struct cfg_point *pt, const struct cgw_value *v, char *buf,
+		       size_t size);
+
+/* One point of a telemetry message: its value as JSON text
+ * (wire_value_text(), or "null") and, when not good, its quality name. */
+struct wire_field {
+	const char *name;
+	const char *json;
+	const char *quality; /* NULL: good */
+};
 
 /* ---- payloads: 0, -ENOMEM or -EINVAL; *out filled on success ---- */
 int wire_device_state(const struct cgw_config *cfg, uint32_t dev, bool online, int64_t since_ms,
 		      int64_t ts_ms, struct wire_msg *out);
-/* One device's readings of one cycle: values {point: wire_value_json() or
- * null}, quality {point: "bad"|"stale"} or NULL; both consumed. */
-int wire_telemetry(const struct cfg_device *d, int64_t ts_ms, json_t *values, json_t *quality,
+/* One device's readings of one cycle: values {point: json} in the order
+ * given, quality {point: "bad"|"stale"} when any is not good. Written as
+ * text (no JSON tree): the same bytes json_dumps() gives the same object. */
+int wire_telemetry(const struct cfg_device *d, int64_t ts_ms, const struct wire_field *f, size_t n,
 		   struct wire_msg *out);
 int wire_event(const struct cgw_config *cfg, uint32_t dev, const struct cfg_point *pt,
 	       const struct cgw_value *v, uint32_t suppressed, int64_t ts_ms, struct wire_msg *out);

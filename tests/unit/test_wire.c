@@ -59,6 +59,113 @@ static void test_values(void **state)
 	free(s);
 }
 
+/* wire_value_text() writes what json_dumps() writes for wire_value_json():
+ * byte for byte, over the kinds of values and many numbers. */
+static void text_matches_json(const struct cfg_point *pt, struct cgw_value v)
+{
+	char *want = dump(wire_value_json(pt, &v)), got[256];
+	size_t n = wire_value_text(pt, &v, got, sizeof(got));
+	assert_string_equal(got, want);
+	assert_int_equal(n, strlen(want));
+	/* cut short like snprintf: the length still says the whole */
+	char small[4];
+	assert_int_equal(wire_value_text(pt, &v, small, sizeof(small)), strlen(want));
+	assert_int_equal(strlen(small), strlen(want) < 3 ? strlen(want) : 3);
+	free(want);
+}
+
+static void test_value_text(void **state)
+{
+	struct cfg_enum en[] = {{0, "正常"}, {1, "a\"l\\arm\n"}};
+	struct cfg_point f32 = {.type = CGW_T_FLOAT32}, e = {.enums = en, .n_enums = 2};
+	const char *strs[] = {
+		"",      "plain",    "闭合",         "a\"b\\c",          "\x01\x1f\t\r\n\b\f",
+		"a\xff", "\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "/slash",
+		"\x7f",  "€𝄞"};
+	const double ds[] = {0,        -0.0,
+			     1,        -1,
+			     0.1,      57.300000000000004,
+			     1e15,     1e16,
+			     1e-5,     123456789012345678.0,
+			     2.5e-300, -3.4e38,
+			     1e7,      12345678.0,
+			     0.12f,    1.0 / 3,
+			     100,      4294967295.0};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+		text_matches_json(NULL,
+				  (struct cgw_value){.type = CGW_V_STRING, .s = (char *)strs[i]});
+	for (size_t i = 0; i < sizeof(ds) / sizeof(ds[0]); i++) {
+		text_matches_json(NULL, (struct cgw_value){.type = CGW_V_DOUBLE, .d = ds[i]});
+		text_matches_json(&f32,
+				  (struct cgw_value){.type = CGW_V_DOUBLE, .d = (float)ds[i]});
+	}
+	/* many more numbers: a fixed pseudo-random walk over magnitudes */
+	uint64_t x = 88172645463325252ULL;
+	for (int i = 0; i < 20000; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		double d = (double)(int64_t)x / (double)(1ULL << (x % 60));
+		text_matches_json(NULL, (struct cgw_value){.type = CGW_V_DOUBLE, .d = d});
+		text_matches_json(&f32, (struct cgw_value){.type = CGW_V_DOUBLE, .d = (float)d});
+		text_matches_json(NULL, (struct cgw_value){.type = CGW_V_INT, .i = (int64_t)x});
+		text_matches_json(NULL, (struct cgw_value){.type = CGW_V_UINT, .u = x});
+	}
+	text_matches_json(NULL, (struct cgw_value){.type = CGW_V_DOUBLE, .d = INFINITY});
+	/* 15 digits of -DBL_MAX round past it: null in both (found by fuzz_wire_text) */
+	text_matches_json(NULL,
+			  (struct cgw_value){.type = CGW_V_DOUBLE, .d = -1.7976931348623157e308});
+	value_is(NULL, (struct cgw_value){.type = CGW_V_DOUBLE, .d = 1.7976931348623157e308},
+		 "null");
+	text_matches_json(NULL, (struct cgw_value){.type = CGW_V_UINT, .u = UINT64_MAX});
+	text_matches_json(NULL, (struct cgw_value){.type = CGW_V_INT, .i = INT64_MIN});
+	text_matches_json(NULL, (struct cgw_value){.type = CGW_V_BOOL, .b = false});
+	text_matches_json(NULL, (struct cgw_value){.type = CGW_V_NONE});
+	text_matches_json(&e, (struct cgw_value){.type = CGW_V_UINT, .u = 0});
+	text_matches_json(&e, (struct cgw_value){.type = CGW_V_INT, .i = 1});
+	text_matches_json(&e, (struct cgw_value){.type = CGW_V_INT, .i = 2});
+	char out[8];
+	assert_int_equal(wire_value_text(NULL, NULL, out, sizeof(out)), 4);
+	assert_string_equal(out, "null");
+}
+
+/* The telemetry message written as text is the object jansson would dump:
+ * ts, device, values in order, quality only for points not good. */
+static void test_telemetry_text(void **state)
+{
+	struct cfg_device d = {.id = "smoke-1"};
+	struct wire_field f[] = {{"status", "\"normal\"", NULL},
+				 {"smoke", "0.1", NULL},
+				 {"temp\"x", "null", "bad"},
+				 {"batt", "null", "stale"}};
+	struct wire_msg m;
+
+	(void)state;
+	assert_int_equal(wire_telemetry(&d, 1700000000123LL, f, 4, &m), 0);
+	assert_string_equal(m.topic, "device/smoke-1/telemetry");
+	assert_int_equal(m.lane, CGW_LANE_TELEMETRY);
+	json_t *o = json_pack("{s:I,s:s,s:{s:s,s:f,s:n,s:n},s:{s:s,s:s}}", "ts",
+			      (json_int_t)1700000000123LL, "device", "smoke-1", "values", "status",
+			      "normal", "smoke", 0.1, "temp\"x", "batt", "quality", "temp\"x",
+			      "bad", "batt", "stale");
+	char *want = dump(o);
+	assert_string_equal(m.payload, want);
+	free(want);
+	wire_msg_clear(&m);
+	/* all good: no quality member; no points: an empty values object */
+	assert_int_equal(wire_telemetry(&d, 5, f, 2, &m), 0);
+	assert_string_equal(m.payload,
+			    "{\"ts\":5,\"device\":\"smoke-1\",\"values\":{\"status\":\"normal\","
+			    "\"smoke\":0.1}}");
+	wire_msg_clear(&m);
+	assert_int_equal(wire_telemetry(&d, 5, NULL, 0, &m), 0);
+	assert_string_equal(m.payload, "{\"ts\":5,\"device\":\"smoke-1\",\"values\":{}}");
+	wire_msg_clear(&m);
+	assert_int_equal(wire_telemetry(NULL, 5, NULL, 0, &m), -EINVAL);
+}
+
 static void test_ids(void **state)
 {
 	(void)state;
@@ -196,8 +303,9 @@ static void test_transport(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_values),    cmocka_unit_test(test_ids),
-		cmocka_unit_test(test_status),    cmocka_unit_test(test_results),
+		cmocka_unit_test(test_values),         cmocka_unit_test(test_value_text),
+		cmocka_unit_test(test_telemetry_text), cmocka_unit_test(test_ids),
+		cmocka_unit_test(test_status),         cmocka_unit_test(test_results),
 		cmocka_unit_test(test_transport),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
