@@ -73,6 +73,7 @@
 #include "dtu_listen.h"
 #include "episode.h"
 #include "log.h"
+#include "modbus_config.h"
 #include "modbus_decode.h"
 #include "modbus_plan.h"
 #include "rtu_link.h"
@@ -159,6 +160,7 @@ struct mb_dev {
 struct driver {
 	const struct cgw_config *cfg;
 	const struct cfg_bus *bus;
+	const struct modbus_bus_opts *mo; /* the bus's options */
 	struct queue *q;
 	char tag[80]; /* "[rs485-1]" */
 
@@ -276,7 +278,7 @@ void modbus_print_plan(const struct cgw_config *cfg, FILE *f)
 		struct mb_plan *plan;
 		size_t n;
 
-		if (cfg->buses[b].type == CFG_BUS_MQTT)
+		if (!modbus_opts(&cfg->buses[b]))
 			continue;
 		if (modbus_bus_plan(cfg, b, &plan, &n) == 0) {
 			fprintf(f, "bus %s: %zu requests per cycle for %zu points\n",
@@ -548,11 +550,11 @@ static void set_timeout(struct driver *d, int64_t ms)
 static const char *endpoint(const struct driver *d, char *buf, size_t len)
 {
 	if (d->rtu)
-		snprintf(buf, len, "%s", d->bus->device);
+		snprintf(buf, len, "%s", d->mo->device);
 	else if (d->dtu)
-		snprintf(buf, len, "DTU on %s", d->bus->listen);
+		snprintf(buf, len, "DTU on %s", d->mo->listen);
 	else
-		snprintf(buf, len, "%s:%lld", d->bus->host, (long long)d->bus->port);
+		snprintf(buf, len, "%s:%lld", d->mo->host, (long long)d->mo->port);
 	return buf;
 }
 
@@ -573,7 +575,7 @@ static int conn_open(struct driver *d)
 		rtu_link_adopt(d->link, fd);
 		return 0;
 	}
-	e = rtu_link_connect(d->link, d->bus->timeout_ms);
+	e = rtu_link_connect(d->link, d->mo->timeout_ms);
 	if (!e)
 		return 0;
 	errno = e;
@@ -608,17 +610,17 @@ static void try_connect(struct driver *d)
 	int e;
 
 	/* libmodbus bounds a TCP connect by the response timeout */
-	set_timeout(d, d->bus->timeout_ms);
+	set_timeout(d, d->mo->timeout_ms);
 	if (conn_open(d) == 0) {
 		d->connected = true;
 		d->answered = false;
 		d->cur_unit = -1;
-		if (d->rtu && d->bus->rs485 &&
+		if (d->rtu && d->mo->rs485 &&
 		    modbus_rtu_set_serial_mode(d->ctx, MODBUS_RTU_RS485) < 0 && !d->rs485_logged) {
 			log_warn(
 				"modbus",
 				"%s %s: cannot switch to RS-485 mode (%s); using the port as it is",
-				d->tag, d->bus->device, modbus_strerror(errno));
+				d->tag, d->mo->device, modbus_strerror(errno));
 			d->rs485_logged = true;
 		}
 		pthread_mutex_lock(&d->lock);
@@ -734,13 +736,14 @@ static int select_device(struct driver *d, const struct mb_dev *dev)
  * need more. None on Modbus TCP. */
 static int64_t line_silence_us(const struct cfg_bus *bus)
 {
+	const struct modbus_bus_opts *mo = modbus_opts(bus);
 	int64_t us;
 
-	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_RTU_TCP)
+	if (modbus_transport(bus) != MB_SERIAL && modbus_transport(bus) != MB_RTU_TCP)
 		return 0;
-	us = bus->baud > 19200 ? 1750 :
-				 (int64_t)(3.5 * 11 * 1e6) / (bus->baud > 0 ? bus->baud : 9600);
-	return us + bus->frame_delay_ms * 1000;
+	us = mo->baud > 19200 ? 1750 :
+				(int64_t)(3.5 * 11 * 1e6) / (mo->baud > 0 ? mo->baud : 9600);
+	return us + mo->frame_delay_ms * 1000;
 }
 
 static void frame_gap(struct driver *d)
@@ -1804,7 +1807,7 @@ static void dtu_replace(struct driver *d)
 	if (!d->dtu || !d->connected || (fd = dtu_take(d->dtu)) < 0)
 		return;
 	log_notice("modbus", "%s DTU on %s dialled in again; the new connection replaces the old",
-		   d->tag, d->bus->listen);
+		   d->tag, d->mo->listen);
 	rtu_link_adopt(d->link, fd);
 	d->answered = false;
 }
@@ -1974,6 +1977,7 @@ nomem:
 static int mb_open(const struct driver_env *env, struct driver **out)
 {
 	const struct cfg_bus *bus;
+	const struct modbus_bus_opts *mo;
 	struct driver *d = NULL;
 	struct mb_span *spans = NULL;
 	size_t nspans = 0;
@@ -1985,8 +1989,8 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	if (!env || !env->cfg || !env->queue || env->bus >= env->cfg->n_buses)
 		return -EINVAL;
 	bus = &env->cfg->buses[env->bus];
-	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_TCP &&
-	    bus->type != CFG_BUS_MODBUS_RTU_TCP)
+	mo = modbus_opts(bus);
+	if (!mo)
 		return -EINVAL;
 	d = calloc(1, sizeof(*d));
 	if (!d)
@@ -1999,8 +2003,9 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	}
 	d->cfg = env->cfg;
 	d->bus = bus;
+	d->mo = mo;
 	d->q = env->queue;
-	d->rtu = bus->type == CFG_BUS_MODBUS_RTU;
+	d->rtu = modbus_transport(bus) == MB_SERIAL;
 	d->started_us = mono_us();
 	d->silence_us = line_silence_us(bus);
 	d->backoff = MB_RECONNECT_MIN_MS;
@@ -2018,20 +2023,20 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	update_ranges(d);
 
 	if (d->rtu) {
-		char parity = bus->parity == 1 ? 'E' : bus->parity == 2 ? 'O' : 'N';
-		d->ctx = modbus_new_rtu(bus->device, (int)bus->baud, parity, (int)bus->data_bits,
-					(int)bus->stop_bits);
-	} else if (bus->type == CFG_BUS_MODBUS_RTU_TCP) {
-		d->link = rtu_link_new(bus->host, (int)bus->port);
+		char parity = mo->parity == 1 ? 'E' : mo->parity == 2 ? 'O' : 'N';
+		d->ctx = modbus_new_rtu(mo->device, (int)mo->baud, parity, (int)mo->data_bits,
+					(int)mo->stop_bits);
+	} else if (modbus_transport(bus) == MB_RTU_TCP) {
+		d->link = rtu_link_new(mo->host, (int)mo->port);
 		if (!d->link) {
 			r = -ENOMEM;
 			goto fail;
 		}
-		rtu_link_set_heartbeat(d->link, bus->heartbeat, bus->heartbeat_len);
+		rtu_link_set_heartbeat(d->link, mo->heartbeat, mo->heartbeat_len);
 	} else {
 		char port[16];
-		snprintf(port, sizeof(port), "%lld", (long long)bus->port);
-		d->ctx = modbus_new_tcp_pi(bus->host, port);
+		snprintf(port, sizeof(port), "%lld", (long long)mo->port);
+		d->ctx = modbus_new_tcp_pi(mo->host, port);
 	}
 	if (!d->ctx && !d->link) {
 		int e = errno;
@@ -2040,19 +2045,19 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 			modbus_strerror(e));
 		goto fail;
 	}
-	if (d->ctx && bus->byte_timeout_ms > 0)
-		modbus_set_byte_timeout(d->ctx, (uint32_t)(bus->byte_timeout_ms / 1000),
-					(uint32_t)(bus->byte_timeout_ms % 1000) * 1000);
+	if (d->ctx && mo->byte_timeout_ms > 0)
+		modbus_set_byte_timeout(d->ctx, (uint32_t)(mo->byte_timeout_ms / 1000),
+					(uint32_t)(mo->byte_timeout_ms % 1000) * 1000);
 	d->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (d->wake_fd < 0) {
 		r = -errno;
 		goto fail;
 	}
-	if (d->link && bus->listen) {
-		r = dtu_attach(bus->listen, bus->reg_id, bus->reg_len, d->wake_fd, &d->dtu);
+	if (d->link && mo->listen) {
+		r = dtu_attach(mo->listen, mo->reg_id, mo->reg_len, d->wake_fd, &d->dtu);
 		if (r < 0) {
 			log_err("modbus", "%s cannot listen for the DTU on %s: %s", d->tag,
-				bus->listen, strerror(-r));
+				mo->listen, strerror(-r));
 			goto fail;
 		}
 	}
@@ -2118,7 +2123,7 @@ static int mb_commission(struct driver *d, const struct driver_commission *req, 
 	struct mb_write w = {.token = token, .commission = true};
 
 	if (!d || !req || req->table < CGW_TBL_COIL || req->table > CGW_TBL_HOLDING ||
-	    req->timeout_ms < 1 || req->timeout_ms > 10000)
+	    req->timeout_ms < 0 || req->timeout_ms > 10000)
 		return -EINVAL;
 	if (req->kind == DRV_PROBE &&
 	    (req->unit > MB_SCAN_MAX_UNIT || req->count < 1 ||
@@ -2126,6 +2131,11 @@ static int mb_commission(struct driver *d, const struct driver_commission *req, 
 	     req->address + req->count > 65536))
 		return -EINVAL;
 	w.comm = *req;
+	if (!w.comm.timeout_ms) {
+		w.comm.timeout_ms = d->mo->timeout_ms > 0 ? d->mo->timeout_ms : 1000;
+		if (req->kind == DRV_SCAN && w.comm.timeout_ms > 200)
+			w.comm.timeout_ms = 200;
+	}
 	pthread_mutex_lock(&d->lock);
 	if (d->ring_n == MB_WRITE_QUEUE) {
 		pthread_mutex_unlock(&d->lock);

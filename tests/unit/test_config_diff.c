@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "config_diff.h"
+#include "mqtt_ingest.h"
 
 /* tests run from the top of the tree (tests/run.sh) */
 #define CGW_TEST_PROFILES "config/profiles"
@@ -188,7 +189,8 @@ static void test_files_changed(void **state)
 	char path[] = "/tmp/cgw-test-diff-XXXXXX";
 	int fd = mkstemp(path);
 	struct cfg_uplink u = {.password_file = path};
-	struct cfg_bus bus = {.ca_file = path};
+	struct mqtt_bus_opts mo = {.ca_file = path};
+	struct cfg_bus bus = {.kind = &mqtt_bus_type, .opts = &mo};
 	struct timespec before, after;
 
 	(void)state;

@@ -33,7 +33,9 @@
 #include "config.h"
 #include "driver.h"
 #include "log.h"
+#include "modbus_config.h"
 #include "modbus_decode.h"
+#include "mqtt_ingest.h"
 #include "queue.h"
 
 #define NUNITS 4
@@ -819,10 +821,14 @@ static void test_open_refuses(void **state)
 	assert_int_equal(modbus_driver_ops.open(&env, &d), -EINVAL);
 	assert_null(d);
 	modbus_driver_ops.close(NULL);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_RTU), &modbus_driver_ops);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_TCP), &modbus_driver_ops);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_RTU_TCP), &modbus_driver_ops);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MQTT), &mqtt_ingest_ops);
+	struct cfg_bus rtu = {.kind = &modbus_rtu_bus_type}, tcp = {.kind = &modbus_tcp_bus_type},
+		       rtu_tcp = {.kind = &modbus_rtu_tcp_bus_type}, mqtt = {.kind = &mqtt_bus_type},
+		       none = {0};
+	assert_ptr_equal(driver_ops_for(&rtu), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(&tcp), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(&rtu_tcp), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(&mqtt), &mqtt_ingest_ops);
+	assert_null(driver_ops_for(&none));
 }
 
 /* One cycle of a device whose points span four tables (four requests): its
