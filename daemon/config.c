@@ -49,6 +49,13 @@ struct keytab {
 	size_t n;
 };
 
+/* A key of another type of bus given to a bus: said when the bus is checked. */
+struct bus_stray {
+	size_t bus;
+	const char *key; /* the other type's table's */
+	int line;
+};
+
 struct cfg_loader {
 	struct cgw_config *cfg;
 	struct cfg_errors *errs;
@@ -57,13 +64,8 @@ struct cfg_loader {
 	int depth;
 	/* which singleton sections were set, and where */
 	struct cfg_obj *seen_gateway, *seen_store, *seen_control, *seen_metrics, *seen_console;
-	bool yaml_failed; /* a file did not parse: what it held is unknown */
-	/* keys of another type of bus given to a bus (reported by its check) */
-	struct bus_stray {
-		size_t bus;
-		const char *key; /* the other type's table's */
-		int line;
-	} *strays;
+	bool yaml_failed;         /* a file did not parse: what it held is unknown */
+	struct bus_stray *strays; /* keys of another type of bus, for its check */
 	size_t n_strays;
 };
 
@@ -109,10 +111,11 @@ static void err_at(struct cfg_loader *ld, const char *file, int line, const char
 	va_end(ap);
 }
 
-static void err_at_col(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+static void err_at_col(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt,
+		       ...) __attribute__((format(printf, 5, 6)));
 
-static void err_at_col(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt, ...)
+static void err_at_col(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt,
+		       ...)
 {
 	va_list ap;
 
@@ -712,17 +715,26 @@ const char *cfg_class_name(int c)
 	return c >= 0 && c < 4 ? classes[c] : "?";
 }
 
-static int custom_location(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
-static int custom_send(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
-static int custom_enum(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
-static int custom_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
-static int custom_invalid(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
-static int custom_range(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
-static int custom_points(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
-static int custom_alarms(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
+static int custom_location(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			   void *obj);
+static int custom_send(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj);
+static int custom_enum(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj);
+static int custom_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj);
+static int custom_invalid(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			  void *obj);
+static int custom_range(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			void *obj);
+static int custom_points(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj);
+static int custom_alarms(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj);
 static int custom_scalar_text(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
 			      void *obj);
-static int custom_unless(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj);
+static int custom_unless(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj);
 static int custom_unless_equals(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
 				void *obj);
 
@@ -989,7 +1001,8 @@ static const struct keytab unless_tab = TAB("unless", unless_keys);
 
 /* ---- custom keys ---------------------------------------------------------- */
 
-static int custom_location(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_location(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			   void *obj)
 {
 	struct cfg_device *d = obj;
 	void *it = NULL;
@@ -1026,7 +1039,8 @@ static int custom_location(struct cfg_loader *ld, const struct cfg_key *k, struc
 	return nerr ? -EINVAL : 0;
 }
 
-static int custom_send(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_send(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj)
 {
 	struct cfg_uplink *u = obj;
 	char buf[64];
@@ -1055,7 +1069,8 @@ static int custom_send(struct cfg_loader *ld, const struct cfg_key *k, struct fy
 	return nerr ? -EINVAL : 0;
 }
 
-static int custom_enum(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_enum(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj)
 {
 	struct cfg_point *pt = obj;
 	char buf[64];
@@ -1119,7 +1134,8 @@ static int parse_number(const char *s, double *out)
 	return parse_double(s, out);
 }
 
-static int custom_invalid(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_invalid(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			  void *obj)
 {
 	struct cfg_point *pt = obj;
 	struct fy_node *n;
@@ -1154,7 +1170,8 @@ static int custom_invalid(struct cfg_loader *ld, const struct cfg_key *k, struct
 	return nerr ? -EINVAL : 0;
 }
 
-static int custom_range(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_range(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			void *obj)
 {
 	struct cfg_point *pt = obj;
 	struct fy_node *a, *b;
@@ -1177,14 +1194,16 @@ static int custom_range(struct cfg_loader *ld, const struct cfg_key *k, struct f
 		return -EINVAL;
 	}
 	if (!(pt->range_min < pt->range_max)) {
-		err_node(ld, val, "range: min %g is not below max %g", pt->range_min, pt->range_max);
+		err_node(ld, val, "range: min %g is not below max %g", pt->range_min,
+			 pt->range_max);
 		return -EINVAL;
 	}
 	pt->has_range = true;
 	return 0;
 }
 
-static int custom_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj)
 {
 	struct cfg_point *pt = obj;
 	char buf[64];
@@ -1251,7 +1270,8 @@ static int custom_unless_equals(struct cfg_loader *ld, const struct cfg_key *k, 
 static int parse_seq(struct cfg_loader *ld, const struct keytab *t, struct fy_node *seq, void **arr,
 		     size_t *n, size_t size, size_t obj_off, void (*init)(void *obj));
 
-static int custom_unless(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_unless(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj)
 {
 	struct cfg_alarm *a = obj;
 	void *arr = a->unless;
@@ -1370,8 +1390,7 @@ static int custom_bus_type(struct cfg_loader *ld, const struct cfg_key *k, struc
 	const char *v;
 
 	if (!val || fy_node_is_null(val)) {
-		err_node(ld, val, "%s: missing value (expected %s)", k->name,
-			 ktype_name(K_CHOICE));
+		err_node(ld, val, "%s: missing value (expected %s)", k->name, ktype_name(K_CHOICE));
 		return -EINVAL;
 	}
 	v = scalar(val, buf, sizeof(buf));
@@ -1525,8 +1544,8 @@ static void bus_verr(struct cfg_loader *ld, bool warn, const struct cfg_bus *b, 
 		err_at(ld, b->o.file, line, "bus '%s': %s", b->name, msg);
 }
 
-void cfg_bus_error(struct cfg_loader *ld, const struct cfg_bus *b, const char *key,
-		   const char *fmt, ...)
+void cfg_bus_error(struct cfg_loader *ld, const struct cfg_bus *b, const char *key, const char *fmt,
+		   ...)
 {
 	va_list ap;
 
@@ -1535,8 +1554,8 @@ void cfg_bus_error(struct cfg_loader *ld, const struct cfg_bus *b, const char *k
 	va_end(ap);
 }
 
-void cfg_bus_warn(struct cfg_loader *ld, const struct cfg_bus *b, const char *key,
-		  const char *fmt, ...)
+void cfg_bus_warn(struct cfg_loader *ld, const struct cfg_bus *b, const char *key, const char *fmt,
+		  ...)
 {
 	va_list ap;
 
@@ -1565,7 +1584,8 @@ static void point_init(void *obj)
 	p->type = -1;
 }
 
-static int custom_points(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_points(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj)
 {
 	struct cfg_profile *pr = obj;
 	void *arr = pr->points;
@@ -1578,7 +1598,8 @@ static int custom_points(struct cfg_loader *ld, const struct cfg_key *k, struct 
 	return r ? -EINVAL : 0;
 }
 
-static int custom_alarms(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val, void *obj)
+static int custom_alarms(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj)
 {
 	struct cfg_profile *pr = obj;
 	void *arr = pr->alarms;
@@ -1813,7 +1834,8 @@ static struct fy_document *parse_yaml(struct cfg_loader *ld, const char *file, c
 	return doc;
 }
 
-static int load_file(struct cfg_loader *ld, const char *path, int line_of_ref, const char *ref_file);
+static int load_file(struct cfg_loader *ld, const char *path, int line_of_ref,
+		     const char *ref_file);
 
 /* glob() reports unreadable directories here; a directory that does not
  * exist (devices.d/ not created yet) is no error: it matches nothing. */
@@ -1893,8 +1915,8 @@ static int handle_include(struct cfg_loader *ld, struct fy_node *val)
 	return nerr;
 }
 
-static int singleton(struct cfg_loader *ld, struct fy_node *kn, const char *what, struct cfg_obj **seen,
-		     struct cfg_obj *o)
+static int singleton(struct cfg_loader *ld, struct fy_node *kn, const char *what,
+		     struct cfg_obj **seen, struct cfg_obj *o)
 {
 	if (*seen) {
 		err_node(ld, kn, "%s: already set at %s:%d", what, (*seen)->file, (*seen)->line);
@@ -2229,14 +2251,28 @@ static int check_validity(struct cfg_loader *ld, struct cfg_point *pt)
 		int bits = 0;
 		bool sig = false, integer = true;
 		switch (pt->type) {
-		case CGW_T_INT16: bits = 16, sig = true; break;
+		case CGW_T_INT16:
+			bits = 16, sig = true;
+			break;
 		case CGW_T_UINT16:
-		case CGW_T_BITS: bits = 16; break;
-		case CGW_T_INT32: bits = 32, sig = true; break;
-		case CGW_T_UINT32: bits = 32; break;
-		case CGW_T_INT64: bits = 64, sig = true; break;
-		case CGW_T_UINT64: bits = 64; break;
-		default: integer = false; break;
+		case CGW_T_BITS:
+			bits = 16;
+			break;
+		case CGW_T_INT32:
+			bits = 32, sig = true;
+			break;
+		case CGW_T_UINT32:
+			bits = 32;
+			break;
+		case CGW_T_INT64:
+			bits = 64, sig = true;
+			break;
+		case CGW_T_UINT64:
+			bits = 64;
+			break;
+		default:
+			integer = false;
+			break;
 		}
 		if (integer && v != floor(v)) {
 			err_at(ld, o->file, key_line(&point_tab, o, "invalid"),
@@ -2273,10 +2309,17 @@ int cfg_point_check_value(const struct cfg_point *pt, const struct cgw_value *v)
 	if (!pt->n_invalid && !pt->has_range)
 		return CFG_VALUE_OK;
 	switch (v->type) {
-	case CGW_V_INT: x = (double)v->i; break;
-	case CGW_V_UINT: x = (double)v->u; break;
-	case CGW_V_DOUBLE: x = v->d; break;
-	default: return CFG_VALUE_OK;
+	case CGW_V_INT:
+		x = (double)v->i;
+		break;
+	case CGW_V_UINT:
+		x = (double)v->u;
+		break;
+	case CGW_V_DOUBLE:
+		x = v->d;
+		break;
+	default:
+		return CFG_VALUE_OK;
 	}
 	for (size_t i = 0; i < pt->n_invalid; i++)
 		if (fabs(x - pt->invalid[i]) <= 1e-9 * fmax(1.0, fabs(pt->invalid[i])))
@@ -2645,7 +2688,8 @@ static long find_profile(struct cgw_config *cfg, const char *name)
 }
 
 /* Find and load profile `name`; -1 when not found (error reported). */
-static long load_profile(struct cfg_loader *ld, const char *name, const char *ref_file, int ref_line)
+static long load_profile(struct cfg_loader *ld, const char *name, const char *ref_file,
+			 int ref_line)
 {
 	struct cgw_config *cfg = ld->cfg;
 	char *path = NULL, *text = NULL, *shipped;
@@ -2723,8 +2767,8 @@ static long load_profile(struct cfg_loader *ld, const char *name, const char *re
 
 /* ---- cross checks ----------------------------------------------------------------- */
 
-static int check_file(struct cfg_loader *ld, const char *file, int line, const char *key, char **path,
-		      bool secret)
+static int check_file(struct cfg_loader *ld, const char *file, int line, const char *key,
+		      char **path, bool secret)
 {
 	struct stat st;
 	char *dir, *abs;
@@ -3583,9 +3627,8 @@ void config_print_summary(const struct cgw_config *cfg, FILE *f)
 			if (cfg->devices[j].bus == i)
 				bp += cfg_device_profile(cfg, &cfg->devices[j])->n_points;
 		const char *where = b->kind->where ? b->kind->where(b) : NULL;
-		fprintf(f, "  %-16s %-10s %-24s %zu device%s, %zu points\n", b->name,
-			b->kind->name, where ? where : "", b->n_devices,
-			b->n_devices == 1 ? "" : "s", bp);
+		fprintf(f, "  %-16s %-10s %-24s %zu device%s, %zu points\n", b->name, b->kind->name,
+			where ? where : "", b->n_devices, b->n_devices == 1 ? "" : "s", bp);
 	}
 	fprintf(f, "devices: %zu, points: %zu, alarm rules: %zu (incl. one offline alarm each)\n",
 		cfg->n_devices, points, rules);
@@ -3657,8 +3700,9 @@ static void print_bus_tab(FILE *f)
 			for (size_t m = i; cfg_bus_types[m] && len < sizeof(applies); m++) {
 				struct keytab t = kind_tab(cfg_bus_types[m]);
 				if (key_find(&t, k->name, &idx))
-					len += (size_t)snprintf(applies + len, sizeof(applies) - len,
-								"%s%s", len ? ", " : "",
+					len += (size_t)snprintf(applies + len,
+								sizeof(applies) - len, "%s%s",
+								len ? ", " : "",
 								cfg_bus_types[m]->name);
 			}
 			print_key(f, k, NULL, applies);

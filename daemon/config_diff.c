@@ -156,15 +156,18 @@ static bool opts_eq(const struct cfg_bus_type *kind, const void *a, const void *
 			continue;
 		switch (k->type) {
 		case K_STR:
-			eq = str_eq(*(char *const *)(const void *)fa, *(char *const *)(const void *)fb);
+			eq = str_eq(*(char *const *)(const void *)fa,
+				    *(char *const *)(const void *)fb);
 			break;
 		case K_INT:
 		case K_DURATION:
 		case K_SIZE:
-			eq = *(const int64_t *)(const void *)fa == *(const int64_t *)(const void *)fb;
+			eq = *(const int64_t *)(const void *)fa ==
+			     *(const int64_t *)(const void *)fb;
 			break;
 		case K_DOUBLE:
-			eq = dbl_eq(*(const double *)(const void *)fa, *(const double *)(const void *)fb);
+			eq = dbl_eq(*(const double *)(const void *)fa,
+				    *(const double *)(const void *)fb);
 			break;
 		case K_BOOL:
 			eq = *(const bool *)(const void *)fa == *(const bool *)(const void *)fb;
@@ -263,8 +266,8 @@ bool cfg_bus_files_changed_since(const struct cfg_bus *b, const struct timespec 
 	for (size_t i = 0; i < b->kind->n_keys; i++) {
 		const struct cfg_key *k = &b->kind->keys[i];
 		if (k->type == K_STR && (k->flags & (KF_SECRET | KF_FILE)) &&
-		    file_changed_since(*(char *const *)(const void *)((const char *)b->opts + k->off),
-				       since))
+		    file_changed_since(
+			    *(char *const *)(const void *)((const char *)b->opts + k->off), since))
 			return true;
 	}
 	return false;

@@ -741,8 +741,7 @@ static int64_t line_silence_us(const struct cfg_bus *bus)
 
 	if (modbus_transport(bus) != MB_SERIAL && modbus_transport(bus) != MB_RTU_TCP)
 		return 0;
-	us = mo->baud > 19200 ? 1750 :
-				(int64_t)(3.5 * 11 * 1e6) / (mo->baud > 0 ? mo->baud : 9600);
+	us = mo->baud > 19200 ? 1750 : (int64_t)(3.5 * 11 * 1e6) / (mo->baud > 0 ? mo->baud : 9600);
 	return us + mo->frame_delay_ms * 1000;
 }
 

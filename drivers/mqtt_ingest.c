@@ -563,7 +563,8 @@ static int build(struct driver *d)
 		dv->pts = calloc(dv->pr->n_points ? dv->pr->n_points : 1, sizeof(*dv->pts));
 		if (!dv->pts)
 			return -ENOMEM;
-		dv->stale_ms = cd->stale_after_ms > 0 ? cd->stale_after_ms : d->opts->stale_after_ms;
+		dv->stale_ms = cd->stale_after_ms > 0 ? cd->stale_after_ms :
+							d->opts->stale_after_ms;
 		if (dv->stale_ms <= 0)
 			dv->stale_ms = 5 * 60 * 1000;
 		for (size_t p = 0; p < dv->pr->n_points; p++) {

@@ -169,10 +169,12 @@ static void test_all_errors_reported(void **state)
 	assert_null(cfg);
 	assert_int_equal(errs.n, 3);
 	assert_string_equal(errs.v[0], "t.yaml:1: unknown key 'colour' in gateway");
-	assert_string_equal(errs.v[1],
-			    "t.yaml:2: max_size: expected a size like 512KB, 64MB or 2GB, got 'big'");
-	assert_string_equal(errs.v[2],
-			    "t.yaml:4: type: 'can-bus' is not one of: modbus-rtu, modbus-tcp, mqtt, modbus-rtu-tcp");
+	assert_string_equal(
+		errs.v[1],
+		"t.yaml:2: max_size: expected a size like 512KB, 64MB or 2GB, got 'big'");
+	assert_string_equal(
+		errs.v[2],
+		"t.yaml:4: type: 'can-bus' is not one of: modbus-rtu, modbus-tcp, mqtt, modbus-rtu-tcp");
 	cfg_errors_free(&errs);
 }
 

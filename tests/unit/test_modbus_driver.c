@@ -822,8 +822,8 @@ static void test_open_refuses(void **state)
 	assert_null(d);
 	modbus_driver_ops.close(NULL);
 	struct cfg_bus rtu = {.kind = &modbus_rtu_bus_type}, tcp = {.kind = &modbus_tcp_bus_type},
-		       rtu_tcp = {.kind = &modbus_rtu_tcp_bus_type}, mqtt = {.kind = &mqtt_bus_type},
-		       none = {0};
+		       rtu_tcp = {.kind = &modbus_rtu_tcp_bus_type},
+		       mqtt = {.kind = &mqtt_bus_type}, none = {0};
 	assert_ptr_equal(driver_ops_for(&rtu), &modbus_driver_ops);
 	assert_ptr_equal(driver_ops_for(&tcp), &modbus_driver_ops);
 	assert_ptr_equal(driver_ops_for(&rtu_tcp), &modbus_driver_ops);
