@@ -22,8 +22,10 @@
  * the cycle fails and the rest of the device's requests are skipped, so a
  * dead device costs one timeout per attempt, not one per request. After
  * `offline_after` failed cycles in a row the device is offline and probed
- * (one try, no retries) every min(4 * poll, 30 s), at least 4 timeouts and
- * one poll apart, until it answers again. A slot that
+ * (one try, no retries: one timeout per probe): first a poll (but at least
+ * 4 timeouts) later, then at twice the last interval after each failed
+ * probe, up to MB_OFFLINE_POLL_MAX_MS, until it answers again; a device
+ * that goes offline again starts from the short interval. A slot that
  * passes while the worker is busy elsewhere is skipped, not queued:
  * polls_due counts every slot, polls_done the cycles the device answered.
  *
@@ -83,7 +85,7 @@
 #define MB_PENDING 32           /* items held for one hand-over to the core */
 #define MB_RECONNECT_MIN_MS 500 /* first reconnect delay; doubles per failure */
 #define MB_RECONNECT_MAX_MS 30000
-#define MB_OFFLINE_POLL_MAX_MS 30000
+#define MB_OFFLINE_POLL_MAX_MS 60000 /* an offline device's probes back off to this */
 #define MB_STACK_SIZE (512 * 1024)
 #define MB_SCAN_MARGIN_MS 20 /* idle time a scan probe leaves before the next poll */
 #define MB_SCAN_GAP_MS 10    /* at most one scan probe this often */
@@ -145,6 +147,7 @@ struct mb_dev {
 	int64_t fast_ms;         /* its fastest point's poll (0: none faster than the device) */
 	int64_t next_fast;       /* monotonic ms: next read of its fast requests alone */
 	unsigned failed_cycles;
+	int64_t probe_ms; /* offline: the interval to its next probe (doubles per failed probe) */
 	enum mb_devstate state;
 	bool refresh;          /* poll now, off schedule (after a write) */
 	int64_t cycle_ts;      /* wall time of the cycle's first answer, 0 before */
@@ -429,17 +432,29 @@ static const char *table_name(int t)
 	return (unsigned)t < 4 ? names[t] : "?";
 }
 
-/* How often an offline device is probed: min(4 x poll, 30 s), but never
- * more often than its poll, and at least 4 timeouts apart so that probing a
- * dead device takes at most a quarter of the line. */
-static int64_t offline_interval(const struct mb_dev *dev)
+/* The first probe of a device that just went offline: a poll later, but at
+ * least 4 timeouts (one try each) apart, so that probing a dead device takes
+ * at most a quarter of the line from the start. */
+static int64_t offline_first_interval(const struct mb_dev *dev)
 {
-	int64_t p = dev->cfg->poll_ms, i = p * 4;
-	if (i > MB_OFFLINE_POLL_MAX_MS)
-		i = MB_OFFLINE_POLL_MAX_MS;
-	if (i < 4 * dev->cfg->timeout_ms)
-		i = 4 * dev->cfg->timeout_ms;
-	return i > p ? i : p;
+	int64_t p = dev->cfg->poll_ms;
+	return p > 4 * dev->cfg->timeout_ms ? p : 4 * dev->cfg->timeout_ms;
+}
+
+/* The interval to the next probe of an offline device: each probe the
+ * device failed doubles it (`grow`; not one that found no connection), up
+ * to MB_OFFLINE_POLL_MAX_MS (or the first interval, if that is longer); an
+ * answer ends it (the device is polled again). */
+static int64_t offline_interval(struct mb_dev *dev, bool grow)
+{
+	int64_t i = dev->probe_ms > 0 ? dev->probe_ms : offline_first_interval(dev);
+	int64_t cap = offline_first_interval(dev);
+
+	if (cap < MB_OFFLINE_POLL_MAX_MS)
+		cap = MB_OFFLINE_POLL_MAX_MS;
+	if (grow)
+		dev->probe_ms = i * 2 < cap ? i * 2 : cap;
+	return i;
 }
 
 /* Hand the pending items to the core in one go: one lock and at most one
@@ -1522,6 +1537,7 @@ static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e, bool 
 			log_warn("modbus", "%s %s: offline after %u failed polls (%s)", d->tag,
 				 dev->label, dev->failed_cycles, what);
 			set_state(d, dev, DEV_OFFLINE);
+			dev->probe_ms = 0; /* probes start a poll (or 4 timeouts) apart */
 			for (size_t p = 0; p < dev->prof->n_points; p++)
 				fail_point(d, dev, p, CGW_Q_STALE);
 		}
@@ -1766,7 +1782,8 @@ static void reschedule_fast(struct mb_dev *dev, int64_t now)
 static void reschedule(struct driver *d, struct mb_dev *dev)
 {
 	int64_t now = cgw_mono_ms();
-	int64_t step = dev->state == DEV_OFFLINE ? offline_interval(dev) : dev->cfg->poll_ms;
+	int64_t step = dev->state == DEV_OFFLINE ? offline_interval(dev, d->connected) :
+						   dev->cfg->poll_ms;
 	uint64_t missed = 0;
 
 	dev->next_due += step;
