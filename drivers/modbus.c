@@ -172,7 +172,7 @@ struct driver {
 	struct rtu_link *link;         /* modbus-rtu-tcp */
 	struct dtu_slot *dtu;          /* modbus-rtu-tcp listen: our DTU's connection comes here */
 	uint16_t tid;                  /* modbus-tcp: the last transaction id sent */
-	uint64_t foreign, stale_bytes; /* modbus-tcp (the link counts its own) */
+	uint64_t foreign, stale_bytes; /* modbus-tcp, modbus-rtu (the link counts its own) */
 	/* a connection on which no device answers any more: devices that timed
 	 * out since the last answer (each counted once, by answer_epoch) */
 	uint64_t answer_epoch;
@@ -857,6 +857,66 @@ static int link_call(struct driver *d, enum mb_op op, int addr, int n)
 	return e;
 }
 
+/* One request on a serial RTU line. libmodbus sends it (CRC, RS-485) and
+ * reads frames (CRC checked); the matching is ours, as on TCP: libmodbus's
+ * read calls fail a request on an answer from another unit (a second device
+ * with the same address, a late answer of a neighbour) as a frame error.
+ * Such an answer is counted as foreign and dropped, never taken as data,
+ * and the wait goes on until the request's own answer or the timeout. */
+static int serial_call(struct driver *d, enum mb_op op, int addr, int n)
+{
+	uint8_t frame[RTU_MAX_ADU], rsp[MODBUS_RTU_MAX_ADU_LENGTH];
+	struct rtu_req req;
+	int64_t deadline;
+	int flen, e = ETIMEDOUT;
+
+	if (d->cur_unit < 1 || d->cur_unit > 247)
+		return EINVAL;
+	flen = build_frame(d, op, addr, n, (uint8_t)d->cur_unit, frame, sizeof(frame), &req);
+	if (flen < 0)
+		return EINVAL;
+	/* libmodbus adds the CRC */
+	if (modbus_send_raw_request(d->ctx, frame, flen - 2) < 0)
+		return errno ? errno : EIO;
+	deadline = mono_us() + (int64_t)d->cur_timeout * 1000;
+	for (;;) {
+		int64_t left = deadline - mono_us();
+		struct rtu_answer a;
+		int rc;
+
+		if (left <= 0)
+			break;
+		modbus_set_response_timeout(d->ctx, (uint32_t)(left / 1000000),
+					    (uint32_t)(left % 1000000));
+		rc = modbus_receive_confirmation(d->ctx, rsp);
+		if (rc < 0) {
+			e = errno ? errno : EIO;
+			break;
+		}
+		/* 0: libmodbus dropped a frame of another unit (its own filter) */
+		if (rc < 4 || rsp[0] != (uint8_t)d->cur_unit) {
+			d->foreign++;
+			continue;
+		}
+		/* libmodbus checked the CRC: the frame without it */
+		enum rtu_scan_result r = rtu_match(rsp, (size_t)rc - 2, &req, &a);
+		if (r == RTU_FOREIGN) { /* our unit, another function: a late answer */
+			d->foreign++;
+			continue;
+		}
+		if (r == RTU_ANSWER) {
+			unpack(d, op, n, a.data, a.len);
+			e = 0;
+		} else {
+			e = r == RTU_EXCEPTION ? exception_errno(a.exception) : EMBBADDATA;
+		}
+		break;
+	}
+	modbus_set_response_timeout(d->ctx, (uint32_t)(d->cur_timeout / 1000),
+				    (uint32_t)(d->cur_timeout % 1000) * 1000);
+	return e;
+}
+
 /* One request on Modbus TCP. libmodbus connects and cuts answers out of the
  * stream (modbus_receive_confirmation); the request and the matching are
  * ours, because libmodbus's read calls take an answer from another unit as
@@ -944,39 +1004,12 @@ static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 
 static int call(struct driver *d, enum mb_op op, int addr, int n)
 {
-	int rc = -1;
-
 	flush(d); /* nothing read waits behind line time */
 	if (d->link)
 		return link_call(d, op, addr, n);
 	if (!d->rtu)
 		return tcp_call(d, op, addr, n);
-	switch (op) {
-	case OP_READ_COILS:
-		rc = modbus_read_bits(d->ctx, addr, n, d->bits);
-		break;
-	case OP_READ_DISCRETE:
-		rc = modbus_read_input_bits(d->ctx, addr, n, d->bits);
-		break;
-	case OP_READ_INPUT:
-		rc = modbus_read_input_registers(d->ctx, addr, n, d->regs);
-		break;
-	case OP_READ_HOLDING:
-		rc = modbus_read_registers(d->ctx, addr, n, d->regs);
-		break;
-	case OP_WRITE_COIL:
-		rc = modbus_write_bit(d->ctx, addr, d->bits[0]);
-		break;
-	case OP_WRITE_REG:
-		rc = modbus_write_register(d->ctx, addr, d->regs[0]);
-		break;
-	case OP_WRITE_REGS:
-		rc = modbus_write_registers(d->ctx, addr, n, d->regs);
-		break;
-	}
-	if (rc < 0)
-		return errno ? errno : EIO;
-	return 0;
+	return serial_call(d, op, addr, n);
 }
 
 /* One request with its retries. 0, or the libmodbus errno of the last
