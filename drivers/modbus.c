@@ -582,12 +582,14 @@ static int conn_open(struct driver *d)
 	if (!d->link)
 		return modbus_connect(d->ctx);
 	if (d->dtu) {
-		int fd = dtu_take(d->dtu);
+		uint8_t rest[DTU_REST_MAX];
+		size_t rest_n;
+		int fd = dtu_take(d->dtu, rest, &rest_n);
 		if (fd < 0) {
 			errno = ENOTCONN; /* the DTU has not dialled in (yet, or again) */
 			return -1;
 		}
-		rtu_link_adopt(d->link, fd);
+		rtu_link_adopt(d->link, fd, rest, rest_n);
 		return 0;
 	}
 	e = rtu_link_connect(d->link, d->mo->timeout_ms);
@@ -1851,13 +1853,15 @@ static void wait_wake(struct driver *d, int64_t ms)
  * while we wait for one, its arrival is what reconnects. */
 static void dtu_replace(struct driver *d)
 {
+	uint8_t rest[DTU_REST_MAX];
+	size_t rest_n;
 	int fd;
 
-	if (!d->dtu || !d->connected || (fd = dtu_take(d->dtu)) < 0)
+	if (!d->dtu || !d->connected || (fd = dtu_take(d->dtu, rest, &rest_n)) < 0)
 		return;
 	log_notice("modbus", "%s DTU on %s dialled in again; the new connection replaces the old",
 		   d->tag, d->mo->listen);
-	rtu_link_adopt(d->link, fd);
+	rtu_link_adopt(d->link, fd, rest, rest_n);
 	d->answered = false;
 }
 

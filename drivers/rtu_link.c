@@ -164,12 +164,20 @@ static size_t hb_tail(const struct rtu_link *l)
 	return 0;
 }
 
-void rtu_link_adopt(struct rtu_link *l, int fd)
+void rtu_link_adopt(struct rtu_link *l, int fd, const uint8_t *first, size_t n)
 {
 	int one = 1;
 
 	rtu_link_close(l);
 	l->fd = fd;
+	l->rx_n = 0;
+	if (n > RX_CAP)
+		n = RX_CAP;
+	if (n) {
+		memcpy(l->rx, first, n);
+		l->rx_n = n;
+		strip_heartbeats(l);
+	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 

@@ -13,14 +13,18 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "dtu_listen.h"
 #include "rtu_frame.h"
 #include "rtu_link.h"
 
@@ -93,7 +97,7 @@ static void fx_init(struct fx *f, const uint8_t *hb, size_t hb_n)
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, f->sv), 0);
 	f->l = rtu_link_new("", 0);
 	assert_non_null(f->l);
-	rtu_link_adopt(f->l, f->sv[0]);
+	rtu_link_adopt(f->l, f->sv[0], NULL, 0);
 	assert_int_equal(rtu_link_set_heartbeat(f->l, hb, hb_n), 0);
 	f->flen = rtu_build_read(f->frame, sizeof(f->frame), 1, RTU_FN_READ_HOLDING, 0, 1, &f->req);
 	assert_true(f->flen > 0);
@@ -228,6 +232,63 @@ static void test_heartbeat_only(void **state)
 	fx_free(&f);
 }
 
+/* A DTU that registers and starts its heartbeat in the same TCP segment:
+ * the acceptor hands the bytes after the registration on with the
+ * connection, and the link completes the heartbeat with what follows. */
+static void test_dtu_registration_then_heartbeat(void **state)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	static const uint8_t hello[] = {'I', 'M', 'E', 'I', '-', '1', 'P', 'I'};
+	struct pollfd pfd;
+	struct dtu_slot *slot = NULL;
+	uint8_t rest[DTU_REST_MAX], a[8];
+	size_t rest_n = 0, an = answer(a);
+	struct peer p = {.part = {PING + 2, a}, .len = {2, an}, .pause_ms = 50};
+	struct rtu_link_counters c;
+	char listen[64];
+	struct fx f;
+	int s, wake, fd;
+
+	(void)state;
+	/* a free port */
+	s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(s >= 0);
+	assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(s, (struct sockaddr *)&sa, &sl), 0);
+	close(s);
+	snprintf(listen, sizeof(listen), "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+	wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	assert_true(wake >= 0);
+	assert_int_equal(dtu_attach(listen, hello, 6, wake, &slot), 0);
+
+	s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(send(s, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
+	pfd = (struct pollfd){.fd = wake, .events = POLLIN};
+	assert_int_equal(poll(&pfd, 1, 5000), 1);
+	fd = dtu_take(slot, rest, &rest_n);
+	assert_true(fd >= 0);
+	assert_int_equal(rest_n, 2);
+	assert_memory_equal(rest, "PI", 2);
+
+	f.sv[0] = fd;
+	f.sv[1] = s;
+	f.l = rtu_link_new("", 0);
+	assert_non_null(f.l);
+	assert_int_equal(rtu_link_set_heartbeat(f.l, PING, sizeof(PING)), 0);
+	rtu_link_adopt(f.l, fd, rest, rest_n);
+	f.flen = rtu_build_read(f.frame, sizeof(f.frame), 1, RTU_FN_READ_HOLDING, 0, 1, &f.req);
+	assert_int_equal(fx_transact(&f, &p, 2000, NULL), 0);
+	rtu_link_counters(f.l, &c);
+	assert_int_equal(c.heartbeats, 1);
+	assert_int_equal(c.garbage_bytes, 0);
+	assert_int_equal(c.stale_bytes, 0);
+	fx_free(&f);
+	dtu_detach(slot);
+	close(wake);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -236,6 +297,7 @@ int main(void)
 		cmocka_unit_test(test_heartbeat_between_requests),
 		cmocka_unit_test(test_answer_ending_like_heartbeat),
 		cmocka_unit_test(test_heartbeat_only),
+		cmocka_unit_test(test_dtu_registration_then_heartbeat),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
