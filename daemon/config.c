@@ -9,6 +9,7 @@
  * recorded in each object's struct cfg_obj.
  */
 #include "config.h"
+#include "config_keys.h"
 #include "secret.h"
 
 #include <arpa/inet.h>
@@ -42,45 +43,20 @@
 #define MAX_INCLUDE_DEPTH 8
 #define MAX_FILE_SIZE (4 << 20)
 
-enum ktype {
-	K_STR,
-	K_INT,
-	K_DOUBLE,
-	K_BOOL,
-	K_DURATION,
-	K_SIZE,
-	K_CHOICE,
-	K_STRLIST,
-	K_CUSTOM,
-};
-
-#define KF_REQUIRED 1u
-#define KF_SECRET 2u /* a secret file (secret.h: owner, group, mode; credential:NAME) */
-#define KF_FILE 4u   /* a file that must be readable */
-
-struct loader;
-struct key;
-typedef int (*custom_fn)(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-
-struct key {
-	const char *name;
-	enum ktype type;
-	size_t off;
-	const char *def;
-	unsigned flags;
-	int64_t min, max;
-	const char *const *choices;
-	custom_fn custom;
-	const char *help;
-};
-
 struct keytab {
 	const char *what; /* "device", "bus", ... for messages */
-	const struct key *keys;
+	const struct cfg_key *keys;
 	size_t n;
 };
 
-struct loader {
+/* A key of another type of bus given to a bus: said when the bus is checked. */
+struct bus_stray {
+	size_t bus;
+	const char *key; /* the other type's table's */
+	int line;
+};
+
+struct cfg_loader {
 	struct cgw_config *cfg;
 	struct cfg_errors *errs;
 	const char *file;     /* current file (interned) */
@@ -88,16 +64,18 @@ struct loader {
 	int depth;
 	/* which singleton sections were set, and where */
 	struct cfg_obj *seen_gateway, *seen_store, *seen_control, *seen_metrics, *seen_console;
-	bool yaml_failed; /* a file did not parse: what it held is unknown */
+	bool yaml_failed;         /* a file did not parse: what it held is unknown */
+	struct bus_stray *strays; /* keys of another type of bus, for its check */
+	size_t n_strays;
 };
 
 /* ---- errors ------------------------------------------------------------ */
 
-static void err_vat(struct loader *ld, const char *file, int line, int col, const char *fmt,
+static void err_vat(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt,
 		    va_list ap) __attribute__((format(printf, 5, 0)));
 
 /* "FILE:LINE: message", or "FILE:LINE:COL: message" when col > 0. */
-static void err_vat(struct loader *ld, const char *file, int line, int col, const char *fmt,
+static void err_vat(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt,
 		    va_list ap)
 {
 	struct cfg_errors *e = ld->errs;
@@ -121,10 +99,10 @@ static void err_vat(struct loader *ld, const char *file, int line, int col, cons
 	e->v[e->n++] = s;
 }
 
-static void err_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+static void err_at(struct cfg_loader *ld, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
-static void err_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+static void err_at(struct cfg_loader *ld, const char *file, int line, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -133,10 +111,11 @@ static void err_at(struct loader *ld, const char *file, int line, const char *fm
 	va_end(ap);
 }
 
-static void err_at_col(struct loader *ld, const char *file, int line, int col, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+static void err_at_col(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt,
+		       ...) __attribute__((format(printf, 5, 6)));
 
-static void err_at_col(struct loader *ld, const char *file, int line, int col, const char *fmt, ...)
+static void err_at_col(struct cfg_loader *ld, const char *file, int line, int col, const char *fmt,
+		       ...)
 {
 	va_list ap;
 
@@ -150,10 +129,10 @@ static int strlist_push(struct cfg_strlist *l, char *s);
 /* A warning: the configuration loads, but something is probably a mistake.
  * "FILE:LINE: warning: message" in cfg->warnings (check-config prints them,
  * the daemon logs them). */
-static void warn_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+static void warn_at(struct cfg_loader *ld, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
-static void warn_at(struct loader *ld, const char *file, int line, const char *fmt, ...)
+static void warn_at(struct cfg_loader *ld, const char *file, int line, const char *fmt, ...)
 {
 	char msg[512], *s;
 	va_list ap;
@@ -201,10 +180,10 @@ static int node_line(struct fy_node *n)
 	return 0;
 }
 
-static void err_node(struct loader *ld, struct fy_node *n, const char *fmt, ...)
+static void err_node(struct cfg_loader *ld, struct fy_node *n, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-static void err_node(struct loader *ld, struct fy_node *n, const char *fmt, ...)
+static void err_node(struct cfg_loader *ld, struct fy_node *n, const char *fmt, ...)
 {
 	char msg[768];
 	va_list ap;
@@ -376,7 +355,7 @@ static size_t edit_distance(const char *a, const char *b)
 	return row[lb];
 }
 
-static const struct key *key_find(const struct keytab *t, const char *name, size_t *idx)
+static const struct cfg_key *key_find(const struct keytab *t, const char *name, size_t *idx)
 {
 	for (size_t i = 0; i < t->n; i++) {
 		if (strcmp(t->keys[i].name, name) == 0) {
@@ -467,7 +446,7 @@ static int strlist_push(struct cfg_strlist *l, char *s)
 
 /* Apply one scalar text to a field. Returns 0, or -EINVAL with an error
  * reported at `at`. `fromdef` marks the table's own defaults (bugs). */
-static int set_field(struct loader *ld, const struct key *k, void *obj, const char *text,
+static int set_field(struct cfg_loader *ld, const struct cfg_key *k, void *obj, const char *text,
 		     struct fy_node *at)
 {
 	char *field = (char *)obj + k->off;
@@ -552,20 +531,84 @@ range:
 	return 0;
 }
 
-static void apply_defaults(struct loader *ld, const struct keytab *t, void *obj)
+static void apply_defaults(struct cfg_loader *ld, const struct keytab *t, void *obj)
 {
 	for (size_t i = 0; i < t->n; i++) {
-		const struct key *k = &t->keys[i];
+		const struct cfg_key *k = &t->keys[i];
 		if (k->def && k->type != K_CUSTOM)
 			set_field(ld, k, obj, k->def, NULL);
 	}
 }
 
+/* Apply one key's value (vn, under key node kn) to obj. Errors found. */
+static int apply_key(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *kn,
+		     struct fy_node *vn, void *obj)
+{
+	char vbuf[4096];
+	int nerr = 0;
+
+	if (k->type == K_CUSTOM)
+		return k->custom(ld, k, vn, obj) < 0;
+	if (k->type == K_STRLIST) {
+		struct cfg_strlist *l = (struct cfg_strlist *)(void *)((char *)obj + k->off);
+		strlist_free(l);
+		if (vn && fy_node_is_sequence(vn)) {
+			void *sit = NULL;
+			struct fy_node *e;
+			while ((e = fy_node_sequence_iterate(vn, &sit))) {
+				const char *s = scalar(e, vbuf, sizeof(vbuf));
+				if (!s) {
+					err_node(ld, e, "%s: expected a list of strings", k->name);
+					nerr++;
+					continue;
+				}
+				set_field(ld, k, obj, s, e);
+			}
+			return nerr;
+		}
+		/* a single string is a list of one */
+	}
+	if (!vn || fy_node_is_null(vn)) {
+		err_node(ld, kn, "%s: missing value (expected %s)", k->name, ktype_name(k->type));
+		return 1;
+	}
+	const char *v = scalar(vn, vbuf, sizeof(vbuf));
+	if (!v) {
+		err_node(ld, vn, "%s: expected %s, got a %s", k->name, ktype_name(k->type),
+			 fy_node_is_mapping(vn) ? "mapping" : "list");
+		return 1;
+	}
+	return set_field(ld, k, obj, v, vn) < 0;
+}
+
+static void err_unknown_key(struct cfg_loader *ld, struct fy_node *kn, const char *kname,
+			    const char *what, const char *hint)
+{
+	if (hint)
+		err_node(ld, kn, "unknown key '%s' in %s (did you mean '%s'?)", kname, what, hint);
+	else
+		err_node(ld, kn, "unknown key '%s' in %s", kname, what);
+}
+
+static int check_required(struct cfg_loader *ld, const struct keytab *t, const struct cfg_obj *o)
+{
+	int nerr = 0;
+
+	for (size_t i = 0; i < t->n; i++) {
+		if ((t->keys[i].flags & KF_REQUIRED) && !o->key_line[i]) {
+			err_at(ld, ld->file, o->line, "%s: missing required key '%s'", t->what,
+			       t->keys[i].name);
+			nerr++;
+		}
+	}
+	return nerr;
+}
+
 /* Walk a mapping against a key table. Returns the number of errors. */
-static int parse_map(struct loader *ld, const struct keytab *t, struct fy_node *map, void *obj,
+static int parse_map(struct cfg_loader *ld, const struct keytab *t, struct fy_node *map, void *obj,
 		     struct cfg_obj *o)
 {
-	char kbuf[128], vbuf[4096];
+	char kbuf[128];
 	void *it = NULL;
 	struct fy_node_pair *p;
 	int nerr = 0;
@@ -580,7 +623,7 @@ static int parse_map(struct loader *ld, const struct keytab *t, struct fy_node *
 	while ((p = fy_node_mapping_iterate(map, &it))) {
 		struct fy_node *kn = fy_node_pair_key(p), *vn = fy_node_pair_value(p);
 		const char *kname = scalar(kn, kbuf, sizeof(kbuf));
-		const struct key *k;
+		const struct cfg_key *k;
 		size_t idx;
 
 		if (!kname) {
@@ -590,66 +633,14 @@ static int parse_map(struct loader *ld, const struct keytab *t, struct fy_node *
 		}
 		k = key_find(t, kname, &idx);
 		if (!k) {
-			const char *hint = key_suggest(t, kname);
-			if (hint)
-				err_node(ld, kn, "unknown key '%s' in %s (did you mean '%s'?)",
-					 kname, t->what, hint);
-			else
-				err_node(ld, kn, "unknown key '%s' in %s", kname, t->what);
+			err_unknown_key(ld, kn, kname, t->what, key_suggest(t, kname));
 			nerr++;
 			continue;
 		}
 		o->key_line[idx] = node_line(kn);
-		if (k->type == K_CUSTOM) {
-			if (k->custom(ld, k, vn, obj) < 0)
-				nerr++;
-			continue;
-		}
-		if (k->type == K_STRLIST) {
-			struct cfg_strlist *l =
-				(struct cfg_strlist *)(void *)((char *)obj + k->off);
-			strlist_free(l);
-			if (vn && fy_node_is_sequence(vn)) {
-				void *sit = NULL;
-				struct fy_node *e;
-				while ((e = fy_node_sequence_iterate(vn, &sit))) {
-					const char *s = scalar(e, vbuf, sizeof(vbuf));
-					if (!s) {
-						err_node(ld, e, "%s: expected a list of strings",
-							 kname);
-						nerr++;
-						continue;
-					}
-					set_field(ld, k, obj, s, e);
-				}
-				continue;
-			}
-			/* a single string is a list of one */
-		}
-		if (!vn || fy_node_is_null(vn)) {
-			err_node(ld, kn, "%s: missing value (expected %s)", kname,
-				 ktype_name(k->type));
-			nerr++;
-			continue;
-		}
-		const char *v = scalar(vn, vbuf, sizeof(vbuf));
-		if (!v) {
-			err_node(ld, vn, "%s: expected %s, got a %s", kname, ktype_name(k->type),
-				 fy_node_is_mapping(vn) ? "mapping" : "list");
-			nerr++;
-			continue;
-		}
-		if (set_field(ld, k, obj, v, vn) < 0)
-			nerr++;
+		nerr += apply_key(ld, k, kn, vn, obj);
 	}
-	for (size_t i = 0; i < t->n; i++) {
-		if ((t->keys[i].flags & KF_REQUIRED) && !o->key_line[i]) {
-			err_at(ld, ld->file, o->line, "%s: missing required key '%s'", t->what,
-			       t->keys[i].name);
-			nerr++;
-		}
-	}
-	return nerr;
+	return nerr + check_required(ld, t, o);
 }
 
 static int key_line(const struct keytab *t, const struct cfg_obj *o, const char *name)
@@ -690,7 +681,7 @@ static char *dir_of(const char *path)
 	return strndup(path, (size_t)(slash - path));
 }
 
-static const char *intern_file(struct loader *ld, const char *path)
+static const char *intern_file(struct cfg_loader *ld, const char *path)
 {
 	struct cfg_strlist *f = &ld->cfg->files;
 
@@ -705,22 +696,14 @@ static const char *intern_file(struct loader *ld, const char *path)
 
 /* ---- tables -------------------------------------------------------------- */
 
-#define OFF(type, field) offsetof(type, field)
+#define OFF CFG_OFF
 
-static const char *const bus_types[] = {"modbus-rtu", "modbus-tcp", "mqtt", "modbus-rtu-tcp", NULL};
 static const char *const uplink_types[] = {"mqtt", "http", NULL};
 static const char *const classes[] = {"fire", "security", "access", "service", NULL};
 static const char *const severities[] = {"critical", "major", "minor", "warning", NULL};
 static const char *const tables[] = {"coil", "discrete", "input", "holding", NULL};
 static const char *const orders[] = {"ABCD", "CDAB", "BADC", "DCBA", NULL};
-static const char *const parities[] = {"N", "E", "O", NULL};
 static const char *const syncs[] = {"normal", "full", NULL};
-
-const char *cfg_bus_type_name(int t)
-{
-	return t >= 0 && t < (int)(sizeof(bus_types) / sizeof(bus_types[0])) - 1 ? bus_types[t] :
-										   "?";
-}
 
 const char *cfg_severity_name(int s)
 {
@@ -732,21 +715,30 @@ const char *cfg_class_name(int c)
 	return c >= 0 && c < 4 ? classes[c] : "?";
 }
 
-static int custom_location(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_send(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_enum(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_type(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_invalid(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_range(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_points(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_alarms(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_scalar_text(struct loader *ld, const struct key *k, struct fy_node *val,
+static int custom_location(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			   void *obj);
+static int custom_send(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj);
+static int custom_enum(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj);
+static int custom_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj);
+static int custom_invalid(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			  void *obj);
+static int custom_range(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			void *obj);
+static int custom_points(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj);
+static int custom_alarms(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj);
+static int custom_scalar_text(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
 			      void *obj);
-static int custom_unless(struct loader *ld, const struct key *k, struct fy_node *val, void *obj);
-static int custom_unless_equals(struct loader *ld, const struct key *k, struct fy_node *val,
+static int custom_unless(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj);
+static int custom_unless_equals(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
 				void *obj);
 
-static const struct key gateway_keys[] = {
+static const struct cfg_key gateway_keys[] = {
 	{"id", K_STR, offsetof(struct cgw_config, gateway.id), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique gateway id; goes into every topic and message id"},
 	{"site", K_STR, offsetof(struct cgw_config, gateway.site), NULL, KF_REQUIRED, 0, 0, NULL,
@@ -755,7 +747,7 @@ static const struct key gateway_keys[] = {
 	 0, NULL, NULL, "directory of the SQLite store (cgw.db)"},
 };
 
-static const struct key store_keys[] = {
+static const struct cfg_key store_keys[] = {
 	{"max_size", K_SIZE, offsetof(struct cgw_config, store.max_size), "50%", 0, 0, 0, NULL,
 	 NULL,
 	 "size cap of the store (database, WAL and its index), or a share of the filesystem "
@@ -773,21 +765,21 @@ static const struct key store_keys[] = {
 	 "longest a reading waits for its batch commit (at most 50ms); alarms never wait"},
 };
 
-static const struct key control_keys[] = {
+static const struct cfg_key control_keys[] = {
 	{"socket", K_STR, offsetof(struct cgw_config, control.socket), "/run/cgw/cgwd.sock", 0, 0,
 	 0, NULL, NULL, "Unix socket for cgwctl (mode 0660)"},
 	{"group", K_STR, offsetof(struct cgw_config, control.group), "", 0, 0, 0, NULL, NULL,
 	 "group that may use the socket (empty: the daemon's group)"},
 };
 
-static const struct key metrics_keys[] = {
+static const struct cfg_key metrics_keys[] = {
 	{"enabled", K_BOOL, offsetof(struct cgw_config, metrics.enabled), "true", 0, 0, 0, NULL,
 	 NULL, "serve Prometheus metrics and /healthz"},
 	{"listen", K_STR, offsetof(struct cgw_config, metrics.listen), "127.0.0.1:9273", 0, 0, 0,
 	 NULL, NULL, "address:port of the metrics endpoint"},
 };
 
-static const struct key console_keys[] = {
+static const struct cfg_key console_keys[] = {
 	{"enabled", K_BOOL, offsetof(struct cgw_config, console.enabled), "false", 0, 0, 0, NULL,
 	 NULL, "serve the web console (duty room, installers); off until configured"},
 	{"listen", K_STR, offsetof(struct cgw_config, console.listen), "127.0.0.1:8443", 0, 0, 0,
@@ -800,7 +792,7 @@ static const struct key console_keys[] = {
 	 "accounts file written by cgwctl user (empty: STATE_DIR/console-users)"},
 };
 
-static const struct key uplink_keys[] = {
+static const struct cfg_key uplink_keys[] = {
 	{"name", K_STR, OFF(struct cfg_uplink, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique uplink name"},
 	{"type", K_CHOICE, OFF(struct cfg_uplink, type), NULL, KF_REQUIRED, 0, 0, uplink_types,
@@ -840,78 +832,17 @@ static const struct key uplink_keys[] = {
 	 "MQTT protocol: 4 (3.1.1) or 5"},
 };
 
-static const struct key bus_keys[] = {
+/* The keys every bus has; the rest are its type's (config_keys.h). */
+static int custom_bus_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			   void *obj);
+static const struct cfg_key bus_keys[] = {
 	{"name", K_STR, OFF(struct cfg_bus, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique bus name"},
-	{"type", K_CHOICE, OFF(struct cfg_bus, type), NULL, KF_REQUIRED, 0, 0, bus_types, NULL,
-	 "modbus-rtu, modbus-tcp, modbus-rtu-tcp (RTU frames over TCP: a serial server) or mqtt"},
-	{"device", K_STR, OFF(struct cfg_bus, device), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-rtu: serial device, e.g. /dev/ttyUSB0"},
-	{"baud", K_INT, OFF(struct cfg_bus, baud), "9600", 0, 300, 4000000, NULL, NULL,
-	 "modbus-rtu, modbus-rtu-tcp: baud rate of the line (frame timing)"},
-	{"parity", K_CHOICE, OFF(struct cfg_bus, parity), "N", 0, 0, 0, parities, NULL,
-	 "modbus-rtu: N, E or O"},
-	{"data_bits", K_INT, OFF(struct cfg_bus, data_bits), "8", 0, 5, 8, NULL, NULL,
-	 "modbus-rtu: data bits"},
-	{"stop_bits", K_INT, OFF(struct cfg_bus, stop_bits), "1", 0, 1, 2, NULL, NULL,
-	 "modbus-rtu: stop bits"},
-	{"rs485", K_BOOL, OFF(struct cfg_bus, rs485), "false", 0, 0, 0, NULL, NULL,
-	 "modbus-rtu: switch the port to RS-485 mode (if the driver supports it)"},
-	{"frame_delay", K_DURATION, OFF(struct cfg_bus, frame_delay_ms), "0ms", 0, 0, 10000, NULL,
-	 NULL, "modbus-rtu, modbus-rtu-tcp: extra quiet time between frames (slow devices)"},
-	{"host", K_STR, OFF(struct cfg_bus, host), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-tcp, modbus-rtu-tcp: host name or address"},
-	{"port", K_INT, OFF(struct cfg_bus, port), "502", 0, 1, 65535, NULL, NULL,
-	 "modbus-tcp, modbus-rtu-tcp: TCP port"},
-	{"listen", K_STR, OFF(struct cfg_bus, listen), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-rtu-tcp: ADDRESS:PORT to accept a dial-in DTU on, instead of host/port "
-	 "(buses may share one; each DTU is told apart by its registration)"},
-	{"register", K_STR, OFF(struct cfg_bus, reg_text), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-rtu-tcp listen: the registration packet the DTU sends on connect (e.g. its "
-	 "IMEI)"},
-	{"register_hex", K_STR, OFF(struct cfg_bus, reg_hex), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-rtu-tcp listen: the registration packet in hex, e.g. 'A5 01 02'"},
-	{"heartbeat", K_STR, OFF(struct cfg_bus, hb_text), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-rtu-tcp listen: the DTU's heartbeat packet, dropped from the stream"},
-	{"heartbeat_hex", K_STR, OFF(struct cfg_bus, hb_hex), NULL, 0, 0, 0, NULL, NULL,
-	 "modbus-rtu-tcp listen: the heartbeat packet in hex"},
-	{"timeout", K_DURATION, OFF(struct cfg_bus, timeout_ms), "1s", 0, 10, 60000, NULL, NULL,
-	 "modbus: response timeout"},
-	{"byte_timeout", K_DURATION, OFF(struct cfg_bus, byte_timeout_ms), "0ms", 0, 0, 10000, NULL,
-	 NULL, "modbus: timeout between bytes of a response (0: libmodbus's default)"},
-	{"retries", K_INT, OFF(struct cfg_bus, retries), "1", 0, 0, 10, NULL, NULL,
-	 "modbus: retries of a failed request before the cycle counts as failed"},
-	{"offline_after", K_INT, OFF(struct cfg_bus, offline_after), "3", 0, 1, 1000, NULL, NULL,
-	 "modbus: failed poll cycles before a device is offline"},
-	{"max_gap", K_INT, OFF(struct cfg_bus, max_gap), "8", 0, 0, 124, NULL, NULL,
-	 "modbus: registers bridged when merging reads (0: merge only adjacent)"},
-	{"max_registers", K_INT, OFF(struct cfg_bus, max_registers), "125", 0, 1, 125, NULL, NULL,
-	 "modbus: largest read, in registers"},
-	{"url", K_STR, OFF(struct cfg_bus, url), NULL, 0, 0, 0, NULL, NULL,
-	 "mqtt: broker URL, mqtt://host:port or mqtts://host:port"},
-	{"client_id", K_STR, OFF(struct cfg_bus, client_id), NULL, 0, 0, 0, NULL, NULL,
-	 "mqtt: client id (default: {gateway}-{bus}); stable, for the persistent session"},
-	{"clean_session", K_BOOL, OFF(struct cfg_bus, clean_session), "false", 0, 0, 0, NULL, NULL,
-	 "mqtt: true: the broker forgets what devices sent while cgwd was away"},
-	{"username", K_STR, OFF(struct cfg_bus, username), NULL, 0, 0, 0, NULL, NULL,
-	 "mqtt: user name"},
-	{"password_file", K_STR, OFF(struct cfg_bus, password_file), NULL, KF_SECRET, 0, 0, NULL,
-	 NULL, "mqtt: file holding the password (0640 root:cgw at most), or credential:NAME"},
-	{"ca_file", K_STR, OFF(struct cfg_bus, ca_file), NULL, KF_FILE, 0, 0, NULL, NULL,
-	 "mqtt: CA bundle for mqtts://"},
-	{"cert_file", K_STR, OFF(struct cfg_bus, cert_file), NULL, KF_FILE, 0, 0, NULL, NULL,
-	 "mqtt: client certificate"},
-	{"key_file", K_STR, OFF(struct cfg_bus, key_file), NULL, KF_SECRET, 0, 0, NULL, NULL,
-	 "mqtt: client key (0640 root:cgw at most), or credential:NAME"},
-	{"insecure", K_BOOL, OFF(struct cfg_bus, insecure), "false", 0, 0, 0, NULL, NULL,
-	 "mqtt: allow plaintext to a broker that is not loopback"},
-	{"stale_after", K_DURATION, OFF(struct cfg_bus, stale_after_ms), "5m", 0, 1000, 0x7fffffff,
-	 NULL, NULL, "mqtt: a device that sent nothing this long is offline"},
-	{"max_payload", K_SIZE, OFF(struct cfg_bus, max_payload), "64KB", 0, 16, 16 << 20, NULL,
-	 NULL, "mqtt: larger payloads are quarantined"},
+	{"type", K_CUSTOM, 0, NULL, KF_REQUIRED, 0, 0, NULL, custom_bus_type,
+	 "the type of bus; the keys below say which types they apply to"},
 };
 
-static const struct key device_keys[] = {
+static const struct cfg_key device_keys[] = {
 	{"id", K_STR, OFF(struct cfg_device, id), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "unique device id (topics, messages)"},
 	{"name", K_STR, OFF(struct cfg_device, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
@@ -945,7 +876,7 @@ static const struct key device_keys[] = {
 	 "where the device is: building, floor, room, ... (used in alarm messages)"},
 };
 
-static const struct key profile_keys[] = {
+static const struct cfg_key profile_keys[] = {
 	{"profile", K_STR, OFF(struct cfg_profile, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "the profile's name; must match its file name"},
 	{"class", K_CHOICE, OFF(struct cfg_profile, class), NULL, KF_REQUIRED, 0, 0, classes, NULL,
@@ -957,7 +888,7 @@ static const struct key profile_keys[] = {
 	{"alarms", K_CUSTOM, 0, NULL, 0, 0, 0, NULL, custom_alarms, "alarm rules"},
 };
 
-static const struct key point_keys[] = {
+static const struct cfg_key point_keys[] = {
 	{"name", K_STR, OFF(struct cfg_point, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "point name, unique in the profile"},
 	{"table", K_CHOICE, OFF(struct cfg_point, table), NULL, 0, 0, 0, tables, NULL,
@@ -1004,7 +935,7 @@ static const struct key point_keys[] = {
 	 "(camera motion)"},
 };
 
-static const struct key alarm_keys[] = {
+static const struct cfg_key alarm_keys[] = {
 	{"name", K_STR, OFF(struct cfg_alarm, name), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "alarm name, unique in the profile"},
 	{"point", K_STR, OFF(struct cfg_alarm, point), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
@@ -1040,7 +971,7 @@ static const struct key alarm_keys[] = {
 	 "that time) that value as the condition starts (door opened after an unlock)"},
 };
 
-static const struct key unless_keys[] = {
+static const struct cfg_key unless_keys[] = {
 	{"point", K_STR, OFF(struct cfg_unless, point), NULL, KF_REQUIRED, 0, 0, NULL, NULL,
 	 "the other point"},
 	{"equals", K_CUSTOM, 0, NULL, KF_REQUIRED, 0, 0, NULL, custom_unless_equals,
@@ -1049,7 +980,7 @@ static const struct key unless_keys[] = {
 	 "how long before the condition the value still counts"},
 };
 
-static const struct key top_keys[];
+static const struct cfg_key top_keys[];
 
 #define TAB(what, arr)                                  \
 	{                                               \
@@ -1070,7 +1001,8 @@ static const struct keytab unless_tab = TAB("unless", unless_keys);
 
 /* ---- custom keys ---------------------------------------------------------- */
 
-static int custom_location(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_location(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			   void *obj)
 {
 	struct cfg_device *d = obj;
 	void *it = NULL;
@@ -1107,7 +1039,8 @@ static int custom_location(struct loader *ld, const struct key *k, struct fy_nod
 	return nerr ? -EINVAL : 0;
 }
 
-static int custom_send(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_send(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj)
 {
 	struct cfg_uplink *u = obj;
 	char buf[64];
@@ -1136,7 +1069,8 @@ static int custom_send(struct loader *ld, const struct key *k, struct fy_node *v
 	return nerr ? -EINVAL : 0;
 }
 
-static int custom_enum(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_enum(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj)
 {
 	struct cfg_point *pt = obj;
 	char buf[64];
@@ -1200,7 +1134,8 @@ static int parse_number(const char *s, double *out)
 	return parse_double(s, out);
 }
 
-static int custom_invalid(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_invalid(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			  void *obj)
 {
 	struct cfg_point *pt = obj;
 	struct fy_node *n;
@@ -1235,7 +1170,8 @@ static int custom_invalid(struct loader *ld, const struct key *k, struct fy_node
 	return nerr ? -EINVAL : 0;
 }
 
-static int custom_range(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_range(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			void *obj)
 {
 	struct cfg_point *pt = obj;
 	struct fy_node *a, *b;
@@ -1258,14 +1194,16 @@ static int custom_range(struct loader *ld, const struct key *k, struct fy_node *
 		return -EINVAL;
 	}
 	if (!(pt->range_min < pt->range_max)) {
-		err_node(ld, val, "range: min %g is not below max %g", pt->range_min, pt->range_max);
+		err_node(ld, val, "range: min %g is not below max %g", pt->range_min,
+			 pt->range_max);
 		return -EINVAL;
 	}
 	pt->has_range = true;
 	return 0;
 }
 
-static int custom_type(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+		       void *obj)
 {
 	struct cfg_point *pt = obj;
 	char buf[64];
@@ -1298,7 +1236,7 @@ static int custom_type(struct loader *ld, const struct key *k, struct fy_node *v
 
 /* equals/not_equals keep the scalar's text; it is resolved against the
  * point's type and enum once the whole profile is read. */
-static int custom_scalar_text(struct loader *ld, const struct key *k, struct fy_node *val,
+static int custom_scalar_text(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
 			      void *obj)
 {
 	struct cfg_alarm *a = obj;
@@ -1314,7 +1252,7 @@ static int custom_scalar_text(struct loader *ld, const struct key *k, struct fy_
 	return 0;
 }
 
-static int custom_unless_equals(struct loader *ld, const struct key *k, struct fy_node *val,
+static int custom_unless_equals(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
 				void *obj)
 {
 	struct cfg_unless *u = obj;
@@ -1329,10 +1267,11 @@ static int custom_unless_equals(struct loader *ld, const struct key *k, struct f
 	return 0;
 }
 
-static int parse_seq(struct loader *ld, const struct keytab *t, struct fy_node *seq, void **arr,
+static int parse_seq(struct cfg_loader *ld, const struct keytab *t, struct fy_node *seq, void **arr,
 		     size_t *n, size_t size, size_t obj_off, void (*init)(void *obj));
 
-static int custom_unless(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_unless(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj)
 {
 	struct cfg_alarm *a = obj;
 	void *arr = a->unless;
@@ -1347,7 +1286,7 @@ static int custom_unless(struct loader *ld, const struct key *k, struct fy_node 
 
 /* Parse a sequence of mappings into a growing array of `size`-byte objects,
  * each starting with a struct cfg_obj at offset `obj_off`. */
-static int parse_seq(struct loader *ld, const struct keytab *t, struct fy_node *seq, void **arr,
+static int parse_seq(struct cfg_loader *ld, const struct keytab *t, struct fy_node *seq, void **arr,
 		     size_t *n, size_t size, size_t obj_off, void (*init)(void *obj))
 {
 	void *it = NULL;
@@ -1382,9 +1321,247 @@ static void device_init(void *obj)
 	d->profile = SIZE_MAX;
 }
 
-static void bus_init(void *obj)
+/* ---- buses: common keys, then the type's (config_keys.h) ----------------- */
+
+const struct cfg_bus_type *cfg_bus_type_find(const char *name)
 {
-	((struct cfg_bus *)obj)->type = -1; /* until given: type-specific checks wait for it */
+	for (size_t i = 0; cfg_bus_types[i]; i++)
+		if (!strcmp(cfg_bus_types[i]->name, name))
+			return cfg_bus_types[i];
+	return NULL;
+}
+
+const char *cfg_bus_type_name(const struct cfg_bus *b)
+{
+	return b && b->kind ? b->kind->name : "?";
+}
+
+static struct keytab kind_tab(const struct cfg_bus_type *kind)
+{
+	return (struct keytab){"bus", kind->keys, kind->n_keys};
+}
+
+/* A key of some type of bus (the first that has it), or NULL. */
+static const struct cfg_key *any_bus_key(const char *name)
+{
+	for (size_t i = 0; cfg_bus_types[i]; i++) {
+		struct keytab t = kind_tab(cfg_bus_types[i]);
+		size_t idx;
+		const struct cfg_key *k = key_find(&t, name, &idx);
+		if (k)
+			return k;
+	}
+	return NULL;
+}
+
+static const char *bus_key_suggest(const char *name)
+{
+	const char *best = key_suggest(&bus_tab, name);
+	size_t bestd = best ? edit_distance(name, best) : 3;
+
+	for (size_t i = 0; cfg_bus_types[i]; i++) {
+		struct keytab t = kind_tab(cfg_bus_types[i]);
+		const char *h = key_suggest(&t, name);
+		if (h && edit_distance(name, h) < bestd) {
+			bestd = edit_distance(name, h);
+			best = h;
+		}
+	}
+	return best;
+}
+
+static void types_join(char *buf, size_t cap)
+{
+	size_t len = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; cfg_bus_types[i] && len < cap; i++)
+		len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? ", " : "",
+					cfg_bus_types[i]->name);
+}
+
+/* `type:` picks the type, whose options struct gets its defaults. */
+static int custom_bus_type(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			   void *obj)
+{
+	struct cfg_bus *b = obj;
+	const struct cfg_bus_type *kind;
+	char buf[128], list[256];
+	const char *v;
+
+	if (!val || fy_node_is_null(val)) {
+		err_node(ld, val, "%s: missing value (expected %s)", k->name, ktype_name(K_CHOICE));
+		return -EINVAL;
+	}
+	v = scalar(val, buf, sizeof(buf));
+	if (!v) {
+		err_node(ld, val, "%s: expected %s, got a %s", k->name, ktype_name(K_CHOICE),
+			 fy_node_is_mapping(val) ? "mapping" : "list");
+		return -EINVAL;
+	}
+	kind = cfg_bus_type_find(v);
+	if (!kind) {
+		types_join(list, sizeof(list));
+		err_node(ld, val, "%s: '%s' is not one of: %s", k->name, v, list);
+		return -EINVAL;
+	}
+	b->opts = calloc(1, kind->opts_size);
+	if (!b->opts)
+		return -ENOMEM;
+	b->kind = kind;
+	b->opts_o.file = b->o.file;
+	b->opts_o.line = b->o.line;
+	struct keytab t = kind_tab(kind);
+	apply_defaults(ld, &t, b->opts);
+	return 0;
+}
+
+/* A bus: `type:` first, for it says what the other keys are; a key of
+ * another type is kept for the check ("does not apply to"). */
+static int parse_bus(struct cfg_loader *ld, struct fy_node *map, struct cfg_bus *b, size_t bus)
+{
+	char kbuf[128];
+	void *it = NULL;
+	struct fy_node_pair *p;
+	int nerr = 0;
+
+	b->o.file = ld->file;
+	b->o.line = node_line(map);
+	if (!fy_node_is_mapping(map)) {
+		err_node(ld, map, "%s: expected a mapping of keys", bus_tab.what);
+		return 1;
+	}
+	while ((p = fy_node_mapping_iterate(map, &it))) {
+		const char *kname = scalar(fy_node_pair_key(p), kbuf, sizeof(kbuf));
+		size_t idx;
+		if (kname && !strcmp(kname, "type") && key_find(&bus_tab, kname, &idx)) {
+			b->o.key_line[idx] = node_line(fy_node_pair_key(p));
+			nerr += apply_key(ld, &bus_keys[idx], fy_node_pair_key(p),
+					  fy_node_pair_value(p), b);
+			break;
+		}
+	}
+	it = NULL;
+	while ((p = fy_node_mapping_iterate(map, &it))) {
+		struct fy_node *kn = fy_node_pair_key(p), *vn = fy_node_pair_value(p);
+		const char *kname = scalar(kn, kbuf, sizeof(kbuf));
+		const struct cfg_key *k;
+		size_t idx;
+
+		if (!kname) {
+			err_node(ld, kn, "%s: keys must be plain words", bus_tab.what);
+			nerr++;
+			continue;
+		}
+		if (!strcmp(kname, "type"))
+			continue;
+		k = key_find(&bus_tab, kname, &idx);
+		if (k) {
+			b->o.key_line[idx] = node_line(kn);
+			nerr += apply_key(ld, k, kn, vn, b);
+			continue;
+		}
+		if (b->kind) {
+			struct keytab t = kind_tab(b->kind);
+			k = key_find(&t, kname, &idx);
+			if (k) {
+				b->opts_o.key_line[idx] = node_line(kn);
+				nerr += apply_key(ld, k, kn, vn, b->opts);
+				continue;
+			}
+		}
+		k = any_bus_key(kname);
+		if (k) { /* another type's: said at the check, when the type is known */
+			struct bus_stray *ns;
+			if (!b->kind)
+				continue;
+			ns = realloc(ld->strays, (ld->n_strays + 1) * sizeof(*ns));
+			if (!ns)
+				return nerr + 1;
+			ld->strays = ns;
+			ns[ld->n_strays++] = (struct bus_stray){bus, k->name, node_line(kn)};
+			continue;
+		}
+		err_unknown_key(ld, kn, kname, bus_tab.what, bus_key_suggest(kname));
+		nerr++;
+	}
+	return nerr + check_required(ld, &bus_tab, &b->o);
+}
+
+static int parse_buses(struct cfg_loader *ld, struct fy_node *seq)
+{
+	struct cgw_config *cfg = ld->cfg;
+	void *it = NULL;
+	struct fy_node *e;
+	int nerr = 0;
+
+	if (!seq || !fy_node_is_sequence(seq)) {
+		err_node(ld, seq, "%ss: expected a list", bus_tab.what);
+		return 1;
+	}
+	while ((e = fy_node_sequence_iterate(seq, &it))) {
+		struct cfg_bus *nb = realloc(cfg->buses, (cfg->n_buses + 1) * sizeof(*nb));
+		if (!nb)
+			return nerr + 1;
+		cfg->buses = nb;
+		memset(&nb[cfg->n_buses], 0, sizeof(*nb));
+		cfg->n_buses++;
+		nerr += parse_bus(ld, e, &nb[cfg->n_buses - 1], cfg->n_buses - 1);
+	}
+	return nerr;
+}
+
+struct cgw_config *cfg_loading(struct cfg_loader *ld)
+{
+	return ld->cfg;
+}
+
+bool cfg_bus_given(const struct cfg_bus *b, const char *key)
+{
+	if (!b->kind)
+		return false;
+	struct keytab t = kind_tab(b->kind);
+	return key_given(&t, &b->opts_o, key);
+}
+
+static void bus_verr(struct cfg_loader *ld, bool warn, const struct cfg_bus *b, const char *key,
+		     const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+
+static void bus_verr(struct cfg_loader *ld, bool warn, const struct cfg_bus *b, const char *key,
+		     const char *fmt, va_list ap)
+{
+	char msg[640];
+	int line = b->o.line;
+
+	if (key && b->kind) {
+		struct keytab t = kind_tab(b->kind);
+		line = key_line(&t, &b->opts_o, key);
+	}
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (warn)
+		warn_at(ld, b->o.file, line, "bus '%s': %s", b->name, msg);
+	else
+		err_at(ld, b->o.file, line, "bus '%s': %s", b->name, msg);
+}
+
+void cfg_bus_error(struct cfg_loader *ld, const struct cfg_bus *b, const char *key, const char *fmt,
+		   ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	bus_verr(ld, false, b, key, fmt, ap);
+	va_end(ap);
+}
+
+void cfg_bus_warn(struct cfg_loader *ld, const struct cfg_bus *b, const char *key, const char *fmt,
+		  ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	bus_verr(ld, true, b, key, fmt, ap);
+	va_end(ap);
 }
 
 static void uplink_init(void *obj)
@@ -1407,7 +1584,8 @@ static void point_init(void *obj)
 	p->type = -1;
 }
 
-static int custom_points(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_points(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj)
 {
 	struct cfg_profile *pr = obj;
 	void *arr = pr->points;
@@ -1420,7 +1598,8 @@ static int custom_points(struct loader *ld, const struct key *k, struct fy_node 
 	return r ? -EINVAL : 0;
 }
 
-static int custom_alarms(struct loader *ld, const struct key *k, struct fy_node *val, void *obj)
+static int custom_alarms(struct cfg_loader *ld, const struct cfg_key *k, struct fy_node *val,
+			 void *obj)
 {
 	struct cfg_profile *pr = obj;
 	void *arr = pr->alarms;
@@ -1605,7 +1784,7 @@ static bool yaml_key_at(const char *text, size_t len, int line, int col, char *o
 }
 
 /* Parse YAML text into a document; syntax errors become FILE:LINE:COL errors. */
-static struct fy_document *parse_yaml(struct loader *ld, const char *file, const char *text,
+static struct fy_document *parse_yaml(struct cfg_loader *ld, const char *file, const char *text,
 				      size_t len)
 {
 	struct yaml_diag yd = {0};
@@ -1655,7 +1834,8 @@ static struct fy_document *parse_yaml(struct loader *ld, const char *file, const
 	return doc;
 }
 
-static int load_file(struct loader *ld, const char *path, int line_of_ref, const char *ref_file);
+static int load_file(struct cfg_loader *ld, const char *path, int line_of_ref,
+		     const char *ref_file);
 
 /* glob() reports unreadable directories here; a directory that does not
  * exist (devices.d/ not created yet) is no error: it matches nothing. */
@@ -1669,7 +1849,7 @@ static int on_glob_error(const char *path, int err)
 	return 0;
 }
 
-static int handle_include(struct loader *ld, struct fy_node *val)
+static int handle_include(struct cfg_loader *ld, struct fy_node *val)
 {
 	struct cfg_strlist globs = {0};
 	char buf[PATH_MAX];
@@ -1735,8 +1915,8 @@ static int handle_include(struct loader *ld, struct fy_node *val)
 	return nerr;
 }
 
-static int singleton(struct loader *ld, struct fy_node *kn, const char *what, struct cfg_obj **seen,
-		     struct cfg_obj *o)
+static int singleton(struct cfg_loader *ld, struct fy_node *kn, const char *what,
+		     struct cfg_obj **seen, struct cfg_obj *o)
 {
 	if (*seen) {
 		err_node(ld, kn, "%s: already set at %s:%d", what, (*seen)->file, (*seen)->line);
@@ -1748,7 +1928,7 @@ static int singleton(struct loader *ld, struct fy_node *kn, const char *what, st
 
 /* Top-level keys: the table exists for documentation and hints; dispatch is
  * by name because each section has its own shape. */
-static const struct key top_keys[] = {
+static const struct cfg_key top_keys[] = {
 	{"include", K_STRLIST, 0, NULL, 0, 0, 0, NULL, NULL,
 	 "file globs to read too, relative to this file (devices.d/*.yaml)"},
 	{"gateway", K_CUSTOM, 0, NULL, KF_REQUIRED, 0, 0, NULL, NULL, "this gateway"},
@@ -1765,7 +1945,7 @@ static const struct key top_keys[] = {
 static const struct keytab top_tab = {"the top level", top_keys,
 				      sizeof(top_keys) / sizeof(top_keys[0])};
 
-static int parse_top(struct loader *ld, struct fy_node *root)
+static int parse_top(struct cfg_loader *ld, struct fy_node *root)
 {
 	struct cgw_config *cfg = ld->cfg;
 	char kbuf[64], vbuf[PATH_MAX];
@@ -1839,11 +2019,7 @@ static int parse_top(struct loader *ld, struct fy_node *root)
 					  uplink_init);
 			cfg->uplinks = arr;
 		} else if (!strcmp(k, "buses")) {
-			arr = cfg->buses;
-			nerr += parse_seq(ld, &bus_tab, vn, &arr, &cfg->n_buses,
-					  sizeof(struct cfg_bus), offsetof(struct cfg_bus, o),
-					  bus_init);
-			cfg->buses = arr;
+			nerr += parse_buses(ld, vn);
 		} else if (!strcmp(k, "devices")) {
 			arr = cfg->devices;
 			nerr += parse_seq(ld, &device_tab, vn, &arr, &cfg->n_devices,
@@ -1868,7 +2044,7 @@ static int parse_top(struct loader *ld, struct fy_node *root)
 	return nerr;
 }
 
-static int load_text(struct loader *ld, const char *path, const char *text, size_t len)
+static int load_text(struct cfg_loader *ld, const char *path, const char *text, size_t len)
 {
 	struct fy_document *doc;
 	const char *saved_file = ld->file, *saved_dir = ld->base_dir;
@@ -1894,7 +2070,7 @@ static int load_text(struct loader *ld, const char *path, const char *text, size
 	return nerr;
 }
 
-static int load_file(struct loader *ld, const char *path, int line_of_ref, const char *ref_file)
+static int load_file(struct cfg_loader *ld, const char *path, int line_of_ref, const char *ref_file)
 {
 	char *text;
 	size_t len;
@@ -2004,7 +2180,7 @@ static char *suggest_profile(const struct cgw_config *cfg, const char *shipped, 
 }
 
 /* An equals/not_equals text as a value of the point's kind. */
-static int resolve_operand(struct loader *ld, const char *file, int line, const char *alarm,
+static int resolve_operand(struct cfg_loader *ld, const char *file, int line, const char *alarm,
 			   const struct cfg_point *pt, const char *t, struct cgw_value *out)
 {
 	if (pt->n_enums) {
@@ -2058,7 +2234,7 @@ static int resolve_operand(struct loader *ld, const char *file, int line, const 
 /* invalid:/range: make sense for numbers only; an `invalid:` raw value is
  * turned into what the point decodes it to (0xFFFF on an int16 is -1; -1 on
  * a uint16 is 65535; then scale and offset), so the core compares values. */
-static int check_validity(struct loader *ld, struct cfg_point *pt)
+static int check_validity(struct cfg_loader *ld, struct cfg_point *pt)
 {
 	const struct cfg_obj *o = &pt->o;
 	bool numeric = pt->type != CGW_T_BOOL && pt->type != CGW_T_STRING && pt->bit < 0;
@@ -2075,14 +2251,28 @@ static int check_validity(struct loader *ld, struct cfg_point *pt)
 		int bits = 0;
 		bool sig = false, integer = true;
 		switch (pt->type) {
-		case CGW_T_INT16: bits = 16, sig = true; break;
+		case CGW_T_INT16:
+			bits = 16, sig = true;
+			break;
 		case CGW_T_UINT16:
-		case CGW_T_BITS: bits = 16; break;
-		case CGW_T_INT32: bits = 32, sig = true; break;
-		case CGW_T_UINT32: bits = 32; break;
-		case CGW_T_INT64: bits = 64, sig = true; break;
-		case CGW_T_UINT64: bits = 64; break;
-		default: integer = false; break;
+		case CGW_T_BITS:
+			bits = 16;
+			break;
+		case CGW_T_INT32:
+			bits = 32, sig = true;
+			break;
+		case CGW_T_UINT32:
+			bits = 32;
+			break;
+		case CGW_T_INT64:
+			bits = 64, sig = true;
+			break;
+		case CGW_T_UINT64:
+			bits = 64;
+			break;
+		default:
+			integer = false;
+			break;
 		}
 		if (integer && v != floor(v)) {
 			err_at(ld, o->file, key_line(&point_tab, o, "invalid"),
@@ -2119,10 +2309,17 @@ int cfg_point_check_value(const struct cfg_point *pt, const struct cgw_value *v)
 	if (!pt->n_invalid && !pt->has_range)
 		return CFG_VALUE_OK;
 	switch (v->type) {
-	case CGW_V_INT: x = (double)v->i; break;
-	case CGW_V_UINT: x = (double)v->u; break;
-	case CGW_V_DOUBLE: x = v->d; break;
-	default: return CFG_VALUE_OK;
+	case CGW_V_INT:
+		x = (double)v->i;
+		break;
+	case CGW_V_UINT:
+		x = (double)v->u;
+		break;
+	case CGW_V_DOUBLE:
+		x = v->d;
+		break;
+	default:
+		return CFG_VALUE_OK;
 	}
 	for (size_t i = 0; i < pt->n_invalid; i++)
 		if (fabs(x - pt->invalid[i]) <= 1e-9 * fmax(1.0, fabs(pt->invalid[i])))
@@ -2145,7 +2342,7 @@ static unsigned point_regs(const struct cfg_point *pt)
  * is usually a map typed wrong (a float32 at 10 and a uint16 at 11). Bit
  * points of one register (a status word) are the exception. A warning: some
  * devices do mirror a value in two forms. */
-static void check_overlaps(struct loader *ld, const struct cfg_profile *pr)
+static void check_overlaps(struct cfg_loader *ld, const struct cfg_profile *pr)
 {
 	for (size_t i = 0; i < pr->n_points; i++) {
 		const struct cfg_point *a = &pr->points[i];
@@ -2193,7 +2390,7 @@ static const char *const template_keys[] = {"name", "device", "alarm", "value", 
 /* Check a message template: balanced braces and known placeholders; a
  * {location.KEY} is checked against the devices later (check_locations()).
  * Any rule key that holds a template is checked with it. */
-static int check_template(struct loader *ld, const char *file, int line, const char *what,
+static int check_template(struct cfg_loader *ld, const char *file, int line, const char *what,
 			  const char *tmpl)
 {
 	int nerr = 0;
@@ -2239,7 +2436,7 @@ static int check_template(struct loader *ld, const char *file, int line, const c
 	return nerr;
 }
 
-static int check_profile(struct loader *ld, struct cfg_profile *pr)
+static int check_profile(struct cfg_loader *ld, struct cfg_profile *pr)
 {
 	int nerr = 0;
 	size_t n_mqtt = 0;
@@ -2491,7 +2688,8 @@ static long find_profile(struct cgw_config *cfg, const char *name)
 }
 
 /* Find and load profile `name`; -1 when not found (error reported). */
-static long load_profile(struct loader *ld, const char *name, const char *ref_file, int ref_line)
+static long load_profile(struct cfg_loader *ld, const char *name, const char *ref_file,
+			 int ref_line)
 {
 	struct cgw_config *cfg = ld->cfg;
 	char *path = NULL, *text = NULL, *shipped;
@@ -2569,8 +2767,8 @@ static long load_profile(struct loader *ld, const char *name, const char *ref_fi
 
 /* ---- cross checks ----------------------------------------------------------------- */
 
-static int check_file(struct loader *ld, const char *file, int line, const char *key, char **path,
-		      bool secret)
+static int check_file(struct cfg_loader *ld, const char *file, int line, const char *key,
+		      char **path, bool secret)
 {
 	struct stat st;
 	char *dir, *abs;
@@ -2632,12 +2830,12 @@ static int check_file(struct loader *ld, const char *file, int line, const char 
 	return 0;
 }
 
-static int check_files(struct loader *ld, const struct keytab *t, void *obj, struct cfg_obj *o)
+static int check_files(struct cfg_loader *ld, const struct keytab *t, void *obj, struct cfg_obj *o)
 {
 	int nerr = 0;
 
 	for (size_t i = 0; i < t->n; i++) {
-		const struct key *k = &t->keys[i];
+		const struct cfg_key *k = &t->keys[i];
 		if (!(k->flags & (KF_SECRET | KF_FILE)) || !o->key_line[i])
 			continue;
 		nerr += check_file(ld, o->file, o->key_line[i], k->name,
@@ -2681,7 +2879,7 @@ bool cfg_is_loopback(const char *host)
 }
 
 /* scheme://host[:port][/path] -> host, port, tls. */
-static int parse_url(const char *url, char **host, int64_t *port, bool *tls, bool *http)
+int cfg_parse_url(const char *url, char **host, int64_t *port, bool *tls, bool *http)
 {
 	static const struct {
 		const char *scheme;
@@ -2743,39 +2941,8 @@ bad:
 	return -EINVAL;
 }
 
-/* What each type of bus takes: the groups of keys that apply to it, the
- * key it cannot do without, and how its devices are addressed. A new type
- * of bus is one row here and its name in bus_types[]; nothing else in the
- * loader asks which type a bus is. */
-enum { G_SERIAL, G_LINE, G_TCP, G_MODBUS, G_MQTT, G_DTU, N_GROUPS };
-struct bus_kind {
-	unsigned groups;      /* 1 << G_* */
-	const char *required; /* key */
-	const char *instead;  /* a key that may stand for it */
-	bool rtu_units;       /* units 1..247 and required (an RTU line) */
-	bool mqtt;            /* devices have MQTT profiles */
-	int (*check)(struct loader *ld, struct cfg_bus *b); /* what is particular to it */
-};
-static int check_dtu(struct loader *ld, struct cfg_bus *b);
-static const struct bus_kind bus_kinds[] = {
-	[CFG_BUS_MODBUS_RTU] = {1u << G_SERIAL | 1u << G_LINE | 1u << G_MODBUS, "device", NULL,
-				true, false, NULL},
-	[CFG_BUS_MODBUS_TCP] = {1u << G_TCP | 1u << G_MODBUS, "host", NULL, false, false, NULL},
-	[CFG_BUS_MQTT] = {1u << G_MQTT, "url", NULL, false, true, NULL},
-	[CFG_BUS_MODBUS_RTU_TCP] = {1u << G_TCP | 1u << G_LINE | 1u << G_MODBUS | 1u << G_DTU,
-				    "host", "listen", true, false, check_dtu},
-};
-
-static const struct bus_kind *bus_kind(int type)
-{
-	static const struct bus_kind none = {0};
-	return type >= 0 && (size_t)type < sizeof(bus_kinds) / sizeof(bus_kinds[0]) ?
-		       &bus_kinds[type] :
-		       &none;
-}
-
 /* "A5 01 ff" or "a501ff" -> bytes. -EINVAL if not hex. */
-static int parse_hex(const char *s, uint8_t **out, size_t *len)
+int cfg_parse_hex(const char *s, uint8_t **out, size_t *len)
 {
 	size_t n = 0, cap = strlen(s) / 2 + 1;
 	uint8_t *b = malloc(cap);
@@ -2810,163 +2977,40 @@ bad:
 	return -EINVAL;
 }
 
-#define CFG_DTU_ID_MAX 128
-
-/* A packet given as text or as hex (at most one of them): errors found. */
-static int dtu_packet(struct loader *ld, struct cfg_bus *b, const char *key, const char *text,
-		      const char *hex, bool required, uint8_t **out, size_t *len)
+/* The keys of another type given to the bus, the type's required key,
+ * its own check, and its files. Nothing here asks which type it is. */
+static int check_bus(struct cfg_loader *ld, size_t i)
 {
-	char hkey[32];
-
-	snprintf(hkey, sizeof(hkey), "%s_hex", key);
-	if (text && hex) {
-		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, hkey),
-		       "bus '%s': give '%s' or '%s', not both", b->name, key, hkey);
-		return 1;
-	}
-	if (!text && !hex) {
-		if (!required)
-			return 0;
-		err_at(ld, b->o.file, b->o.line,
-		       "bus '%s': a bus that listens for a DTU needs '%s' (or '%s'): the "
-		       "registration that tells its DTU apart",
-		       b->name, key, hkey);
-		return 1;
-	}
-	if (text) {
-		*len = strlen(text);
-		*out = (uint8_t *)strdup(text);
-		if (!*out || !*len) {
-			err_at(ld, b->o.file, key_line(&bus_tab, &b->o, key),
-			       "bus '%s': empty '%s'", b->name, key);
-			return 1;
-		}
-	} else if (parse_hex(hex, out, len) < 0) {
-		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, hkey),
-		       "bus '%s': %s '%s' is not hex bytes (e.g. 'A5 01 02')", b->name, hkey, hex);
-		return 1;
-	}
-	if (*len > CFG_DTU_ID_MAX) {
-		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, hex ? hkey : key),
-		       "bus '%s': %s is %zu bytes; at most %d", b->name, key, *len, CFG_DTU_ID_MAX);
-		return 1;
-	}
-	return 0;
-}
-
-/* modbus-rtu-tcp: a serial server we connect to (host), or a DTU that dials
- * in (listen + its registration). */
-static int check_dtu(struct loader *ld, struct cfg_bus *b)
-{
-	static const char *const dial_in[] = {"register", "register_hex", "heartbeat",
-					      "heartbeat_hex", NULL};
-	struct sockaddr_storage ss;
-	socklen_t sl;
+	struct cfg_bus *b = &ld->cfg->buses[i];
+	const struct cfg_bus_type *kind = b->kind;
 	int nerr = 0;
 
-	if (!b->listen) {
-		for (int i = 0; dial_in[i]; i++) {
-			if (key_given(&bus_tab, &b->o, dial_in[i])) {
-				err_at(ld, b->o.file, key_line(&bus_tab, &b->o, dial_in[i]),
-				       "bus '%s': key '%s' is for a bus that listens for a DTU",
-				       b->name, dial_in[i]);
-				nerr++;
-			}
-		}
-		return nerr;
-	}
-	if (key_given(&bus_tab, &b->o, "host") || key_given(&bus_tab, &b->o, "port")) {
-		const char *k = key_given(&bus_tab, &b->o, "host") ? "host" : "port";
-		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, k),
-		       "bus '%s': '%s' and 'listen' exclude each other (connect, or be connected "
-		       "to)",
-		       b->name, k);
-		nerr++;
-	}
-	if (metrics_parse_listen(b->listen, &ss, &sl) < 0) {
-		err_at(ld, b->o.file, key_line(&bus_tab, &b->o, "listen"),
-		       "bus '%s': listen '%s' is not ADDRESS:PORT (e.g. 0.0.0.0:9001)", b->name,
-		       b->listen);
-		nerr++;
-	}
-	nerr += dtu_packet(ld, b, "register", b->reg_text, b->reg_hex, true, &b->reg_id,
-			   &b->reg_len);
-	nerr += dtu_packet(ld, b, "heartbeat", b->hb_text, b->hb_hex, false, &b->heartbeat,
-			   &b->heartbeat_len);
-	for (struct cfg_bus *o = ld->cfg->buses; !nerr && o < b; o++) {
-		if (o->listen && !strcmp(o->listen, b->listen) && o->reg_len == b->reg_len &&
-		    !memcmp(o->reg_id, b->reg_id, b->reg_len)) {
-			err_at(ld, b->o.file,
-			       key_line(&bus_tab, &b->o, b->reg_text ? "register" : "register_hex"),
-			       "bus '%s': bus '%s' already waits for this registration on %s",
-			       b->name, o->name, b->listen);
-			nerr++;
-		}
-	}
-	return nerr;
-}
-
-/* Keys that only make sense for some types of bus. */
-static int check_bus_keys(struct loader *ld, struct cfg_bus *b)
-{
-	static const char *const serial[] = {"device",    "parity", "data_bits",
-					     "stop_bits", "rs485",  NULL};
-	static const char *const line[] = {"baud", "frame_delay", NULL};
-	static const char *const tcp[] = {"host", "port", NULL};
-	static const char *const modbus[] = {"timeout", "byte_timeout",  "retries", "offline_after",
-					     "max_gap", "max_registers", NULL};
-	static const char *const mqtt[] = {"url",           "client_id", "username",
-					   "password_file", "ca_file",   "cert_file",
-					   "key_file",      "insecure",  "stale_after",
-					   "max_payload",   "clean_session", NULL};
-	static const char *const dtu[] = {"listen",    "register",      "register_hex",
-					  "heartbeat", "heartbeat_hex", NULL};
-	const char *const *groups[N_GROUPS] = {[G_SERIAL] = serial, [G_LINE] = line, [G_TCP] = tcp,
-					       [G_MODBUS] = modbus, [G_MQTT] = mqtt, [G_DTU] = dtu};
-	const struct bus_kind *kind;
-	int nerr = 0;
-
-	if (b->type < 0)
+	if (!kind)
 		return 0;
-	kind = bus_kind(b->type);
-	for (int g = 0; g < N_GROUPS; g++) {
-		if (kind->groups & (1u << g))
+	for (size_t j = 0; j < ld->n_strays; j++) {
+		if (ld->strays[j].bus != i)
 			continue;
-		for (int i = 0; groups[g][i]; i++) {
-			if (key_given(&bus_tab, &b->o, groups[g][i])) {
-				err_at(ld, b->o.file, key_line(&bus_tab, &b->o, groups[g][i]),
-				       "bus '%s': key '%s' does not apply to a %s bus", b->name,
-				       groups[g][i], bus_types[b->type]);
-				nerr++;
-			}
-		}
+		err_at(ld, b->o.file, ld->strays[j].line,
+		       "bus '%s': key '%s' does not apply to a %s bus", b->name, ld->strays[j].key,
+		       kind->name);
+		nerr++;
 	}
-	if (kind->required && !key_given(&bus_tab, &b->o, kind->required) &&
-	    !(kind->instead && key_given(&bus_tab, &b->o, kind->instead))) {
+	if (kind->required && !cfg_bus_given(b, kind->required) &&
+	    !(kind->instead && cfg_bus_given(b, kind->instead))) {
 		err_at(ld, b->o.file, b->o.line, "bus '%s': missing required key '%s'%s%s%s",
 		       b->name, kind->required, kind->instead ? " (or '" : "",
 		       kind->instead ? kind->instead : "", kind->instead ? "')" : "");
 		nerr++;
 	} else if (kind->check) {
 		nerr += kind->check(ld, b);
-	} else if (kind->mqtt) {
-		bool http = false;
-		free(b->host); /* not settable on an mqtt bus (checked above): from the url */
-		b->host = NULL;
-		/* `url:` with no value is a null (said already), not a url */
-		if (b->url && (parse_url(b->url, &b->host, &b->port, &b->tls, &http) < 0 || http)) {
-			err_at(ld, b->o.file, key_line(&bus_tab, &b->o, "url"),
-			       "bus '%s': url '%s' is not mqtt://host[:port] or mqtts://host[:port]",
-			       b->name, b->url);
-			nerr++;
-		}
 	}
-	nerr += check_files(ld, &bus_tab, b, &b->o);
+	struct keytab t = kind_tab(kind);
+	nerr += check_files(ld, &t, b->opts, &b->opts_o);
 	return nerr;
 }
 
 /* The console listens on loopback in the clear, anywhere else only with TLS. */
-static int check_console(struct loader *ld, const struct cgw_config *cfg)
+static int check_console(struct cfg_loader *ld, const struct cgw_config *cfg)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl;
@@ -2998,7 +3042,7 @@ static int check_console(struct loader *ld, const struct cgw_config *cfg)
 	return 0;
 }
 
-static int check_uplink(struct loader *ld, struct cfg_uplink *u)
+static int check_uplink(struct cfg_loader *ld, struct cfg_uplink *u)
 {
 	const struct cfg_obj *o = &u->o;
 	int nerr = 0;
@@ -3006,7 +3050,7 @@ static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 
 	if (!u->url || u->type < 0)
 		return 0;
-	if (parse_url(u->url, &u->host, &u->port, &u->tls, &http) < 0) {
+	if (cfg_parse_url(u->url, &u->host, &u->port, &u->tls, &http) < 0) {
 		err_at(ld, o->file, key_line(&uplink_tab, o, "url"),
 		       "uplink '%s': url '%s' is not scheme://host[:port] with scheme mqtt, mqtts, "
 		       "http or https",
@@ -3060,7 +3104,7 @@ static int check_uplink(struct loader *ld, struct cfg_uplink *u)
 	return nerr;
 }
 
-static int check_device(struct loader *ld, struct cfg_device *d)
+static int check_device(struct cfg_loader *ld, struct cfg_device *d)
 {
 	struct cgw_config *cfg = ld->cfg;
 	const struct cfg_obj *o = &d->o;
@@ -3097,13 +3141,14 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 	if (!b)
 		return nerr;
 	const struct cfg_profile *pr = &cfg->profiles[pidx];
-	if (b->type < 0)
+	if (!b->kind)
 		return nerr;
-	bool mqtt_bus = bus_kind(b->type)->mqtt;
+	bool mqtt_bus = b->kind->devices == CFG_DEVICES_MQTT;
+	bool rtu_units = b->kind->devices == CFG_DEVICES_RTU;
 	if (pr->n_points && pr->mqtt != mqtt_bus) {
 		err_at(ld, o->file, key_line(&device_tab, o, "profile"),
 		       "device '%s': profile '%s' has %s points but bus '%s' is %s", d->id,
-		       pr->name, pr->mqtt ? "MQTT" : "Modbus", b->name, bus_types[b->type]);
+		       pr->name, pr->mqtt ? "MQTT" : "Modbus", b->name, b->kind->name);
 		nerr++;
 	}
 	if (mqtt_bus) {
@@ -3128,8 +3173,6 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 			       d->id, d->topic);
 			nerr++;
 		}
-		if (d->stale_after_ms < 0)
-			d->stale_after_ms = b->stale_after_ms;
 	} else {
 		if (key_given(&device_tab, o, "topic") ||
 		    key_given(&device_tab, o, "stale_after")) {
@@ -3140,13 +3183,13 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 			       d->id, k);
 			nerr++;
 		}
-		if (bus_kind(b->type)->rtu_units && !key_given(&device_tab, o, "unit")) {
+		if (rtu_units && !key_given(&device_tab, o, "unit")) {
 			err_at(ld, o->file, o->line,
 			       "device '%s': missing required key 'unit' (on a %s bus)", d->id,
-			       bus_types[b->type]);
+			       b->kind->name);
 			nerr++;
 		}
-		if (bus_kind(b->type)->rtu_units && (d->unit == 0 || d->unit > 247)) {
+		if (rtu_units && (d->unit == 0 || d->unit > 247)) {
 			err_at(ld, o->file, key_line(&device_tab, o, "unit"),
 			       "device '%s': unit %lld: RTU unit ids are 1..247 (0 is broadcast)",
 			       d->id, (long long)d->unit);
@@ -3157,16 +3200,6 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 			       d->id, (long long)d->unit);
 			nerr++;
 		}
-		if (d->timeout_ms < 0)
-			d->timeout_ms = b->timeout_ms;
-		if (d->retries < 0)
-			d->retries = b->retries;
-		if (d->offline_after < 0)
-			d->offline_after = b->offline_after;
-		if (d->max_gap < 0)
-			d->max_gap = b->max_gap;
-		if (d->max_registers < 0)
-			d->max_registers = b->max_registers;
 		for (size_t i = 0; d->address_base && i < pr->n_points; i++) {
 			if (pr->points[i].address == 0) {
 				err_at(ld, o->file, key_line(&device_tab, o, "address_base"),
@@ -3176,10 +3209,12 @@ static int check_device(struct loader *ld, struct cfg_device *d)
 			}
 		}
 	}
+	if (b->kind->device_defaults)
+		b->kind->device_defaults(b, d);
 	return nerr;
 }
 
-static int check_unique(struct loader *ld, const char *what, const struct keytab *t, void *arr,
+static int check_unique(struct cfg_loader *ld, const char *what, const struct keytab *t, void *arr,
 			size_t n, size_t size, size_t name_off, size_t obj_off, const char *key)
 {
 	int nerr = 0;
@@ -3210,15 +3245,21 @@ static int check_unique(struct loader *ld, const char *what, const struct keytab
  * endpoint share their unit ids. */
 static void bus_endpoint(const struct cfg_bus *b, char *buf, size_t cap)
 {
-	if (b->device)
-		snprintf(buf, cap, "serial line %s", b->device);
-	else
-		snprintf(buf, cap, "endpoint %s:%lld", b->host ? b->host : "?", (long long)b->port);
+	buf[0] = '\0';
+	if (b->kind->endpoint)
+		b->kind->endpoint(b, buf, cap);
+}
+
+/* Devices with unit ids: on a bus of a known type that addresses by unit. */
+static bool has_units(const struct cgw_config *cfg, size_t bus)
+{
+	return bus < cfg->n_buses && cfg->buses[bus].kind &&
+	       cfg->buses[bus].kind->devices != CFG_DEVICES_MQTT;
 }
 
 /* Two devices answering to one unit id on one line: the classic site
  * mistake (detectors ship at address 1); both would answer, or one never. */
-static int check_units(struct loader *ld)
+static int check_units(struct cfg_loader *ld)
 {
 	struct cgw_config *cfg = ld->cfg;
 	int nerr = 0;
@@ -3226,16 +3267,15 @@ static int check_units(struct loader *ld)
 	for (size_t i = 0; i < cfg->n_devices; i++) {
 		const struct cfg_device *d = &cfg->devices[i];
 		char ei[300], ej[300];
-		if (d->bus >= cfg->n_buses || cfg->buses[d->bus].type == CFG_BUS_MQTT)
+		if (!has_units(cfg, d->bus))
 			continue;
 		bus_endpoint(&cfg->buses[d->bus], ei, sizeof(ei));
 		for (size_t j = 0; j < i; j++) {
 			const struct cfg_device *e = &cfg->devices[j];
-			if (e->bus >= cfg->n_buses || cfg->buses[e->bus].type == CFG_BUS_MQTT ||
-			    e->unit != d->unit)
+			if (!has_units(cfg, e->bus) || e->unit != d->unit)
 				continue;
 			bus_endpoint(&cfg->buses[e->bus], ej, sizeof(ej));
-			if (e->bus != d->bus && strcmp(ei, ej))
+			if (e->bus != d->bus && (!*ei || strcmp(ei, ej)))
 				continue;
 			int line = key_line(&device_tab, &d->o, "unit");
 			if (e->bus == d->bus)
@@ -3261,7 +3301,7 @@ static int check_units(struct loader *ld)
  * or the duty room gets an alarm that does not say where: an error when
  * KEY is a near miss of a key the devices have ({location.bulding}), a
  * warning when none has anything like it. */
-static int check_locations(struct loader *ld)
+static int check_locations(struct cfg_loader *ld)
 {
 	struct cgw_config *cfg = ld->cfg;
 	int nerr = 0;
@@ -3319,7 +3359,7 @@ static int check_locations(struct loader *ld)
 	return nerr;
 }
 
-static int check_all(struct loader *ld)
+static int check_all(struct cfg_loader *ld)
 {
 	struct cgw_config *cfg = ld->cfg;
 	int nerr = 0;
@@ -3352,7 +3392,7 @@ static int check_all(struct loader *ld)
 	for (size_t i = 0; i < cfg->n_uplinks; i++)
 		nerr += check_uplink(ld, &cfg->uplinks[i]);
 	for (size_t i = 0; i < cfg->n_buses; i++)
-		nerr += check_bus_keys(ld, &cfg->buses[i]);
+		nerr += check_bus(ld, i);
 	for (size_t i = 0; i < cfg->n_devices; i++) {
 		nerr += check_device(ld, &cfg->devices[i]);
 		if (cfg->devices[i].bus < cfg->n_buses)
@@ -3382,12 +3422,15 @@ static int check_all(struct loader *ld)
 
 /* ---- public ------------------------------------------------------------------------ */
 
-static int finish(struct loader *ld, int nerr, struct cgw_config **out)
+static int finish(struct cfg_loader *ld, int nerr, struct cgw_config **out)
 {
 	if (!nerr)
 		nerr = check_all(ld);
 	else
 		check_all(ld); /* still report cross-reference errors */
+	free(ld->strays);
+	ld->strays = NULL;
+	ld->n_strays = 0;
 	if (nerr || ld->errs->n) {
 		if (!ld->errs->n)
 			err_at(ld, ld->cfg->path, 0, "invalid configuration");
@@ -3409,7 +3452,7 @@ static struct cgw_config *config_new(const char *path)
 	return cfg;
 }
 
-static void set_section_defaults(struct loader *ld)
+static void set_section_defaults(struct cfg_loader *ld)
 {
 	struct cgw_config *cfg = ld->cfg;
 
@@ -3428,7 +3471,7 @@ static void set_section_defaults(struct loader *ld)
 
 int config_load(const char *path, struct cgw_config **out, struct cfg_errors *errs)
 {
-	struct loader ld = {.errs = errs};
+	struct cfg_loader ld = {.errs = errs};
 	int nerr;
 
 	*out = NULL;
@@ -3443,7 +3486,7 @@ int config_load(const char *path, struct cgw_config **out, struct cfg_errors *er
 int config_load_string(const char *name, const char *text, size_t len, struct cgw_config **out,
 		       struct cfg_errors *errs)
 {
-	struct loader ld = {.errs = errs};
+	struct cfg_loader ld = {.errs = errs};
 	int nerr;
 
 	*out = NULL;
@@ -3458,7 +3501,7 @@ int config_load_string(const char *name, const char *text, size_t len, struct cg
 static void free_strs(void *obj, const struct keytab *t)
 {
 	for (size_t i = 0; i < t->n; i++) {
-		const struct key *k = &t->keys[i];
+		const struct cfg_key *k = &t->keys[i];
 		if (k->type == K_STR)
 			free(*(char **)(void *)((char *)obj + k->off));
 		else if (k->type == K_STRLIST)
@@ -3510,9 +3553,15 @@ void config_free(struct cgw_config *cfg)
 		free(cfg->uplinks[i].host);
 	}
 	for (size_t i = 0; i < cfg->n_buses; i++) {
-		free_strs(&cfg->buses[i], &bus_tab);
-		free(cfg->buses[i].reg_id);
-		free(cfg->buses[i].heartbeat);
+		struct cfg_bus *b = &cfg->buses[i];
+		free_strs(b, &bus_tab);
+		if (b->kind && b->opts) {
+			struct keytab t = kind_tab(b->kind);
+			free_strs(b->opts, &t);
+			if (b->kind->free)
+				b->kind->free(b->opts);
+		}
+		free(b->opts);
 	}
 	for (size_t i = 0; i < cfg->n_devices; i++) {
 		struct cfg_device *d = &cfg->devices[i];
@@ -3577,13 +3626,9 @@ void config_print_summary(const struct cgw_config *cfg, FILE *f)
 		for (size_t j = 0; j < cfg->n_devices; j++)
 			if (cfg->devices[j].bus == i)
 				bp += cfg_device_profile(cfg, &cfg->devices[j])->n_points;
-		fprintf(f, "  %-16s %-10s %-24s %zu device%s, %zu points\n", b->name,
-			bus_types[b->type],
-			b->url    ? b->url :
-			b->device ? b->device :
-			b->listen ? b->listen :
-				    b->host,
-			b->n_devices, b->n_devices == 1 ? "" : "s", bp);
+		const char *where = b->kind->where ? b->kind->where(b) : NULL;
+		fprintf(f, "  %-16s %-10s %-24s %zu device%s, %zu points\n", b->name, b->kind->name,
+			where ? where : "", b->n_devices, b->n_devices == 1 ? "" : "s", bp);
 	}
 	fprintf(f, "devices: %zu, points: %zu, alarm rules: %zu (incl. one offline alarm each)\n",
 		cfg->n_devices, points, rules);
@@ -3605,20 +3650,63 @@ void config_print_summary(const struct cgw_config *cfg, FILE *f)
 	}
 }
 
+static void print_key(FILE *f, const struct cfg_key *k, const char *choices, const char *applies)
+{
+	const char *ty = choices ? choices : ktype_name(k->type);
+	char buf[256];
+
+	if (k->type == K_CHOICE) {
+		choices_join(k->choices, buf, sizeof(buf));
+		ty = buf;
+	}
+	fprintf(f, "  %-20s %s%s%s%s\n      %s%s%s\n", k->name, ty,
+		(k->flags & KF_REQUIRED) ? "; required" : "", k->def ? "; default: " : "",
+		k->def ? (*k->def ? k->def : "\"\"") : "", applies ? applies : "",
+		applies ? ": " : "", k->help);
+}
+
 static void print_tab(FILE *f, const struct keytab *t)
 {
 	fprintf(f, "%s:\n", t->what);
-	for (size_t i = 0; i < t->n; i++) {
-		const struct key *k = &t->keys[i];
-		const char *ty = ktype_name(k->type);
-		char buf[256];
-		if (k->type == K_CHOICE) {
-			choices_join(k->choices, buf, sizeof(buf));
-			ty = buf;
+	for (size_t i = 0; i < t->n; i++)
+		print_key(f, &t->keys[i], NULL, NULL);
+}
+
+/* The bus's own keys, then every type's, once each, with the types it
+ * applies to (from the registry: a new type documents itself). */
+static void print_bus_tab(FILE *f)
+{
+	char list[256];
+
+	types_join(list, sizeof(list));
+	fprintf(f, "%s:\n", bus_tab.what);
+	for (size_t i = 0; i < bus_tab.n; i++)
+		print_key(f, &bus_keys[i], strcmp(bus_keys[i].name, "type") ? NULL : list, NULL);
+	for (size_t i = 0; cfg_bus_types[i]; i++)
+		fprintf(f, "        %s: %s\n", cfg_bus_types[i]->name, cfg_bus_types[i]->help);
+	for (size_t i = 0; cfg_bus_types[i]; i++) {
+		const struct cfg_bus_type *kind = cfg_bus_types[i];
+		for (size_t j = 0; j < kind->n_keys; j++) {
+			const struct cfg_key *k = &kind->keys[j];
+			char applies[256] = "";
+			size_t len = 0, idx;
+			bool seen = false;
+			for (size_t m = 0; m < i && !seen; m++) {
+				struct keytab t = kind_tab(cfg_bus_types[m]);
+				seen = key_find(&t, k->name, &idx) != NULL;
+			}
+			if (seen)
+				continue;
+			for (size_t m = i; cfg_bus_types[m] && len < sizeof(applies); m++) {
+				struct keytab t = kind_tab(cfg_bus_types[m]);
+				if (key_find(&t, k->name, &idx))
+					len += (size_t)snprintf(applies + len,
+								sizeof(applies) - len, "%s%s",
+								len ? ", " : "",
+								cfg_bus_types[m]->name);
+			}
+			print_key(f, k, NULL, applies);
 		}
-		fprintf(f, "  %-20s %s%s%s%s\n      %s\n", k->name, ty,
-			(k->flags & KF_REQUIRED) ? "; required" : "", k->def ? "; default: " : "",
-			k->def ? (*k->def ? k->def : "\"\"") : "", k->help);
 	}
 }
 
@@ -3629,7 +3717,10 @@ void config_print_reference(FILE *f)
 				       &device_tab,  &profile_tab, &point_tab,  &alarm_tab,
 				       &unless_tab};
 	for (size_t i = 0; i < sizeof(tabs) / sizeof(tabs[0]); i++) {
-		print_tab(f, tabs[i]);
+		if (tabs[i] == &bus_tab)
+			print_bus_tab(f);
+		else
+			print_tab(f, tabs[i]);
 		fputc('\n', f);
 	}
 }

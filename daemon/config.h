@@ -23,7 +23,6 @@
 
 #define CFG_MAX_KEYS 48
 
-enum cfg_bus_type { CFG_BUS_MODBUS_RTU, CFG_BUS_MODBUS_TCP, CFG_BUS_MQTT, CFG_BUS_MODBUS_RTU_TCP };
 enum cfg_uplink_type { CFG_UPLINK_MQTT, CFG_UPLINK_HTTP };
 enum cfg_class { CFG_CLASS_FIRE, CFG_CLASS_SECURITY, CFG_CLASS_ACCESS, CFG_CLASS_SERVICE };
 enum cfg_severity { CFG_SEV_CRITICAL, CFG_SEV_MAJOR, CFG_SEV_MINOR, CFG_SEV_WARNING };
@@ -138,39 +137,15 @@ struct cfg_profile {
 	bool mqtt; /* all points are MQTT points */
 };
 
+/* A bus: what every bus has, and its type's own options. What a type
+ * takes, checks and derives is declared by its driver (config_keys.h). */
+struct cfg_bus_type;
 struct cfg_bus {
-	struct cfg_obj o;
+	struct cfg_obj o; /* name, type */
 	char *name;
-	int type; /* enum cfg_bus_type */
-	/* modbus-rtu */
-	char *device;
-	int64_t baud; /* also modbus-rtu-tcp: the line behind the serial server */
-	int parity;   /* 0 N, 1 E, 2 O */
-	int64_t data_bits, stop_bits;
-	bool rs485;
-	int64_t frame_delay_ms;
-	/* modbus-tcp, modbus-rtu-tcp: given; mqtt: parsed from url (where to connect) */
-	char *host;
-	int64_t port;
-	bool tls; /* mqtt: mqtts:// */
-	/* modbus-rtu-tcp with listen: dial-in DTUs (the DTU connects to us) */
-	char *listen;                /* ADDR:PORT; several buses may share one */
-	char *reg_text, *reg_hex;    /* as written: register / register_hex */
-	char *hb_text, *hb_hex;      /* heartbeat / heartbeat_hex */
-	uint8_t *reg_id, *heartbeat; /* decoded (owned) */
-	size_t reg_len, heartbeat_len;
-	/* modbus */
-	int64_t timeout_ms, byte_timeout_ms, retries, offline_after, max_gap, max_registers;
-	/* mqtt */
-	char *url;
-	char *client_id;
-	char *username;
-	char *password_file;
-	char *ca_file, *cert_file, *key_file;
-	int64_t stale_after_ms;
-	int64_t max_payload;
-	bool insecure;
-	bool clean_session; /* mqtt: false = persistent session (the default) */
+	const struct cfg_bus_type *kind; /* NULL until `type:` names a known type */
+	void *opts;                      /* the type's options struct, owned */
+	struct cfg_obj opts_o;           /* its keys' lines, indexed like the type's table */
 	size_t n_devices;
 };
 
@@ -283,7 +258,8 @@ void config_print_reference(FILE *f);
 int cfg_parse_duration(const char *s, int64_t *ms);
 int cfg_parse_size(const char *s, int64_t *bytes);
 
-const char *cfg_bus_type_name(int t);
+/* The bus's `type:` word ("?" when not known). */
+const char *cfg_bus_type_name(const struct cfg_bus *b);
 const char *cfg_severity_name(int s);
 const char *cfg_class_name(int c);
 const struct cfg_profile *cfg_device_profile(const struct cgw_config *cfg,

@@ -3,6 +3,7 @@
  * config_diff.h).
  */
 #include "config_diff.h"
+#include "config_keys.h"
 
 #include <string.h>
 #include <sys/stat.h>
@@ -13,7 +14,7 @@ _Static_assert(sizeof(struct cfg_point) == 400, "cfg_point changed: compare it")
 _Static_assert(sizeof(struct cfg_unless) == 256, "cfg_unless changed: compare it");
 _Static_assert(sizeof(struct cfg_alarm) == 360, "cfg_alarm changed: compare it");
 _Static_assert(sizeof(struct cfg_profile) == 280, "cfg_profile changed: compare it");
-_Static_assert(sizeof(struct cfg_bus) == 512, "cfg_bus changed: compare it");
+_Static_assert(sizeof(struct cfg_bus) == 448, "cfg_bus changed: compare it");
 _Static_assert(sizeof(struct cfg_device) == 352, "cfg_device changed: compare it");
 _Static_assert(sizeof(struct cfg_uplink) == 368, "cfg_uplink changed: compare it");
 #endif
@@ -133,32 +134,65 @@ bool cfg_device_equal(const struct cgw_config *ca, const struct cfg_device *a,
 	return cfg_profile_equal(&ca->profiles[a->profile], &cb->profiles[b->profile]);
 }
 
-static bool bytes_eq(const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
+static bool strlist_eq(const struct cfg_strlist *a, const struct cfg_strlist *b)
 {
-	return na == nb && (!na || !memcmp(a, b, na));
+	if (a->n != b->n)
+		return false;
+	for (size_t i = 0; i < a->n; i++)
+		if (!str_eq(a->v[i], b->v[i]))
+			return false;
+	return true;
 }
 
-/* reg_text/reg_hex and hb_text/hb_hex are how the bytes were written:
- * the decoded bytes are what counts. */
+/* A type's options, key by key through its table (a new key is compared
+ * without a line here), then what its check derived (the type's equal). */
+static bool opts_eq(const struct cfg_bus_type *kind, const void *a, const void *b)
+{
+	for (size_t i = 0; i < kind->n_keys; i++) {
+		const struct cfg_key *k = &kind->keys[i];
+		const char *fa = (const char *)a + k->off, *fb = (const char *)b + k->off;
+		bool eq = false;
+		if (k->flags & KF_NOCMP)
+			continue;
+		switch (k->type) {
+		case K_STR:
+			eq = str_eq(*(char *const *)(const void *)fa,
+				    *(char *const *)(const void *)fb);
+			break;
+		case K_INT:
+		case K_DURATION:
+		case K_SIZE:
+			eq = *(const int64_t *)(const void *)fa ==
+			     *(const int64_t *)(const void *)fb;
+			break;
+		case K_DOUBLE:
+			eq = dbl_eq(*(const double *)(const void *)fa,
+				    *(const double *)(const void *)fb);
+			break;
+		case K_BOOL:
+			eq = *(const bool *)(const void *)fa == *(const bool *)(const void *)fb;
+			break;
+		case K_CHOICE:
+			eq = *(const int *)(const void *)fa == *(const int *)(const void *)fb;
+			break;
+		case K_STRLIST:
+			eq = strlist_eq((const struct cfg_strlist *)(const void *)fa,
+					(const struct cfg_strlist *)(const void *)fb);
+			break;
+		case K_CUSTOM: /* only the type knows: its equal hook */
+			eq = true;
+			break;
+		}
+		if (!eq)
+			return false;
+	}
+	return !kind->equal || kind->equal(a, b);
+}
+
 static bool bus_fields_eq(const struct cfg_bus *a, const struct cfg_bus *b)
 {
-	return str_eq(a->name, b->name) && a->type == b->type && str_eq(a->device, b->device) &&
-	       a->baud == b->baud && a->parity == b->parity && a->data_bits == b->data_bits &&
-	       a->stop_bits == b->stop_bits && a->rs485 == b->rs485 &&
-	       a->frame_delay_ms == b->frame_delay_ms && str_eq(a->host, b->host) &&
-	       a->port == b->port && a->tls == b->tls && a->timeout_ms == b->timeout_ms &&
-	       a->byte_timeout_ms == b->byte_timeout_ms && a->retries == b->retries &&
-	       a->offline_after == b->offline_after && a->max_gap == b->max_gap &&
-	       a->max_registers == b->max_registers && str_eq(a->url, b->url) &&
-	       str_eq(a->client_id, b->client_id) && str_eq(a->username, b->username) &&
-	       str_eq(a->password_file, b->password_file) && str_eq(a->ca_file, b->ca_file) &&
-	       str_eq(a->cert_file, b->cert_file) && str_eq(a->key_file, b->key_file) &&
-	       a->stale_after_ms == b->stale_after_ms && a->max_payload == b->max_payload &&
-	       a->insecure == b->insecure && a->clean_session == b->clean_session &&
-	       a->n_devices == b->n_devices &&
-	       str_eq(a->listen, b->listen) &&
-	       bytes_eq(a->reg_id, a->reg_len, b->reg_id, b->reg_len) &&
-	       bytes_eq(a->heartbeat, a->heartbeat_len, b->heartbeat, b->heartbeat_len);
+	return str_eq(a->name, b->name) && a->kind == b->kind && a->n_devices == b->n_devices &&
+	       (!a->kind || opts_eq(a->kind, a->opts, b->opts));
 }
 
 bool cfg_bus_equal(const struct cgw_config *ca, size_t a, const struct cgw_config *cb, size_t b)
@@ -227,9 +261,16 @@ static bool file_changed_since(const char *path, const struct timespec *since)
 
 bool cfg_bus_files_changed_since(const struct cfg_bus *b, const struct timespec *since)
 {
-	return file_changed_since(b->password_file, since) ||
-	       file_changed_since(b->ca_file, since) || file_changed_since(b->cert_file, since) ||
-	       file_changed_since(b->key_file, since);
+	if (!b->kind || !b->opts)
+		return false;
+	for (size_t i = 0; i < b->kind->n_keys; i++) {
+		const struct cfg_key *k = &b->kind->keys[i];
+		if (k->type == K_STR && (k->flags & (KF_SECRET | KF_FILE)) &&
+		    file_changed_since(
+			    *(char *const *)(const void *)((const char *)b->opts + k->off), since))
+			return true;
+	}
+	return false;
 }
 
 bool cfg_uplink_files_changed_since(const struct cfg_uplink *u, const struct timespec *since)

@@ -397,11 +397,8 @@ static void cmd_commission(struct client *cl, json_t *req, bool scan)
 		return;
 	}
 	dc.address = (uint16_t)v;
-	/* the bus's timeout, but a scan does not wait a full second per absent unit */
-	v = cfg->buses[b].timeout_ms > 0 ? cfg->buses[b].timeout_ms : 1000;
-	if (scan && v > 200)
-		v = 200;
-	if ((v = int_arg(req, "timeout_ms", 10, 10000, v)) < 0) {
+	/* 0: the bus's timeout, which its driver knows (a scan: at most 200 ms) */
+	if ((v = int_arg(req, "timeout_ms", 10, 10000, 0)) < 0) {
 		respond_status(cl, "rejected", "\"timeout_ms\": 10..10000");
 		return;
 	}

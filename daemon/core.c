@@ -26,11 +26,12 @@
 #include "command.h"
 #include "commission.h"
 #include "config_diff.h"
+#include "config_keys.h"
 #include "driver.h"
 #include "episode.h"
 #include "gather.h"
 #include "log.h"
-#include "modbus_driver.h"
+#include "modbus_plan.h" /* MBP_MAX_REGS: commissioning answers */
 #include "queue.h"
 #include "store.h"
 #include "uplink.h"
@@ -680,7 +681,7 @@ static void run_command(struct core *c, const struct reply_to *rt, const char *s
 			return;
 		}
 		struct driver *drv = c->drivers[d->bus];
-		const struct driver_ops *ops = driver_ops_for(c->cfg->buses[d->bus].type);
+		const struct driver_ops *ops = driver_ops_for(&c->cfg->buses[d->bus]);
 		struct pending_write *pw = NULL;
 		for (size_t i = 0; i < MAX_PENDING_WRITES && !pw; i++)
 			if (!c->writes[i].token)
@@ -789,7 +790,7 @@ int core_commission(struct core *c, const char *bus, const struct driver_commiss
 			b = (long)i;
 	if (b < 0)
 		return -ENOENT;
-	ops = driver_ops_for(c->cfg->buses[b].type);
+	ops = driver_ops_for(&c->cfg->buses[b]);
 	if (!ops || !ops->commission)
 		return -EPROTOTYPE;
 	if (!c->drivers[b])
@@ -1577,7 +1578,7 @@ static void close_bus(struct core *c, size_t b)
 {
 	if (!c->drivers || !c->drivers[b])
 		return;
-	driver_ops_for(c->cfg->buses[b].type)->close(c->drivers[b]);
+	driver_ops_for(&c->cfg->buses[b])->close(c->drivers[b]);
 	c->drivers[b] = NULL;
 	c->bus_rt[b].gen->users--;
 	/* writes in flight on it get no answer now */
@@ -1808,7 +1809,7 @@ static void open_bus(struct core *c, size_t b)
 			c->devs[i].local = (uint32_t)i;
 	if (!c->cfg->buses[b].n_devices)
 		return;
-	r = driver_ops_for(c->cfg->buses[b].type)->open(&denv, &c->drivers[b]);
+	r = driver_ops_for(&c->cfg->buses[b])->open(&denv, &c->drivers[b]);
 	if (r < 0) {
 		/* a bus that cannot start (port missing) must not take the
 		 * others down; the driver retries by itself where it can */
@@ -2366,7 +2367,7 @@ json_t *core_devices_json(struct core *c)
 
 	for (size_t b = 0; b < cfg->n_buses; b++) {
 		struct driver_stats ds = {0};
-		const struct driver_ops *ops = driver_ops_for(cfg->buses[b].type);
+		const struct driver_ops *ops = driver_ops_for(&cfg->buses[b]);
 		bool have = c->drivers && c->drivers[b] && ops->status &&
 			    ops->status(c->drivers[b], &ds) == 0;
 		for (size_t i = 0; i < cfg->n_devices; i++) {
@@ -2433,9 +2434,9 @@ json_t *core_status_json(struct core *c)
 		      "config_hash", hash, "healthy", core_healthy(c));
 	for (size_t b = 0; b < cfg->n_buses; b++) {
 		struct driver_stats ds = {0};
-		const struct driver_ops *ops = driver_ops_for(cfg->buses[b].type);
+		const struct driver_ops *ops = driver_ops_for(&cfg->buses[b]);
 		json_t *bo = json_pack("{s:s,s:s,s:I}", "name", cfg->buses[b].name, "type",
-				       cfg_bus_type_name(cfg->buses[b].type), "devices",
+				       cfg_bus_type_name(&cfg->buses[b]), "devices",
 				       (json_int_t)cfg->buses[b].n_devices);
 		if (c->drivers && c->drivers[b] && ops->status &&
 		    ops->status(c->drivers[b], &ds) == 0) {
@@ -2557,38 +2558,13 @@ int core_shelve(struct core *c, const char *device, bool shelve, const char *by)
 	return r;
 }
 
-/* `--check-config -v`: each bus's requests, with the device and the
- * points (by name, at their address) each one reads. */
+/* `--check-config -v`: what each bus's driver will do (its type says). */
 void core_print_plan(const struct cgw_config *cfg, FILE *f)
 {
-	static const char *const tables[] = {"coil", "discrete", "input", "holding"};
-
 	for (size_t b = 0; b < cfg->n_buses; b++) {
-		struct mb_plan *plan = NULL;
-		size_t n;
-
-		if (cfg->buses[b].type == CFG_BUS_MQTT || modbus_bus_plan(cfg, b, &plan, &n) < 0)
-			continue;
-		fprintf(f, "bus %s: %zu requests per cycle for %zu points\n", cfg->buses[b].name,
-			mbp_count(plan), n);
-		for (size_t i = 0; i < mbp_count(plan); i++) {
-			const struct mb_req *r = mbp_req(plan, i);
-			const struct cfg_device *d = &cfg->devices[r->device];
-			const struct cfg_profile *pr = cfg_device_profile(cfg, d);
-			bool bits = r->table == CGW_TBL_COIL || r->table == CGW_TBL_DISCRETE;
-
-			fprintf(f, "  unit %u %s %u..%u (%u %s) %s:", (unsigned)r->unit,
-				r->table < 4 ? tables[r->table] : "?", (unsigned)r->addr,
-				(unsigned)(r->addr + r->count - 1), (unsigned)r->count,
-				bits ? "bits" : "registers", d->id);
-			for (size_t j = 0; j < r->nspans; j++) {
-				const struct mb_span *sp = mbp_span(plan, r->first_span + j);
-				fprintf(f, "%s %s@%u", j ? "," : "", pr->points[sp->point].name,
-					(unsigned)sp->addr);
-			}
-			fputc('\n', f);
-		}
-		mbp_free(plan);
+		const struct cfg_bus_type *kind = cfg->buses[b].kind;
+		if (kind && kind->print_plan)
+			kind->print_plan(cfg, b, f);
 	}
 }
 

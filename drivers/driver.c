@@ -1,19 +1,13 @@
 /*
- * driver.c - which driver serves which type of bus.
+ * driver.c - which driver serves a bus: its type says (config_keys.h).
  */
 #include "driver.h"
 
 #include <stddef.h>
 
-const struct driver_ops *driver_ops_for(int bus_type)
+#include "config_keys.h"
+
+const struct driver_ops *driver_ops_for(const struct cfg_bus *b)
 {
-	switch (bus_type) {
-	case CFG_BUS_MODBUS_RTU:
-	case CFG_BUS_MODBUS_TCP:
-	case CFG_BUS_MODBUS_RTU_TCP:
-		return &modbus_driver_ops;
-	case CFG_BUS_MQTT:
-		return &mqtt_ingest_ops;
-	}
-	return NULL;
+	return b && b->kind ? b->kind->ops : NULL;
 }

@@ -90,7 +90,9 @@ struct driver_commission {
 	int table;          /* enum cgw_table */
 	uint16_t address;   /* 0-based protocol address */
 	uint16_t count;     /* PROBE: 1..125 registers, 1..2000 bits */
-	int64_t timeout_ms; /* per request, one try */
+	/* per request, one try; 0: the bus's timeout, but a scan does not wait
+	 * a full second per absent unit (at most 200 ms) */
+	int64_t timeout_ms;
 };
 
 struct driver;
@@ -118,7 +120,7 @@ struct driver_ops {
 extern const struct driver_ops modbus_driver_ops;
 extern const struct driver_ops mqtt_ingest_ops;
 
-/* The driver type serving a bus type (enum cfg_bus_type). */
-const struct driver_ops *driver_ops_for(int bus_type);
+/* The driver serving a bus (its type's ops), or NULL. */
+const struct driver_ops *driver_ops_for(const struct cfg_bus *b);
 
 #endif

@@ -22,6 +22,7 @@
 
 #define DTU_ID_MAX 128
 #define DTU_PENDING 16 /* connections that have not registered yet, per port */
+_Static_assert(DTU_REST_MAX >= DTU_ID_MAX, "what follows a registration fits dtu_take's rest");
 
 struct dtu_port;
 
@@ -30,7 +31,9 @@ struct dtu_slot {
 	uint8_t id[DTU_ID_MAX];
 	size_t id_len;
 	int wake_fd;
-	int pending; /* the newest connection, not taken yet */
+	int pending;              /* the newest connection, not taken yet */
+	uint8_t rest[DTU_ID_MAX]; /* what it sent after its registration in the same read */
+	size_t rest_n;
 	struct dtu_slot *next;
 };
 
@@ -113,6 +116,9 @@ static void hand_over(struct dtu_port *p, struct pend *c)
 			close(s->pending); /* replaced before its bus took it */
 		s->pending = c->fd;
 		c->fd = -1;
+		/* the DTU may send on at once (a heartbeat): the link gets it */
+		s->rest_n = c->len - s->id_len;
+		memcpy(s->rest, c->buf + s->id_len, s->rest_n);
 		if (write(s->wake_fd, &one, sizeof(one)) < 0) {
 			/* saturated eventfd: it is readable anyway */
 		}
@@ -300,13 +306,17 @@ void dtu_detach(struct dtu_slot *s)
 	}
 }
 
-int dtu_take(struct dtu_slot *s)
+int dtu_take(struct dtu_slot *s, uint8_t *rest, size_t *rest_n)
 {
 	int fd;
 
 	pthread_mutex_lock(&g_lock);
 	fd = s->pending;
 	s->pending = -1;
+	*rest_n = fd >= 0 ? s->rest_n : 0;
+	if (*rest_n)
+		memcpy(rest, s->rest, *rest_n);
+	s->rest_n = 0;
 	pthread_mutex_unlock(&g_lock);
 	return fd;
 }

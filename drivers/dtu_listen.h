@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #define DTU_REG_WAIT_MS 10000 /* a new connection has this long to register */
+#define DTU_REST_MAX 128      /* bytes a DTU sends after its registration in one read */
 
 struct dtu_slot;
 
@@ -34,7 +35,10 @@ int dtu_attach(const char *listen, const uint8_t *id, size_t id_len, int wake_fd
 	       struct dtu_slot **out);
 /* Stops waiting; the last bus of a port closes it. NULL is fine. */
 void dtu_detach(struct dtu_slot *s);
-/* The newest connection handed to this slot, or -1. The caller owns it. */
-int dtu_take(struct dtu_slot *s);
+/* The newest connection handed to this slot, or -1. The caller owns it.
+ * What the DTU sent after its registration in the same read (the start of
+ * a heartbeat...) is copied to rest (DTU_REST_MAX bytes of room), *rest_n
+ * its length: it belongs to the stream the caller reads next. */
+int dtu_take(struct dtu_slot *s, uint8_t *rest, size_t *rest_n);
 
 #endif

@@ -22,8 +22,10 @@
  * the cycle fails and the rest of the device's requests are skipped, so a
  * dead device costs one timeout per attempt, not one per request. After
  * `offline_after` failed cycles in a row the device is offline and probed
- * (one try, no retries) every min(4 * poll, 30 s), at least 4 timeouts and
- * one poll apart, until it answers again. A slot that
+ * (one try, no retries: one timeout per probe): first a poll (but at least
+ * 4 timeouts) later, then at twice the last interval after each failed
+ * probe, up to MB_OFFLINE_POLL_MAX_MS, until it answers again; a device
+ * that goes offline again starts from the short interval. A slot that
  * passes while the worker is busy elsewhere is skipped, not queued:
  * polls_due counts every slot, polls_done the cycles the device answered.
  *
@@ -73,6 +75,7 @@
 #include "dtu_listen.h"
 #include "episode.h"
 #include "log.h"
+#include "modbus_config.h"
 #include "modbus_decode.h"
 #include "modbus_plan.h"
 #include "rtu_link.h"
@@ -82,7 +85,7 @@
 #define MB_PENDING 32           /* items held for one hand-over to the core */
 #define MB_RECONNECT_MIN_MS 500 /* first reconnect delay; doubles per failure */
 #define MB_RECONNECT_MAX_MS 30000
-#define MB_OFFLINE_POLL_MAX_MS 30000
+#define MB_OFFLINE_POLL_MAX_MS 60000 /* an offline device's probes back off to this */
 #define MB_STACK_SIZE (512 * 1024)
 #define MB_SCAN_MARGIN_MS 20 /* idle time a scan probe leaves before the next poll */
 #define MB_SCAN_GAP_MS 10    /* at most one scan probe this often */
@@ -144,6 +147,7 @@ struct mb_dev {
 	int64_t fast_ms;         /* its fastest point's poll (0: none faster than the device) */
 	int64_t next_fast;       /* monotonic ms: next read of its fast requests alone */
 	unsigned failed_cycles;
+	int64_t probe_ms; /* offline: the interval to its next probe (doubles per failed probe) */
 	enum mb_devstate state;
 	bool refresh;          /* poll now, off schedule (after a write) */
 	int64_t cycle_ts;      /* wall time of the cycle's first answer, 0 before */
@@ -159,6 +163,7 @@ struct mb_dev {
 struct driver {
 	const struct cgw_config *cfg;
 	const struct cfg_bus *bus;
+	const struct modbus_bus_opts *mo; /* the bus's options */
 	struct queue *q;
 	char tag[80]; /* "[rs485-1]" */
 
@@ -167,7 +172,7 @@ struct driver {
 	struct rtu_link *link;         /* modbus-rtu-tcp */
 	struct dtu_slot *dtu;          /* modbus-rtu-tcp listen: our DTU's connection comes here */
 	uint16_t tid;                  /* modbus-tcp: the last transaction id sent */
-	uint64_t foreign, stale_bytes; /* modbus-tcp (the link counts its own) */
+	uint64_t foreign, stale_bytes; /* modbus-tcp, modbus-rtu (the link counts its own) */
 	/* a connection on which no device answers any more: devices that timed
 	 * out since the last answer (each counted once, by answer_epoch) */
 	uint64_t answer_epoch;
@@ -276,7 +281,7 @@ void modbus_print_plan(const struct cgw_config *cfg, FILE *f)
 		struct mb_plan *plan;
 		size_t n;
 
-		if (cfg->buses[b].type == CFG_BUS_MQTT)
+		if (!modbus_opts(&cfg->buses[b]))
 			continue;
 		if (modbus_bus_plan(cfg, b, &plan, &n) == 0) {
 			fprintf(f, "bus %s: %zu requests per cycle for %zu points\n",
@@ -427,17 +432,29 @@ static const char *table_name(int t)
 	return (unsigned)t < 4 ? names[t] : "?";
 }
 
-/* How often an offline device is probed: min(4 x poll, 30 s), but never
- * more often than its poll, and at least 4 timeouts apart so that probing a
- * dead device takes at most a quarter of the line. */
-static int64_t offline_interval(const struct mb_dev *dev)
+/* The first probe of a device that just went offline: a poll later, but at
+ * least 4 timeouts (one try each) apart, so that probing a dead device takes
+ * at most a quarter of the line from the start. */
+static int64_t offline_first_interval(const struct mb_dev *dev)
 {
-	int64_t p = dev->cfg->poll_ms, i = p * 4;
-	if (i > MB_OFFLINE_POLL_MAX_MS)
-		i = MB_OFFLINE_POLL_MAX_MS;
-	if (i < 4 * dev->cfg->timeout_ms)
-		i = 4 * dev->cfg->timeout_ms;
-	return i > p ? i : p;
+	int64_t p = dev->cfg->poll_ms;
+	return p > 4 * dev->cfg->timeout_ms ? p : 4 * dev->cfg->timeout_ms;
+}
+
+/* The interval to the next probe of an offline device: each probe the
+ * device failed doubles it (`grow`; not one that found no connection), up
+ * to MB_OFFLINE_POLL_MAX_MS (or the first interval, if that is longer); an
+ * answer ends it (the device is polled again). */
+static int64_t offline_interval(struct mb_dev *dev, bool grow)
+{
+	int64_t i = dev->probe_ms > 0 ? dev->probe_ms : offline_first_interval(dev);
+	int64_t cap = offline_first_interval(dev);
+
+	if (cap < MB_OFFLINE_POLL_MAX_MS)
+		cap = MB_OFFLINE_POLL_MAX_MS;
+	if (grow)
+		dev->probe_ms = i * 2 < cap ? i * 2 : cap;
+	return i;
 }
 
 /* Hand the pending items to the core in one go: one lock and at most one
@@ -548,11 +565,11 @@ static void set_timeout(struct driver *d, int64_t ms)
 static const char *endpoint(const struct driver *d, char *buf, size_t len)
 {
 	if (d->rtu)
-		snprintf(buf, len, "%s", d->bus->device);
+		snprintf(buf, len, "%s", d->mo->device);
 	else if (d->dtu)
-		snprintf(buf, len, "DTU on %s", d->bus->listen);
+		snprintf(buf, len, "DTU on %s", d->mo->listen);
 	else
-		snprintf(buf, len, "%s:%lld", d->bus->host, (long long)d->bus->port);
+		snprintf(buf, len, "%s:%lld", d->mo->host, (long long)d->mo->port);
 	return buf;
 }
 
@@ -565,15 +582,17 @@ static int conn_open(struct driver *d)
 	if (!d->link)
 		return modbus_connect(d->ctx);
 	if (d->dtu) {
-		int fd = dtu_take(d->dtu);
+		uint8_t rest[DTU_REST_MAX];
+		size_t rest_n;
+		int fd = dtu_take(d->dtu, rest, &rest_n);
 		if (fd < 0) {
 			errno = ENOTCONN; /* the DTU has not dialled in (yet, or again) */
 			return -1;
 		}
-		rtu_link_adopt(d->link, fd);
+		rtu_link_adopt(d->link, fd, rest, rest_n);
 		return 0;
 	}
-	e = rtu_link_connect(d->link, d->bus->timeout_ms);
+	e = rtu_link_connect(d->link, d->mo->timeout_ms);
 	if (!e)
 		return 0;
 	errno = e;
@@ -608,17 +627,17 @@ static void try_connect(struct driver *d)
 	int e;
 
 	/* libmodbus bounds a TCP connect by the response timeout */
-	set_timeout(d, d->bus->timeout_ms);
+	set_timeout(d, d->mo->timeout_ms);
 	if (conn_open(d) == 0) {
 		d->connected = true;
 		d->answered = false;
 		d->cur_unit = -1;
-		if (d->rtu && d->bus->rs485 &&
+		if (d->rtu && d->mo->rs485 &&
 		    modbus_rtu_set_serial_mode(d->ctx, MODBUS_RTU_RS485) < 0 && !d->rs485_logged) {
 			log_warn(
 				"modbus",
 				"%s %s: cannot switch to RS-485 mode (%s); using the port as it is",
-				d->tag, d->bus->device, modbus_strerror(errno));
+				d->tag, d->mo->device, modbus_strerror(errno));
 			d->rs485_logged = true;
 		}
 		pthread_mutex_lock(&d->lock);
@@ -734,13 +753,13 @@ static int select_device(struct driver *d, const struct mb_dev *dev)
  * need more. None on Modbus TCP. */
 static int64_t line_silence_us(const struct cfg_bus *bus)
 {
+	const struct modbus_bus_opts *mo = modbus_opts(bus);
 	int64_t us;
 
-	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_RTU_TCP)
+	if (modbus_transport(bus) != MB_SERIAL && modbus_transport(bus) != MB_RTU_TCP)
 		return 0;
-	us = bus->baud > 19200 ? 1750 :
-				 (int64_t)(3.5 * 11 * 1e6) / (bus->baud > 0 ? bus->baud : 9600);
-	return us + bus->frame_delay_ms * 1000;
+	us = mo->baud > 19200 ? 1750 : (int64_t)(3.5 * 11 * 1e6) / (mo->baud > 0 ? mo->baud : 9600);
+	return us + mo->frame_delay_ms * 1000;
 }
 
 static void frame_gap(struct driver *d)
@@ -840,6 +859,66 @@ static int link_call(struct driver *d, enum mb_op op, int addr, int n)
 	return e;
 }
 
+/* One request on a serial RTU line. libmodbus sends it (CRC, RS-485) and
+ * reads frames (CRC checked); the matching is ours, as on TCP: libmodbus's
+ * read calls fail a request on an answer from another unit (a second device
+ * with the same address, a late answer of a neighbour) as a frame error.
+ * Such an answer is counted as foreign and dropped, never taken as data,
+ * and the wait goes on until the request's own answer or the timeout. */
+static int serial_call(struct driver *d, enum mb_op op, int addr, int n)
+{
+	uint8_t frame[RTU_MAX_ADU], rsp[MODBUS_RTU_MAX_ADU_LENGTH];
+	struct rtu_req req;
+	int64_t deadline;
+	int flen, e = ETIMEDOUT;
+
+	if (d->cur_unit < 1 || d->cur_unit > 247)
+		return EINVAL;
+	flen = build_frame(d, op, addr, n, (uint8_t)d->cur_unit, frame, sizeof(frame), &req);
+	if (flen < 0)
+		return EINVAL;
+	/* libmodbus adds the CRC */
+	if (modbus_send_raw_request(d->ctx, frame, flen - 2) < 0)
+		return errno ? errno : EIO;
+	deadline = mono_us() + (int64_t)d->cur_timeout * 1000;
+	for (;;) {
+		int64_t left = deadline - mono_us();
+		struct rtu_answer a;
+		int rc;
+
+		if (left <= 0)
+			break;
+		modbus_set_response_timeout(d->ctx, (uint32_t)(left / 1000000),
+					    (uint32_t)(left % 1000000));
+		rc = modbus_receive_confirmation(d->ctx, rsp);
+		if (rc < 0) {
+			e = errno ? errno : EIO;
+			break;
+		}
+		/* 0: libmodbus dropped a frame of another unit (its own filter) */
+		if (rc < 4 || rsp[0] != (uint8_t)d->cur_unit) {
+			d->foreign++;
+			continue;
+		}
+		/* libmodbus checked the CRC: the frame without it */
+		enum rtu_scan_result r = rtu_match(rsp, (size_t)rc - 2, &req, &a);
+		if (r == RTU_FOREIGN) { /* our unit, another function: a late answer */
+			d->foreign++;
+			continue;
+		}
+		if (r == RTU_ANSWER) {
+			unpack(d, op, n, a.data, a.len);
+			e = 0;
+		} else {
+			e = r == RTU_EXCEPTION ? exception_errno(a.exception) : EMBBADDATA;
+		}
+		break;
+	}
+	modbus_set_response_timeout(d->ctx, (uint32_t)(d->cur_timeout / 1000),
+				    (uint32_t)(d->cur_timeout % 1000) * 1000);
+	return e;
+}
+
 /* One request on Modbus TCP. libmodbus connects and cuts answers out of the
  * stream (modbus_receive_confirmation); the request and the matching are
  * ours, because libmodbus's read calls take an answer from another unit as
@@ -927,39 +1006,12 @@ static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 
 static int call(struct driver *d, enum mb_op op, int addr, int n)
 {
-	int rc = -1;
-
 	flush(d); /* nothing read waits behind line time */
 	if (d->link)
 		return link_call(d, op, addr, n);
 	if (!d->rtu)
 		return tcp_call(d, op, addr, n);
-	switch (op) {
-	case OP_READ_COILS:
-		rc = modbus_read_bits(d->ctx, addr, n, d->bits);
-		break;
-	case OP_READ_DISCRETE:
-		rc = modbus_read_input_bits(d->ctx, addr, n, d->bits);
-		break;
-	case OP_READ_INPUT:
-		rc = modbus_read_input_registers(d->ctx, addr, n, d->regs);
-		break;
-	case OP_READ_HOLDING:
-		rc = modbus_read_registers(d->ctx, addr, n, d->regs);
-		break;
-	case OP_WRITE_COIL:
-		rc = modbus_write_bit(d->ctx, addr, d->bits[0]);
-		break;
-	case OP_WRITE_REG:
-		rc = modbus_write_register(d->ctx, addr, d->regs[0]);
-		break;
-	case OP_WRITE_REGS:
-		rc = modbus_write_registers(d->ctx, addr, n, d->regs);
-		break;
-	}
-	if (rc < 0)
-		return errno ? errno : EIO;
-	return 0;
+	return serial_call(d, op, addr, n);
 }
 
 /* One request with its retries. 0, or the libmodbus errno of the last
@@ -1520,6 +1572,7 @@ static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e, bool 
 			log_warn("modbus", "%s %s: offline after %u failed polls (%s)", d->tag,
 				 dev->label, dev->failed_cycles, what);
 			set_state(d, dev, DEV_OFFLINE);
+			dev->probe_ms = 0; /* probes start a poll (or 4 timeouts) apart */
 			for (size_t p = 0; p < dev->prof->n_points; p++)
 				fail_point(d, dev, p, CGW_Q_STALE);
 		}
@@ -1764,7 +1817,8 @@ static void reschedule_fast(struct mb_dev *dev, int64_t now)
 static void reschedule(struct driver *d, struct mb_dev *dev)
 {
 	int64_t now = cgw_mono_ms();
-	int64_t step = dev->state == DEV_OFFLINE ? offline_interval(dev) : dev->cfg->poll_ms;
+	int64_t step = dev->state == DEV_OFFLINE ? offline_interval(dev, d->connected) :
+						   dev->cfg->poll_ms;
 	uint64_t missed = 0;
 
 	dev->next_due += step;
@@ -1799,13 +1853,15 @@ static void wait_wake(struct driver *d, int64_t ms)
  * while we wait for one, its arrival is what reconnects. */
 static void dtu_replace(struct driver *d)
 {
+	uint8_t rest[DTU_REST_MAX];
+	size_t rest_n;
 	int fd;
 
-	if (!d->dtu || !d->connected || (fd = dtu_take(d->dtu)) < 0)
+	if (!d->dtu || !d->connected || (fd = dtu_take(d->dtu, rest, &rest_n)) < 0)
 		return;
 	log_notice("modbus", "%s DTU on %s dialled in again; the new connection replaces the old",
-		   d->tag, d->bus->listen);
-	rtu_link_adopt(d->link, fd);
+		   d->tag, d->mo->listen);
+	rtu_link_adopt(d->link, fd, rest, rest_n);
 	d->answered = false;
 }
 
@@ -1974,6 +2030,7 @@ nomem:
 static int mb_open(const struct driver_env *env, struct driver **out)
 {
 	const struct cfg_bus *bus;
+	const struct modbus_bus_opts *mo;
 	struct driver *d = NULL;
 	struct mb_span *spans = NULL;
 	size_t nspans = 0;
@@ -1985,8 +2042,8 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	if (!env || !env->cfg || !env->queue || env->bus >= env->cfg->n_buses)
 		return -EINVAL;
 	bus = &env->cfg->buses[env->bus];
-	if (bus->type != CFG_BUS_MODBUS_RTU && bus->type != CFG_BUS_MODBUS_TCP &&
-	    bus->type != CFG_BUS_MODBUS_RTU_TCP)
+	mo = modbus_opts(bus);
+	if (!mo)
 		return -EINVAL;
 	d = calloc(1, sizeof(*d));
 	if (!d)
@@ -1999,8 +2056,9 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	}
 	d->cfg = env->cfg;
 	d->bus = bus;
+	d->mo = mo;
 	d->q = env->queue;
-	d->rtu = bus->type == CFG_BUS_MODBUS_RTU;
+	d->rtu = modbus_transport(bus) == MB_SERIAL;
 	d->started_us = mono_us();
 	d->silence_us = line_silence_us(bus);
 	d->backoff = MB_RECONNECT_MIN_MS;
@@ -2018,20 +2076,20 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 	update_ranges(d);
 
 	if (d->rtu) {
-		char parity = bus->parity == 1 ? 'E' : bus->parity == 2 ? 'O' : 'N';
-		d->ctx = modbus_new_rtu(bus->device, (int)bus->baud, parity, (int)bus->data_bits,
-					(int)bus->stop_bits);
-	} else if (bus->type == CFG_BUS_MODBUS_RTU_TCP) {
-		d->link = rtu_link_new(bus->host, (int)bus->port);
+		char parity = mo->parity == 1 ? 'E' : mo->parity == 2 ? 'O' : 'N';
+		d->ctx = modbus_new_rtu(mo->device, (int)mo->baud, parity, (int)mo->data_bits,
+					(int)mo->stop_bits);
+	} else if (modbus_transport(bus) == MB_RTU_TCP) {
+		d->link = rtu_link_new(mo->host, (int)mo->port);
 		if (!d->link) {
 			r = -ENOMEM;
 			goto fail;
 		}
-		rtu_link_set_heartbeat(d->link, bus->heartbeat, bus->heartbeat_len);
+		rtu_link_set_heartbeat(d->link, mo->heartbeat, mo->heartbeat_len);
 	} else {
 		char port[16];
-		snprintf(port, sizeof(port), "%lld", (long long)bus->port);
-		d->ctx = modbus_new_tcp_pi(bus->host, port);
+		snprintf(port, sizeof(port), "%lld", (long long)mo->port);
+		d->ctx = modbus_new_tcp_pi(mo->host, port);
 	}
 	if (!d->ctx && !d->link) {
 		int e = errno;
@@ -2040,19 +2098,19 @@ static int mb_open(const struct driver_env *env, struct driver **out)
 			modbus_strerror(e));
 		goto fail;
 	}
-	if (d->ctx && bus->byte_timeout_ms > 0)
-		modbus_set_byte_timeout(d->ctx, (uint32_t)(bus->byte_timeout_ms / 1000),
-					(uint32_t)(bus->byte_timeout_ms % 1000) * 1000);
+	if (d->ctx && mo->byte_timeout_ms > 0)
+		modbus_set_byte_timeout(d->ctx, (uint32_t)(mo->byte_timeout_ms / 1000),
+					(uint32_t)(mo->byte_timeout_ms % 1000) * 1000);
 	d->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (d->wake_fd < 0) {
 		r = -errno;
 		goto fail;
 	}
-	if (d->link && bus->listen) {
-		r = dtu_attach(bus->listen, bus->reg_id, bus->reg_len, d->wake_fd, &d->dtu);
+	if (d->link && mo->listen) {
+		r = dtu_attach(mo->listen, mo->reg_id, mo->reg_len, d->wake_fd, &d->dtu);
 		if (r < 0) {
 			log_err("modbus", "%s cannot listen for the DTU on %s: %s", d->tag,
-				bus->listen, strerror(-r));
+				mo->listen, strerror(-r));
 			goto fail;
 		}
 	}
@@ -2118,7 +2176,7 @@ static int mb_commission(struct driver *d, const struct driver_commission *req, 
 	struct mb_write w = {.token = token, .commission = true};
 
 	if (!d || !req || req->table < CGW_TBL_COIL || req->table > CGW_TBL_HOLDING ||
-	    req->timeout_ms < 1 || req->timeout_ms > 10000)
+	    req->timeout_ms < 0 || req->timeout_ms > 10000)
 		return -EINVAL;
 	if (req->kind == DRV_PROBE &&
 	    (req->unit > MB_SCAN_MAX_UNIT || req->count < 1 ||
@@ -2126,6 +2184,11 @@ static int mb_commission(struct driver *d, const struct driver_commission *req, 
 	     req->address + req->count > 65536))
 		return -EINVAL;
 	w.comm = *req;
+	if (!w.comm.timeout_ms) {
+		w.comm.timeout_ms = d->mo->timeout_ms > 0 ? d->mo->timeout_ms : 1000;
+		if (req->kind == DRV_SCAN && w.comm.timeout_ms > 200)
+			w.comm.timeout_ms = 200;
+	}
 	pthread_mutex_lock(&d->lock);
 	if (d->ring_n == MB_WRITE_QUEUE) {
 		pthread_mutex_unlock(&d->lock);

@@ -78,6 +78,7 @@ struct mi_dev {
 struct driver {
 	struct driver_env env;
 	const struct cfg_bus *bus;
+	const struct mqtt_bus_opts *opts; /* the bus's */
 	struct mqtt_link *link;
 	char *client_id;
 	char *password;
@@ -397,7 +398,7 @@ void mqtt_ingest_feed(struct driver *d, const char *topic, const void *payload, 
 	}
 
 	/* max_payload is checked by jp_parse before anything is parsed */
-	perr = jp_parse(payload, len, (size_t)d->bus->max_payload, &root, why, sizeof(why));
+	perr = jp_parse(payload, len, (size_t)d->opts->max_payload, &root, why, sizeof(why));
 	if (perr == 0) {
 		int64_t ts = jp_timestamp(root, wall_ms);
 		for (size_t h = 0; h < nhits; h++) {
@@ -562,7 +563,8 @@ static int build(struct driver *d)
 		dv->pts = calloc(dv->pr->n_points ? dv->pr->n_points : 1, sizeof(*dv->pts));
 		if (!dv->pts)
 			return -ENOMEM;
-		dv->stale_ms = cd->stale_after_ms > 0 ? cd->stale_after_ms : d->bus->stale_after_ms;
+		dv->stale_ms = cd->stale_after_ms > 0 ? cd->stale_after_ms :
+							d->opts->stale_after_ms;
 		if (dv->stale_ms <= 0)
 			dv->stale_ms = 5 * 60 * 1000;
 		for (size_t p = 0; p < dv->pr->n_points; p++) {
@@ -628,20 +630,25 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 		return -ENOMEM;
 	d->env = *env;
 	d->bus = &env->cfg->buses[env->bus];
+	d->opts = mqtt_bus_opts(d->bus);
+	if (!d->opts) {
+		free(d);
+		return -EINVAL;
+	}
 	d->start_mono = cgw_mono_ms();
 	r = build(d);
 	if (r < 0)
 		goto fail;
 	r = -ENOMEM;
-	if (d->bus->client_id && *d->bus->client_id)
-		d->client_id = strdup(d->bus->client_id);
+	if (d->opts->client_id && *d->opts->client_id)
+		d->client_id = strdup(d->opts->client_id);
 	else if (asprintf(&d->client_id, "%s-%s",
 			  env->cfg->gateway.id ? env->cfg->gateway.id : "cgw", d->bus->name) < 0)
 		d->client_id = NULL;
 	if (!d->client_id)
 		goto fail;
-	if (d->bus->password_file) {
-		d->password = secret_read(d->bus->password_file, err, sizeof(err));
+	if (d->opts->password_file) {
+		d->password = secret_read(d->opts->password_file, err, sizeof(err));
 		if (!d->password) {
 			log_err(MOD, "[%s] password_file %s", d->bus->name, err);
 			r = -EACCES;
@@ -652,26 +659,26 @@ static int mi_open(const struct driver_env *env, struct driver **out)
 	if (!d->stale_timer)
 		goto fail;
 	log_info(MOD, "[%s] %zu devices, %zu topic filters, broker %s:%lld%s, client id %s%s",
-		 d->bus->name, d->n_devs, d->n_filters, d->bus->host, (long long)d->bus->port,
-		 d->bus->tls ? " (TLS)" : "", d->client_id,
-		 d->bus->clean_session ? " (clean session)" : "");
+		 d->bus->name, d->n_devs, d->n_filters, d->opts->host, (long long)d->opts->port,
+		 d->opts->tls ? " (TLS)" : "", d->client_id,
+		 d->opts->clean_session ? " (clean session)" : "");
 	mqtt_ingest_check_stale(d, cgw_now_ms(), d->start_mono);
 	struct mqtt_link_opts o = {
 		.module = MOD,
 		.name = d->bus->name,
-		.host = d->bus->host, /* the configuration parsed the url */
-		.port = (int)d->bus->port,
-		.tls = d->bus->tls,
-		.ca_file = d->bus->ca_file,
-		.cert_file = d->bus->cert_file,
-		.key_file = d->bus->key_file,
-		.username = d->bus->username,
+		.host = d->opts->host, /* the configuration parsed the url */
+		.port = (int)d->opts->port,
+		.tls = d->opts->tls,
+		.ca_file = d->opts->ca_file,
+		.cert_file = d->opts->cert_file,
+		.key_file = d->opts->key_file,
+		.username = d->opts->username,
 		.password = d->password,
-		.insecure = d->bus->insecure,
+		.insecure = d->opts->insecure,
 		.client_id = d->client_id,
 		/* persistent by default: the broker keeps the devices' QoS 1
 		 * messages while cgwd restarts */
-		.clean_session = d->bus->clean_session,
+		.clean_session = d->opts->clean_session,
 		.protocol = 4,
 		.keepalive_s = MI_KEEPALIVE_S,
 		.connect_timeout_ms = MI_CONNECT_TIMEOUT_MS,

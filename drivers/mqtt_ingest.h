@@ -80,6 +80,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config_keys.h"
 #include "driver.h"
 
 #define MI_KEEPALIVE_S 30
@@ -102,5 +103,25 @@ void mqtt_ingest_check_stale(struct driver *d, int64_t wall_ms, int64_t mono_ms)
  * (borrowed; NULL past the end). */
 size_t mqtt_ingest_filter_count(const struct driver *d);
 const char *mqtt_ingest_filter(const struct driver *d, size_t i);
+
+/* The `mqtt` bus type (mqtt_ingest_config.c) and its options. */
+struct mqtt_bus_opts {
+	char *url;
+	char *client_id;
+	char *username;
+	char *password_file;
+	char *ca_file, *cert_file, *key_file;
+	int64_t stale_after_ms;
+	int64_t max_payload;
+	bool insecure;
+	bool clean_session; /* false = persistent session (the default) */
+	/* parsed from url by the check: where to connect */
+	char *host;
+	int64_t port;
+	bool tls;
+};
+extern const struct cfg_bus_type mqtt_bus_type;
+/* The options of an MQTT bus; NULL if the bus is of another type. */
+const struct mqtt_bus_opts *mqtt_bus_opts(const struct cfg_bus *b);
 
 #endif

@@ -148,12 +148,36 @@ static void strip_heartbeats(struct rtu_link *l)
 	}
 }
 
-void rtu_link_adopt(struct rtu_link *l, int fd)
+/* The bytes at the end of the buffer that may be a heartbeat still
+ * arriving (TCP may deliver it in pieces): the longest end that is a proper
+ * start of the heartbeat. */
+static size_t hb_tail(const struct rtu_link *l)
+{
+	size_t k;
+
+	if (!l->hb_n)
+		return 0;
+	k = l->hb_n - 1 < l->rx_n ? l->hb_n - 1 : l->rx_n;
+	for (; k > 0; k--)
+		if (!memcmp(l->rx + l->rx_n - k, l->hb, k))
+			return k;
+	return 0;
+}
+
+void rtu_link_adopt(struct rtu_link *l, int fd, const uint8_t *first, size_t n)
 {
 	int one = 1;
 
 	rtu_link_close(l);
 	l->fd = fd;
+	l->rx_n = 0;
+	if (n > RX_CAP)
+		n = RX_CAP;
+	if (n) {
+		memcpy(l->rx, first, n);
+		l->rx_n = n;
+		strip_heartbeats(l);
+	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
@@ -197,18 +221,27 @@ static int fill(struct rtu_link *l, int64_t ms)
 	return 0;
 }
 
+/* What waits is stale, but heartbeats are heartbeats, and the start of one
+ * still arriving stays for the rest of it. */
 void rtu_link_flush(struct rtu_link *l)
 {
 	if (!l || l->fd < 0)
 		return;
 	for (;;) {
-		ssize_t n = recv(l->fd, l->rx, RX_CAP, MSG_DONTWAIT);
+		ssize_t n = recv(l->fd, l->rx + l->rx_n, RX_CAP - l->rx_n, MSG_DONTWAIT);
+		size_t keep;
+
+		if (n > 0) {
+			l->rx_n += (size_t)n;
+			strip_heartbeats(l);
+		}
+		keep = hb_tail(l);
+		l->c.stale_bytes += l->rx_n - keep;
+		memmove(l->rx, l->rx + l->rx_n - keep, keep);
+		l->rx_n = keep;
 		if (n <= 0)
 			break;
-		l->c.stale_bytes += (uint64_t)n;
 	}
-	l->c.stale_bytes += l->rx_n;
-	l->rx_n = 0;
 }
 
 static void drop(struct rtu_link *l, size_t n)
@@ -257,7 +290,16 @@ int rtu_link_transact(struct rtu_link *l, const uint8_t *frame, size_t flen,
 	for (;;) {
 		struct rtu_answer a;
 		size_t used;
+		size_t tail = hb_tail(l);
 		enum rtu_scan_result r = rtu_scan(l->rx, l->rx_n, req, &a, &used);
+
+		/* garbage that reaches into what may be a heartbeat still
+		 * arriving: only what comes before it is garbage yet */
+		if (r == RTU_GARBAGE && tail && used > l->rx_n - tail) {
+			used = l->rx_n - tail;
+			if (!used)
+				r = RTU_NEED_MORE;
+		}
 
 		switch (r) {
 		case RTU_ANSWER:
@@ -285,7 +327,7 @@ int rtu_link_transact(struct rtu_link *l, const uint8_t *frame, size_t flen,
 		case RTU_NEED_MORE:
 			break;
 		}
-		if (l->rx_n)
+		if (l->rx_n > tail) /* not only the start of a heartbeat */
 			bytes = true;
 		if (now_ms() >= deadline)
 			return bytes ? EMBBADCRC : ETIMEDOUT;

@@ -56,10 +56,13 @@ int rtu_link_transact(struct rtu_link *l, const uint8_t *frame, size_t flen,
 		      int64_t timeout_ms);
 void rtu_link_counters(const struct rtu_link *l, struct rtu_link_counters *c);
 /* A connection made elsewhere (a dial-in DTU): the link owns fd from now
- * on and closes the one it had. */
-void rtu_link_adopt(struct rtu_link *l, int fd);
+ * on and closes the one it had. `first` (n bytes, may be 0) were read from
+ * it already (what followed the DTU's registration): they come first. */
+void rtu_link_adopt(struct rtu_link *l, int fd, const uint8_t *first, size_t n);
 /* Bytes the peer sends on its own (a DTU's heartbeat): dropped from the
- * stream wherever they arrive between frames. n 0: none. Copied. */
+ * stream wherever they arrive between frames, also when TCP delivers them
+ * in pieces (the start of one stays until the rest comes, before a request
+ * too) and counted as heartbeats, not stale bytes. n 0: none. Copied. */
 int rtu_link_set_heartbeat(struct rtu_link *l, const uint8_t *hb, size_t n);
 
 #endif

@@ -100,6 +100,28 @@ crc=$(field det-2 crc)
 check "CRC errors counted ($crc)" test "${crc:-0}" -ge 2
 check "CRC episode logged once" test "$(grep -c 'unit 2 (det-2): CRC error' "$TMP/poll.err")" -eq 1
 
+# an answer from another unit (two devices set to one address, a neighbour
+# answering late): counted as foreign, never as a CRC error, never as data
+busfield() { grep "^stats bus rs485-1 " "$TMP/poll.out" | tail -1 | sed -n "s/.* $1=\([0-9]*\).*/\1/p"; }
+fresh_stats() {
+	local n; n=$(grep -c '^stats bus ' "$TMP/poll.out")
+	echo "stats" >&4
+	wait_for 5 bash -c "[ \$(grep -c '^stats bus ' '$TMP/poll.out') -gt $n ]"
+}
+fresh_stats
+f0=$(busfield foreign) crc0=$(field det-2 crc)
+off0=$(count "state det-2 offline")
+check "answers as another unit" test "$(sim as-unit det-2 9)" = ok
+sim set det-2 alarm_delay 4242 >/dev/null
+check "...the unit goes offline: its own answer never comes" \
+	wait_for 10 bash -c "[ \$(grep -cxF 'state det-2 offline' '$TMP/poll.out') -gt $off0 ]"
+fresh_stats
+check "...counted as foreign answers ($(busfield foreign) > $f0)" test "$(busfield foreign)" -gt "${f0:-0}"
+check "...not as CRC errors ($(field det-2 crc) = $crc0)" test "$(field det-2 crc)" = "$crc0"
+check "...never taken as data" bash -c "! grep -qxF 'reading det-2 alarm_delay 4242 good' '$TMP/poll.out'"
+sim as-unit det-2 off >/dev/null
+check "...the unit is back once it answers as itself" wait_for 15 seen "reading det-2 alarm_delay 4242 good"
+
 check "silence a unit" test "$(sim silence det-9 on)" = ok
 check "silent unit offline" wait_for 10 bash -c "[ \$(grep -cxF 'state det-9 offline' '$TMP/poll.out') -ge 2 ]"
 check "its points stale" test "$(count "reading det-9 status - stale")" -ge 2

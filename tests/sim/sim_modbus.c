@@ -43,6 +43,7 @@
 #include <modbus.h>
 
 #include "log.h"
+#include "modbus_config.h"
 #include "modbus_decode.h"
 
 #define SIM_MAX_CLIENTS 64
@@ -69,6 +70,7 @@ struct sim_unit {
 struct sim_bus {
 	struct sim_modbus *m;
 	const struct cfg_bus *cfg;
+	const struct modbus_bus_opts *mo; /* cfg's options */
 	bool rtu;           /* RTU frames: serial (modbus-rtu) or TCP (modbus-rtu-tcp) */
 	bool rtu_tcp;       /* RTU frames on TCP clients */
 	atomic_bool freeze; /* TCP: stop answering the clients connected now */
@@ -363,8 +365,8 @@ static void emit(struct sim_bus *b, int fd, const struct sim_unit *u, int hl, in
 
 	if (n <= 0)
 		return;
-	if ((b->rtu_tcp || (b->rtu && b->m->wire_time)) && b->cfg->baud > 0)
-		sleep_us(((int64_t)req_len + n) * 11 * 1000000 / b->cfg->baud);
+	if ((b->rtu_tcp || (b->rtu && b->m->wire_time)) && b->mo->baud > 0)
+		sleep_us(((int64_t)req_len + n) * 11 * 1000000 / b->mo->baud);
 	if (u->late_ms > 0)
 		sleep_us((int64_t)u->late_ms * 1000);
 	if (u->as_unit > 0) {
@@ -548,11 +550,11 @@ static void reopen_rtu(struct sim_bus *b)
 		struct pollfd pfd = {.fd = b->m->stop_fd, .events = POLLIN};
 		if (modbus_connect(b->ctx) == 0) {
 			b->fd = modbus_get_socket(b->ctx);
-			log_info("sim", "bus %s: %s open again", b->cfg->name, b->cfg->device);
+			log_info("sim", "bus %s: %s open again", b->cfg->name, b->mo->device);
 			return;
 		}
 		if (!logged)
-			log_info("sim", "bus %s: %s gone; reopening", b->cfg->name, b->cfg->device);
+			log_info("sim", "bus %s: %s gone; reopening", b->cfg->name, b->mo->device);
 		logged = true;
 		poll(&pfd, 1, 200);
 	}
@@ -699,7 +701,8 @@ static void *bus_thread(void *arg)
 
 static int open_bus(struct sim_bus *b)
 {
-	const struct cfg_bus *c = b->cfg;
+	const struct cfg_bus *cb = b->cfg;
+	const struct modbus_bus_opts *c = b->mo;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b->cap) < 0)
 		return -errno;
@@ -722,7 +725,7 @@ static int open_bus(struct sim_bus *b)
 			return -e;
 		}
 		freeaddrinfo(res);
-		log_info("sim", "bus %s: RTU over TCP on %s:%s at %lld baud", c->name, c->host,
+		log_info("sim", "bus %s: RTU over TCP on %s:%s at %lld baud", cb->name, c->host,
 			 port, (long long)c->baud);
 	} else if (b->rtu) {
 		char parity = c->parity == 1 ? 'E' : c->parity == 2 ? 'O' : 'N';
@@ -731,7 +734,7 @@ static int open_bus(struct sim_bus *b)
 		if (!b->ctx || modbus_connect(b->ctx) < 0)
 			return -errno;
 		b->fd = modbus_get_socket(b->ctx);
-		log_info("sim", "bus %s: serving RTU on %s", c->name, c->device);
+		log_info("sim", "bus %s: serving RTU on %s", cb->name, c->device);
 	} else {
 		char port[16];
 		snprintf(port, sizeof(port), "%lld", (long long)c->port);
@@ -741,7 +744,7 @@ static int open_bus(struct sim_bus *b)
 		b->fd = modbus_tcp_pi_listen(b->ctx, 16);
 		if (b->fd < 0)
 			return -errno;
-		log_info("sim", "bus %s: listening on %s:%s", c->name, c->host, port);
+		log_info("sim", "bus %s: listening on %s:%s", cb->name, c->host, port);
 	}
 	return 0;
 }
@@ -770,16 +773,15 @@ int sim_modbus_start(const struct cgw_config *cfg, const struct sim_modbus_opts 
 	}
 	for (size_t i = 0; i < cfg->n_buses; i++) {
 		struct sim_bus *b = &m->buses[m->n_buses];
-		if (cfg->buses[i].type != CFG_BUS_MODBUS_RTU &&
-		    cfg->buses[i].type != CFG_BUS_MODBUS_TCP &&
-		    cfg->buses[i].type != CFG_BUS_MODBUS_RTU_TCP)
+		if (!modbus_opts(&cfg->buses[i]))
 			continue;
 		m->n_buses++;
 		b->m = m;
 		b->cfg = &cfg->buses[i];
-		b->rtu_tcp = b->cfg->type == CFG_BUS_MODBUS_RTU_TCP;
+		b->mo = modbus_opts(b->cfg);
+		b->rtu_tcp = modbus_transport(b->cfg) == MB_RTU_TCP;
 		atomic_init(&b->freeze, false);
-		b->rtu = b->cfg->type == CFG_BUS_MODBUS_RTU || b->rtu_tcp;
+		b->rtu = modbus_transport(b->cfg) == MB_SERIAL || b->rtu_tcp;
 		b->fd = -1;
 		b->cap[0] = b->cap[1] = -1;
 		r = build_units(b, i, opts && opts->strict);

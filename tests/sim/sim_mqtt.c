@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "mqtt_ingest.h"
 #include "sim_ext.h"
 
 struct sim_bus {
@@ -31,7 +32,7 @@ int sim_mqtt_start(const struct cgw_config *cfg, struct sim_mqtt **out)
 
 	*out = NULL;
 	for (size_t i = 0; i < cfg->n_buses; i++)
-		any |= cfg->buses[i].type == CFG_BUS_MQTT && cfg->buses[i].n_devices > 0;
+		any |= mqtt_bus_opts(&cfg->buses[i]) && cfg->buses[i].n_devices > 0;
 	if (!any)
 		return 0;
 	m = calloc(1, sizeof(*m));
@@ -43,11 +44,11 @@ int sim_mqtt_start(const struct cgw_config *cfg, struct sim_mqtt **out)
 	mosquitto_lib_init();
 	for (size_t i = 0; i < cfg->n_buses; i++) {
 		struct sim_bus *b = &m->bus[i];
-		if (cfg->buses[i].type != CFG_BUS_MQTT || !cfg->buses[i].n_devices)
+		if (!mqtt_bus_opts(&cfg->buses[i]) || !cfg->buses[i].n_devices)
 			continue;
 		b->cfg = &cfg->buses[i];
-		snprintf(b->host, sizeof(b->host), "%s", b->cfg->host);
-		b->port = (int)b->cfg->port;
+		snprintf(b->host, sizeof(b->host), "%s", mqtt_bus_opts(b->cfg)->host);
+		b->port = (int)mqtt_bus_opts(b->cfg)->port;
 		b->mosq = mosquitto_new(NULL, true, NULL);
 		if (!b->mosq)
 			continue;

@@ -334,9 +334,9 @@ int main(int argc, char **argv)
 		struct driver_env env = {.cfg = r.cfg, .bus = b, .queue = r.q};
 		for (size_t i = 0; i < n_only; i++)
 			want |= !strcmp(only[i], bus->name);
-		if (!want || driver_ops_for(bus->type) != &modbus_driver_ops)
+		if (!want || driver_ops_for(bus) != &modbus_driver_ops)
 			continue;
-		if (driver_ops_for(bus->type)->open(&env, &r.drv[r.n]) < 0) {
+		if (driver_ops_for(bus)->open(&env, &r.drv[r.n]) < 0) {
 			fprintf(stderr, "mb_poll: bus %s does not open\n", bus->name);
 			goto out;
 		}

@@ -26,6 +26,7 @@
 #include <modbus.h>
 
 #include "config.h"
+#include "modbus_config.h"
 #include "modbus_decode.h"
 #include "modbus_driver.h"
 #include "modbus_plan.h"
@@ -54,7 +55,8 @@ static struct mb_plan *plan_for(const struct cgw_config *cfg, size_t bus, int64_
 static void *bus_main(void *arg)
 {
 	struct bus_run *r = arg;
-	const struct cfg_bus *b = &r->cfg->buses[r->bus];
+	const struct cfg_bus *cb = &r->cfg->buses[r->bus];
+	const struct modbus_bus_opts *b = modbus_opts(cb);
 	char port[16];
 	int64_t poll_ms;
 	struct mb_plan *plan = plan_for(r->cfg, r->bus, &poll_ms);
@@ -64,7 +66,7 @@ static void *bus_main(void *arg)
 	struct timespec next;
 
 	snprintf(port, sizeof(port), "%lld", (long long)b->port);
-	if (b->type == CFG_BUS_MODBUS_RTU)
+	if (modbus_transport(cb) == MB_SERIAL)
 		ctx = modbus_new_rtu(b->device, (int)b->baud,
 				     b->parity == 1 ? 'E' :
 				     b->parity == 2 ? 'O' :
@@ -76,7 +78,7 @@ static void *bus_main(void *arg)
 		modbus_set_response_timeout(ctx, (uint32_t)(b->timeout_ms / 1000),
 					    (uint32_t)(b->timeout_ms % 1000) * 1000);
 	if (!plan || !ctx || modbus_connect(ctx) < 0) {
-		fprintf(stderr, "mb_ref: bus %s: %s\n", b->name, modbus_strerror(errno));
+		fprintf(stderr, "mb_ref: bus %s: %s\n", cb->name, modbus_strerror(errno));
 		goto out;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &next);
@@ -171,8 +173,8 @@ int main(int argc, char **argv)
 	atomic_init(&stop, false);
 	runs = calloc(cfg->n_buses ? cfg->n_buses : 1, sizeof(*runs));
 	for (size_t b = 0; runs && b < cfg->n_buses; b++) {
-		if ((cfg->buses[b].type != CFG_BUS_MODBUS_TCP &&
-		     cfg->buses[b].type != CFG_BUS_MODBUS_RTU) ||
+		if ((modbus_transport(&cfg->buses[b]) != MB_TCP &&
+		     modbus_transport(&cfg->buses[b]) != MB_SERIAL) ||
 		    !cfg->buses[b].n_devices)
 			continue;
 		runs[n] = (struct bus_run){.cfg = cfg, .bus = b, .stop = &stop};

@@ -36,6 +36,7 @@
 #include "driver.h"
 #include "log.h"
 #include "loop.h"
+#include "mqtt_ingest.h"
 #include "queue.h"
 #include "store.h"
 
@@ -234,7 +235,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	for (size_t i = 0; i < a.cfg->n_buses && a.bus == SIZE_MAX; i++)
-		if (a.cfg->buses[i].type == CFG_BUS_MQTT &&
+		if (mqtt_bus_opts(&a.cfg->buses[i]) &&
 		    (!bus || !strcmp(bus, a.cfg->buses[i].name)))
 			a.bus = i;
 	if (a.bus == SIZE_MAX) {

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "modbus_config.h"
 
 /* tests run from the top of the tree (tests/run.sh) */
 #define CGW_TEST_PROFILES "config/profiles"
@@ -92,10 +93,11 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->store.min_free, -1);  /* 1% */
 	assert_int_equal(cfg->store.telemetry_retention_ms, 7 * 86400000LL);
 	assert_int_equal(cfg->store.sync, CFG_SYNC_NORMAL);
-	assert_int_equal(cfg->buses[0].port, 502);
-	assert_int_equal(cfg->buses[0].timeout_ms, 1000);
-	assert_int_equal(cfg->buses[0].max_gap, 8);
-	assert_int_equal(cfg->buses[0].offline_after, 3);
+	assert_ptr_equal(cfg->buses[0].kind, &modbus_tcp_bus_type);
+	assert_int_equal(modbus_opts(&cfg->buses[0])->port, 502);
+	assert_int_equal(modbus_opts(&cfg->buses[0])->timeout_ms, 1000);
+	assert_int_equal(modbus_opts(&cfg->buses[0])->max_gap, 8);
+	assert_int_equal(modbus_opts(&cfg->buses[0])->offline_after, 3);
 	assert_string_equal(cfg->uplinks[0].topic_prefix, "cgw/{site}/{gateway}");
 	assert_string_equal(cfg->uplinks[0].client_id, "g");
 	assert_int_equal(cfg->uplinks[0].port, 1883);
@@ -167,10 +169,12 @@ static void test_all_errors_reported(void **state)
 	assert_null(cfg);
 	assert_int_equal(errs.n, 3);
 	assert_string_equal(errs.v[0], "t.yaml:1: unknown key 'colour' in gateway");
-	assert_string_equal(errs.v[1],
-			    "t.yaml:2: max_size: expected a size like 512KB, 64MB or 2GB, got 'big'");
-	assert_string_equal(errs.v[2],
-			    "t.yaml:4: type: 'can-bus' is not one of: modbus-rtu, modbus-tcp, mqtt, modbus-rtu-tcp");
+	assert_string_equal(
+		errs.v[1],
+		"t.yaml:2: max_size: expected a size like 512KB, 64MB or 2GB, got 'big'");
+	assert_string_equal(
+		errs.v[2],
+		"t.yaml:4: type: 'can-bus' is not one of: modbus-rtu, modbus-tcp, mqtt, modbus-rtu-tcp");
 	cfg_errors_free(&errs);
 }
 

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "config_diff.h"
+#include "mqtt_ingest.h"
 
 /* tests run from the top of the tree (tests/run.sh) */
 #define CGW_TEST_PROFILES "config/profiles"
@@ -172,6 +173,50 @@ static void test_profile_rule_change(void **state)
 	config_free(b);
 }
 
+static struct cgw_config *load_buses(const char *buses)
+{
+	struct cfg_errors errs = {0};
+	struct cgw_config *cfg = NULL;
+	char *text;
+
+	assert_true(asprintf(&text, "gateway: {id: gw, site: s}\nbuses:\n%s", buses) > 0);
+	config_load_string("t.yaml", text, strlen(text), &cfg, &errs);
+	for (size_t i = 0; i < errs.n; i++)
+		print_error("%s\n", errs.v[i]);
+	cfg_errors_free(&errs);
+	free(text);
+	assert_non_null(cfg);
+	return cfg;
+}
+
+/* A bus's options are compared through its type's table: every key counts
+ * (baud here); a DTU registration counts as the bytes it decodes to, not
+ * as it was written (text or hex). */
+static void test_bus_options_through_table(void **state)
+{
+	struct cgw_config *a = load_buses(
+		"  - {name: d, type: modbus-rtu-tcp, listen: 0.0.0.0:9001, register: AB, baud: 9600}\n");
+	struct cgw_config *b =
+		load_buses("  - {name: d, type: modbus-rtu-tcp, listen: 0.0.0.0:9001, "
+			   "register_hex: '41 42', baud: 9600}\n");
+	struct cgw_config *c = load_buses(
+		"  - {name: d, type: modbus-rtu-tcp, listen: 0.0.0.0:9001, register: AB, baud: 19200}\n");
+	struct cgw_config *d = load_buses(
+		"  - {name: d, type: modbus-rtu-tcp, listen: 0.0.0.0:9001, register: AC, baud: 9600}\n");
+	struct cgw_config *e = load_buses("  - {name: d, type: modbus-tcp, host: 127.0.0.1}\n");
+
+	(void)state;
+	assert_true(cfg_bus_equal(a, 0, b, 0));
+	assert_false(cfg_bus_equal(a, 0, c, 0));
+	assert_false(cfg_bus_equal(a, 0, d, 0));
+	assert_false(cfg_bus_equal(a, 0, e, 0)); /* another type */
+	config_free(a);
+	config_free(b);
+	config_free(c);
+	config_free(d);
+	config_free(e);
+}
+
 static void test_store_settings(void **state)
 {
 	struct cgw_config *a = base(), *b = base();
@@ -188,7 +233,8 @@ static void test_files_changed(void **state)
 	char path[] = "/tmp/cgw-test-diff-XXXXXX";
 	int fd = mkstemp(path);
 	struct cfg_uplink u = {.password_file = path};
-	struct cfg_bus bus = {.ca_file = path};
+	struct mqtt_bus_opts mo = {.ca_file = path};
+	struct cfg_bus bus = {.kind = &mqtt_bus_type, .opts = &mo};
 	struct timespec before, after;
 
 	(void)state;
@@ -218,6 +264,7 @@ int main(void)
 		cmocka_unit_test(test_site_changes_uplinks_only),
 		cmocka_unit_test(test_device_removed_from_bus),
 		cmocka_unit_test(test_profile_rule_change),
+		cmocka_unit_test(test_bus_options_through_table),
 		cmocka_unit_test(test_store_settings),
 		cmocka_unit_test(test_files_changed),
 	};

@@ -33,7 +33,9 @@
 #include "config.h"
 #include "driver.h"
 #include "log.h"
+#include "modbus_config.h"
 #include "modbus_decode.h"
+#include "mqtt_ingest.h"
 #include "queue.h"
 
 #define NUNITS 4
@@ -619,6 +621,65 @@ static void test_offline_and_back(void **state)
 	assert_int_equal(count(f, 0, dstate(0, false)), 0);
 }
 
+/* The time of the next probe of device dev (its request count moves by one). */
+static int64_t next_probe(struct fx *f, uint32_t dev)
+{
+	uint64_t req = dev_stats(f, dev).requests;
+	int64_t end = cgw_mono_ms() + WAIT_MS;
+
+	while (dev_stats(f, dev).requests == req) {
+		assert_true(cgw_mono_ms() < end);
+		pump(f, 5);
+	}
+	assert_int_equal(dev_stats(f, dev).requests, req + 1); /* one try: one timeout */
+	return cgw_mono_ms();
+}
+
+static void set_silent(struct fx *f, int unit, bool silent)
+{
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.silent[unit] = silent;
+	pthread_mutex_unlock(&f->srv.lock);
+}
+
+/* An offline device is probed on a back-off: 4 timeouts (1 s here) after it
+ * went offline, then 2 s, 4 s... later, one try each; once it answered, a
+ * new episode starts from the short interval again. (The fixed interval
+ * probed a dead device every second for ever.) */
+static void test_offline_backoff(void **state)
+{
+	struct fx *f = *state;
+	size_t at = 0;
+	int64_t t0, t1, t2;
+
+	fx_open(f);
+	expect(f, &at, dstate(1, true));
+	set_silent(f, 2, true);
+	expect(f, &at, dstate(1, false));
+	t0 = next_probe(f, 1);
+	t1 = next_probe(f, 1);
+	t2 = next_probe(f, 1);
+	print_message("probe gaps %lld ms, %lld ms\n", (long long)(t1 - t0), (long long)(t2 - t1));
+	/* 2 s then 4 s; probes keep a grid, so a late one shortens the next gap */
+	assert_true(t1 - t0 >= 1400);
+	assert_true(t2 - t1 >= 2800);
+	assert_true(t2 - t1 >= t1 - t0 + 1000);
+
+	set_silent(f, 2, false);
+	int64_t end = cgw_mono_ms() + 8000 + WAIT_MS; /* the next probe is 8 s away */
+	while (!count(f, at, dstate(1, true))) {
+		assert_true(cgw_mono_ms() < end);
+		pump(f, 50);
+	}
+	expect(f, &at, dstate(1, true));
+	set_silent(f, 2, true);
+	expect(f, &at, dstate(1, false));
+	t0 = next_probe(f, 1);
+	t1 = next_probe(f, 1);
+	print_message("after an answer: probe gap %lld ms\n", (long long)(t1 - t0));
+	assert_true(t1 - t0 < 3000); /* 2 s, not the 16 s the last episode had reached */
+}
+
 static void test_split_after_exception(void **state)
 {
 	struct fx *f = *state;
@@ -819,10 +880,14 @@ static void test_open_refuses(void **state)
 	assert_int_equal(modbus_driver_ops.open(&env, &d), -EINVAL);
 	assert_null(d);
 	modbus_driver_ops.close(NULL);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_RTU), &modbus_driver_ops);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_TCP), &modbus_driver_ops);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MODBUS_RTU_TCP), &modbus_driver_ops);
-	assert_ptr_equal(driver_ops_for(CFG_BUS_MQTT), &mqtt_ingest_ops);
+	struct cfg_bus rtu = {.kind = &modbus_rtu_bus_type}, tcp = {.kind = &modbus_tcp_bus_type},
+		       rtu_tcp = {.kind = &modbus_rtu_tcp_bus_type},
+		       mqtt = {.kind = &mqtt_bus_type}, none = {0};
+	assert_ptr_equal(driver_ops_for(&rtu), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(&tcp), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(&rtu_tcp), &modbus_driver_ops);
+	assert_ptr_equal(driver_ops_for(&mqtt), &mqtt_ingest_ops);
+	assert_null(driver_ops_for(&none));
 }
 
 /* One cycle of a device whose points span four tables (four requests): its
@@ -874,6 +939,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deadband_and_report_every, fx_setup,
 						fx_teardown),
 		cmocka_unit_test_setup_teardown(test_offline_and_back, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_offline_backoff, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_split_after_exception, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_writes, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_write_queue_full_and_close, fx_setup,
