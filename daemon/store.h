@@ -106,7 +106,7 @@
 #define STORE_MEM_ALARMS_MAX 256   /* alarms held in memory at most */
 #define STORE_HELD_ACKS_MAX 16384  /* acks held in memory while the disk is full */
 #define STORE_PROBE_MS 1000        /* recovery attempts while in trouble */
-#define STORE_LATEST_WRITE_MS 5000 /* latest values are written down this late at most */
+#define STORE_LATEST_WRITE_MS 30000 /* latest values are written down this late at most */
 
 enum store_state {
 	STORE_OK,

@@ -59,7 +59,7 @@ status_commands() { "$CTL" -s "$TMP/cgwd.sock" --json status | python3 -c "impor
 at_least() { [ "$(status_commands "$1")" -ge "$2" ]; }
 export P TMP CTL
 export -f result has_result
-wait_for 15 bash -c "sqlite3 '$TMP/state/cgw.db' \"select 1 from latest where device='station-1' and point='tank_level'\" | grep -q 1" ||
+wait_for 15 bash -c "'$CTL' -s '$TMP/cgwd.sock' read station-1 tank_level >/dev/null 2>&1" ||
 	not_ok "cgwd reads the devices"
 
 # ---- duplicate: answered, with the first outcome; not executed again ----
