@@ -230,6 +230,7 @@ struct reg_uplink {
 	unsigned mask;
 	char name[NAME_MAX_LEN + 1];
 	struct lane_cnt cnt[CGW_LANE_COUNT];
+	int64_t looked_ms[CGW_LANE_COUNT]; /* wall ms of the last query of an empty lane */
 };
 
 /* An ack that could not be written (disk full, or its batch rolled back). */
@@ -2298,6 +2299,27 @@ static int fetch_db(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_
 static int fetch_mem(struct store *s, int64_t uplink, uint64_t after_seq, size_t max,
 		     int64_t now_ms, struct store_item *items, size_t *k);
 
+/* Whether the uplink's lane may hold committed rows: its counter says so
+ * (an uplink pumps every lane at each turn; most of them are empty). The
+ * table is asked anyway every EMPTY_RECHECK_MS, so that a counter gone
+ * wrong could delay a message, never strand it. */
+#define EMPTY_RECHECK_MS 10000
+static bool lane_may_hold(struct store *s, int64_t uplink, enum cgw_lane lane, int64_t now_ms)
+{
+	for (size_t i = 0; i < s->n_up; i++) {
+		struct reg_uplink *r = &s->up[i];
+		if (r->id != uplink)
+			continue;
+		if (r->cnt[lane].depth > 0)
+			return true;
+		if (now_ms - r->looked_ms[lane] < EMPTY_RECHECK_MS && now_ms >= r->looked_ms[lane])
+			return false;
+		r->looked_ms[lane] = now_ms;
+		return true;
+	}
+	return true; /* not registered here: ask the table */
+}
+
 int store_fetch(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t after_seq, size_t max,
 		int64_t now_ms, struct store_item *items, size_t *n)
 {
@@ -2308,7 +2330,7 @@ int store_fetch(struct store *s, int64_t uplink, enum cgw_lane lane, uint64_t af
 		return 0;
 	size_t k = 0;
 	int rc = 0;
-	if (after_seq < s->committed_seq) {
+	if (after_seq < s->committed_seq && lane_may_hold(s, uplink, lane, now_ms)) {
 		rc = fetch_db(s, uplink, lane, after_seq, max, now_ms, items, &k);
 		if (rc)
 			return rc;

@@ -237,11 +237,14 @@ static size_t json_string_text(const char *s, char *out, size_t size)
 static size_t real_text(const char *digits, char *buf, size_t size)
 {
 	char t[64];
-	size_t n = (size_t)snprintf(t, sizeof(t), "%s", digits);
-	char *e = strchr(t, 'e');
+	size_t n = strlen(digits);
+	char *e;
 
-	if (n >= sizeof(t))
-		n = sizeof(t) - 1;
+	if (n >= sizeof(t) - 2)
+		n = sizeof(t) - 3;
+	memcpy(t, digits, n);
+	t[n] = '\0';
+	e = strchr(t, 'e');
 	if (!e && !strchr(t, '.')) {
 		if (n + 2 < sizeof(t)) {
 			memcpy(t + n, ".0", 3);
@@ -258,7 +261,12 @@ static size_t real_text(const char *digits, char *buf, size_t size)
 			n -= (size_t)(end - start);
 		}
 	}
-	return (size_t)snprintf(buf, size, "%s", t);
+	if (size) {
+		size_t c = n < size ? n : size - 1;
+		memcpy(buf, t, c);
+		buf[c] = '\0';
+	}
+	return n;
 }
 
 size_t wire_value_text(const struct cfg_point *pt, const struct cgw_value *v, char *buf,
