@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,4 +132,99 @@ int commission_parse_units(const char *s, uint8_t bitmap[32], const char **why)
 		return -EINVAL;
 	}
 	return 0;
+}
+
+static int table_arg(const char *s)
+{
+	static const char *const names[] = {"coil", "discrete", "input", "holding"};
+
+	for (int i = 0; s && i < 4; i++)
+		if (!strcmp(s, names[i]))
+			return i;
+	return -1;
+}
+
+/* An integer member in [lo, hi], or def when absent; -1 when invalid. */
+static long long int_arg(json_t *req, const char *key, long long lo, long long hi, long long def)
+{
+	json_t *v = json_object_get(req, key);
+
+	if (!v)
+		return def;
+	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+		return -1;
+	return json_integer_value(v);
+}
+
+static const char *str_arg(json_t *req, const char *key)
+{
+	const char *s = json_string_value(json_object_get(req, key));
+
+	return s && *s && strlen(s) <= 256 ? s : NULL;
+}
+
+#define WHY(...)                                     \
+	do {                                         \
+		snprintf(why, why_len, __VA_ARGS__); \
+		return -EINVAL;                      \
+	} while (0)
+
+int commission_request(const struct cgw_config *cfg, json_t *req, bool scan,
+		       struct driver_commission *dc, const char **bus_out, char *why,
+		       size_t why_len)
+{
+	const char *bus = str_arg(req, "bus"), *units = str_arg(req, "units");
+	const char *tname = str_arg(req, "table"), *uwhy = NULL;
+	long long v;
+	long b = -1;
+
+	memset(dc, 0, sizeof(*dc));
+	dc->kind = scan ? DRV_SCAN : DRV_PROBE;
+	if (!bus)
+		WHY("%s", scan ? "scan needs \"bus\": a bus of cgw.yaml, by name" :
+				 "probe needs \"bus\", \"unit\", \"table\" and \"address\"");
+	for (size_t i = 0; i < cfg->n_buses && b < 0; i++)
+		if (!strcmp(cfg->buses[i].name, bus))
+			b = (long)i;
+	if (b < 0)
+		WHY("no bus '%s' in the configuration: only a bus the installer named in "
+		    "cgw.yaml is scanned or probed",
+		    bus);
+	dc->table = tname ? table_arg(tname) : (scan ? CGW_TBL_HOLDING : -1);
+	if (dc->table < 0)
+		WHY("\"table\": coil, discrete, input or holding");
+	if ((v = int_arg(req, "address", 0, 65535, scan ? 0 : -1)) < 0)
+		WHY("\"address\": 0..65535 (0-based protocol address)");
+	dc->address = (uint16_t)v;
+	/* 0: the bus's timeout, which its driver knows (a scan: at most 200 ms) */
+	if ((v = int_arg(req, "timeout_ms", 10, 10000, 0)) < 0)
+		WHY("\"timeout_ms\": 10..10000");
+	dc->timeout_ms = v;
+	if (scan) {
+		if (commission_parse_units(units ? units : "1-247", dc->units, &uwhy) < 0)
+			WHY("%s", uwhy);
+	} else {
+		bool bits = dc->table == CGW_TBL_COIL || dc->table == CGW_TBL_DISCRETE;
+		if ((v = int_arg(req, "unit", 0, 247, -1)) < 0)
+			WHY("probe needs \"unit\": 0..247");
+		dc->unit = (uint8_t)v;
+		if ((v = int_arg(req, "count", 1, bits ? 2000 : 125, 4)) < 0 ||
+		    dc->address + v > 65536)
+			WHY("%s", bits ? "\"count\": 1..2000 bits within the table" :
+					 "\"count\": 1..125 registers within the table");
+		dc->count = (uint16_t)v;
+	}
+	*bus_out = bus;
+	return 0;
+}
+
+void commission_refusal(int r, const char *bus, char *out, size_t len)
+{
+	snprintf(out, len, "bus '%s': %s", bus,
+		 r == -EPROTOTYPE ? "not a Modbus bus" :
+		 r == -ENODEV     ? "not running (a bus without devices is not opened: "
+				    "add one device on it)" :
+		 r == -EBUSY      ? "busy: a scan is running on it, or too many scans and "
+				    "probes in flight" :
+				    strerror(-r));
 }

@@ -22,6 +22,7 @@
 #include <jansson.h>
 
 #include "alarm.h"
+#include "commission.h"
 #include "console_parse.h"
 #include "console_users.h"
 #include "episode.h"
@@ -87,6 +88,8 @@ struct req {
 	char body[CONSOLE_BODY_MAX];
 	size_t len;
 	bool too_big, started, suspended, waiting;
+	bool scan;               /* the console's one scan in progress */
+	struct req *prev, *next; /* every request, so that a close resumes them */
 	struct login_job *job;
 	json_t *result; /* a command's result, when it came */
 	char addr[INET6_ADDRSTRLEN];
@@ -122,6 +125,8 @@ struct console {
 	pthread_t workers[CONSOLE_LOGIN_WORKERS];
 	bool busy[CONSOLE_LOGIN_WORKERS];
 	uint64_t cmd_counter;
+	struct req *scanning; /* one scan at a time from the console */
+	struct req *reqs;
 };
 
 static void run_mhd(struct console *con);
@@ -1005,6 +1010,76 @@ static enum MHD_Result command(struct console *con, struct req *rq, struct sessi
 	return MHD_YES; /* answered by the next call (finish_command) */
 }
 
+/* Installer tools: a scan of a bus for the units that answer, or a probe of
+ * a unit's registers, checked by commission_request() and run by
+ * core_commission() exactly as cgwctl's (the bus's own worker reads, in the
+ * gaps between polls; the core loop only waits for its answer). One scan at
+ * a time from the console; the request waits, suspended, for the result. */
+static enum MHD_Result commission(struct console *con, struct req *rq, struct session *s, bool scan)
+{
+	static const char *const keys[] = {"bus",  "units", "table",     "address",
+					   "unit", "count", "timeout_ms"};
+	struct driver_commission dc;
+	const char *bus = NULL, *what = scan ? "scan" : "probe";
+	char v[CONSOLE_FIELD_MAX], why[CONSOLE_FIELD_MAX + 160];
+	json_t *q = json_object();
+	char *text = NULL;
+	int r;
+
+	if (!q)
+		return send_error(con, rq->conn, 500, "out of memory");
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		char *end;
+		long long n;
+		if (console_form_get(rq->body, rq->len, keys[i], v, sizeof(v)) < 0 || !*v)
+			continue;
+		/* numbers as numbers; anything else stays text, which the check
+		 * refuses where a number belongs */
+		errno = 0;
+		n = strtoll(v, &end, 10);
+		if (i >= 3 && !errno && *end == '\0' && end != v)
+			json_object_set_new(q, keys[i], json_integer(n));
+		else
+			json_object_set_new(q, keys[i], json_string(v));
+	}
+	text = json_dumps(q, JSON_COMPACT);
+	if (commission_request(core_config(con->core), q, scan, &dc, &bus, why, sizeof(why)) < 0) {
+		audit(con, s->user, what, NULL, text, "rejected", why);
+		json_decref(q);
+		free(text);
+		return send_error(con, rq->conn, 400, why);
+	}
+	if (scan && con->scanning) {
+		audit(con, s->user, what, NULL, text, "rejected", "a scan is in progress");
+		json_decref(q);
+		free(text);
+		return send_error(con, rq->conn, MHD_HTTP_CONFLICT,
+				  "另一个扫描正在进行，请等它完成");
+	}
+	r = core_commission(con->core, bus, &dc, on_command_reply, rq);
+	if (r < 0) {
+		commission_refusal(r, bus, why, sizeof(why));
+		audit(con, s->user, what, NULL, text, "rejected", why);
+		json_decref(q);
+		free(text);
+		return send_error(con, rq->conn, MHD_HTTP_CONFLICT, why);
+	}
+	log_notice("console", "%s %s bus %s", s->user, scan ? "scans" : "probes", bus);
+	audit(con, s->user, what, NULL, text, "ok", "started");
+	json_decref(q);
+	free(text);
+	rq->waiting = true;
+	if (scan) {
+		rq->scan = true;
+		con->scanning = rq;
+	}
+	if (!rq->result) {
+		rq->suspended = true;
+		MHD_suspend_connection(rq->conn);
+	}
+	return MHD_YES;
+}
+
 static enum MHD_Result finish_command(struct console *con, struct req *rq)
 {
 	json_t *r = rq->result;
@@ -1015,6 +1090,9 @@ static enum MHD_Result finish_command(struct console *con, struct req *rq)
 
 	rq->result = NULL;
 	rq->waiting = false;
+	if (rq->scan && con->scanning == rq)
+		con->scanning = NULL;
+	rq->scan = false;
 	return send_json(con, rq->conn, status, r, NULL);
 }
 
@@ -1141,13 +1219,17 @@ static enum MHD_Result post(struct console *con, struct req *rq, const char *url
 			       json_pack("{s:s,s:s}", "action", "ack", "alarm", v));
 	}
 	/* installer tools: the server decides, whatever the page shows */
-	if (!strcmp(url, "/api/shelve") || !strcmp(url, "/api/write")) {
-		if (s->role < CONSOLE_INSTALLER) {
-			log_notice("console", "%s (%s) refused %s", s->user,
-				   console_role_name(s->role), url);
-			audit(con, s->user, url + 5, NULL, NULL, "rejected", "role");
-			return send_error(con, conn, MHD_HTTP_FORBIDDEN, "仅限安装调试人员");
-		}
+	bool scan = !strcmp(url, "/api/scan"), probe = !strcmp(url, "/api/probe");
+	bool tool = scan || probe || !strcmp(url, "/api/shelve") || !strcmp(url, "/api/write");
+	if (tool && s->role < CONSOLE_INSTALLER) {
+		log_notice("console", "%s (%s) refused %s", s->user, console_role_name(s->role),
+			   url);
+		audit(con, s->user, url + 5, NULL, NULL, "rejected", "role");
+		return send_error(con, conn, MHD_HTTP_FORBIDDEN, "仅限安装调试人员");
+	}
+	if (scan || probe)
+		return commission(con, rq, s, scan);
+	if (tool) {
 		if (console_form_get(rq->body, rq->len, "device", device, sizeof(device)) < 0)
 			return send_error(con, conn, 400, "需要设备");
 	}
@@ -1254,6 +1336,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		rq->con = con;
 		rq->conn = conn;
 		client_addr(conn, rq->addr, sizeof(rq->addr));
+		rq->next = con->reqs;
+		if (con->reqs)
+			con->reqs->prev = rq;
+		con->reqs = rq;
 		*con_cls = rq;
 		return MHD_YES;
 	}
@@ -1267,6 +1353,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
+	if (con->closing)
+		return MHD_NO;
 	if (rq->job)
 		return MHD_YES; /* spurious: still checking the password */
 	if (rq->started && rq->result && !rq->waiting)
@@ -1302,6 +1390,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		rq->job->req = NULL;
 	if (rq->waiting)
 		core_cancel_replies(con->core, rq);
+	if (con->scanning == rq)
+		con->scanning = NULL; /* the page went away; the bus's worker finishes it */
+	if (rq->prev)
+		rq->prev->next = rq->next;
+	else
+		con->reqs = rq->next;
+	if (rq->next)
+		rq->next->prev = rq->prev;
 	json_decref(rq->result);
 	explicit_bzero(rq->body, sizeof(rq->body));
 	free(rq);
@@ -1541,6 +1637,13 @@ void console_close(struct console *con)
 		if (s->suspended) {
 			s->suspended = false;
 			MHD_resume_connection(s->conn);
+		}
+	/* MHD may not stop with a request suspended (a scan, a write waiting for
+	 * its device, a login) */
+	for (struct req *rq = con->reqs; rq; rq = rq->next)
+		if (rq->suspended) {
+			rq->suspended = false;
+			MHD_resume_connection(rq->conn);
 		}
 	if (con->epfd >= 0)
 		loop_del_fd(con->loop, con->epfd);

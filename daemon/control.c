@@ -332,16 +332,6 @@ static void cmd_info(struct client *cl, const char *cmd, json_t *data);
 
 /* ---- commissioning and records ----------------------------------------------------- */
 
-static int table_arg(const char *s)
-{
-	static const char *const names[] = {"coil", "discrete", "input", "holding"};
-
-	for (int i = 0; s && i < 4; i++)
-		if (!strcmp(s, names[i]))
-			return i;
-	return -1;
-}
-
 /* An integer member in [lo, hi], or def when absent; -1 when invalid. */
 static long long int_arg(json_t *req, const char *key, long long lo, long long hi, long long def)
 {
@@ -354,84 +344,23 @@ static long long int_arg(json_t *req, const char *key, long long lo, long long h
 	return json_integer_value(v);
 }
 
-/* scan: {"bus", "units": "1-247", "table": "holding", "address": 0,
- * "timeout_ms"}; probe: {"bus", "unit", "table", "address", "count"}. Only a
- * bus of the configuration, by its name, through its own worker. */
+/* scan / probe: checked by commission_request() (the console's too), run by
+ * the bus's own worker. */
 static void cmd_commission(struct client *cl, json_t *req, bool scan)
 {
-	const struct cgw_config *cfg = core_config(cl->ctl->core);
-	const char *bus = str_arg(req, "bus"), *units = str_arg(req, "units");
-	const char *tname = str_arg(req, "table");
-	struct driver_commission dc = {.kind = scan ? DRV_SCAN : DRV_PROBE};
+	struct driver_commission dc;
 	char detail[CTL_MAX_NAME + 160];
-	const char *why = NULL;
-	long long v;
-	long b = -1;
+	const char *bus = NULL, *units = str_arg(req, "units");
 	int r;
 
-	if (!bus) {
-		respond_status(cl, "rejected",
-			       scan ? "scan needs \"bus\": a bus of cgw.yaml, by name" :
-				      "probe needs \"bus\", \"unit\", \"table\" and "
-				      "\"address\"");
-		return;
-	}
-	for (size_t i = 0; i < cfg->n_buses && b < 0; i++)
-		if (!strcmp(cfg->buses[i].name, bus))
-			b = (long)i;
-	if (b < 0) {
-		snprintf(detail, sizeof(detail),
-			 "no bus '%s' in the configuration: only a bus the installer named in "
-			 "cgw.yaml is scanned or probed",
-			 bus);
+	if (commission_request(core_config(cl->ctl->core), req, scan, &dc, &bus, detail,
+			       sizeof(detail)) < 0) {
 		respond_status(cl, "rejected", detail);
 		return;
 	}
-	dc.table = tname ? table_arg(tname) : (scan ? CGW_TBL_HOLDING : -1);
-	if (dc.table < 0) {
-		respond_status(cl, "rejected", "\"table\": coil, discrete, input or holding");
-		return;
-	}
-	if ((v = int_arg(req, "address", 0, 65535, scan ? 0 : -1)) < 0) {
-		respond_status(cl, "rejected", "\"address\": 0..65535 (0-based protocol address)");
-		return;
-	}
-	dc.address = (uint16_t)v;
-	/* 0: the bus's timeout, which its driver knows (a scan: at most 200 ms) */
-	if ((v = int_arg(req, "timeout_ms", 10, 10000, 0)) < 0) {
-		respond_status(cl, "rejected", "\"timeout_ms\": 10..10000");
-		return;
-	}
-	dc.timeout_ms = v;
-	if (scan) {
-		if (commission_parse_units(units ? units : "1-247", dc.units, &why) < 0) {
-			respond_status(cl, "rejected", why);
-			return;
-		}
-	} else {
-		bool bits = dc.table == CGW_TBL_COIL || dc.table == CGW_TBL_DISCRETE;
-		if ((v = int_arg(req, "unit", 0, 247, -1)) < 0) {
-			respond_status(cl, "rejected", "probe needs \"unit\": 0..247");
-			return;
-		}
-		dc.unit = (uint8_t)v;
-		if ((v = int_arg(req, "count", 1, bits ? 2000 : 125, 4)) < 0 ||
-		    dc.address + v > 65536) {
-			respond_status(cl, "rejected",
-				       bits ? "\"count\": 1..2000 bits within the table" :
-					      "\"count\": 1..125 registers within the table");
-			return;
-		}
-		dc.count = (uint16_t)v;
-	}
 	r = core_commission(cl->ctl->core, bus, &dc, on_reply, cl);
 	if (r < 0) {
-		snprintf(detail, sizeof(detail), "bus '%s': %s", bus,
-			 r == -EPROTOTYPE ? "not a Modbus bus" :
-			 r == -ENODEV     ? "not running (a bus without devices is not opened: "
-					    "add one device on it)" :
-			 r == -EBUSY      ? "busy: too many scans and probes in flight" :
-					    strerror(-r));
+		commission_refusal(r, bus, detail, sizeof(detail));
 		respond_status(cl, "rejected", detail);
 		return;
 	}

@@ -210,13 +210,91 @@ async function loadHistory() {
     el('td', {}, h.by || ''), el('td', {}, h.message || ''))));
 }
 
+// ---- commissioning (installers): scan a bus, probe a unit's registers ----
+const ANSWER = {ok: '有应答', exception: '应答异常', timeout: '无应答（超时）', error: '错误'};
+function ranges(ids) {
+  const out = [];
+  for (let i = 0; i < ids.length; i++) {
+    let j = i;
+    while (j + 1 < ids.length && ids[j + 1] === ids[j] + 1) j++;
+    out.push(j > i ? `${ids[i]}-${ids[j]}` : String(ids[i]));
+    i = j;
+  }
+  return out.join(',');
+}
+async function loadBuses() {
+  const r = await api('/api/devices');
+  if (r.status !== 200) return;
+  const buses = [...new Set(r.body.devices.map((d) => d.bus))].sort();
+  document.querySelectorAll('select.buses').forEach((s) => {
+    const cur = s.value;
+    s.replaceChildren(...buses.map((b) => el('option', {value: b}, b)));
+    if (cur) s.value = cur;
+  });
+}
+function formObj(f) {
+  const o = {};
+  for (const [k, v] of new FormData(f)) if (v !== '') o[k] = v;
+  return o;
+}
+async function scan(e) {
+  e.preventDefault();
+  const f = e.target, msg = $('scan-msg'), btn = f.querySelector('button');
+  btn.disabled = true;
+  msg.textContent = '扫描中……（在两次轮询之间逐个站号读取，不影响正常采集）';
+  $('scan-rows').replaceChildren();
+  $('scan-quiet').textContent = '';
+  try {
+    const r = await api('/api/scan', formObj(f));
+    if (r.status !== 200) { msg.textContent = '扫描失败：' + (r.body.detail || r.body.error || r.status); return; }
+    const sc = r.body.scan, quiet = [];
+    const rows = [];
+    for (const u of sc.units) {
+      if (u.result === 'timeout') { quiet.push(u.unit); continue; }
+      rows.push(el('tr', {'data-unit': u.unit}, el('td', {}, String(u.unit)),
+        el('td', {class: u.result === 'ok' ? 'online' : 'offline'}, (ANSWER[u.result] || u.result) + (u.detail ? '：' + u.detail : ''))));
+    }
+    $('scan-rows').replaceChildren(...rows);
+    msg.textContent = `总线 ${sc.bus}：已扫描 ${sc.units.length} 个站号，${rows.length} 个有应答`;
+    $('scan-quiet').textContent = quiet.length ? `无应答（超时）：${ranges(quiet)}` : '';
+  } finally {
+    btn.disabled = false;
+  }
+}
+const fmtNum = (v) => v == null ? 'NaN' : (typeof v === 'number' && !Number.isInteger(v) ? String(+v.toPrecision(9)) : String(v));
+async function probe(e) {
+  e.preventDefault();
+  const f = e.target, msg = $('probe-msg');
+  msg.textContent = '读取中……';
+  $('probe-rows').replaceChildren();
+  $('probe-wide').replaceChildren();
+  const r = await api('/api/probe', formObj(f));
+  if (r.status !== 200) { msg.textContent = '读取失败：' + (r.body.detail || r.body.error || r.status); return; }
+  const p = r.body.probe, a0 = p.address;
+  if (p.result !== 'ok') { msg.textContent = (ANSWER[p.result] || p.result) + (p.detail ? '：' + p.detail : ''); return; }
+  msg.textContent = `总线 ${p.bus} 站号 ${p.unit}：${(p.registers || p.bits).length} 个${p.bits ? '位' : '寄存器'}`;
+  const ch = (c) => (c >= 0x20 && c < 0x7f ? String.fromCharCode(c) : '.');
+  if (p.bits) {
+    $('probe-rows').replaceChildren(...p.bits.map((b, i) => el('tr', {}, el('td', {}, String(a0 + i)), el('td', {}, b ? '1（开）' : '0（关）'), el('td'), el('td'), el('td'))));
+    return;
+  }
+  $('probe-rows').replaceChildren(...p.registers.map((w, i) => el('tr', {},
+    el('td', {}, String(a0 + i)), el('td', {}, '0x' + w.toString(16).toUpperCase().padStart(4, '0')),
+    el('td', {}, String(w)), el('td', {}, String(w > 32767 ? w - 65536 : w)), el('td', {}, ch(w >> 8) + ch(w & 0xff)))));
+  const rd = p.readings || {};
+  $('probe-wide').replaceChildren(...['int32', 'uint32', 'float32', 'int64', 'uint64', 'float64'].filter((t) => rd[t]).map((t) =>
+    el('tr', {'data-type': t}, el('td', {}, t), ...['ABCD', 'CDAB', 'BADC', 'DCBA'].map((o) => el('td', {}, fmtNum(rd[t][o]))))));
+}
+
 // ---- pages ----
 function show(t) {
+  if (t === 'commission' && (!me || me.role === 'duty')) t = 'board';
   tab = t;
-  for (const s of ['board', 'devices', 'history']) $(s).hidden = s !== t;
+  for (const s of ['board', 'devices', 'history', 'commission']) $(s).hidden = s !== t;
   document.querySelectorAll('#tabs button').forEach((b) => b.classList.toggle('on', b.dataset.tab === t));
   if (t === 'devices') loadDevices();
   if (t === 'history') loadHistory();
+  if (t === 'commission') loadBuses();
 }
 
 async function start() {
@@ -226,13 +304,14 @@ async function start() {
     $('who').textContent = `${me.user}（${{duty: '值班', installer: '安装调试', admin: '管理员'}[me.role]}） ${me.site} / ${me.gateway}`;
     $('login').hidden = true;
     for (const id of ['tabs', 'logout', 'sound']) $(id).hidden = false;
+    $('tab-commission').hidden = me.role === 'duty';
     document.body.dataset.role = me.role;
     show(tab);
     connect();
   } else {
     me = null;
     loginCsrf = r.body.login_csrf;
-    for (const id of ['tabs', 'logout', 'sound', 'silence', 'board', 'devices', 'history', 'lost', 'uplink']) $(id).hidden = true;
+    for (const id of ['tabs', 'logout', 'sound', 'silence', 'board', 'devices', 'history', 'commission', 'lost', 'uplink']) $(id).hidden = true;
     $('login').hidden = false;
     $('who').textContent = '';
     if (r.body.accounts === false) $('login-msg').textContent = '还没有账号：在网关上执行 cgwctl user add 用户名 admin';
@@ -261,5 +340,7 @@ document.addEventListener('DOMContentLoaded', () => {
   $('dev-building').addEventListener('change', loadDevices);
   $('dev-bus').addEventListener('change', loadDevices);
   $('hist-form').addEventListener('submit', (e) => { e.preventDefault(); loadHistory(); });
+  $('scan-form').addEventListener('submit', scan);
+  $('probe-form').addEventListener('submit', probe);
   start();
 });

@@ -38,10 +38,9 @@ devices:
     poll: 200ms
     location: {building: "3", floor: "1"}
 Y
-cat >"$TMP/sim.yaml" <<Y
-gateway: {id: sim, site: s, state_dir: $TMP}
-include: [devices.yaml]
-Y
+# on the line, also unit 7 that nobody configured yet (the installer's scan finds it)
+{ echo "gateway: {id: sim, site: s, state_dir: $TMP}"; cat "$TMP/devices.yaml"
+  echo "  - {id: new-7, name: n, profile: smoke-detector, bus: fire-io, unit: 7}"; } >"$TMP/sim.yaml"
 cat >"$TMP/cgw.yaml" <<Y
 gateway: {id: gw-web, site: garden, state_dir: $TMP/state}
 include: [devices.yaml]
@@ -115,7 +114,11 @@ check "a duty user cannot shelve (the server refuses)" \
 check "a duty user cannot write a point (the server refuses)" \
 	test "$(code -b "$jar" -H "X-CSRF-Token: $csrf" -d 'device=station-b3&point=pump_start&value=true' "$URL/api/write")" = 403
 check "the refused write did not reach the device" test "$(sim get station-b3 pump_start)" = false
-check "refusals are in the audit" bash -c "[ \$(sqlite3 '$TMP/state/cgw.db' \"select count(*) from audit where source='console' and result='rejected'\") -ge 2 ]"
+check "a duty user cannot scan a bus (the server refuses)" \
+	test "$(code -b "$jar" -H "X-CSRF-Token: $csrf" -d 'bus=fire-io&units=1-8' "$URL/api/scan")" = 403
+check "nor probe a unit" \
+	test "$(code -b "$jar" -H "X-CSRF-Token: $csrf" -d 'bus=fire-io&unit=1&table=holding&address=0' "$URL/api/probe")" = 403
+check "refusals are in the audit" bash -c "[ \$(sqlite3 '$TMP/state/cgw.db' \"select count(*) from audit where source='console' and result='rejected'\") -ge 4 ]"
 check "a body over 4 KiB is refused" \
 	test "$(code -b "$jar" -H "X-CSRF-Token: $csrf" --data-binary "device=$(head -c 6000 /dev/zero | tr '\0' x)" "$URL/api/shelve")" = 413
 hdr=(); for i in $(seq 400); do hdr+=(-H "X-Pad-$i: $(printf 'x%.0s' {1..60})"); done
@@ -135,6 +138,26 @@ check "an installer writes a writable point (the device answers)" \
 check "the value landed in the device" test "$(sim get station-b3 pump_start)" = true
 check "a point that is not writable is refused" \
 	test "$(code -b "$ij" -H "X-CSRF-Token: $icsrf" -d 'device=station-b3&point=tank_level&value=1' "$URL/api/write")" = 409
+check "an installer's scan without the CSRF token is refused" \
+	test "$(code -b "$ij" -d 'bus=fire-io&units=1-8' "$URL/api/scan")" = 403
+check "a scan of a bus the configuration does not name is refused" \
+	test "$(code -b "$ij" -H "X-CSRF-Token: $icsrf" -d 'bus=nowhere' "$URL/api/scan")" = 400
+c -b "$ij" -H "X-CSRF-Token: $icsrf" -d 'bus=fire-io&units=1-8&timeout_ms=50' "$URL/api/scan" >"$TMP/scan.json"
+check "an installer scans the bus: units 1, 3 and 7 answer (1 with an exception: no holding 0)" python3 -c "
+import json,sys; s=json.load(open('$TMP/scan.json'))['scan']
+a=[u['unit'] for u in s['units'] if u['result'] in ('ok','exception')]; sys.exit(a!=[1,3,7])"
+check "the scan is in the audit, by the installer" \
+	bash -c "sqlite3 '$TMP/state/cgw.db' \"select request from audit where source='console' and action='scan' and result='ok'\" | grep -q '\"by\":\"inst1\"'"
+(curl -s -m 60 -b "$ij" -H "X-CSRF-Token: $icsrf" -d 'bus=fire-io&units=1-60&timeout_ms=50' "$URL/api/scan" >"$TMP/scan-long.json") &
+SCAN_BG=$!
+wait_for 5 bash -c "[ \$(grep -c 'inst1 scans bus fire-io' '$TMP/cgwd.log') -ge 2 ]"
+check "one scan at a time: a second one while the first runs is refused (409)" \
+	test "$(code -b "$ij" -H "X-CSRF-Token: $icsrf" -d 'bus=fire-io&units=1-8' "$URL/api/scan")" = 409
+check "the board still answers at once while a scan runs" \
+	bash -c "t=\$(curl -s -m 5 -o /dev/null -w '%{time_total}' -b '$ij' '$URL/api/board'); awk -v t=\$t 'BEGIN { exit !(t < 0.5) }'"
+wait "$SCAN_BG"
+check "the long scan finishes with every unit accounted for" python3 -c "
+import json,sys; s=json.load(open('$TMP/scan-long.json'))['scan']; sys.exit(len(s['units'])!=60)"
 check "an installer reads a point's value on the devices page" \
 	bash -c "curl -s -b '$ij' '$URL/api/devices' | python3 -c 'import json,sys; d=json.load(sys.stdin)[\"devices\"]; p=[p for x in d if x[\"id\"]==\"station-b3\" for p in x[\"points\"] if p[\"name\"]==\"hydrant_pressure\"]; sys.exit(not (p and abs(p[0][\"value\"]-0.35)<1e-6 and p[0][\"quality\"]==\"good\"))'"
 check "inst1 signs out" test "$(code -b "$ij" -H "X-CSRF-Token: $icsrf" -X POST -H 'Content-Type: application/x-www-form-urlencoded' "$URL/api/logout")" = 200
