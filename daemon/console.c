@@ -26,6 +26,7 @@
 #include "console_parse.h"
 #include "console_users.h"
 #include "episode.h"
+#include "http_front.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -35,7 +36,8 @@
 #define MAX_LIMITS 256
 #define STREAM_BUF_MAX (512 * 1024)
 #define CONN_MEMORY (32 * 1024)
-#define CONN_TIMEOUT_S 15 /* idle; live pages are never idle (a beat every 2 s) */
+#define CONN_TIMEOUT_S 15          /* idle; live pages are never idle (a beat every 2 s) */
+#define FRONT_BODY_MAX (64 * 1024) /* over CONSOLE_BODY_MAX: 413; over this: dropped */
 #define HISTORY_PAGE 500
 #define HISTORY_CSV_MAX STORE_HISTORY_KEEP
 #define BACKLOG_EVERY_MS 10000
@@ -98,9 +100,8 @@ struct req {
 struct console {
 	struct core *core;
 	struct loop *loop;
-	struct MHD_Daemon *mhd;
-	int epfd;
-	struct loop_timer *timer, *tick;
+	struct http_front *front;
+	struct loop_timer *tick;
 	bool tls, closing, dirty;
 	char listen[128];
 	char users_path[4096];
@@ -128,8 +129,6 @@ struct console {
 	struct req *scanning; /* one scan at a time from the console */
 	struct req *reqs;
 };
-
-static void run_mhd(struct console *con);
 
 /* ---- small things ----------------------------------------------------------------- */
 
@@ -471,7 +470,7 @@ static void on_pipe(struct loop *l, int fd, uint32_t events, void *arg)
 	(void)events;
 	while (read(fd, &j, sizeof(j)) == (ssize_t)sizeof(j))
 		login_done(con, j);
-	run_mhd(con);
+	http_front_kick(con->front);
 }
 
 /* ---- the board: alarms and uplinks ------------------------------------------------- */
@@ -645,7 +644,7 @@ static void on_tick(struct loop *l, struct loop_timer *t, void *arg)
 	if (now >= con->next_beat_ms)
 		con->next_beat_ms = now + CONSOLE_HEARTBEAT_MS;
 	loop_timer_at(t, con->next_beat_ms);
-	run_mhd(con);
+	http_front_kick(con->front);
 }
 
 static void on_alarm_change(void *arg, const struct alarm_change *ch)
@@ -980,7 +979,7 @@ static void on_command_reply(void *arg, json_t *result)
 	if (rq->suspended) {
 		rq->suspended = false;
 		MHD_resume_connection(rq->conn);
-		loop_timer_in(rq->con->timer, 0);
+		http_front_kick(rq->con->front);
 	}
 }
 
@@ -1017,31 +1016,15 @@ static enum MHD_Result command(struct console *con, struct req *rq, struct sessi
  * a time from the console; the request waits, suspended, for the result. */
 static enum MHD_Result commission(struct console *con, struct req *rq, struct session *s, bool scan)
 {
-	static const char *const keys[] = {"bus",  "units", "table",     "address",
-					   "unit", "count", "timeout_ms"};
 	struct driver_commission dc;
 	const char *bus = NULL, *what = scan ? "scan" : "probe";
-	char v[CONSOLE_FIELD_MAX], why[CONSOLE_FIELD_MAX + 160];
-	json_t *q = json_object();
+	char why[CONSOLE_FIELD_MAX + 160];
+	json_t *q = console_commission_form(rq->body, rq->len);
 	char *text = NULL;
 	int r;
 
 	if (!q)
 		return send_error(con, rq->conn, 500, "out of memory");
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		char *end;
-		long long n;
-		if (console_form_get(rq->body, rq->len, keys[i], v, sizeof(v)) < 0 || !*v)
-			continue;
-		/* numbers as numbers; anything else stays text, which the check
-		 * refuses where a number belongs */
-		errno = 0;
-		n = strtoll(v, &end, 10);
-		if (i >= 3 && !errno && *end == '\0' && end != v)
-			json_object_set_new(q, keys[i], json_integer(n));
-		else
-			json_object_set_new(q, keys[i], json_string(v));
-	}
 	text = json_dumps(q, JSON_COMPACT);
 	if (commission_request(core_config(con->core), q, scan, &dc, &bus, why, sizeof(why)) < 0) {
 		audit(con, s->user, what, NULL, text, "rejected", why);
@@ -1404,47 +1387,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	*con_cls = NULL;
 }
 
-/* ---- MHD on the loop ------------------------------------------------------------------------ */
-
-static void mhd_log(void *cls, const char *fmt, va_list ap)
-{
-	char line[256];
-	size_t n;
-
-	(void)cls;
-	vsnprintf(line, sizeof(line), fmt, ap);
-	n = strlen(line);
-	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-		line[--n] = '\0';
-	log_debug("console", "%s", line);
-}
-
-static void run_mhd(struct console *con)
-{
-	MHD_UNSIGNED_LONG_LONG t = 0;
-
-	MHD_run(con->mhd);
-	if (MHD_get_timeout(con->mhd, &t) == MHD_YES)
-		loop_timer_in(con->timer, t > 60000 ? 60000 : (int64_t)t);
-	else
-		loop_timer_at(con->timer, -1);
-}
-
-static void on_epoll(struct loop *l, int fd, uint32_t events, void *arg)
-{
-	(void)l;
-	(void)fd;
-	(void)events;
-	run_mhd(arg);
-}
-
-static void on_timer(struct loop *l, struct loop_timer *t, void *arg)
-{
-	(void)l;
-	(void)t;
-	run_mhd(arg);
-}
-
 static int read_file(const char *path, char **out)
 {
 	FILE *f = fopen(path, "re");
@@ -1491,9 +1433,8 @@ int console_open(struct core *c, struct loop *l, const struct cgw_config *cfg, s
 	struct console *con = NULL;
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	const union MHD_DaemonInfo *info;
 	char *cert = NULL, *key = NULL;
-	unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+	unsigned flags = MHD_ALLOW_SUSPEND_RESUME;
 	int pfd[2] = {-1, -1}, r;
 
 	*out = NULL;
@@ -1508,7 +1449,6 @@ int console_open(struct core *c, struct loop *l, const struct cgw_config *cfg, s
 		return -ENOMEM;
 	con->core = c;
 	con->loop = l;
-	con->epfd = -1;
 	con->pipe_r = con->pipe_w = -1;
 	snprintf(con->listen, sizeof(con->listen), "%s", cfg->console.listen);
 	settings(cfg, con->settings, sizeof(con->settings));
@@ -1545,40 +1485,37 @@ int console_open(struct core *c, struct loop *l, const struct cgw_config *cfg, s
 	con->pipe_r = pfd[0];
 	con->pipe_w = pfd[1];
 	fcntl(con->pipe_r, F_SETFL, O_NONBLOCK);
-	con->timer = loop_timer_new(l, on_timer, con);
 	con->tick = loop_timer_new(l, on_tick, con);
-	if (!con->timer || !con->tick) {
+	if (!con->tick) {
 		r = -ENOMEM;
 		goto fail;
 	}
-	uint16_t port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port) :
-						  ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-	if (ss.ss_family == AF_INET6)
-		flags |= MHD_USE_IPv6;
-	con->mhd = MHD_start_daemon(
-		flags, port, NULL, NULL, on_request, con, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, con,
-		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
-		(unsigned)CONSOLE_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-		(unsigned)CONSOLE_MAX_PER_ADDRESS, MHD_OPTION_CONNECTION_TIMEOUT,
-		(unsigned)CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, con, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-		(unsigned)1, con->tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, cert,
-		MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_END);
-	if (!con->mhd) {
-		log_err("console", "cannot serve %s (address in use, or not this machine's?)",
-			con->listen);
-		r = -EADDRNOTAVAIL;
-		goto fail;
-	}
-	info = MHD_get_daemon_info(con->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-	if (!info || info->epoll_fd < 0) {
-		r = -EIO;
-		goto fail;
-	}
-	r = loop_add_fd(l, info->epoll_fd, EPOLLIN, on_epoll, con);
+	/* accepted, bounded and handed to MHD by the front that /metrics uses:
+	 * slow clients cannot keep the duty room out; an event stream is an
+	 * answer, not a slow request, and is never pushed out */
+	struct http_front_conf hc = {
+		.name = "console",
+		.listen = con->listen,
+		.addr = &ss,
+		.addrlen = sl,
+		.pending_max = CONSOLE_PENDING_MAX,
+		.pending_per_ip = CONSOLE_PENDING_PER_ADDRESS,
+		.max = CONSOLE_MAX_CONNECTIONS,
+		.per_ip = CONSOLE_MAX_PER_ADDRESS,
+		.request_ms = CONSOLE_REQUEST_MS,
+		.conn_timeout_s = CONN_TIMEOUT_S,
+		.conn_memory = CONN_MEMORY,
+		.body_max = FRONT_BODY_MAX,
+		.mhd_flags = flags,
+		.tls_cert = cert,
+		.tls_key = key,
+		.handler = on_request,
+		.completed = on_completed,
+		.arg = con,
+	};
+	r = http_front_open(l, &hc, &con->front);
 	if (r < 0)
 		goto fail;
-	con->epfd = info->epoll_fd;
 	r = loop_add_fd(l, con->pipe_r, EPOLLIN, on_pipe, con);
 	if (r < 0)
 		goto fail;
@@ -1590,7 +1527,6 @@ int console_open(struct core *c, struct loop *l, const struct cgw_config *cfg, s
 	core_set_alarm_observer(c, on_alarm_change, con);
 	con->next_beat_ms = cgw_mono_ms() + CONSOLE_HEARTBEAT_MS;
 	loop_timer_at(con->tick, con->next_beat_ms);
-	run_mhd(con);
 	log_info("console", "serving %s://%s/ (%zu accounts%s)", con->tls ? "https" : "http",
 		 con->listen, con->n_users,
 		 con->n_users ? "" : "; create one with: cgwctl user add NAME admin");
@@ -1645,13 +1581,9 @@ void console_close(struct console *con)
 			rq->suspended = false;
 			MHD_resume_connection(rq->conn);
 		}
-	if (con->epfd >= 0)
-		loop_del_fd(con->loop, con->epfd);
-	if (con->mhd) {
-		MHD_run(con->mhd);
-		MHD_stop_daemon(con->mhd);
-	}
-	loop_timer_free(con->timer);
+	/* runs MHD once more and stops it: every request ends (on_completed,
+	 * stream_free) while con is still whole */
+	http_front_close(con->front);
 	loop_timer_free(con->tick);
 	free(con->last_state);
 	json_decref(con->backlog);

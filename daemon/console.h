@@ -2,9 +2,10 @@
  * console.h - the web console (报警 alarm board, 设备 devices, 历史 history,
  * installer tools), served by cgwd itself on its own listener.
  *
- * Like metrics, libmicrohttpd runs without a thread of its own: its epoll fd
- * is watched by the core loop, so every request is answered on the core
- * thread from the core's own functions (core_alarms_json, core_status_json,
+ * Like metrics, behind the same front (http_front.h: connections accepted
+ * and bounded by cgwd, handed to libmicrohttpd once they speak, MHD driven
+ * by the core loop without a thread), so every request is answered on the
+ * core thread from the core's own functions (core_alarms_json, core_status_json,
  * core_devices_json, core_command_reply, core_shelve) and nothing is shared
  * with another thread, except the password check: crypt(3) with yescrypt
  * takes tens of ms, so it runs on a short-lived thread per login (at most
@@ -22,7 +23,9 @@
  * X-CSRF-Token (the session's; for the login the one GET /api/session gave
  * with a cookie: double submit); logins rate-limited per client address;
  * state changes in the command audit (source "console", by the user).
- * Requests are bounded: CONSOLE_MAX_CONNECTIONS, per address, 32 KiB of
+ * Requests are bounded: connections per address and in all (below), a
+ * whole request within CONSOLE_REQUEST_MS (slow clients are dropped, an
+ * open event stream or a scan waiting for its bus is not), 32 KiB of
  * memory each (request line and headers), 4 KiB of body.
  *
  * Ownership: borrows the core and the loop, which must outlive it.
@@ -34,9 +37,15 @@
 #include "core.h"
 #include "loop.h"
 
-#define CONSOLE_MAX_CONNECTIONS 64
-#define CONSOLE_MAX_PER_ADDRESS 16
+/* the front (http_front.h): connected but silent, per address and in all;
+ * with MHD (being answered, streams included, or kept alive), per address
+ * and in all: room for every stream and as many requests besides */
+#define CONSOLE_PENDING_MAX 64
+#define CONSOLE_PENDING_PER_ADDRESS 16
 #define CONSOLE_MAX_STREAMS 32
+#define CONSOLE_MAX_CONNECTIONS (2 * CONSOLE_MAX_STREAMS + 32)
+#define CONSOLE_MAX_PER_ADDRESS (CONSOLE_MAX_STREAMS + 8)
+#define CONSOLE_REQUEST_MS 2000 /* to send a whole request, head and body */
 #define CONSOLE_BODY_MAX 4096
 #define CONSOLE_LOGIN_WORKERS 2
 #define CONSOLE_LOGIN_FAILS 5          /* failed logins from one address ... */

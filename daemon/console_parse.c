@@ -5,6 +5,7 @@
 #include "console_parse.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int hexval(char c)
@@ -196,4 +197,30 @@ int console_users_parse(const char *text, size_t len, struct console_user *users
 	if (bad)
 		*bad = nbad;
 	return 0;
+}
+
+json_t *console_commission_form(const char *body, size_t len)
+{
+	static const char *const text_keys[] = {"bus", "units", "table"};
+	static const char *const num_keys[] = {"address", "unit", "count", "timeout_ms"};
+	char v[CONSOLE_FIELD_MAX];
+	json_t *q = json_object();
+
+	for (size_t i = 0; q && i < sizeof(text_keys) / sizeof(text_keys[0]); i++)
+		if (console_form_get(body, len, text_keys[i], v, sizeof(v)) == 0 && *v)
+			json_object_set_new(q, text_keys[i], json_string(v));
+	for (size_t i = 0; q && i < sizeof(num_keys) / sizeof(num_keys[0]); i++) {
+		char *end;
+		long long n;
+		if (console_form_get(body, len, num_keys[i], v, sizeof(v)) < 0 || !*v)
+			continue;
+		errno = 0;
+		n = strtoll(v, &end, 10);
+		if (!errno && *end == '\0' && end != v &&
+		    (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')))
+			json_object_set_new(q, num_keys[i], json_integer(n));
+		else
+			json_object_set_new(q, num_keys[i], json_string(v));
+	}
+	return q;
 }

@@ -1,6 +1,7 @@
 /*
  * console_parse.h - what the web console parses itself: form bodies
- * (application/x-www-form-urlencoded), Cookie headers, and the accounts file.
+ * (application/x-www-form-urlencoded), Cookie headers, the accounts file, and
+ * the installer's commissioning form.
  * Pure functions on bounded input, fuzzed by tests/fuzz/fuzz_console.c.
  */
 #ifndef CGW_CONSOLE_PARSE_H
@@ -8,6 +9,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include <jansson.h>
 
 #define CONSOLE_FIELD_MAX 512 /* a decoded form value, bytes with the NUL */
 #define CONSOLE_NAME_MAX 32   /* an account name */
@@ -43,5 +46,13 @@ struct console_user {
  * (may be NULL). 0 or -E2BIG (more than max accounts). */
 int console_users_parse(const char *text, size_t len, struct console_user *users, size_t max,
 			size_t *n, size_t *bad);
+
+/* The commissioning form (bus, units, table, address, unit, count,
+ * timeout_ms; absent or empty fields left out) as the request object that
+ * commission_request() checks for cgwctl too: a field that is a decimal
+ * integer (address, unit, count, timeout_ms) as a JSON integer, anything
+ * else as text, which the check refuses where a number belongs. A new
+ * reference; NULL on allocation failure. */
+json_t *console_commission_form(const char *body, size_t len);
 
 #endif

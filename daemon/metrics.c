@@ -3,33 +3,13 @@
  * loop (MHD_USE_EPOLL without a thread: MHD_run() when its epoll fd is
  * readable or its timeout is due).
  *
- * The listening socket is made here rather than by MHD, so that a port in
- * use is reported as exactly that, and connections are accepted here and
- * handed to MHD (MHD_add_connection), so that slow clients cannot keep a
- * monitor out. MHD alone would stop accepting at its connection limit and
- * leave /healthz in the listen backlog behind clients that connect and
- * never finish a request (300 of them made /healthz time out). Here:
- *   - a new connection waits here (pending) until it sends its first byte,
- *     and only then goes to MHD, which reads its request in the same loop
- *     turn: a monitor's request, sent whole at once, is answered at once;
- *   - at most METRICS_PENDING_PER_IP / METRICS_PENDING_MAX pending, and
- *     METRICS_PER_IP / METRICS_MAX_CONNECTIONS with MHD, per client address
- *     and in all: a connection over a limit pushes out the oldest one still
- *     waiting for its request (of its address first), so the newest wins and
- *     a slow client holds a slot only until someone needs it;
- *   - a client has METRICS_REQUEST_MS to send a whole request (headers),
- *     from its connect or from the end of its previous answer; then it is
- *     dropped, however it trickles;
- *   - a request (headers, URL) fits in METRICS_CONN_MEMORY, a GET carries
- *     no body worth reading (more than METRICS_BODY_MAX bytes: dropped), and
- *     an answer not taken within METRICS_CONN_TIMEOUT_S is dropped.
- * A connection is dropped with shutdown(): MHD sees the end of the stream,
- * closes it and tells us (MHD_CONNECTION_NOTIFY_CLOSED).
- *
- * Every request is answered within one MHD_run() on the core thread: reads
- * and writes are non-blocking, so a request costs what building its answer
- * costs (core_status_json(), the store's figures) and never waits on the
- * client.
+ * Connections are accepted, bounded and handed to MHD by the HTTP front
+ * (http_front.h), as the console's are: slow clients cannot keep a monitor
+ * out, and a port in use is reported as exactly that. Here: at most
+ * METRICS_PENDING_PER_IP / METRICS_PENDING_MAX connections that have sent
+ * nothing yet, METRICS_PER_IP / METRICS_MAX_CONNECTIONS with MHD,
+ * METRICS_REQUEST_MS to send a whole request, METRICS_CONN_MEMORY for its
+ * head and METRICS_BODY_MAX of body (a GET carries none worth reading).
  */
 #include "metrics.h"
 
@@ -50,7 +30,7 @@
 
 #include <jansson.h>
 
-#include "episode.h"
+#include "http_front.h"
 #include "log.h"
 #include "model.h"
 
@@ -59,39 +39,14 @@
 #define METRICS_MAX_CONNECTIONS 32 /* handed to MHD */
 #define METRICS_PER_IP 8           /* the same, per client address */
 #define METRICS_REQUEST_MS 2000    /* to send a whole request */
-#define METRICS_SWEEP_MS 250
-#define METRICS_ACCEPT_BUDGET 16  /* accepts per loop turn */
-#define METRICS_CONN_TIMEOUT_S 10 /* MHD's: no progress at all */
+#define METRICS_CONN_TIMEOUT_S 10  /* MHD's: no progress at all */
 #define METRICS_CONN_MEMORY (32 * 1024)
 #define METRICS_BODY_MAX 1024
-/* slots: pending, with MHD, and dropped but not yet closed by MHD */
-#define METRICS_SLOTS (METRICS_PENDING_MAX + 2 * METRICS_MAX_CONNECTIONS + METRICS_ACCEPT_BUDGET)
-
-enum mc_state { MC_PENDING, MC_MHD, MC_DROPPED };
-
-struct mconn {
-	struct metrics *m;
-	int fd; /* -1: free slot */
-	enum mc_state state;
-	unsigned char ip[16];
-	struct sockaddr_storage addr;
-	socklen_t addrlen;
-	int64_t waiting_ms; /* mono: since when a request is awaited, -1 answering */
-	size_t body;        /* bytes of body seen on the current request */
-};
-
 struct metrics {
 	struct core *core;
 	struct loop *loop;
-	struct MHD_Daemon *mhd;
-	int epfd;
-	int lfd; /* our listening socket */
-	struct loop_timer *timer;
-	struct loop_timer *sweep;
+	struct http_front *front;
 	char listen[128];
-	struct mconn conn[METRICS_SLOTS];
-	uint64_t accepted, dropped, refused;
-	struct episode dropping;
 };
 
 /* ---- text building ------------------------------------------------------------ */
@@ -582,24 +537,18 @@ static void loop_metrics(struct sb *b, const struct loop *l)
 	sample_num(b, "cgw_loop_stalls_total", NULL, (double)ls.stalls);
 }
 
-static unsigned held(const struct metrics *m)
-{
-	unsigned n = 0;
-
-	for (size_t i = 0; i < METRICS_SLOTS; i++)
-		n += m->conn[i].fd >= 0 && m->conn[i].state != MC_DROPPED;
-	return n;
-}
-
 static void http_metrics(struct sb *b, const struct metrics *m)
 {
+	struct http_front_stats hs;
+
+	http_front_stats(m->front, &hs);
 	family(b, "cgw_http_connections", "gauge", "Connections to this metrics server held now.");
-	sample_num(b, "cgw_http_connections", NULL, held(m));
+	sample_num(b, "cgw_http_connections", NULL, hs.held);
 	family(b, "cgw_http_connections_dropped_total", "counter",
 	       "Connections to this metrics server dropped or refused: too slow to send "
 	       "a request, or over the limits (per address, in all).");
 	sample_num(b, "cgw_http_connections_dropped_total", NULL,
-		   (double)(m->dropped + m->refused));
+		   (double)(hs.dropped + hs.refused));
 }
 
 static char *render_metrics(struct metrics *m, size_t *len)
@@ -657,29 +606,15 @@ static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, 
 	return reply(conn, status, "text/plain; charset=utf-8", body, strlen(body));
 }
 
-static struct mconn *conn_of(struct MHD_Connection *conn)
-{
-	const union MHD_ConnectionInfo *ci =
-		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-
-	return ci ? ci->socket_context : NULL;
-}
-
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload_data,
 				  size_t *upload_data_size, void **con_cls)
 {
 	static int headers_seen;
 	struct metrics *m = cls;
-	struct mconn *mc = conn_of(conn);
 
 	(void)version;
 	(void)upload_data;
-	/* the whole request head is in: the slow-client clock stops */
-	if (mc && !*con_cls) {
-		mc->waiting_ms = -1;
-		mc->body = 0;
-	}
 	/* anything but GET and HEAD is refused before its body is read (and
 	 * the connection closed) */
 	if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD))
@@ -691,9 +626,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return MHD_YES;
 	}
 	if (*upload_data_size) {
-		/* a body on a GET: ignored, up to a bound */
-		if (mc && (mc->body += *upload_data_size) > METRICS_BODY_MAX)
-			return MHD_NO;
+		/* a body on a GET: ignored (the front bounds it) */
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
@@ -714,285 +647,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				  "disk (see cgwctl status)\n");
 	}
 	return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics or /healthz\n");
-}
-
-static void mhd_log(void *cls, const char *fmt, va_list ap)
-{
-	char line[256];
-	size_t n;
-
-	(void)cls;
-	vsnprintf(line, sizeof(line), fmt, ap);
-	n = strlen(line);
-	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-		line[--n] = '\0';
-	/* peers that go away mid-request are no news */
-	log_debug("metrics", "%s", line);
-}
-
-/* ---- connections: accepted here, handed to MHD ------------------------------------ */
-
-static void ip_key(const struct sockaddr_storage *ss, unsigned char ip[16])
-{
-	memset(ip, 0, 16);
-	if (ss->ss_family == AF_INET6)
-		memcpy(ip, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-	else if (ss->ss_family == AF_INET)
-		memcpy(ip + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-}
-
-static void drop(struct metrics *m, struct mconn *c)
-{
-	char who[INET6_ADDRSTRLEN] = "?";
-
-	if (c->addr.ss_family == AF_INET)
-		inet_ntop(AF_INET, &((struct sockaddr_in *)&c->addr)->sin_addr, who, sizeof(who));
-	else if (c->addr.ss_family == AF_INET6)
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&c->addr)->sin6_addr, who,
-			  sizeof(who));
-	/* slow clients or a flood: once per episode, the first culprit named */
-	log_episode_bad(&m->dropping, cgw_mono_ms(), LOG_NOTICE, "metrics",
-			"%s: dropping connections that send no request within %d ms or go "
-			"over the limits (first from %s); /metrics and /healthz still answer",
-			m->listen, METRICS_REQUEST_MS, who);
-	m->dropped++;
-	if (c->state == MC_PENDING) {
-		loop_del_fd(m->loop, c->fd);
-		close(c->fd);
-		c->fd = -1;
-		return;
-	}
-	/* MHD reads the end of the stream on its next run and closes it */
-	shutdown(c->fd, SHUT_RDWR);
-	c->state = MC_DROPPED;
-}
-
-static void run_mhd(struct metrics *m);
-static bool make_room(struct metrics *m, enum mc_state state, const unsigned char ip[16]);
-
-static bool has_data(int fd)
-{
-	char b;
-
-	return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-}
-
-/* A pending connection has something to say: MHD takes it, and reads its
- * request at once. */
-static void promote(struct metrics *m, struct mconn *c)
-{
-	int fd = c->fd;
-
-	loop_del_fd(m->loop, fd);
-	if (!has_data(fd) || !make_room(m, MC_MHD, c->ip)) {
-		/* gone before saying anything, or no room */
-		close(fd);
-		c->fd = -1;
-		return;
-	}
-	c->state = MC_MHD;
-	if (MHD_add_connection(m->mhd, fd, (struct sockaddr *)&c->addr, c->addrlen) != MHD_YES)
-		c->fd = -1; /* MHD closed it */
-	run_mhd(m);
-}
-
-static void on_pending(struct loop *l, int fd, uint32_t events, void *arg)
-{
-	struct mconn *c = arg;
-
-	(void)l;
-	(void)fd;
-	(void)events;
-	promote(c->m, c);
-}
-
-struct by_ip {
-	const unsigned char *ip;
-	unsigned n;
-	struct mconn *oldest; /* waiting */
-};
-
-/* Makes room for one more connection from `ip` in `state`. Over the
- * per-address limit, the oldest waiting connection of that address goes;
- * over the total, the oldest waiting one of the address that holds the most
- * (so one address's flood never pushes out another's monitor). False if
- * there is none to push out (every one is being answered). */
-static bool make_room(struct metrics *m, enum mc_state state, const unsigned char ip[16])
-{
-	unsigned per_ip = state == MC_PENDING ? METRICS_PENDING_PER_IP : METRICS_PER_IP;
-	unsigned max = state == MC_PENDING ? METRICS_PENDING_MAX : METRICS_MAX_CONNECTIONS;
-
-	for (;;) {
-		/* per address seen: a connection of it (its key), how many, the
-		 * oldest waiting one */
-		struct by_ip by[METRICS_SLOTS];
-		size_t n_by = 0, own = SIZE_MAX, hog = SIZE_MAX;
-		unsigned n_all = 0;
-
-		for (size_t i = 0; i < METRICS_SLOTS; i++) {
-			struct mconn *c = &m->conn[i];
-			size_t k;
-			if (c->fd < 0 || c->state != state)
-				continue;
-			n_all++;
-			for (k = 0; k < n_by && memcmp(by[k].ip, c->ip, 16); k++)
-				;
-			if (k == n_by)
-				by[n_by++] = (struct by_ip){.ip = c->ip};
-			by[k].n++;
-			if (c->waiting_ms >= 0 &&
-			    (!by[k].oldest || c->waiting_ms < by[k].oldest->waiting_ms))
-				by[k].oldest = c;
-		}
-		for (size_t k = 0; k < n_by; k++) {
-			if (!memcmp(by[k].ip, ip, 16))
-				own = k;
-			if (by[k].oldest && (hog == SIZE_MAX || by[k].n > by[hog].n))
-				hog = k;
-		}
-		unsigned n_ip = own == SIZE_MAX ? 0 : by[own].n;
-		struct mconn *v;
-		if (n_ip >= per_ip)
-			v = by[own].oldest;
-		else if (n_all >= max)
-			v = hog == SIZE_MAX ? NULL :
-			    own != SIZE_MAX && by[own].oldest && by[own].n >= by[hog].n ?
-					      by[own].oldest :
-					      by[hog].oldest;
-		else
-			return true;
-		if (!v)
-			return false;
-		/* one that has spoken meanwhile is not pushed out but handed
-		 * on: a monitor's request may be in the socket already */
-		if (v->state == MC_PENDING && has_data(v->fd))
-			promote(m, v);
-		else
-			drop(m, v);
-	}
-}
-
-static void on_accept(struct loop *l, int fd, uint32_t events, void *arg)
-{
-	struct metrics *m = arg;
-	int64_t now = cgw_mono_ms();
-
-	(void)events;
-	for (int k = 0; k < METRICS_ACCEPT_BUDGET; k++) {
-		struct sockaddr_storage ss;
-		socklen_t len = sizeof(ss);
-		int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		struct mconn *c = NULL;
-		unsigned char ip[16];
-
-		if (cfd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			break; /* EAGAIN; out of fds: the next event tries again */
-		}
-		ip_key(&ss, ip);
-		make_room(m, MC_PENDING, ip); /* pending ones are all waiting */
-		for (size_t i = 0; i < METRICS_SLOTS && !c; i++)
-			if (m->conn[i].fd < 0)
-				c = &m->conn[i];
-		if (!c || loop_add_fd(l, cfd, EPOLLIN | EPOLLRDHUP, on_pending, c) < 0) {
-			m->refused++;
-			close(cfd);
-			continue;
-		}
-		*c = (struct mconn){.m = m, .fd = cfd, .state = MC_PENDING, .waiting_ms = now};
-		memcpy(c->ip, ip, 16);
-		memcpy(&c->addr, &ss, len);
-		c->addrlen = len;
-		m->accepted++;
-	}
-	if (loop_timer_due(m->sweep) < 0)
-		loop_timer_in(m->sweep, METRICS_SWEEP_MS);
-}
-
-/* Drops the connections that had METRICS_REQUEST_MS to send a request. */
-static void on_sweep(struct loop *l, struct loop_timer *t, void *arg)
-{
-	struct metrics *m = arg;
-	int64_t now = cgw_mono_ms();
-	bool any = false;
-
-	(void)l;
-	for (size_t i = 0; i < METRICS_SLOTS; i++) {
-		struct mconn *c = &m->conn[i];
-		if (c->fd < 0 || c->state == MC_DROPPED)
-			continue;
-		if (c->waiting_ms >= 0 && now - c->waiting_ms >= METRICS_REQUEST_MS)
-			drop(m, c);
-		else
-			any = true;
-	}
-	run_mhd(m);
-	if (any)
-		loop_timer_in(t, METRICS_SWEEP_MS);
-}
-
-static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
-			  enum MHD_ConnectionNotificationCode toe)
-{
-	struct metrics *m = cls;
-	const union MHD_ConnectionInfo *ci =
-		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-	int fd = ci ? ci->connect_fd : -1;
-
-	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-		for (size_t i = 0; i < METRICS_SLOTS; i++)
-			if (m->conn[i].fd == fd && fd >= 0)
-				*socket_context = &m->conn[i];
-		return;
-	}
-	struct mconn *c = *socket_context;
-	if (c)
-		c->fd = -1;
-}
-
-/* An answer was sent (or the request ended otherwise): the next request on a
- * kept connection has METRICS_REQUEST_MS from now. */
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-			 enum MHD_RequestTerminationCode toe)
-{
-	struct metrics *m = cls;
-	struct mconn *c = conn_of(conn);
-
-	(void)con_cls;
-	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && m->dropping.active)
-		log_episode_good(&m->dropping, cgw_mono_ms(), "metrics",
-				 "%s: no connection dropped for a minute", m->listen);
-	if (c && c->fd >= 0) {
-		c->waiting_ms = cgw_mono_ms();
-		c->body = 0;
-	}
-}
-
-static void run_mhd(struct metrics *m)
-{
-	MHD_UNSIGNED_LONG_LONG t = 0;
-
-	MHD_run(m->mhd);
-	if (MHD_get_timeout(m->mhd, &t) == MHD_YES)
-		loop_timer_in(m->timer, t > 60000 ? 60000 : (int64_t)t);
-	else
-		loop_timer_at(m->timer, -1);
-}
-
-static void on_epoll(struct loop *l, int fd, uint32_t events, void *arg)
-{
-	(void)l;
-	(void)fd;
-	(void)events;
-	run_mhd(arg);
-}
-
-static void on_timer(struct loop *l, struct loop_timer *t, void *arg)
-{
-	(void)l;
-	(void)t;
-	run_mhd(arg);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------- */
@@ -1045,134 +699,59 @@ int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *
 	return 0;
 }
 
-static int listen_socket(const char *listen_s, int *out)
+int metrics_open(struct core *c, struct loop *l, const struct cgw_config *cfg, struct metrics **out)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = 0;
-	int fd, one = 1, r;
-
-	if (metrics_parse_listen(listen_s, &ss, &len) < 0) {
-		log_err("metrics",
-			"listen '%s': not ADDRESS:PORT with a numeric IPv4 address or "
-			"[IPv6] address (127.0.0.1:9273, [::1]:9273)",
-			listen_s);
-		return -EINVAL;
-	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		r = -errno;
-		log_err("metrics", "%s: socket: %s", listen_s, strerror(-r));
-		return r;
-	}
-	/* a restart must not wait for TIME_WAIT; it still cannot take a port
-	 * another process listens on */
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 128) < 0) {
-		r = -errno;
-		log_err("metrics", "cannot listen on %s: %s%s", listen_s, strerror(-r),
-			r == -EADDRINUSE ? " (another program has this port; set metrics.listen)" :
-					   "");
-		close(fd);
-		return r;
-	}
-	*out = fd;
-	return 0;
-}
-
-int metrics_open(struct core *c, struct loop *l, const struct cgw_config *cfg, struct metrics **out)
-{
-	struct metrics *m = NULL;
-	const union MHD_DaemonInfo *info;
-	int fd = -1, r;
+	struct metrics *m;
+	int r;
 
 	*out = NULL;
 	if (!cfg->metrics.enabled)
 		return 0;
-	r = listen_socket(cfg->metrics.listen, &fd);
-	if (r < 0)
-		return r;
-	m = calloc(1, sizeof(*m));
-	if (!m) {
-		r = -ENOMEM;
-		goto fail;
+	if (metrics_parse_listen(cfg->metrics.listen, &ss, &len) < 0) {
+		log_err("metrics",
+			"listen '%s': not ADDRESS:PORT with a numeric IPv4 address or "
+			"[IPv6] address (127.0.0.1:9273, [::1]:9273)",
+			cfg->metrics.listen);
+		return -EINVAL;
 	}
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
 	m->core = c;
 	m->loop = l;
-	m->epfd = -1;
-	m->lfd = -1;
-	for (size_t i = 0; i < METRICS_SLOTS; i++)
-		m->conn[i].fd = -1;
 	snprintf(m->listen, sizeof(m->listen), "%s", cfg->metrics.listen);
-	m->timer = loop_timer_new(l, on_timer, m);
-	m->sweep = loop_timer_new(l, on_sweep, m);
-	if (!m->timer || !m->sweep) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	/* no listening socket for MHD: on_accept() hands it each connection */
-	m->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET, 0,
-				  NULL, NULL, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, m,
-				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_SLOTS,
-				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)METRICS_CONN_TIMEOUT_S,
-				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)METRICS_CONN_MEMORY,
-				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, m,
-				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, m, MHD_OPTION_END);
-	if (!m->mhd) {
-		log_err("metrics", "%s: libmicrohttpd did not start", m->listen);
-		r = -EIO;
-		goto fail;
-	}
-	info = MHD_get_daemon_info(m->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-	if (!info || info->epoll_fd < 0) {
-		log_err("metrics", "%s: libmicrohttpd has no epoll fd", m->listen);
-		r = -EIO;
-		goto fail;
-	}
-	r = loop_add_fd(l, info->epoll_fd, EPOLLIN, on_epoll, m);
+	struct http_front_conf hc = {
+		.name = "metrics",
+		.listen = m->listen,
+		.addr = &ss,
+		.addrlen = len,
+		.pending_max = METRICS_PENDING_MAX,
+		.pending_per_ip = METRICS_PENDING_PER_IP,
+		.max = METRICS_MAX_CONNECTIONS,
+		.per_ip = METRICS_PER_IP,
+		.request_ms = METRICS_REQUEST_MS,
+		.conn_timeout_s = METRICS_CONN_TIMEOUT_S,
+		.conn_memory = METRICS_CONN_MEMORY,
+		.body_max = METRICS_BODY_MAX,
+		.handler = on_request,
+		.arg = m,
+	};
+	r = http_front_open(l, &hc, &m->front);
 	if (r < 0) {
-		log_err("metrics", "%s: %s", m->listen, strerror(-r));
-		goto fail;
+		free(m);
+		return r;
 	}
-	m->epfd = info->epoll_fd;
-	r = loop_add_fd(l, fd, EPOLLIN, on_accept, m);
-	if (r < 0) {
-		log_err("metrics", "%s: %s", m->listen, strerror(-r));
-		goto fail;
-	}
-	m->lfd = fd;
-	fd = -1;
-	run_mhd(m);
 	log_info("metrics", "serving http://%s/metrics and /healthz", m->listen);
 	*out = m;
 	return 0;
-fail:
-	if (fd >= 0)
-		close(fd);
-	metrics_close(m);
-	return r;
 }
 
 void metrics_close(struct metrics *m)
 {
 	if (!m)
 		return;
-	if (m->lfd >= 0) {
-		loop_del_fd(m->loop, m->lfd);
-		close(m->lfd);
-	}
-	for (size_t i = 0; i < METRICS_SLOTS; i++) {
-		if (m->conn[i].fd >= 0 && m->conn[i].state == MC_PENDING) {
-			loop_del_fd(m->loop, m->conn[i].fd);
-			close(m->conn[i].fd);
-		}
-	}
-	if (m->epfd >= 0)
-		loop_del_fd(m->loop, m->epfd);
-	if (m->mhd)
-		MHD_stop_daemon(m->mhd);
-	loop_timer_free(m->timer);
-	loop_timer_free(m->sweep);
+	http_front_close(m->front);
 	free(m);
 }

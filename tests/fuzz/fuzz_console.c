@@ -1,12 +1,52 @@
 /* libFuzzer target: what the web console parses itself: form bodies
- * (application/x-www-form-urlencoded), Cookie headers, the accounts file.
+ * (application/x-www-form-urlencoded), Cookie headers, the accounts file,
+ * and the installer's scan/probe form through the check cgwctl's requests
+ * pass too (console_commission_form, commission_request): what passes is
+ * within the protocol's bounds.
  * The input is split at the first NUL: a key/cookie name, then the text. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "commission.h"
 #include "console_parse.h"
+
+#define CHECK(c)                 \
+	do {                     \
+		if (!(c))        \
+			abort(); \
+	} while (0)
+
+static void commissioning(const char *body, size_t len)
+{
+	static struct cfg_bus buses[2] = {{.name = "fire-io", .timeout_ms = 300},
+					  {.name = "io", .timeout_ms = 5}};
+	static struct cgw_config cfg = {.buses = buses, .n_buses = 2};
+	json_t *q = console_commission_form(body, len);
+
+	CHECK(q);
+	for (int scan = 0; scan < 2; scan++) {
+		struct driver_commission dc;
+		const char *bus = NULL;
+		char why[700] = "";
+		if (commission_request(&cfg, q, scan, &dc, &bus, why, sizeof(why)) < 0) {
+			CHECK(why[0]);
+			continue;
+		}
+		CHECK(bus && (!strcmp(bus, "fire-io") || !strcmp(bus, "io")));
+		CHECK(dc.table >= 0 && dc.table <= 3);
+		CHECK(dc.timeout_ms >= 10 && dc.timeout_ms <= 10000);
+		if (scan) {
+			CHECK(dc.kind == DRV_SCAN && !(dc.units[0] & 1));
+		} else {
+			CHECK(dc.kind == DRV_PROBE && dc.unit <= 247 && dc.count >= 1);
+			CHECK((size_t)dc.address + dc.count <= 65536);
+			CHECK(dc.count <= (dc.table <= 1 ? 2000 : 125));
+		}
+	}
+	json_decref(q);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -51,6 +91,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		free(h);
 	}
+	commissioning(text, tlen);
 	free(text);
 	return 0;
 }

@@ -7,6 +7,9 @@ again after --reconnect-ms, as a real slow client (or slowloris) would, so the
 pressure holds. Source addresses are spread over --src addresses (loopback
 aliases such as 127.0.0.2 work without configuration on Linux).
 
+With --body, the trickling half sends a whole POST head at once and then
+trickles its body instead (a request that never completes after its head).
+
 Prints "ready" once every connection was attempted, then at the end one line
 "connects N closed_by_server N". Runs for at most --seconds; bounded in every
 way (no thread, one select loop).
@@ -27,12 +30,19 @@ def main():
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--src", default="127.0.0.2", help="comma-separated source addresses")
     ap.add_argument("--reconnect-ms", type=int, default=100)
+    ap.add_argument("--body", action="store_true", help="trickle a POST body, not the head")
     a = ap.parse_args()
     srcs = a.src.split(",")
     sel = selectors.DefaultSelector()
     conns = {}  # sock -> [index, trickle, next_byte_time]
     pending = []  # (time, index) to reconnect
     header = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100000
+    head = 0  # bytes sent at once
+    if a.body:
+        pre = (b"POST /api/login HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3000\r\n\r\n")
+        header = pre + b"a" * 3000
+        head = len(pre)
     stats = {"connects": 0, "closed": 0}
 
     def open_one(i):
@@ -70,8 +80,8 @@ def main():
         for s, c in list(conns.items()):
             if c[1] and now >= c[2] and c[3] < len(header):
                 try:
-                    s.send(header[c[3]:c[3] + 1])
-                    c[3] += 1
+                    n = head if c[3] == 0 and head else 1
+                    c[3] += s.send(header[c[3]:c[3] + n])
                 except OSError as e:
                     if e.errno not in (errno.EAGAIN, errno.ENOTCONN):
                         pass
