@@ -506,6 +506,12 @@ static void show_status(json_t *st)
 		       "UNHEALTHY: the store does not commit, or only alarms (disk full)");
 	free(up);
 	printf("config    %s (hash %s)\n", jstr(st, "config"), jstr(st, "config_hash"));
+	json_t *con = json_object_get(st, "console");
+	if (con && json_object_get(con, "tls_sha256"))
+		printf("console   %s, certificate SHA-256 %s\n", jstr(con, "url"),
+		       jstr(con, "tls_sha256"));
+	else if (con)
+		printf("console   %s\n", jstr(con, "url"));
 	if (store) {
 		long long used = jint(store, "db_bytes") + jint(store, "wal_bytes") +
 				 jint(store, "shm_bytes");

@@ -783,9 +783,12 @@ static const struct cfg_key console_keys[] = {
 	{"enabled", K_BOOL, offsetof(struct cgw_config, console.enabled), "false", 0, 0, 0, NULL,
 	 NULL, "serve the web console (duty room, installers); off until configured"},
 	{"listen", K_STR, offsetof(struct cgw_config, console.listen), "127.0.0.1:8443", 0, 0, 0,
-	 NULL, NULL, "address:port of the console; other than loopback only with tls_cert"},
+	 NULL, NULL,
+	 "address:port of the console; other than loopback only over TLS (tls_cert, or one "
+	 "made at the first start)"},
 	{"tls_cert", K_STR, offsetof(struct cgw_config, console.tls_cert), "", 0, 0, 0, NULL, NULL,
-	 "PEM certificate file: serve HTTPS (with tls_key)"},
+	 "PEM certificate file: serve HTTPS (with tls_key); empty on a LAN address: "
+	 "STATE_DIR/console-cert.pem, made at the first start (fingerprint in the log)"},
 	{"tls_key", K_STR, offsetof(struct cgw_config, console.tls_key), "", 0, 0, 0, NULL, NULL,
 	 "PEM private key file of tls_cert"},
 	{"users", K_STR, offsetof(struct cgw_config, console.users), "", 0, 0, 0, NULL, NULL,
@@ -3009,7 +3012,9 @@ static int check_bus(struct cfg_loader *ld, size_t i)
 	return nerr;
 }
 
-/* The console listens on loopback in the clear, anywhere else only with TLS. */
+/* The console listens on loopback in the clear, anywhere else only with TLS:
+ * the configured certificate, or one cgwd makes at its first start in the
+ * state directory (console_cert.h). */
 static int check_console(struct cfg_loader *ld, const struct cgw_config *cfg)
 {
 	struct sockaddr_storage ss;
@@ -3025,18 +3030,8 @@ static int check_console(struct cfg_loader *ld, const struct cgw_config *cfg)
 	}
 	if ((cert && *cert) != (key && *key)) {
 		err_at(ld, cfg->console.o.file, key_line(&console_tab, &cfg->console.o, "tls_cert"),
-		       "console: tls_cert and tls_key go together");
-		return 1;
-	}
-	bool loopback = (ss.ss_family == AF_INET &&
-			 (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127) ||
-			(ss.ss_family == AF_INET6 &&
-			 IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr));
-	if (!loopback && !(cert && *cert)) {
-		err_at(ld, cfg->console.o.file, line,
-		       "console: listen '%s' is not a loopback address: it needs tls_cert and "
-		       "tls_key (passwords and session cookies must not cross the LAN in the clear)",
-		       cfg->console.listen);
+		       "console: tls_cert and tls_key go together (or neither: on a LAN address "
+		       "cgwd then makes its own at the first start)");
 		return 1;
 	}
 	return 0;

@@ -23,6 +23,7 @@
 
 #include "alarm.h"
 #include "commission.h"
+#include "console_cert.h"
 #include "console_parse.h"
 #include "console_users.h"
 #include "episode.h"
@@ -1433,7 +1434,7 @@ int console_open(struct core *c, struct loop *l, const struct cgw_config *cfg, s
 	struct console *con = NULL;
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	char *cert = NULL, *key = NULL;
+	char *cert = NULL, *key = NULL, fp[CONSOLE_FINGERPRINT_LEN] = "";
 	unsigned flags = MHD_ALLOW_SUSPEND_RESUME;
 	int pfd[2] = {-1, -1}, r;
 
@@ -1470,6 +1471,36 @@ int console_open(struct core *c, struct loop *l, const struct cgw_config *cfg, s
 			log_err("console", "tls_cert/tls_key: %s", strerror(-r));
 			goto fail;
 		}
+		if (console_cert_fingerprint(cert, fp) == 0)
+			log_notice("console", "TLS certificate %s, SHA-256 fingerprint %s",
+				   cfg->console.tls_cert, fp);
+		flags |= MHD_USE_TLS;
+	} else if (!metrics_addr_loopback(&ss)) {
+		/* a LAN address and no certificate: ours, made once and kept */
+		char why[512];
+		bool made = false;
+		if (!MHD_is_feature_supported(MHD_FEATURE_TLS)) {
+			log_err("console", "this libmicrohttpd has no TLS: cannot serve %s",
+				con->listen);
+			r = -ENOTSUP;
+			goto fail;
+		}
+		r = console_cert_ensure(cfg->gateway.state_dir, cfg->gateway.id, &ss, &cert, &key,
+					fp, &made, why, sizeof(why));
+		if (r < 0) {
+			log_err("console",
+				"%s is not loopback and needs TLS, but there is no certificate: %s "
+				"(or set console.tls_cert and tls_key)",
+				con->listen, why);
+			goto fail;
+		}
+		log_notice("console", "TLS certificate %s/%s (%s), SHA-256 fingerprint %s",
+			   cfg->gateway.state_dir, CONSOLE_CERT_FILE,
+			   made ? "made now, at the first start: check this fingerprint in the "
+				  "browser" :
+				  "made by cgwd at its first start",
+			   fp);
+		con->tls = true;
 		flags |= MHD_USE_TLS;
 	}
 	r = console_hash_password("no account has this password", con->dummy_hash,
@@ -1527,6 +1558,9 @@ int console_open(struct core *c, struct loop *l, const struct cgw_config *cfg, s
 	core_set_alarm_observer(c, on_alarm_change, con);
 	con->next_beat_ms = cgw_mono_ms() + CONSOLE_HEARTBEAT_MS;
 	loop_timer_at(con->tick, con->next_beat_ms);
+	char url[200];
+	snprintf(url, sizeof(url), "%s://%s/", con->tls ? "https" : "http", con->listen);
+	core_set_console(c, url, fp[0] ? fp : NULL);
 	log_info("console", "serving %s://%s/ (%zu accounts%s)", con->tls ? "https" : "http",
 		 con->listen, con->n_users,
 		 con->n_users ? "" : "; create one with: cgwctl user add NAME admin");
@@ -1546,6 +1580,7 @@ void console_close(struct console *con)
 	if (!con)
 		return;
 	core_set_alarm_observer(con->core, NULL, NULL);
+	core_set_console(con->core, NULL, NULL);
 	/* the password checks still running end first */
 	for (int i = 0; i < CONSOLE_LOGIN_WORKERS; i++)
 		if (con->busy[i]) {

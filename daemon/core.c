@@ -127,6 +127,7 @@ struct core {
 	struct loop_timer *flush_timer, *maint_timer, *alarm_timer; /* tele_timer below */
 	struct loop_timer *drain_timer; /* drains the held queue (on_queue) */
 	int64_t started_ms;
+	char console_url[160], console_fp[100]; /* for cgwctl status; "" none */
 	bool store_ok;
 	struct episode commit_ep; /* commits that fail for another reason than room */
 	struct episode disk_ep;   /* the store on a full disk (or from memory) */
@@ -2420,6 +2421,12 @@ json_t *core_devices_json(struct core *c)
 	return arr;
 }
 
+void core_set_console(struct core *c, const char *url, const char *fingerprint)
+{
+	snprintf(c->console_url, sizeof(c->console_url), "%s", url ? url : "");
+	snprintf(c->console_fp, sizeof(c->console_fp), "%s", fingerprint ? fingerprint : "");
+}
+
 json_t *core_status_json(struct core *c)
 {
 	const struct cgw_config *cfg = c->cfg;
@@ -2432,6 +2439,10 @@ json_t *core_status_json(struct core *c)
 		      cfg->gateway.site, "uptime_s",
 		      (double)(cgw_mono_ms() - c->started_ms) / 1000.0, "config", cfg->path,
 		      "config_hash", hash, "healthy", core_healthy(c));
+	if (o && c->console_url[0])
+		json_object_set_new(o, "console",
+				    json_pack("{s:s,s:s?}", "url", c->console_url, "tls_sha256",
+					      c->console_fp[0] ? c->console_fp : NULL));
 	for (size_t b = 0; b < cfg->n_buses; b++) {
 		struct driver_stats ds = {0};
 		const struct driver_ops *ops = driver_ops_for(&cfg->buses[b]);

@@ -93,6 +93,11 @@ struct driver_commission;
 int core_commission(struct core *c, const char *bus, const struct driver_commission *req,
 		    core_reply_fn reply, void *arg);
 
+/* What cgwctl status shows of the web console: its URL and its TLS
+ * certificate's SHA-256 fingerprint (NULL: none). Copied; url NULL: no
+ * console. */
+void core_set_console(struct core *c, const char *url, const char *fingerprint);
+
 /* Introspection for cgwctl, metrics and health (new references). */
 json_t *
 core_status_json(struct core *c); /* uptime, config, buses, uplinks, outbox, store, alarms */

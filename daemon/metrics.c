@@ -699,6 +699,14 @@ int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *
 	return 0;
 }
 
+bool metrics_addr_loopback(const struct sockaddr_storage *ss)
+{
+	return (ss->ss_family == AF_INET &&
+		(ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127) ||
+	       (ss->ss_family == AF_INET6 &&
+		IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr));
+}
+
 int metrics_open(struct core *c, struct loop *l, const struct cgw_config *cfg, struct metrics **out)
 {
 	struct sockaddr_storage ss;

@@ -25,6 +25,7 @@
 #ifndef CGW_METRICS_H
 #define CGW_METRICS_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
 #include "config.h"
@@ -43,5 +44,8 @@ void metrics_close(struct metrics *m);
  * (all IPv4 addresses): numeric addresses only, port 1..65535. 0 or -EINVAL.
  * For the configuration check as well. */
 int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* 127.0.0.0/8 or ::1: a listener only this machine reaches. */
+bool metrics_addr_loopback(const struct sockaddr_storage *ss);
 
 #endif

@@ -242,6 +242,7 @@ async function scan(e) {
   const f = e.target, msg = $('scan-msg'), btn = f.querySelector('button');
   btn.disabled = true;
   msg.textContent = '扫描中……（在两次轮询之间逐个站号读取，不影响正常采集）';
+  msg.classList.remove('ok');
   $('scan-rows').replaceChildren();
   $('scan-quiet').textContent = '';
   try {
@@ -256,6 +257,7 @@ async function scan(e) {
     }
     $('scan-rows').replaceChildren(...rows);
     msg.textContent = `总线 ${sc.bus}：已扫描 ${sc.units.length} 个站号，${rows.length} 个有应答`;
+    msg.classList.add('ok');
     $('scan-quiet').textContent = quiet.length ? `无应答（超时）：${ranges(quiet)}` : '';
   } finally {
     btn.disabled = false;
@@ -266,6 +268,7 @@ async function probe(e) {
   e.preventDefault();
   const f = e.target, msg = $('probe-msg');
   msg.textContent = '读取中……';
+  msg.classList.remove('ok');
   $('probe-rows').replaceChildren();
   $('probe-wide').replaceChildren();
   const r = await api('/api/probe', formObj(f));
@@ -273,6 +276,7 @@ async function probe(e) {
   const p = r.body.probe, a0 = p.address;
   if (p.result !== 'ok') { msg.textContent = (ANSWER[p.result] || p.result) + (p.detail ? '：' + p.detail : ''); return; }
   msg.textContent = `总线 ${p.bus} 站号 ${p.unit}：${(p.registers || p.bits).length} 个${p.bits ? '位' : '寄存器'}`;
+  msg.classList.add('ok');
   const ch = (c) => (c >= 0x20 && c < 0x7f ? String.fromCharCode(c) : '.');
   if (p.bits) {
     $('probe-rows').replaceChildren(...p.bits.map((b, i) => el('tr', {}, el('td', {}, String(a0 + i)), el('td', {}, b ? '1（开）' : '0（关）'), el('td'), el('td'), el('td'))));

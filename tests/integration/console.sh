@@ -54,8 +54,8 @@ P=cgw/garden/gw-web
 
 # ---- configuration: off by default, LAN only with TLS ----
 printf 'gateway: {id: g, site: s, state_dir: %s}\nconsole: {enabled: true, listen: "0.0.0.0:8443"}\n' "$TMP" >"$TMP/lan.yaml"
-check "a LAN listen without TLS is refused by the configuration check" \
-	bash -c "! '$CGWD' --check-config -c '$TMP/lan.yaml' >'$TMP/lan.out' 2>&1 && grep -q 'needs tls_cert' '$TMP/lan.out'"
+check "a LAN listen without a certificate passes the check (cgwd makes one at its first start, console_cert.sh)" \
+	quiet "$CGWD" --check-config -c "$TMP/lan.yaml"
 check "console is off unless configured (--help-config: default false)" \
 	bash -c "'$CGWD' --help-config | grep -A1 -w 'enabled' | grep -q 'default: false'"
 
