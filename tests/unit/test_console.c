@@ -1,7 +1,8 @@
 /*
  * test_console.c - what the web console parses itself (form bodies, cookies,
- * the accounts file), its password hashing, and the store's alarm history
- * (its own retention, untouched by telemetry eviction).
+ * the accounts file, the commissioning form), its password hashing, the
+ * store's alarm history (its own retention, untouched by telemetry
+ * eviction), and the certificate it makes for a LAN address.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,12 +11,17 @@
 
 #include <cmocka.h> /* after the four above, which it needs */
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "commission.h"
+#include "console_cert.h"
 #include "console_parse.h"
 #include "console_users.h"
 #include "store.h"
@@ -272,12 +278,159 @@ static void test_history(void **state)
 	rmdir(dir);
 }
 
+/* The installer's form becomes the request cgwctl sends, and the one check
+ * (commission_request) takes or refuses both alike. */
+static void test_commission_form(void **state)
+{
+	struct cfg_bus buses[2] = {{.name = "fire-io", .timeout_ms = 300},
+				   {.name = "io", .timeout_ms = 1000}};
+	struct cgw_config cfg = {.buses = buses, .n_buses = 2};
+	struct driver_commission dc;
+	const char *bus = NULL, *b;
+	char why[300];
+	json_t *q;
+
+	(void)state;
+	b = "bus=fire-io&units=1-8&table=&address=0&timeout_ms=50&x=1";
+	q = console_commission_form(b, strlen(b));
+	assert_non_null(q);
+	assert_true(json_is_integer(json_object_get(q, "address")));
+	assert_int_equal(json_integer_value(json_object_get(q, "timeout_ms")), 50);
+	assert_null(json_object_get(q, "table")); /* empty: absent, the default */
+	assert_null(json_object_get(q, "x"));
+	assert_int_equal(commission_request(&cfg, q, true, &dc, &bus, why, sizeof(why)), 0);
+	assert_string_equal(bus, "fire-io");
+	assert_int_equal(dc.kind, DRV_SCAN);
+	assert_int_equal(dc.table, CGW_TBL_HOLDING);
+	assert_int_equal(dc.timeout_ms, 50);
+	assert_true(dc.units[0] & (1u << 1) && dc.units[1] & 1u && !(dc.units[1] & 2u));
+	json_decref(q);
+
+	/* a scan without timeout_ms: the bus's, at most 200 ms */
+	b = "bus=io";
+	q = console_commission_form(b, strlen(b));
+	assert_int_equal(commission_request(&cfg, q, true, &dc, &bus, why, sizeof(why)), 0);
+	assert_int_equal(dc.timeout_ms, 200);
+	json_decref(q);
+
+	static const char *const bad[] = {
+		"bus=nowhere",            /* not configured */
+		"units=1-8",              /* no bus */
+		"bus=io&units=0-9",       /* unit 0 */
+		"bus=io&table=registers", /* no such table */
+		"bus=io&address=x1",      /* text for a number */
+		"bus=io&address=65536",   /* beyond */
+		"bus=io&timeout_ms=5",    /* under 10 ms */
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		q = console_commission_form(bad[i], strlen(bad[i]));
+		why[0] = '\0';
+		assert_int_equal(commission_request(&cfg, q, true, &dc, &bus, why, sizeof(why)),
+				 -EINVAL);
+		assert_true(why[0]);
+		json_decref(q);
+	}
+	static const char *const bad_probe[] = {
+		"bus=io&unit=1&address=0",                         /* no table */
+		"bus=io&table=holding&address=0",                  /* no unit */
+		"bus=io&unit=248&table=holding&address=0",         /* unit over 247 */
+		"bus=io&unit=1&table=holding&address=0&count=126", /* over 125 registers */
+		"bus=io&unit=1&table=coil&address=65535&count=2",  /* past the table */
+	};
+	for (size_t i = 0; i < sizeof(bad_probe) / sizeof(bad_probe[0]); i++) {
+		q = console_commission_form(bad_probe[i], strlen(bad_probe[i]));
+		assert_int_equal(commission_request(&cfg, q, false, &dc, &bus, why, sizeof(why)),
+				 -EINVAL);
+		json_decref(q);
+	}
+	b = "bus=io&unit=1&table=coil&address=0&count=2000";
+	q = console_commission_form(b, strlen(b));
+	assert_int_equal(commission_request(&cfg, q, false, &dc, &bus, why, sizeof(why)), 0);
+	assert_int_equal(dc.kind, DRV_PROBE);
+	assert_int_equal(dc.count, 2000);
+	assert_int_equal(dc.timeout_ms, 1000); /* a probe: the bus's own */
+	json_decref(q);
+}
+
+/* Made once, kept, the same fingerprint; a damaged pair is refused. */
+static void test_cert(void **state)
+{
+	char dir[] = "/tmp/cgw-cert-XXXXXX", path[256], fp1[CONSOLE_FINGERPRINT_LEN],
+	     fp2[CONSOLE_FINGERPRINT_LEN], why[512];
+	struct sockaddr_storage ss = {0};
+	struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+	char *cert = NULL, *key = NULL;
+	bool made = false;
+	struct stat st;
+	FILE *f;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	a->sin_family = AF_INET;
+	inet_pton(AF_INET, "192.0.2.7", &a->sin_addr);
+	assert_int_equal(console_cert_ensure(dir, "gw-1", &ss, &cert, &key, fp1, &made, why,
+					     sizeof(why)),
+			 0);
+	assert_true(made);
+	assert_int_equal(strlen(fp1), 95);
+	assert_non_null(strstr(cert, "BEGIN CERTIFICATE"));
+	assert_non_null(strstr(key, "PRIVATE KEY"));
+	assert_int_equal(console_cert_fingerprint(cert, fp2), 0);
+	assert_string_equal(fp1, fp2);
+	snprintf(path, sizeof(path), "%s/%s", dir, CONSOLE_KEY_FILE);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	free(cert);
+	free(key);
+
+	/* the next start: the same pair */
+	assert_int_equal(console_cert_ensure(dir, "gw-1", &ss, &cert, &key, fp2, &made, why,
+					     sizeof(why)),
+			 0);
+	assert_false(made);
+	assert_string_equal(fp1, fp2);
+	free(cert);
+	free(key);
+
+	/* a damaged certificate: an error that says what to do, nothing replaced */
+	snprintf(path, sizeof(path), "%s/%s", dir, CONSOLE_CERT_FILE);
+	f = fopen(path, "w");
+	fputs("not a certificate\n", f);
+	fclose(f);
+	assert_int_equal(console_cert_ensure(dir, "gw-1", &ss, &cert, &key, fp2, &made, why,
+					     sizeof(why)),
+			 -EINVAL);
+	assert_null(cert);
+	assert_null(key);
+	assert_non_null(strstr(why, "delete both"));
+	assert_int_equal(console_cert_fingerprint("not a certificate", fp2), -EINVAL);
+
+	/* only the key left (a making cut short): a new pair */
+	unlink(path);
+	assert_int_equal(console_cert_ensure(dir, "gw-1", &ss, &cert, &key, fp2, &made, why,
+					     sizeof(why)),
+			 0);
+	assert_true(made);
+	assert_string_not_equal(fp1, fp2);
+	free(cert);
+	free(key);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/%s", dir, CONSOLE_KEY_FILE);
+	unlink(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_form),        cmocka_unit_test(test_cookie),
-		cmocka_unit_test(test_users_parse), cmocka_unit_test(test_password),
-		cmocka_unit_test(test_users_file),  cmocka_unit_test(test_history),
+		cmocka_unit_test(test_form),
+		cmocka_unit_test(test_cookie),
+		cmocka_unit_test(test_users_parse),
+		cmocka_unit_test(test_password),
+		cmocka_unit_test(test_users_file),
+		cmocka_unit_test(test_history),
+		cmocka_unit_test(test_commission_form),
+		cmocka_unit_test(test_cert),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
