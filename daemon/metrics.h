@@ -1,9 +1,9 @@
 /*
  * metrics.h - Prometheus metrics and a health check over HTTP.
  *
- * libmicrohttpd without a thread of its own: its epoll fd is watched by the
- * core loop and its timeouts are a loop timer, so every request is answered
- * on the core thread, from core_status_json() and core_devices_json(), and
+ * libmicrohttpd without a thread of its own, behind the HTTP front it shares
+ * with the console (http_front.h: its epoll fd watched by the core loop, its
+ * timeouts a loop timer), so every request is answered on the core thread, from core_status_json() and core_devices_json(), and
  * nothing here is shared with another thread.
  *
  *   GET /metrics   text format 0.0.4 (cgw_up, cgw_uptime_seconds,
@@ -12,7 +12,7 @@
  *                  healthy (store commits failing)
  *   anything else  404 (405 for methods other than GET and HEAD)
  *
- * Bounds (slow clients cannot keep a monitor out; see metrics.c): 16
+ * Bounds (slow clients cannot keep a monitor out; see http_front.h): 16
  * connections per client address and 64 in all that have sent nothing yet,
  * 8 and 32 being answered, 2 s to send a whole request, 32 KiB for its head;
  * a new connection over a limit pushes out the oldest waiting one.
