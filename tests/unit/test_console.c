@@ -282,8 +282,7 @@ static void test_history(void **state)
  * (commission_request) takes or refuses both alike. */
 static void test_commission_form(void **state)
 {
-	struct cfg_bus buses[2] = {{.name = "fire-io", .timeout_ms = 300},
-				   {.name = "io", .timeout_ms = 1000}};
+	struct cfg_bus buses[2] = {{.name = "fire-io"}, {.name = "io"}};
 	struct cgw_config cfg = {.buses = buses, .n_buses = 2};
 	struct driver_commission dc;
 	const char *bus = NULL, *b;
@@ -306,11 +305,11 @@ static void test_commission_form(void **state)
 	assert_true(dc.units[0] & (1u << 1) && dc.units[1] & 1u && !(dc.units[1] & 2u));
 	json_decref(q);
 
-	/* a scan without timeout_ms: the bus's, at most 200 ms */
+	/* a scan without timeout_ms: 0, the bus's (its driver caps a scan's) */
 	b = "bus=io";
 	q = console_commission_form(b, strlen(b));
 	assert_int_equal(commission_request(&cfg, q, true, &dc, &bus, why, sizeof(why)), 0);
-	assert_int_equal(dc.timeout_ms, 200);
+	assert_int_equal(dc.timeout_ms, 0);
 	json_decref(q);
 
 	static const char *const bad[] = {
@@ -348,7 +347,7 @@ static void test_commission_form(void **state)
 	assert_int_equal(commission_request(&cfg, q, false, &dc, &bus, why, sizeof(why)), 0);
 	assert_int_equal(dc.kind, DRV_PROBE);
 	assert_int_equal(dc.count, 2000);
-	assert_int_equal(dc.timeout_ms, 1000); /* a probe: the bus's own */
+	assert_int_equal(dc.timeout_ms, 0); /* the bus's own */
 	json_decref(q);
 }
 
