@@ -295,7 +295,7 @@ size_t wire_value_text(const struct cfg_point *pt, const struct cgw_value *v, ch
 		/* the digits wire_value_json() reads back: at most 15, so
 		 * jansson's %.15g of them gives them again */
 		alarm_format_value(pt, v, num, sizeof(num));
-		if (!isfinite(strtod(num, NULL)))
+		if (fabs(v->d) >= 1e308 && !isfinite(strtod(num, NULL)))
 			return (size_t)snprintf(buf, size, "null"); /* as wire_value_json() */
 		return real_text(num, buf, size);
 	case CGW_V_STRING:
