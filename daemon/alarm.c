@@ -338,12 +338,83 @@ static void sb_str(struct sbuf *b, const char *s)
 		sb_add(b, s, strlen(s));
 }
 
+/* snprintf(out, size, "%.*g", prec, d) for the values sensors give, without
+ * printf's arbitrary precision (it was the core's largest cost per reading):
+ * d times an exact power of ten is rounded to prec digits when the product
+ * is clearly away from a rounding tie; otherwise, and outside 1e-4 <= |d| <
+ * 10^prec, it returns 0 and the caller prints. test_alarm compares it with
+ * snprintf on millions of values. */
+static size_t fast_g(double d, int prec, char *out, size_t size)
+{
+	static const double p10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+				     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+				     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+	double a = fabs(d), scaled, fl;
+	char digits[32], *p = digits;
+	int e = -4, k;
+	uint64_t n, div;
+
+	if (!(a >= 1e-4) || a >= p10[prec] || size < 32)
+		return 0;
+	while (e + 1 < prec && a >= (e + 1 >= 0 ? p10[e + 1] : 1.0 / p10[-(e + 1)]))
+		e++;
+	/* e = floor(log10(a)); the comparison with 1/10^j is exact enough:
+	 * a value that close to a power of ten is a tie case below or prints
+	 * the same either way */
+	k = prec - 1 - e;
+	if (k > 22 || k < 0)
+		return 0;
+	scaled = a * p10[k];
+	fl = floor(scaled);
+	/* the product is within half an ulp of the true one: keep well away
+	 * from .5, and from the digit count changing */
+	double frac = scaled - fl, ulp = scaled * 0x1p-52;
+	if (fabs(frac - 0.5) <= 4 * ulp + 1e-9 || scaled < p10[prec - 1])
+		return 0;
+	n = (uint64_t)fl + (frac > 0.5);
+	if (n >= (uint64_t)p10[prec]) { /* 9.99..95 rounded up to 10 */
+		if (e + 1 >= prec)
+			return 0;
+		n /= 10;
+		k--;
+	}
+	if (d < 0)
+		*p++ = '-';
+	div = (uint64_t)p10[k];
+	uint64_t ip = n / div, fp = n % div;
+	char t[24];
+	int w = 0;
+	do {
+		t[w++] = (char)('0' + ip % 10);
+		ip /= 10;
+	} while (ip);
+	while (w)
+		*p++ = t[--w];
+	if (fp) {
+		/* k digits, leading zeros included, trailing ones dropped */
+		for (w = k; w > 0; w--, fp /= 10)
+			t[w - 1] = (char)('0' + fp % 10);
+		w = k;
+		while (w > 0 && t[w - 1] == '0')
+			w--;
+		*p++ = '.';
+		memcpy(p, t, (size_t)w);
+		p += w;
+	}
+	*p = '\0';
+	memcpy(out, digits, (size_t)(p - digits) + 1);
+	return (size_t)(p - digits);
+}
+
 static size_t fmt_double(double d, bool single, char *out, size_t size)
 {
 	int n;
+	size_t f;
 
 	if (d == 0)
 		d = 0; /* no "-0" */
+	if (!(single && fabs(d) >= 1e7) && (f = fast_g(d, single ? 7 : 15, out, size)) > 0)
+		return f;
 	/* a float32 carries ~7 digits: 0.12f is 0.1199999973 as a double */
 	if (single && fabs(d) >= 1e7 && fabs(d) < 1e15)
 		n = snprintf(out, size, "%.0f", d);

@@ -248,7 +248,15 @@ static void pump(struct uplink *u)
 				int mid = 0, rc;
 				bool retain = wire_retained(it->topic);
 
-				snprintf(topic, sizeof(topic), "%s/%s", u->prefix, it->topic);
+				size_t lp = strlen(u->prefix), lt = strlen(it->topic);
+				if (lp + 1 + lt < sizeof(topic)) { /* no printf per message */
+					memcpy(topic, u->prefix, lp);
+					topic[lp] = '/';
+					memcpy(topic + lp + 1, it->topic, lt + 1);
+				} else {
+					snprintf(topic, sizeof(topic), "%s/%s", u->prefix,
+						 it->topic);
+				}
 				if (!body) {
 					store_ack(u->env.store, u->store_id, lane, it->seq,
 						  STORE_ACK_ERROR, -1,

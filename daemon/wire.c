@@ -269,6 +269,26 @@ static size_t real_text(const char *digits, char *buf, size_t size)
 	return n;
 }
 
+/* An integer in decimal (as "%lld" / "%llu", without printf). */
+static size_t int_text(bool neg, uint64_t mag, char *buf, size_t size)
+{
+	char t[24];
+	size_t w = 0, n;
+
+	do {
+		t[w++] = (char)('0' + mag % 10);
+		mag /= 10;
+	} while (mag);
+	if (neg)
+		t[w++] = '-';
+	n = w;
+	for (size_t i = 0; i < n && i + 1 < size; i++)
+		buf[i] = t[n - 1 - i];
+	if (size)
+		buf[n < size ? n : size - 1] = '\0';
+	return n;
+}
+
 size_t wire_value_text(const struct cfg_point *pt, const struct cgw_value *v, char *buf,
 		       size_t size)
 {
@@ -283,10 +303,11 @@ size_t wire_value_text(const struct cfg_point *pt, const struct cgw_value *v, ch
 	case CGW_V_BOOL:
 		return (size_t)snprintf(buf, size, "%s", v->b ? "true" : "false");
 	case CGW_V_INT:
-		return (size_t)snprintf(buf, size, "%" PRId64, v->i);
+		return int_text(v->i < 0, v->i < 0 ? 0 - (uint64_t)v->i : (uint64_t)v->i, buf,
+				size);
 	case CGW_V_UINT:
 		if (v->u <= INT64_MAX)
-			return (size_t)snprintf(buf, size, "%" PRIu64, v->u);
+			return int_text(false, v->u, buf, size);
 		snprintf(num, sizeof(num), "%.15g", (double)v->u);
 		return real_text(num, buf, size);
 	case CGW_V_DOUBLE:
@@ -327,8 +348,11 @@ int wire_telemetry(const struct cfg_device *d, int64_t ts_ms, const struct wire_
 	memset(out, 0, sizeof(*out));
 	if (!d || topic(out, "device/%s/telemetry", d->id) < 0)
 		return -EINVAL;
-	snprintf(num, sizeof(num), "{\"ts\":%" PRId64 ",\"device\":", ts_ms);
-	tb_str(&b, num);
+	tb_str(&b, "{\"ts\":");
+	tb_put(&b, num,
+	       int_text(ts_ms < 0, ts_ms < 0 ? 0 - (uint64_t)ts_ms : (uint64_t)ts_ms, num,
+			sizeof(num)));
+	tb_str(&b, ",\"device\":");
 	tb_jstr(&b, d->id);
 	tb_str(&b, ",\"values\":{");
 	for (size_t i = 0; i < n; i++) {
@@ -586,9 +610,35 @@ char *wire_render(const char *gateway, uint64_t seq, const char *payload, int64_
 		body++;
 		inner--;
 	}
-	if (asprintf(&out, "{\"id\":\"%s:%llu\"%s%.*s%s}", gateway, (unsigned long long)seq,
-		     inner ? "," : "", (int)inner, body, late ? ",\"delayed\":true" : "") < 0)
+	/* {"id":"GW:SEQ"[,INNER][,"delayed":true]}, copied (no printf of the
+	 * whole payload per message) */
+	char num[24];
+	size_t lg = strlen(gateway), ln = int_text(false, seq, num, sizeof(num));
+	static const char delayed[] = ",\"delayed\":true";
+	size_t len = 7 + lg + 1 + ln + 1 + (inner ? 1 + inner : 0) +
+		     (late ? sizeof(delayed) - 1 : 0) + 1;
+	char *p = out = malloc(len + 1);
+	if (!out)
 		return NULL;
+	memcpy(p, "{\"id\":\"", 7);
+	p += 7;
+	memcpy(p, gateway, lg);
+	p += lg;
+	*p++ = ':';
+	memcpy(p, num, ln);
+	p += ln;
+	*p++ = '"';
+	if (inner) {
+		*p++ = ',';
+		memcpy(p, body, inner);
+		p += inner;
+	}
+	if (late) {
+		memcpy(p, delayed, sizeof(delayed) - 1);
+		p += sizeof(delayed) - 1;
+	}
+	*p++ = '}';
+	*p = '\0';
 	return out;
 }
 

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -294,7 +295,7 @@ static void test_above_deadband(void **state)
 	assert_int_equal(last()->severity, CFG_SEV_CRITICAL);
 	assert_false(last()->critical_fire); /* class security */
 	num(D1, P_TEMP, 58, 2000);
-	num(D1, P_TEMP, 56, 3000);    /* inside the deadband: still active */
+	num(D1, P_TEMP, 56, 3000); /* inside the deadband: still active */
 	num(D1, P_TEMP, 55.01, 4000);
 	assert_int_equal(F.n, 1);
 	num(D1, P_TEMP, 55.0, 5000); /* clears at <= 57 - 2 */
@@ -744,9 +745,10 @@ static void test_flood(void **state)
 	(void)state;
 	teardown(NULL);
 	for (int i = 0; i < 14; i++)
-		len += (size_t)snprintf(devs + len, sizeof(devs) - len,
-					"  - {id: x%d, name: 设备%d, profile: tp, bus: mq, topic: t/x%d}\n",
-					i, i, i);
+		len += (size_t)snprintf(
+			devs + len, sizeof(devs) - len,
+			"  - {id: x%d, name: 设备%d, profile: tp, bus: mq, topic: t/x%d}\n", i, i,
+			i);
 	snprintf(devs + len, sizeof(devs) - len,
 		 "  - {id: f1, name: 烟感, profile: fp, bus: mq, topic: t/f1}\n");
 	engine_up(devs);
@@ -816,7 +818,7 @@ static void test_flood(void **state)
 static void test_unless_no_unlock(void **state)
 {
 	(void)state;
-	uin(D1, P_LOCK, 0, 0);     /* locked */
+	uin(D1, P_LOCK, 0, 0); /* locked */
 	bol(D1, P_DOOR, true, 20000);
 	check(last(), "forced", "raised", ALARM_ACTIVE_UNACKED);
 	assert_string_equal(last()->msg, "3号楼3层东侧门 门被强行打开");
@@ -833,8 +835,8 @@ static void test_unless_unlocked_now(void **state)
 static void test_unless_within(void **state)
 {
 	(void)state;
-	uin(D1, P_LOCK, 1, 0);      /* unlock pulse */
-	uin(D1, P_LOCK, 0, 1000);   /* relocked */
+	uin(D1, P_LOCK, 1, 0);       /* unlock pulse */
+	uin(D1, P_LOCK, 0, 1000);    /* relocked */
 	bol(D1, P_DOOR, true, 3000); /* opened 2 s after: not forced */
 	assert_int_equal(F.n, 0);
 	bol(D1, P_DOOR, true, 4000);
@@ -947,8 +949,8 @@ static void test_restore(void **state)
 
 static void test_restore_cleared_while_down(void **state)
 {
-	struct alarm_record rec = {"d1/hot/1699999990000", "d1", "hot", ALARM_ACTIVE_UNACKED,
-				   1699999990000, false};
+	struct alarm_record rec = {"d1/hot/1699999990000", "d1",          "hot",
+				   ALARM_ACTIVE_UNACKED,   1699999990000, false};
 
 	(void)state;
 	assert_int_equal(alarm_restore(F.e, &rec, 1, NULL), 1);
@@ -961,7 +963,8 @@ static void test_restore_cleared_while_down(void **state)
 	assert_string_equal(last()->note, "condition ended while cgwd was not running");
 	assert_string_equal(last()->id, "d1/hot/1699999990000");
 	assert_int_equal(last()->raised_at, 1699999990000);
-	assert_non_null(strstr(last()->json, "\"note\":\"condition ended while cgwd was not running\""));
+	assert_non_null(
+		strstr(last()->json, "\"note\":\"condition ended while cgwd was not running\""));
 	/* the next occurrence has a new id even if the wall clock went back */
 	assert_int_equal(alarm_ack(F.e, "d1/hot", "duty", W0), 0);
 	alarm_on_reading(F.e, D1, P_TEMP, &(struct cgw_value){.type = CGW_V_DOUBLE, .d = 70},
@@ -977,13 +980,15 @@ static void test_alarm_id_unique(void **state)
 	(void)state;
 	/* three occurrences in the same wall millisecond */
 	for (int i = 0; i < 3; i++) {
-		alarm_on_reading(F.e, D1, P_TEMP, &(struct cgw_value){.type = CGW_V_DOUBLE, .d = 70},
-				 CGW_Q_GOOD, W0, i * 10);
+		alarm_on_reading(F.e, D1, P_TEMP,
+				 &(struct cgw_value){.type = CGW_V_DOUBLE, .d = 70}, CGW_Q_GOOD, W0,
+				 i * 10);
 		snprintf(ids[i], sizeof(ids[i]), "%s", last()->id);
 		assert_int_equal(alarm_ack(F.e, ids[i], "d", W0), 0);
 		assert_string_equal(last()->id, ids[i]);
-		alarm_on_reading(F.e, D1, P_TEMP, &(struct cgw_value){.type = CGW_V_DOUBLE, .d = 20},
-				 CGW_Q_GOOD, W0, i * 10 + 5);
+		alarm_on_reading(F.e, D1, P_TEMP,
+				 &(struct cgw_value){.type = CGW_V_DOUBLE, .d = 20}, CGW_Q_GOOD, W0,
+				 i * 10 + 5);
 		check(last(), "hot", "cleared", ALARM_NORMAL);
 		assert_string_equal(last()->id, ids[i]);
 	}
@@ -1039,7 +1044,8 @@ static void test_message(void **state)
 	/* no value yet */
 	alarm_render(F.cfg, D2, R_HOT, "[{value}][{unit}]", NULL, buf, sizeof(buf));
 	assert_string_equal(buf, "[?][°C]");
-	alarm_render(F.cfg, D1, ALARM_OFFLINE_RULE, "{alarm} {unit}{value}", NULL, buf, sizeof(buf));
+	alarm_render(F.cfg, D1, ALARM_OFFLINE_RULE, "{alarm} {unit}{value}", NULL, buf,
+		     sizeof(buf));
 	assert_string_equal(buf, "offline ?");
 	/* values */
 	const struct cfg_profile *pr = cfg_device_profile(F.cfg, &F.cfg->devices[D1]);
@@ -1053,7 +1059,8 @@ static void test_message(void **state)
 	alarm_format_value(NULL, &(struct cgw_value){.type = CGW_V_DOUBLE, .d = 1234567.5}, buf,
 			   sizeof(buf));
 	assert_string_equal(buf, "1234567.5");
-	alarm_format_value(NULL, &(struct cgw_value){.type = CGW_V_INT, .i = -42}, buf, sizeof(buf));
+	alarm_format_value(NULL, &(struct cgw_value){.type = CGW_V_INT, .i = -42}, buf,
+			   sizeof(buf));
 	assert_string_equal(buf, "-42");
 	alarm_format_value(&pr->points[P_STATUS], &(struct cgw_value){.type = CGW_V_UINT, .u = 2},
 			   buf, sizeof(buf));
@@ -1078,7 +1085,8 @@ static void test_json(void **state)
 	assert_string_equal(json_string_value(json_object_get(o, "device")), "d1");
 	assert_string_equal(json_string_value(json_object_get(o, "name")), "3号楼3层东侧门");
 	assert_string_equal(json_string_value(json_object_get(o, "alarm")), "hot");
-	assert_string_equal(json_string_value(json_object_get(o, "alarm_id")), "d1/hot/1700000000000");
+	assert_string_equal(json_string_value(json_object_get(o, "alarm_id")),
+			    "d1/hot/1700000000000");
 	assert_string_equal(json_string_value(json_object_get(o, "event")), "raised");
 	assert_string_equal(json_string_value(json_object_get(o, "state")), "active-unacked");
 	assert_string_equal(json_string_value(json_object_get(o, "severity")), "critical");
@@ -1144,9 +1152,9 @@ static void test_queries(void **state)
 	struct fe fe = {0};
 
 	(void)state;
-	num(D1, P_TEMP, 60, 0);   /* critical */
-	uin(D2, P_STATUS, 1, 0);  /* major + minor */
-	bol(D2, P_FLAG, true, 0); /* warning */
+	num(D1, P_TEMP, 60, 0);    /* critical */
+	uin(D2, P_STATUS, 1, 0);   /* major + minor */
+	bol(D2, P_FLAG, true, 0);  /* warning */
 	bol(D2, P_FLAG, false, 1); /* -> cleared-unacked: not active */
 	assert_int_equal(alarm_active_count(F.e, -1), 3);
 	assert_int_equal(alarm_active_count(F.e, CFG_SEV_CRITICAL), 1);
@@ -1167,12 +1175,12 @@ static void test_deadline_order(void **state)
 {
 	(void)state;
 	/* several delays at once: the earliest is next, and each fires in order */
-	num(D1, P_PRESS, 0.1, 3000);  /* due 8000 */
-	num(D2, P_PRESS, 0.1, 1000);  /* due 6000 */
-	num(F1, FP_TEMP, 70, 2000);   /* heat due 5000; warm raised now */
+	num(D1, P_PRESS, 0.1, 3000); /* due 8000 */
+	num(D2, P_PRESS, 0.1, 1000); /* due 6000 */
+	num(F1, FP_TEMP, 70, 2000);  /* heat due 5000; warm raised now */
 	assert_int_equal(F.n, 1);
 	assert_int_equal(alarm_next_deadline(F.e), 5000);
-	num(F1, FP_TEMP, 20, 2500);   /* heat interrupted, warm cleared */
+	num(F1, FP_TEMP, 20, 2500); /* heat interrupted, warm cleared */
 	assert_int_equal(alarm_next_deadline(F.e), 6000);
 	tick(7000);
 	assert_int_equal(F.n, 3);
@@ -1287,10 +1295,75 @@ static void test_adopt(void **state)
 	assert_int_equal(alarm_active_count(F.e, -1), 1); /* low */
 }
 
+/* alarm_format_value() prints doubles as "%.15g" (float32 points "%.7g",
+ * whole numbers from 1e7 as "%.0f") without printf for ordinary values:
+ * the text must be printf's, byte for byte, whatever the value. */
+static void format_same(const struct cfg_point *pt, double d)
+{
+	char got[64], want[64];
+	double z = d == 0 ? 0 : d;
+	bool single = pt && pt->type == CGW_T_FLOAT32;
+
+	if (single && fabs(z) >= 1e7 && fabs(z) < 1e15)
+		snprintf(want, sizeof(want), "%.0f", z);
+	else
+		snprintf(want, sizeof(want), "%.*g", single ? 7 : 15, z);
+	alarm_format_value(pt, &(struct cgw_value){.type = CGW_V_DOUBLE, .d = d}, got, sizeof(got));
+	if (strcmp(got, want) != 0)
+		fail_msg("%.17g: got %s, printf gives %s", d, got, want);
+}
+
+static void test_format_double_is_printf(void **state)
+{
+	struct cfg_point f32 = {.type = CGW_T_FLOAT32};
+	uint64_t x = 0x9E3779B97F4A7C15ULL;
+
+	(void)state;
+	/* what sensors give: scaled registers, decimals, float32 readings */
+	for (int i = -60000; i <= 60000; i++) {
+		format_same(NULL, i * 0.1);
+		format_same(NULL, i * 0.01);
+		format_same(NULL, i * 0.001);
+		format_same(NULL, i / 3.0);
+		format_same(&f32, (float)(i * 0.1));
+		format_same(&f32, (float)(i * 0.37));
+	}
+	/* around every power of ten and the tie points of each precision */
+	for (int e = -6; e <= 16; e++) {
+		double p = pow(10, e);
+		for (int j = -40; j <= 40; j++) {
+			format_same(NULL, nextafter(p, j < 0 ? 0 : INFINITY) + j * p * 1e-16);
+			format_same(NULL, p * (1 + j * 1e-15));
+			format_same(NULL, p * 5.5 + j * p * 1e-15);
+			format_same(&f32, (float)(p * (1 + j * 1e-7)));
+			format_same(&f32, (float)(p * 9.9999995 + j * p * 1e-8));
+		}
+	}
+	/* any bits at all */
+	for (int i = 0; i < 400000; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		double d;
+		memcpy(&d, &x, sizeof(d));
+		if (!isfinite(d))
+			continue;
+		format_same(NULL, d);
+		format_same(NULL, (double)(int64_t)(x >> 11) / (double)(1ULL << (x % 64)));
+		format_same(&f32, (float)((double)(int64_t)(x >> 11) / (double)(1ULL << (x % 64))));
+	}
+	format_same(NULL, -0.0);
+	format_same(NULL, 0.5);
+	format_same(NULL, 0.00015);
+	format_same(NULL, 999999999999999.5);
+	format_same(&f32, 9999999.5);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+		cmocka_unit_test(test_format_double_is_printf),
 		T(test_above_deadband),
 		T(test_below_delays),
 		T(test_on_delay_interrupted),

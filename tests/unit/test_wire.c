@@ -286,6 +286,12 @@ static void test_transport(void **state)
 	assert_string_equal(s, "{\"id\":\"gw:13\",\"ts\":1,\"delayed\":true}");
 	free(s);
 	assert_null(wire_render("gw", 1, "[1]", 0, 0, 0));
+	s = wire_render("gw-1", UINT64_MAX, " { } ", 0, 0, 0);
+	assert_string_equal(s, "{\"id\":\"gw-1:18446744073709551615\"}");
+	free(s);
+	s = wire_render("g", 0, "{\n \"a\":\"}\" }\n", 0, 5, 1);
+	assert_string_equal(s, "{\"id\":\"g:0\",\"a\":\"}\",\"delayed\":true}");
+	free(s);
 	assert_true(wire_retained("status"));
 	assert_true(wire_retained("device/d1/state"));
 	assert_false(wire_retained("status/event"));
