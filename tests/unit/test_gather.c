@@ -154,7 +154,7 @@ static void test_many_points(void **state)
 	const struct wire_field *v;
 	size_t nv;
 	int64_t ts;
-	char names[40][8], val[16];
+	char names[40][16], val[16];
 
 	(void)state;
 	assert_int_equal(gather_new(1, &g), 0);
