@@ -17,10 +17,16 @@
  *
  * Scheduling: each device is polled every `poll`, on a fixed grid (a late
  * poll does not shift the next one); devices with the same interval start
- * staggered across it. A cycle reads all the device's requests; a request
- * that times out (or gets a corrupt frame) is retried `retries` times, then
- * the cycle fails and the rest of the device's requests are skipped, so a
- * dead device costs one timeout per attempt, not one per request. After
+ * staggered across it: evenly on an RTU line, on a grid of MB_STAGGER_MS
+ * (100 ms) on Modbus TCP, where the devices that share a slot are polled
+ * back to back in one wake-up of the worker. A wake-up also serves every
+ * slot (a cycle, a fast point) due within MB_GROUP_MS (5 ms) of it: such a
+ * read comes up to 5 ms early, never later, and its grid stays where it
+ * was. Among the slots served, fast points still come first. A cycle
+ * reads all the device's requests; a request that times out (or gets a
+ * corrupt frame) is retried `retries` times, then the cycle fails and the
+ * rest of the device's requests are skipped, so a dead device costs one
+ * timeout per attempt, not one per request. After
  * `offline_after` failed cycles in a row the device is offline and probed
  * (one try, no retries: one timeout per probe): first a poll (but at least
  * 4 timeouts) later, then at twice the last interval after each failed
@@ -39,7 +45,12 @@
  * first after a failure), when it moved more than the point's deadband from
  * the last value sent (any change for bool and string), or when
  * report_every passed since it was last sent. A full queue blocks the worker
- * (queue_push_wait) instead of dropping a reading.
+ * (queue_push_wait) instead of dropping a reading. Items go to the core in
+ * batches (one lock, at most one wake-up of the core each): on an RTU line
+ * before every request; on Modbus TCP, where a request is a network round
+ * trip, what one wake-up reads goes as one batch, and no item waits in the
+ * worker longer than MB_HOLD_US (2 ms): an answer slower than that has the
+ * batch handed over while it waits.
  *
  * Writes are queued to the worker (MB_WRITE_QUEUE deep) and run between two
  * poll requests, never during one; a successful write makes the device's
@@ -82,7 +93,11 @@
 
 #define MB_WRITE_QUEUE 32       /* writes waiting for the worker, per bus */
 #define MB_PUSH_SLICE_MS 200    /* a blocked push re-checks `stop` this often */
-#define MB_PENDING 32           /* items held for one hand-over to the core */
+#define MB_PENDING 64           /* items held for one hand-over to the core */
+#define MB_HOLD_US 2000         /* Modbus TCP: longest an item waits in the worker */
+#define MB_GROUP_MS 5           /* slots this close are served in one wake-up */
+#define MB_STAGGER_MS 100       /* Modbus TCP: the initial stagger's grid */
+#define MB_STALE_TIDS 16        /* Modbus TCP: answers to this many requests back are stale */
 #define MB_RECONNECT_MIN_MS 500 /* first reconnect delay; doubles per failure */
 #define MB_RECONNECT_MAX_MS 30000
 #define MB_OFFLINE_POLL_MAX_MS 60000 /* an offline device's probes back off to this */
@@ -168,11 +183,13 @@ struct driver {
 	char tag[80]; /* "[rs485-1]" */
 
 	/* worker only */
-	modbus_t *ctx;                 /* modbus-rtu, modbus-tcp */
-	struct rtu_link *link;         /* modbus-rtu-tcp */
-	struct dtu_slot *dtu;          /* modbus-rtu-tcp listen: our DTU's connection comes here */
-	uint16_t tid;                  /* modbus-tcp: the last transaction id sent */
-	uint64_t foreign, stale_bytes; /* modbus-tcp, modbus-rtu (the link counts its own) */
+	modbus_t *ctx;                  /* modbus-rtu, modbus-tcp */
+	struct rtu_link *link;          /* modbus-rtu-tcp */
+	struct dtu_slot *dtu;           /* modbus-rtu-tcp listen: our DTU's connection comes here */
+	uint16_t tid;                   /* modbus-tcp: the last transaction id sent */
+	uint64_t foreign, stale_bytes;  /* modbus-tcp, modbus-rtu (the link counts its own) */
+	uint8_t rx[2 * MBAP_MAX_FRAME]; /* modbus-tcp: received, not yet framed */
+	size_t rx_n;
 	/* a connection on which no device answers any more: devices that timed
 	 * out since the last answer (each counted once, by answer_epoch) */
 	uint64_t answer_epoch;
@@ -190,9 +207,11 @@ struct driver {
 	uint16_t regs[MBP_MAX_REGS];
 	uint8_t bits[MBP_MAX_BITS];
 	/* items for the core not handed over yet: flushed before anything that
-	 * may wait (a request, a connect, the idle wait) and at each cycle's end */
+	 * may wait (a connect, the idle wait; a request on a line; on Modbus TCP
+	 * a wait for an answer once the oldest is MB_HOLD_US old) */
 	struct cgw_item pend[MB_PENDING];
 	size_t n_pend;
+	int64_t pend_since; /* monotonic us: when the oldest pending item came */
 
 	/* read-only after open */
 	struct mb_dev *devs;
@@ -484,8 +503,21 @@ static void push(struct driver *d, struct cgw_item *it)
 {
 	if (d->n_pend == MB_PENDING)
 		flush(d);
+	if (!d->n_pend)
+		d->pend_since = mono_us();
 	d->pend[d->n_pend++] = *it;
 	it->value.type = CGW_V_NONE;
+}
+
+/* Before a request. An RTU line holds the worker tens of ms a request: the
+ * items go to the core now. A Modbus TCP answer takes a round trip of a
+ * network, so what one wake-up reads (several devices back to back) goes in
+ * one hand-over, one wake-up of the core: items wait up to MB_HOLD_US, and
+ * tcp_receive() hands them over if an answer takes longer than that. */
+static void flush_before_request(struct driver *d)
+{
+	if (d->n_pend && (d->rtu || d->link || mono_us() - d->pend_since >= MB_HOLD_US))
+		flush(d);
 }
 
 /* ---- statistics ----------------------------------------------------------------------- */
@@ -579,6 +611,7 @@ static int conn_open(struct driver *d)
 {
 	int e;
 
+	d->rx_n = 0;
 	if (!d->link)
 		return modbus_connect(d->ctx);
 	if (d->dtu) {
@@ -601,16 +634,21 @@ static int conn_open(struct driver *d)
 
 static void conn_close(struct driver *d)
 {
+	d->rx_n = 0;
 	if (d->link)
 		rtu_link_close(d->link);
 	else
 		modbus_close(d->ctx);
 }
 
+static void tcp_flush(struct driver *d);
+
 static void conn_flush(struct driver *d)
 {
 	if (d->link)
 		rtu_link_flush(d->link);
+	else if (!d->rtu)
+		tcp_flush(d);
 	else
 		modbus_flush(d->ctx);
 }
@@ -919,22 +957,90 @@ static int serial_call(struct driver *d, enum mb_op op, int addr, int n)
 	return e;
 }
 
-/* One request on Modbus TCP. libmodbus connects and cuts answers out of the
- * stream (modbus_receive_confirmation); the request and the matching are
- * ours, because libmodbus's read calls take an answer from another unit as
- * data and fail a request on a stale answer (a device that answered late
- * or twice) instead of waiting for its own. An answer whose transaction id
- * or unit is not the request's is counted as foreign and dropped, and the
- * wait goes on until the request's own answer or the timeout. */
+/* Bytes from the Modbus TCP connection into d->rx: 0 when some came,
+ * ETIMEDOUT at the deadline (monotonic us), or the connection's errno.
+ * While it waits, items held for the core are handed over once they are
+ * MB_HOLD_US old: a slow answer never holds a reading back longer. */
+static int tcp_receive(struct driver *d, int fd, int64_t deadline)
+{
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int64_t now = mono_us(), until = deadline;
+		bool hold = d->n_pend > 0 && d->pend_since + MB_HOLD_US < deadline;
+		struct timespec ts;
+		ssize_t n;
+		int r;
+
+		if (now >= deadline)
+			return ETIMEDOUT;
+		if (hold)
+			until = d->pend_since + MB_HOLD_US;
+		if (now >= until) {
+			flush(d);
+			continue;
+		}
+		ts = (struct timespec){.tv_sec = (until - now) / 1000000,
+				       .tv_nsec = (until - now) % 1000000 * 1000};
+		r = ppoll(&p, 1, &ts, NULL);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return errno;
+		if (r == 0)
+			continue; /* the hold or the deadline: seen above */
+		n = recv(fd, d->rx + d->rx_n, sizeof(d->rx) - d->rx_n, MSG_DONTWAIT);
+		if (n == 0)
+			return ECONNRESET;
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR ? 0 : errno;
+		d->rx_n += (size_t)n;
+		return 0;
+	}
+}
+
+static void rx_drop(struct driver *d, size_t n)
+{
+	memmove(d->rx, d->rx + n, d->rx_n - n);
+	d->rx_n -= n;
+}
+
+/* What waits on a Modbus TCP connection, dropped and counted as stale:
+ * after a timeout or an invalid frame, a late or broken answer must not be
+ * taken for the next one. */
+static void tcp_flush(struct driver *d)
+{
+	int fd = modbus_get_socket(d->ctx);
+
+	d->stale_bytes += d->rx_n;
+	d->rx_n = 0;
+	while (fd >= 0) {
+		ssize_t n = recv(fd, d->rx, sizeof(d->rx), MSG_DONTWAIT);
+		if (n <= 0)
+			break;
+		d->stale_bytes += (uint64_t)n;
+	}
+}
+
+/* One request on Modbus TCP. libmodbus connects; the request, the framing
+ * of the answers (MBAP: mbap_frame_length) and the matching are ours,
+ * because libmodbus's read calls take an answer from another unit as data
+ * and fail a request on a stale answer (a device that answered late or
+ * twice) instead of waiting for its own, and they cost six system calls an
+ * answer (select and recv for header, function and body) where one poll
+ * and one recv do. Frames stay whole in d->rx across requests, so nothing
+ * is flushed before a request: an answer with one of the MB_STALE_TIDS
+ * transaction ids sent before (a late or repeated answer) is counted as
+ * stale bytes and dropped, one with any other id or from another unit is
+ * counted as foreign and dropped, and the wait goes on until the request's
+ * own answer or the timeout. */
 static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 {
-	uint8_t frame[RTU_MAX_ADU], adu[MODBUS_TCP_MAX_ADU_LENGTH];
-	uint8_t rsp[MODBUS_TCP_MAX_ADU_LENGTH], fake[RTU_MAX_ADU];
+	uint8_t frame[RTU_MAX_ADU], adu[MODBUS_TCP_MAX_ADU_LENGTH], fake[RTU_MAX_ADU];
 	struct rtu_req req;
 	int64_t deadline;
 	size_t plen;
-	int flen, fd, flushed, e = ETIMEDOUT;
-	uint16_t tid;
+	int flen, fd, e;
+	uint16_t tid, age;
 
 	/* the PDU is the RTU frame without unit and CRC; unit 1 stands in for
 	 * the TCP unit ids RTU has no room for (0, 248..255), checked apart */
@@ -950,9 +1056,6 @@ static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 	adu[5] = (uint8_t)((plen + 1) & 0xFF);
 	adu[6] = (uint8_t)d->cur_unit;
 	memcpy(adu + 7, frame + 1, plen);
-	flushed = modbus_flush(d->ctx); /* late or repeated answers to earlier requests */
-	if (flushed > 0)
-		d->stale_bytes += (uint64_t)flushed;
 	fd = modbus_get_socket(d->ctx);
 	if (fd < 0)
 		return ENOTCONN;
@@ -960,32 +1063,35 @@ static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 		return errno ? errno : EIO;
 	deadline = mono_us() + (int64_t)d->cur_timeout * 1000;
 	for (;;) {
-		int64_t left = deadline - mono_us();
+		int fl = mbap_frame_length(d->rx, d->rx_n);
 		struct rtu_answer a;
-		int rc;
 
-		if (left <= 0)
-			break;
-		modbus_set_response_timeout(d->ctx, (uint32_t)(left / 1000000),
-					    (uint32_t)(left % 1000000));
-		rc = modbus_receive_confirmation(d->ctx, rsp);
-		if (rc < 0) {
-			e = errno ? errno : EIO;
-			break;
-		}
-		if (rc < 9 || (size_t)rc - 7 > RTU_MAX_ADU - 3) {
+		if (fl < 0) { /* the stream lost its framing: nothing in it is ours */
 			e = EMBBADDATA;
 			break;
 		}
-		if (((rsp[0] << 8) | rsp[1]) != tid || rsp[6] != (uint8_t)d->cur_unit) {
+		if (fl == 0 || (size_t)fl > d->rx_n) {
+			e = tcp_receive(d, fd, deadline);
+			if (e)
+				break;
+			continue;
+		}
+		age = (uint16_t)(tid - ((d->rx[0] << 8) | d->rx[1]));
+		if (age > 0 && age <= MB_STALE_TIDS) { /* a late or repeated answer */
+			d->stale_bytes += (uint64_t)fl;
+			rx_drop(d, (size_t)fl);
+			continue;
+		}
+		if (age || d->rx[6] != (uint8_t)d->cur_unit) {
 			d->foreign++;
+			rx_drop(d, (size_t)fl);
 			continue;
 		}
 		/* TCP framed it and carries no CRC: check the PDU as an RTU
 		 * frame of unit 1 (see above), without computing one */
 		fake[0] = 1;
-		memcpy(fake + 1, rsp + 7, (size_t)rc - 7);
-		switch (rtu_match(fake, (size_t)rc - 6, &req, &a)) {
+		memcpy(fake + 1, d->rx + 7, (size_t)fl - 7);
+		switch (fl < 9 ? RTU_GARBAGE : rtu_match(fake, (size_t)fl - 6, &req, &a)) {
 		case RTU_ANSWER:
 			unpack(d, op, n, a.data, a.len);
 			e = 0;
@@ -997,16 +1103,15 @@ static int tcp_call(struct driver *d, enum mb_op op, int addr, int n)
 			e = EMBBADDATA;
 			break;
 		}
+		rx_drop(d, (size_t)fl);
 		break;
 	}
-	modbus_set_response_timeout(d->ctx, (uint32_t)(d->cur_timeout / 1000),
-				    (uint32_t)(d->cur_timeout % 1000) * 1000);
 	return e;
 }
 
 static int call(struct driver *d, enum mb_op op, int addr, int n)
 {
-	flush(d); /* nothing read waits behind line time */
+	flush_before_request(d); /* nothing read waits behind line time */
 	if (d->link)
 		return link_call(d, op, addr, n);
 	if (!d->rtu)
@@ -1022,7 +1127,7 @@ static int transact(struct driver *d, struct mb_dev *dev, enum mb_op op, int add
 	int64_t retries = dev->state == DEV_OFFLINE ? 0 : dev->cfg->retries;
 	int e = 0;
 
-	flush(d);
+	flush_before_request(d);
 	for (int64_t t = 0; t <= retries; t++) {
 		int64_t t0;
 		if (t > 0 && stopping(d))
@@ -1369,7 +1474,7 @@ static int commission_read(struct driver *d, int unit, int table, int addr, int 
 		break;
 	case MBE_TIMEOUT:
 	case MBE_FRAME:
-		modbus_flush(d->ctx); /* a late answer must not be taken for the next one */
+		conn_flush(d); /* a late answer must not be taken for the next one */
 		break;
 	case MBE_OTHER:
 		break;
@@ -1601,7 +1706,7 @@ static void end_cycle(struct driver *d, struct mb_dev *dev)
 
 	if (dev->cycle_readings)
 		push(d, &it);
-	flush(d);
+	flush_before_request(d); /* the next request or the idle wait would */
 	dev->cycle_readings = false;
 	dev->cycle_ts = 0;
 }
@@ -1731,10 +1836,18 @@ static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled, bo
 
 /* ---- the worker ----------------------------------------------------------------------- */
 
+/* Devices with the same interval start staggered across it: evenly on a
+ * line (RTU, RTU over TCP: it stays evenly loaded). On Modbus TCP a request
+ * costs a network round trip, not line time, and a wake-up of the worker
+ * costs more than the request: the slots are put on a grid of
+ * MB_STAGGER_MS, so that the devices sharing a slot are polled back to back
+ * in one wake-up (50 devices at 1 s: 10 wake-ups of 5, not 50 of 1). Each
+ * device keeps its own fixed grid either way. */
 static void schedule_initial(struct driver *d, int64_t start)
 {
 	for (size_t i = 0; i < d->n_devs; i++) {
 		struct mb_dev *dev = &d->devs[i];
+		int64_t p = dev->cfg->poll_ms, slots;
 		size_t k = 0, n = 0;
 
 		if (!dev->req_n) {
@@ -1748,7 +1861,13 @@ static void schedule_initial(struct driver *d, int64_t start)
 				k++;
 			n++;
 		}
-		dev->next_due = start + dev->cfg->poll_ms * (int64_t)k / (int64_t)n;
+		slots = d->rtu || d->link ? (int64_t)n : p / MB_STAGGER_MS;
+		if (slots < 1)
+			slots = 1;
+		if (slots >= (int64_t)n)
+			dev->next_due = start + p * (int64_t)k / (int64_t)n;
+		else
+			dev->next_due = start + p * ((int64_t)k * slots / (int64_t)n) / slots;
 		dev->next_fast = dev->next_due + dev->fast_ms;
 	}
 }
@@ -1883,14 +2002,16 @@ static void *worker(void *arg)
 			try_connect(d);
 			now = cgw_mono_ms();
 		}
-		due = pick_next(d, now, &next, &fast);
+		/* slots within MB_GROUP_MS are served now, early rather than
+		 * in a wake-up each */
+		due = pick_next(d, now + MB_GROUP_MS, &next, &fast);
 		if (next && fast) {
 			poll_device(d, next, false, true);
 			reschedule_fast(next, now);
 			continue;
 		}
 		if (next) {
-			bool scheduled = next->next_due <= now;
+			bool scheduled = next->next_due <= now + MB_GROUP_MS;
 			next->refresh = false;
 			poll_device(d, next, scheduled, false);
 			if (scheduled)

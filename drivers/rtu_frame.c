@@ -298,3 +298,19 @@ enum rtu_scan_result rtu_match(const uint8_t *buf, size_t n, const struct rtu_re
 		return RTU_GARBAGE;
 	return classify(buf, (size_t)len, req, out);
 }
+
+int mbap_frame_length(const uint8_t *p, size_t n)
+{
+	unsigned len;
+
+	if (!p)
+		return 0;
+	if ((n > 2 && p[2]) || (n > 3 && p[3]))
+		return -EBADMSG;
+	if (n < 6)
+		return 0;
+	len = (unsigned)p[4] << 8 | p[5];
+	if (len < 2 || len > MBAP_MAX_FRAME - 6)
+		return -EBADMSG;
+	return 6 + (int)len;
+}

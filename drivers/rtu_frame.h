@@ -97,4 +97,12 @@ enum rtu_scan_result rtu_scan(const uint8_t *buf, size_t n, const struct rtu_req
 enum rtu_scan_result rtu_match(const uint8_t *buf, size_t n, const struct rtu_req *req,
 			       struct rtu_answer *out);
 
+/* Modbus TCP framing (MBAP): the length of the frame (7-byte header with
+ * transaction id, protocol id, length and unit, then the PDU) that starts
+ * at p[0..n): > 0 (at most MBAP_MAX_FRAME), 0 if more bytes are needed to
+ * tell, -EBADMSG if no frame can start here (protocol id not 0, length field
+ * outside 2..254: the stream has lost its framing). Never reads beyond n. */
+#define MBAP_MAX_FRAME 260
+int mbap_frame_length(const uint8_t *p, size_t n);
+
 #endif
