@@ -5,6 +5,8 @@
  * answer, an exception or "need more") must never read past the buffer,
  * always make progress, and only ever hand out an answer whose CRC is good,
  * whose unit and function are the request's and whose size fits the count.
+ * The same bytes cut as a Modbus TCP stream (mbap_frame_length) must give
+ * lengths within the MBAP limits and never read past the buffer.
  */
 #include "rtu_frame.h"
 
@@ -46,6 +48,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(buf, data + 6, n);
 	(void)rtu_request_length(buf, n);
+	/* the buffer as a Modbus TCP stream: cut frame after frame like the
+	 * worker; a length is never beyond MBAP_MAX_FRAME and never needs more
+	 * once the 6 header bytes are there */
+	for (size_t at = 0;;) {
+		int fl = mbap_frame_length(buf + at, n - at);
+
+		if (fl < 0)
+			break;
+		if (fl == 0) {
+			CHECK(n - at < 6);
+			break;
+		}
+		CHECK(fl >= 8 && fl <= MBAP_MAX_FRAME);
+		if ((size_t)fl > n - at)
+			break;
+		CHECK(buf[at + 2] == 0 && buf[at + 3] == 0);
+		at += (size_t)fl;
+	}
 	/* the whole buffer as one frame a transport cut out (Modbus TCP) */
 	{
 		struct rtu_answer a;

@@ -38,7 +38,8 @@
 #include "mqtt_ingest.h"
 #include "queue.h"
 
-#define NUNITS 4
+#define NUNITS 10
+#define LOG_MAX 512  /* request times kept per unit */
 #define WAIT_MS 8000 /* generous: sanitizers and valgrind are slow */
 
 /* ---- a small Modbus TCP server ---------------------------------------------------------- */
@@ -54,7 +55,32 @@ struct srv {
 	int exc_addr[NUNITS]; /* holding address that answers exception 2, -1 none */
 	bool kick;            /* drop every client connection */
 	uint64_t requests[NUNITS];
+	bool twice[NUNITS];              /* answer, then answer again with every register 0xBEEF */
+	int delay_ms[NUNITS];            /* answer this late (the server serves others meanwhile) */
+	int64_t req_ms[NUNITS][LOG_MAX]; /* monotonic ms of the first LOG_MAX requests */
+	/* one delayed answer at a time */
+	bool held;
+	int held_fd, held_len;
+	int64_t held_at;
+	uint8_t held_req[MODBUS_TCP_MAX_ADU_LENGTH];
 };
+
+/* The second answer of a `twice` unit: same transaction, other values. */
+static void reply_twice(struct srv *s, int unit, const uint8_t *req, int rc)
+{
+	modbus_mapping_t *m = s->map[unit];
+	uint16_t hold[32], in[8];
+
+	memcpy(hold, m->tab_registers, sizeof(hold));
+	memcpy(in, m->tab_input_registers, sizeof(in));
+	for (int i = 0; i < 32; i++)
+		m->tab_registers[i] = 0xBEEF;
+	for (int i = 0; i < 8; i++)
+		m->tab_input_registers[i] = 0xBEEF;
+	modbus_reply(s->ctx, req, rc, m);
+	memcpy(m->tab_registers, hold, sizeof(hold));
+	memcpy(m->tab_input_registers, in, sizeof(in));
+}
 
 static void *srv_main(void *arg)
 {
@@ -69,13 +95,25 @@ static void *srv_main(void *arg)
 		pfd[1] = (struct pollfd){.fd = s->lfd, .events = POLLIN};
 		for (size_t i = 0; i < nc; i++)
 			pfd[2 + i] = (struct pollfd){.fd = clients[i], .events = POLLIN};
-		if (poll(pfd, 2 + nc, 50) < 0)
+		int wait = 50;
+		pthread_mutex_lock(&s->lock);
+		if (s->held) {
+			int64_t left = s->held_at - cgw_mono_ms();
+			wait = left < 0 ? 0 : left < 50 ? (int)left : 50;
+		}
+		pthread_mutex_unlock(&s->lock);
+		if (poll(pfd, 2 + nc, wait) < 0)
 			break;
 		if (pfd[0].revents)
 			break;
 		pthread_mutex_lock(&s->lock);
 		bool kick = s->kick;
 		s->kick = false;
+		if (s->held && cgw_mono_ms() >= s->held_at) {
+			modbus_set_socket(s->ctx, s->held_fd);
+			modbus_reply(s->ctx, s->held_req, s->held_len, s->map[s->held_req[6]]);
+			s->held = false;
+		}
 		pthread_mutex_unlock(&s->lock);
 		if (kick) {
 			while (nc)
@@ -98,9 +136,17 @@ static void *srv_main(void *arg)
 			int n = (fc == 5 || fc == 6) ? 1 : (req[10] << 8) | req[11];
 			pthread_mutex_lock(&s->lock);
 			if (unit < NUNITS && s->map[unit]) {
+				if (s->requests[unit] < LOG_MAX)
+					s->req_ms[unit][s->requests[unit]] = cgw_mono_ms();
 				s->requests[unit]++;
 				if (s->silent[unit]) {
 					/* no answer */
+				} else if (s->delay_ms[unit] && !s->held) {
+					s->held = true;
+					s->held_fd = clients[i];
+					s->held_len = rc;
+					s->held_at = cgw_mono_ms() + s->delay_ms[unit];
+					memcpy(s->held_req, req, (size_t)rc);
 				} else if ((fc == 3 || fc == 6 || fc == 16) &&
 					   s->exc_addr[unit] >= addr &&
 					   s->exc_addr[unit] < addr + n) {
@@ -108,6 +154,8 @@ static void *srv_main(void *arg)
 						s->ctx, req, MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS);
 				} else {
 					modbus_reply(s->ctx, req, rc, s->map[unit]);
+					if (s->twice[unit])
+						reply_twice(s, unit, req, rc);
 				}
 			}
 			pthread_mutex_unlock(&s->lock);
@@ -932,6 +980,181 @@ static void test_cycle_end(void **state)
 	assert_true(ends <= dev_stats(f, 0).polls_done + 1);
 }
 
+/* Replace the fixture's configuration: n devices of `profile` polled every
+ * poll_ms on one Modbus TCP bus (units 1..n, ids d1..dn). */
+static void fx_config(struct fx *f, const char *bus_opts, int n, const char *profile, int poll_ms)
+{
+	struct cfg_errors errs = {0};
+	char yaml[4096];
+	int len, r;
+
+	config_free(f->cfg);
+	f->cfg = NULL;
+	len = snprintf(yaml, sizeof(yaml),
+		       "gateway: {id: gw-t, site: t, state_dir: %s}\n"
+		       "profile_dirs: [%s]\n"
+		       "buses:\n"
+		       "  - {name: lan, type: modbus-tcp, host: 127.0.0.1, port: %u, %s}\n"
+		       "devices:\n",
+		       f->dir, f->dir, f->srv.port, bus_opts);
+	for (int u = 1; u <= n; u++)
+		len += snprintf(yaml + len, sizeof(yaml) - (size_t)len,
+				"  - {id: d%d, name: D%d, profile: %s, bus: lan, unit: %d, "
+				"poll: %dms}\n",
+				u, u, profile, u, poll_ms);
+	assert_true(len < (int)sizeof(yaml));
+	r = config_load_string("test.yaml", yaml, strlen(yaml), &f->cfg, &errs);
+	for (size_t i = 0; i < errs.n; i++)
+		fprintf(stderr, "%s\n", errs.v[i]);
+	cfg_errors_free(&errs);
+	assert_int_equal(r, 0);
+}
+
+/* A unit that answers twice: the second answer (same transaction, every
+ * register 0xBEEF) arrives behind the first, and nothing is flushed before
+ * the next request any more. It is counted as stale bytes, never taken as
+ * data (no reading carries 0xBEEF), and costs neither that unit nor its
+ * neighbour a failed request. */
+static void test_stale_answer_not_data(void **state)
+{
+	struct fx *f = *state;
+	struct driver_stats st;
+	size_t at = 0;
+
+	for (int u = 1; u <= 2; u++) {
+		set_reg(f, u, 10, 20); /* setpoint 10.0 */
+		set_reg(f, u, 12, 0);  /* big 0 */
+		set_reg(f, u, 13, 0);
+	}
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.twice[1] = true;
+	pthread_mutex_unlock(&f->srv.lock);
+	fx_open(f);
+	expect(f, &at, dstate(0, true));
+	expect(f, &at, dstate(1, true));
+	wait_polls(f, 0, 20);
+	wait_polls(f, 1, 20);
+
+	assert_int_equal(modbus_driver_ops.status(f->drv, &st), 0);
+	free(st.devices);
+	assert_true(st.stale_bytes > 0);
+	for (uint32_t dev = 0; dev < 2; dev++) {
+		struct driver_dev_stats ds = dev_stats(f, dev);
+		assert_int_equal(ds.timeouts + ds.crc_errors + ds.exceptions + ds.conn_errors, 0);
+		assert_true(ds.online);
+	}
+	assert_int_equal(count(f, 0, dstate(0, false)), 0);
+	for (size_t i = 0; i < f->n; i++) {
+		const struct cgw_item *it = &f->items[i];
+		if (it->kind != CGW_ITEM_READING || it->device > 1)
+			continue;
+		if (it->point == P_SETPOINT)
+			assert_true(it->quality == CGW_Q_GOOD && fabs(it->value.d - 10.0) < 1e-9);
+		if (it->point == P_BIG)
+			assert_true(it->quality == CGW_Q_GOOD && it->value.i == 0);
+		if (it->point == P_STATUS)
+			assert_true(it->value.u != 0xBEEF);
+	}
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* 8 devices at 400 ms on Modbus TCP: the stagger puts them two to a slot
+ * 100 ms apart, so the worker wakes about 4 times a poll, not 8 (requests
+ * more than 40 ms apart count as separate wake-ups; the old even stagger
+ * had them 50 ms apart), and every device stays on its own fixed grid:
+ * request k of a unit comes at its first one + k polls, late by at most a
+ * loaded machine's jitter, early by at most the grouping window. */
+static void test_grouped_wakeups(void **state)
+{
+	enum { N = 8, P = 400 };
+	struct fx *f = *state;
+	int64_t all[N * LOG_MAX], first = 0, last = INT64_MAX;
+	size_t n_all = 0, bursts = 0;
+	uint64_t k_max = LOG_MAX;
+
+	fx_config(f, "timeout: 250ms", N, "based", P);
+	fx_open(f);
+	wait_polls(f, N - 1, 8);
+	pthread_mutex_lock(&f->srv.lock);
+	for (int u = 1; u <= N; u++)
+		if (f->srv.requests[u] < k_max)
+			k_max = f->srv.requests[u];
+	for (int u = 1; u <= N; u++) {
+		const int64_t *t = f->srv.req_ms[u];
+		int64_t lo = INT64_MAX, hi = INT64_MIN;
+		/* the grid: t[k] - k * P stays put (from the second request on) */
+		for (uint64_t k = 1; k < k_max; k++) {
+			int64_t off = t[k] - (int64_t)k * P;
+			lo = off < lo ? off : lo;
+			hi = off > hi ? off : hi;
+			if (k + 1 < k_max)
+				assert_true(t[k + 1] - t[k] <= P + 150);
+		}
+		if (hi - lo > 150)
+			fail_msg("unit %d drifts off its grid: %lld ms", u, (long long)(hi - lo));
+		first = t[1] > first ? t[1] : first;
+		last = t[k_max - 1] < last ? t[k_max - 1] : last;
+	}
+	for (int u = 1; u <= N; u++)
+		for (uint64_t k = 1; k < k_max; k++)
+			if (f->srv.req_ms[u][k] >= first && f->srv.req_ms[u][k] <= last)
+				all[n_all++] = f->srv.req_ms[u][k];
+	pthread_mutex_unlock(&f->srv.lock);
+	assert_true(k_max >= 8 && last - first >= 3 * P);
+	qsort(all, n_all, sizeof(all[0]), cmp_i64);
+	for (size_t i = 0; i < n_all; i++)
+		bursts += i == 0 || all[i] - all[i - 1] > 40;
+	/* 4 a poll when grouped, 8 when not; a margin for the ends */
+	if ((int64_t)bursts * P > 5 * (last - first) + 2 * P)
+		fail_msg("%zu wake-ups for %zu requests in %lld ms (polls of %d ms)", bursts, n_all,
+			 (long long)(last - first), P);
+}
+
+/* Items held for one hand-over wait at most a few ms: a unit that answers
+ * 700 ms late, polled in the same wake-up right after another, does not
+ * hold that one's new value back for its answer. */
+static void test_slow_answer_does_not_hold(void **state)
+{
+	struct fx *f = *state;
+	int64_t t0, t_req = 0, t_recv = 0;
+	size_t at = 0;
+
+	fx_config(f, "timeout: 1s, retries: 0", 3, "based", 100);
+	pthread_mutex_lock(&f->srv.lock);
+	f->srv.delay_ms[2] = 700;
+	pthread_mutex_unlock(&f->srv.lock);
+	fx_open(f);
+	expect(f, &at, dstate(0, true));
+	expect(f, &at, dstate(1, true));
+	t0 = cgw_mono_ms();
+	set_reg(f, 1, 1, 4242);
+	for (int64_t end = t0 + WAIT_MS; !t_recv && cgw_mono_ms() < end;) {
+		pump(f, 10);
+		for (size_t i = at; i < f->n && !t_recv; i++) {
+			const struct cgw_item *it = &f->items[i];
+			if (it->kind == CGW_ITEM_READING && it->device == 0 &&
+			    it->value.type == CGW_V_UINT && it->value.u == 4242)
+				t_recv = cgw_mono_ms();
+		}
+		at = f->n;
+	}
+	assert_true(t_recv > 0);
+	pthread_mutex_lock(&f->srv.lock);
+	for (uint64_t k = 0; k < f->srv.requests[1] && k < LOG_MAX && !t_req; k++)
+		if (f->srv.req_ms[1][k] >= t0)
+			t_req = f->srv.req_ms[1][k];
+	pthread_mutex_unlock(&f->srv.lock);
+	assert_true(t_req > 0);
+	if (t_recv - t_req >= 300)
+		fail_msg("the reading took %lld ms from its request to the consumer",
+			 (long long)(t_recv - t_req));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -947,6 +1170,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reconnect, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_open_refuses, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_cycle_end, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_stale_answer_not_data, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_grouped_wakeups, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_slow_answer_does_not_hold, fx_setup,
+						fx_teardown),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests_name("modbus_driver", tests, NULL, NULL);

@@ -350,6 +350,39 @@ static void test_scan_other_answers(void **state)
 	assert_int_equal(a.len, 0);
 }
 
+/* Modbus TCP framing: the MBAP header gives the length; a header that
+ * cannot be one (protocol id not 0, length outside 2..254) is refused as
+ * soon as its bytes are there, and nothing past n is read. */
+static void test_mbap_frame_length(void **state)
+{
+	(void)state;
+	/* tid 0x1234, protocol 0, length 6: unit + PDU of 5 bytes */
+	const uint8_t ok[] = {0x12, 0x34, 0, 0, 0, 6, 1, 3, 2, 0, 7};
+	const uint8_t longest[] = {0, 1, 0, 0, 0, 254};
+	const uint8_t too_long[] = {0, 1, 0, 0, 0, 255};
+	const uint8_t huge[] = {0, 1, 0, 0, 0xFF, 0xFF};
+	const uint8_t too_short[] = {0, 1, 0, 0, 0, 1};
+	const uint8_t zero[] = {0, 1, 0, 0, 0, 0};
+	const uint8_t proto_hi[] = {0, 1, 1, 0};
+	const uint8_t proto_lo[] = {0, 1, 0, 2, 0, 6};
+
+	for (size_t n = 0; n < 6; n++)
+		assert_int_equal(mbap_frame_length(ok, n), 0); /* need more */
+	assert_int_equal(mbap_frame_length(ok, 6), 12);
+	assert_int_equal(mbap_frame_length(ok, sizeof ok), 12);
+	assert_int_equal(mbap_frame_length(longest, sizeof longest), MBAP_MAX_FRAME);
+	assert_int_equal(mbap_frame_length(too_long, sizeof too_long), -EBADMSG);
+	assert_int_equal(mbap_frame_length(huge, sizeof huge), -EBADMSG);
+	assert_int_equal(mbap_frame_length(too_short, sizeof too_short), -EBADMSG);
+	assert_int_equal(mbap_frame_length(zero, sizeof zero), -EBADMSG);
+	/* a bad protocol id is known from its first byte on */
+	assert_int_equal(mbap_frame_length(proto_hi, 2), 0);
+	assert_int_equal(mbap_frame_length(proto_hi, 3), -EBADMSG);
+	assert_int_equal(mbap_frame_length(proto_lo, 3), 0);
+	assert_int_equal(mbap_frame_length(proto_lo, 4), -EBADMSG);
+	assert_int_equal(mbap_frame_length(NULL, 0), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -362,6 +395,7 @@ int main(void)
 		cmocka_unit_test(test_scan_bad),
 		cmocka_unit_test(test_scan_exception),
 		cmocka_unit_test(test_scan_other_answers),
+		cmocka_unit_test(test_mbap_frame_length),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
