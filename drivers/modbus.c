@@ -33,7 +33,8 @@
  * probe, up to MB_OFFLINE_POLL_MAX_MS, until it answers again; a device
  * that goes offline again starts from the short interval. A slot that
  * passes while the worker is busy elsewhere is skipped, not queued:
- * polls_due counts every slot, polls_done the cycles the device answered.
+ * polls_due counts every slot (when its cycle ends, or when it is skipped),
+ * polls_done the cycles the device answered.
  *
  * Exceptions: a device that answers with an exception is alive. Exception 2
  * (illegal data address) on a merged read splits it (mbp_split) and the
@@ -1660,7 +1661,7 @@ static enum mb_op read_op(enum cgw_table t)
 	return OP_READ_HOLDING;
 }
 
-static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e, bool scheduled)
+static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e)
 {
 	char what[64];
 
@@ -1684,8 +1685,6 @@ static void finish_cycle(struct driver *d, struct mb_dev *dev, int fail_e, bool 
 		return;
 	}
 	pthread_mutex_lock(&d->lock);
-	if (scheduled)
-		dev->st.polls_done++;
 	dev->st.last_ok_ms = cgw_now_ms();
 	pthread_mutex_unlock(&d->lock);
 	if (dev->state == DEV_OFFLINE)
@@ -1751,11 +1750,6 @@ static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled, boo
 	int fail_e = 0;
 	int64_t t0 = mono_us();
 
-	if (scheduled) {
-		pthread_mutex_lock(&d->lock);
-		dev->st.polls_due++;
-		pthread_mutex_unlock(&d->lock);
-	}
 	if (!d->connected) {
 		fail_e = ENOTCONN;
 		pthread_mutex_lock(&d->lock);
@@ -1818,12 +1812,19 @@ static void poll_cycle(struct driver *d, struct mb_dev *dev, bool scheduled, boo
 		}
 		i++;
 	}
-	if (!fast_only) {
+	if (!fast_only || scheduled) {
 		pthread_mutex_lock(&d->lock);
-		dev->cycle_us = mono_us() - t0;
+		if (!fast_only)
+			dev->cycle_us = mono_us() - t0;
+		/* counted with its outcome: a snapshot of the statistics never
+		 * finds a slot due whose cycle is still running */
+		if (scheduled) {
+			dev->st.polls_due++;
+			dev->st.polls_done += !fail_e;
+		}
 		pthread_mutex_unlock(&d->lock);
 	}
-	finish_cycle(d, dev, fail_e, scheduled);
+	finish_cycle(d, dev, fail_e);
 }
 
 static void poll_device(struct driver *d, struct mb_dev *dev, bool scheduled, bool fast_only)
