@@ -19,6 +19,10 @@
  * the RTU limit); a byte count that does not match the request makes the
  * frame not an answer. The CRC decides: a candidate frame whose CRC fails is
  * treated as garbage one byte at a time, which is how the scan resynchronises.
+ *
+ * Modbus TCP frames carry their length in the MBAP header instead:
+ * mbap_frame_length() cuts them out of a TCP stream for the Modbus TCP
+ * transport, and rtu_match() then judges the PDU.
  */
 #ifndef CGW_RTU_FRAME_H
 #define CGW_RTU_FRAME_H
