@@ -119,6 +119,14 @@ $(B)/tools/%: tests/tools/%.c $(B)/libcgw.a
 	@echo "  CCLD    $@"
 	@$(CC) $(CFLAGS) -o $@ $< $(B)/libcgw.a $(LDFLAGS) $(LDLIBS)
 
+# The benches' bare libmodbus loop is also their memory floor: it links
+# libmodbus alone, not cgwd's libraries (46 objects with their dependencies:
+# ~1.3 MB of relocations and their text); its plan comes from mb_refplan.
+$(B)/tools/mb_ref: tests/tools/mb_ref.c $(B)/tools/mb_refplan
+	@mkdir -p $(@D)
+	@echo "  CCLD    $@"
+	@$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(shell pkg-config --libs libmodbus) -lpthread
+
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
 
 # deps: install what is missing (root), or print the exact command (not root).

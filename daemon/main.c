@@ -329,8 +329,9 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
+	/* libcurl's global init waits for the first HTTP uplink (uplink_http.c):
+	 * it loads OpenSSL, which a gateway without one never needs */
 	mosquitto_lib_init();
-	curl_global_init(CURL_GLOBAL_DEFAULT);
 	r = loop_new(&d.loop);
 	if (r < 0) {
 		log_err("main", "event loop: %s", strerror(-r));
@@ -391,7 +392,7 @@ out:
 	loop_timer_free(d.watchdog);
 	loop_timer_free(d.status);
 	loop_free(d.loop);
-	curl_global_cleanup();
+	curl_global_cleanup(); /* nothing if no HTTP uplink ever initialised it */
 	/* a connect abandoned in a hanging getaddrinfo() may still wake up and
 	 * use libmosquitto's TLS state: leave it to the process exit */
 	if (mqtt_link_connectors() == 0)

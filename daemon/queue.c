@@ -2,10 +2,16 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Slots an emptied ring keeps resident; the pages past them go back to the
+ * kernel (288 KB of items: a burst well beyond a normal drain's depth). */
+#define QUEUE_KEEP_SLOTS 4096
 
 struct queue {
 	pthread_mutex_t lock;
@@ -19,9 +25,24 @@ struct queue {
 	size_t cap;
 	size_t head; /* index of the oldest item */
 	size_t count;
+	size_t used;           /* slots [0, used) written since the ring was last given back */
 	struct queue_stats st; /* depth and capacity are filled in on read */
 	struct cgw_item ring[];
 };
+
+/* The whole pages of ring slots [from, to), or false if there are none. */
+static bool ring_pages(struct queue *q, size_t from, size_t to, uintptr_t *start, size_t *len)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t lo = ((uintptr_t)&q->ring[from] + pg - 1) & ~(pg - 1);
+	uintptr_t hi = (uintptr_t)&q->ring[to] & ~(pg - 1);
+
+	if (hi <= lo)
+		return false;
+	*start = lo;
+	*len = hi - lo;
+	return true;
+}
 
 int queue_new(struct queue **qp, size_t capacity)
 {
@@ -36,6 +57,15 @@ int queue_new(struct queue **qp, size_t capacity)
 	if (!q)
 		return -ENOMEM;
 	q->cap = capacity;
+	{
+		/* Only the slots the load reaches become resident (see
+		 * queue_pop_batch): no huge pages that would make a whole 2 MB
+		 * of the ring resident on the first item. */
+		uintptr_t start;
+		size_t len;
+		if (ring_pages(q, 0, capacity, &start, &len))
+			(void)madvise((void *)start, len, MADV_NOHUGEPAGE);
+	}
 	q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (q->efd < 0) {
 		rc = -errno;
@@ -126,6 +156,8 @@ static void put_locked(struct queue *q, struct cgw_item *item)
 
 	if (tail >= q->cap)
 		tail -= q->cap;
+	if (tail >= q->used)
+		q->used = tail + 1;
 	q->ring[tail] = *item;
 	item->value.type = CGW_V_NONE;
 	q->st.pushes++;
@@ -264,6 +296,21 @@ size_t queue_pop_batch(struct queue *q, struct cgw_item *items, size_t max)
 			q->head = 0;
 	}
 	q->count -= n;
+	if (q->count == 0) {
+		/* An empty ring starts again at slot 0, so the slots (and pages)
+		 * it touches are its high-water mark, not its capacity. After a
+		 * burst past QUEUE_KEEP_SLOTS the pages beyond go back to the
+		 * kernel (they read as zeros if reached again). */
+		uintptr_t start;
+		size_t len;
+
+		q->head = 0;
+		if (q->used > QUEUE_KEEP_SLOTS) {
+			if (ring_pages(q, QUEUE_KEEP_SLOTS, q->used, &start, &len))
+				(void)madvise((void *)start, len, MADV_DONTNEED);
+			q->used = QUEUE_KEEP_SLOTS;
+		}
+	}
 	if (q->count == 0 && q->signalled) {
 		/* Reset the wake-up, once: a consumer that pops until it gets
 		 * nothing costs no read() that finds it already reset. */

@@ -34,6 +34,11 @@
  * a queue hovering at the brim is one episode, not thousands): the core logs
  * once per episode by watching full_episodes change and `full` go false.
  *
+ * Memory: the ring is allocated for its capacity but only the slots the
+ * load reaches become resident: a queue that empties starts again at slot 0,
+ * and after a burst the pages past the first few thousand slots go back to
+ * the kernel once it is empty.
+ *
  * Shutdown: queue_close() makes pushes fail with -EPIPE and wakes producers
  * blocked in queue_push_wait(); items already queued can still be popped.
  * Join every producer before queue_free().

@@ -1,21 +1,30 @@
 /*
  * mb_ref - the physical reference of the Modbus benchmark: the least a
  * program can do to issue the same requests as the bus driver. For every
- * modbus-tcp bus of the configuration, one thread connects and, every poll
- * interval of the bus's first device, sends the planned reads
+ * modbus-tcp (or modbus-rtu) bus of the configuration, one thread connects
+ * and, every poll interval of the bus's devices, sends the planned reads
  * (modbus_plan.h, the same plan as the driver) back to back with plain
  * libmodbus calls: no decoding, no reporting, no queue.
  *
+ * It is also the floor of the benches' memory comparison, so it holds what
+ * a bare loop would: it links libmodbus alone and keeps no configuration.
+ * The plan comes from the sibling tool mb_refplan (which links cgw's
+ * configuration reader and planner), run once at start; only its request
+ * lines are kept.
+ *
  * SIGUSR1 prints "summary requests=N errors=N"; SIGTERM/SIGINT print it
  * and exit.
+ *
+ *   mb_ref -c FILE
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
-#include <poll.h>
+#include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,87 +34,61 @@
 
 #include <modbus.h>
 
-#include "config.h"
-#include "modbus_config.h"
-#include "modbus_decode.h"
-#include "modbus_driver.h"
-#include "modbus_plan.h"
+#define MAX_BUSES 256
+
+struct req {
+	uint8_t unit, table; /* 0 coil, 1 discrete, 2 input, 3 holding */
+	uint16_t addr, count;
+};
 
 struct bus_run {
-	const struct cgw_config *cfg;
-	size_t bus;
+	char name[64];
+	modbus_t *ctx;
+	int64_t poll_ms;
+	struct req *reqs;
+	size_t n_reqs, cap_reqs;
 	pthread_t th;
+	bool started;
 	atomic_bool *stop;
 	atomic_uint_fast64_t requests, errors;
 };
 
-static struct mb_plan *plan_for(const struct cgw_config *cfg, size_t bus, int64_t *poll_ms)
-{
-	struct mb_plan *plan = NULL;
-
-	*poll_ms = 1000;
-	for (size_t i = 0; i < cfg->n_devices; i++)
-		if (cfg->devices[i].bus == bus)
-			*poll_ms = cfg->devices[i].poll_ms;
-	if (modbus_bus_plan(cfg, bus, &plan, NULL) < 0)
-		return NULL;
-	return plan;
-}
-
 static void *bus_main(void *arg)
 {
 	struct bus_run *r = arg;
-	const struct cfg_bus *cb = &r->cfg->buses[r->bus];
-	const struct modbus_bus_opts *b = modbus_opts(cb);
-	char port[16];
-	int64_t poll_ms;
-	struct mb_plan *plan = plan_for(r->cfg, r->bus, &poll_ms);
-	modbus_t *ctx;
-	uint16_t regs[MBP_MAX_REGS];
-	uint8_t bits[MBP_MAX_BITS];
+	uint16_t regs[MODBUS_MAX_READ_REGISTERS];
+	uint8_t bits[MODBUS_MAX_READ_BITS];
 	struct timespec next;
 
-	snprintf(port, sizeof(port), "%lld", (long long)b->port);
-	if (modbus_transport(cb) == MB_SERIAL)
-		ctx = modbus_new_rtu(b->device, (int)b->baud,
-				     b->parity == 1 ? 'E' :
-				     b->parity == 2 ? 'O' :
-						      'N',
-				     (int)b->data_bits, (int)b->stop_bits);
-	else
-		ctx = modbus_new_tcp_pi(b->host, port);
-	if (ctx)
-		modbus_set_response_timeout(ctx, (uint32_t)(b->timeout_ms / 1000),
-					    (uint32_t)(b->timeout_ms % 1000) * 1000);
-	if (!plan || !ctx || modbus_connect(ctx) < 0) {
-		fprintf(stderr, "mb_ref: bus %s: %s\n", cb->name, modbus_strerror(errno));
-		goto out;
+	if (modbus_connect(r->ctx) < 0) {
+		fprintf(stderr, "mb_ref: bus %s: %s\n", r->name, modbus_strerror(errno));
+		return NULL;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	while (!atomic_load(r->stop)) {
-		for (size_t i = 0; i < mbp_count(plan) && !atomic_load(r->stop); i++) {
-			const struct mb_req *q = mbp_req(plan, i);
+		for (size_t i = 0; i < r->n_reqs && !atomic_load(r->stop); i++) {
+			const struct req *q = &r->reqs[i];
 			int rc;
-			modbus_set_slave(ctx, q->unit);
+			modbus_set_slave(r->ctx, q->unit);
 			switch (q->table) {
-			case CGW_TBL_COIL:
-				rc = modbus_read_bits(ctx, q->addr, q->count, bits);
+			case 0:
+				rc = modbus_read_bits(r->ctx, q->addr, q->count, bits);
 				break;
-			case CGW_TBL_DISCRETE:
-				rc = modbus_read_input_bits(ctx, q->addr, q->count, bits);
+			case 1:
+				rc = modbus_read_input_bits(r->ctx, q->addr, q->count, bits);
 				break;
-			case CGW_TBL_INPUT:
-				rc = modbus_read_input_registers(ctx, q->addr, q->count, regs);
+			case 2:
+				rc = modbus_read_input_registers(r->ctx, q->addr, q->count, regs);
 				break;
 			default:
-				rc = modbus_read_registers(ctx, q->addr, q->count, regs);
+				rc = modbus_read_registers(r->ctx, q->addr, q->count, regs);
 			}
 			atomic_fetch_add(&r->requests, 1);
 			if (rc < 0)
 				atomic_fetch_add(&r->errors, 1);
 		}
-		next.tv_sec += poll_ms / 1000;
-		next.tv_nsec += (poll_ms % 1000) * 1000000;
+		next.tv_sec += r->poll_ms / 1000;
+		next.tv_nsec += (r->poll_ms % 1000) * 1000000;
 		if (next.tv_nsec >= 1000000000) {
 			next.tv_sec++;
 			next.tv_nsec -= 1000000000;
@@ -123,13 +106,89 @@ static void *bus_main(void *arg)
 			nanosleep(&nap, NULL);
 		}
 	}
-out:
-	if (ctx) {
-		modbus_close(ctx);
-		modbus_free(ctx);
-	}
-	mbp_free(plan);
 	return NULL;
+}
+
+/* One "bus ..." line of mb_refplan: the bus's libmodbus context. */
+static int bus_line(struct bus_run *r, const char *line)
+{
+	char type[8], where[256], parity[4];
+	long long poll_ms, timeout_ms, port, data_bits, stop_bits;
+
+	if (sscanf(line, "bus %7s %lld %lld %255s %lld %3s %lld %lld %63s", type, &poll_ms,
+		   &timeout_ms, where, &port, parity, &data_bits, &stop_bits, r->name) != 9)
+		return -1;
+	r->poll_ms = poll_ms > 0 ? poll_ms : 1000;
+	if (!strcmp(type, "rtu")) {
+		r->ctx =
+			modbus_new_rtu(where, (int)port, parity[0], (int)data_bits, (int)stop_bits);
+	} else {
+		char p[16];
+		snprintf(p, sizeof(p), "%lld", port);
+		r->ctx = modbus_new_tcp_pi(where, p);
+	}
+	if (!r->ctx)
+		return -1;
+	modbus_set_response_timeout(r->ctx, (uint32_t)(timeout_ms / 1000),
+				    (uint32_t)(timeout_ms % 1000) * 1000);
+	return 0;
+}
+
+static int req_line(struct bus_run *r, const char *line)
+{
+	unsigned unit, table, addr, count;
+
+	if (sscanf(line, "req %u %u %u %u", &unit, &table, &addr, &count) != 4 || unit > 255 ||
+	    table > 3 || addr > 65535 || count < 1 || count > MODBUS_MAX_READ_BITS)
+		return -1;
+	if (r->n_reqs == r->cap_reqs) {
+		size_t cap = r->cap_reqs ? 2 * r->cap_reqs : 64;
+		struct req *n = realloc(r->reqs, cap * sizeof(*n));
+		if (!n)
+			return -1;
+		r->reqs = n;
+		r->cap_reqs = cap;
+	}
+	r->reqs[r->n_reqs++] =
+		(struct req){(uint8_t)unit, (uint8_t)table, (uint16_t)addr, (uint16_t)count};
+	return 0;
+}
+
+/* Runs mb_refplan (next to this program) on the configuration. */
+static int load_plan(const char *config, struct bus_run *runs, size_t *n)
+{
+	char self[PATH_MAX], cmd[2 * PATH_MAX + 64], line[512];
+	ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	FILE *p;
+	int rc = 0;
+
+	if (len <= 0)
+		return -1;
+	self[len] = '\0';
+	*strrchr(self, '/') = '\0';
+	if (strchr(config, '\'') ||
+	    snprintf(cmd, sizeof(cmd), "'%s/mb_refplan' -c '%s'", self, config) >= (int)sizeof(cmd))
+		return -1;
+	p = popen(cmd, "r");
+	if (!p)
+		return -1;
+	while (fgets(line, sizeof(line), p)) {
+		if (!strncmp(line, "bus ", 4)) {
+			if (*n == MAX_BUSES || bus_line(&runs[*n], line) < 0) {
+				rc = -1;
+				break;
+			}
+			(*n)++;
+		} else if (!strncmp(line, "req ", 4)) {
+			if (!*n || req_line(&runs[*n - 1], line) < 0) {
+				rc = -1;
+				break;
+			}
+		}
+	}
+	if (pclose(p) != 0)
+		rc = -1;
+	return rc;
 }
 
 static void summary(struct bus_run *runs, size_t n)
@@ -146,9 +205,7 @@ static void summary(struct bus_run *runs, size_t n)
 
 int main(int argc, char **argv)
 {
-	struct cgw_config *cfg = NULL;
-	struct cfg_errors errs = {0};
-	struct bus_run *runs;
+	static struct bus_run runs[MAX_BUSES];
 	atomic_bool stop;
 	size_t n = 0;
 	sigset_t sigs;
@@ -158,12 +215,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: mb_ref -c FILE\n");
 		return 2;
 	}
-	if (config_load(argv[2], &cfg, &errs) < 0) {
-		for (size_t i = 0; i < errs.n; i++)
-			fprintf(stderr, "%s\n", errs.v[i]);
-		cfg_errors_free(&errs);
+	if (load_plan(argv[2], runs, &n) < 0) {
+		fprintf(stderr, "mb_ref: %s: no plan (mb_refplan failed)\n", argv[2]);
 		return 2;
 	}
+	/* what stdio's and popen's setup left behind */
+	malloc_trim(0);
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
@@ -171,15 +228,9 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &sigs, NULL);
 	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 	atomic_init(&stop, false);
-	runs = calloc(cfg->n_buses ? cfg->n_buses : 1, sizeof(*runs));
-	for (size_t b = 0; runs && b < cfg->n_buses; b++) {
-		if ((modbus_transport(&cfg->buses[b]) != MB_TCP &&
-		     modbus_transport(&cfg->buses[b]) != MB_SERIAL) ||
-		    !cfg->buses[b].n_devices)
-			continue;
-		runs[n] = (struct bus_run){.cfg = cfg, .bus = b, .stop = &stop};
-		if (pthread_create(&runs[n].th, NULL, bus_main, &runs[n]) == 0)
-			n++;
+	for (size_t i = 0; i < n; i++) {
+		runs[i].stop = &stop;
+		runs[i].started = pthread_create(&runs[i].th, NULL, bus_main, &runs[i]) == 0;
 	}
 	for (;;) {
 		struct signalfd_siginfo si;
@@ -190,10 +241,13 @@ int main(int argc, char **argv)
 			break;
 	}
 	atomic_store(&stop, true);
-	for (size_t i = 0; i < n; i++)
-		pthread_join(runs[i].th, NULL);
-	free(runs);
-	config_free(cfg);
+	for (size_t i = 0; i < n; i++) {
+		if (runs[i].started)
+			pthread_join(runs[i].th, NULL);
+		modbus_close(runs[i].ctx);
+		modbus_free(runs[i].ctx);
+		free(runs[i].reqs);
+	}
 	close(sfd);
 	return 0;
 }

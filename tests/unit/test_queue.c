@@ -92,35 +92,114 @@ static void test_fifo_single_producer(void **state)
 	struct queue *q;
 	struct cgw_item out[16];
 	struct queue_stats st;
-	uint64_t next = 0;
+	uint64_t next = 0, seq = 0;
 
 	(void)state;
 	assert_int_equal(queue_new(&q, 8), 0);
 	assert_int_equal(queue_pop_batch(q, out, 16), 0);
-	/* Several rounds so head and tail wrap around the ring. */
-	for (uint64_t round = 0, seq = 0; round < 5; round++) {
-		for (int i = 0; i < 6; i++) {
+	/* Three items stay queued throughout, so head and tail wrap around
+	 * the ring (a queue that empties starts again at slot 0). */
+	for (int i = 0; i < 3; i++) {
+		struct cgw_item it = uint_item(0, seq++);
+		assert_int_equal(queue_push(q, &it), 0);
+	}
+	for (int round = 0; round < 5; round++) {
+		for (int i = 0; i < 5; i++) {
 			struct cgw_item it = uint_item(0, seq++);
 			assert_int_equal(queue_push(q, &it), 0);
 		}
 		/* Pop in uneven batches. */
-		size_t n = queue_pop_batch(q, out, 4);
-		assert_int_equal(n, 4);
-		n += queue_pop_batch(q, out + 4, 16);
-		assert_int_equal(n, 6);
+		size_t n = queue_pop_batch(q, out, 2);
+		assert_int_equal(n, 2);
+		n += queue_pop_batch(q, out + 2, 3);
+		assert_int_equal(n, 5);
 		for (size_t i = 0; i < n; i++) {
 			assert_int_equal(out[i].value.type, CGW_V_UINT);
 			assert_int_equal(out[i].value.u, next);
 			next++;
 		}
 	}
+	assert_int_equal(queue_pop_batch(q, out, 16), 3);
+	for (size_t i = 0; i < 3; i++)
+		assert_int_equal(out[i].value.u, next++);
 	queue_get_stats(q, &st);
 	assert_int_equal(st.capacity, 8);
 	assert_int_equal(st.depth, 0);
-	assert_int_equal(st.high_water, 6);
-	assert_int_equal(st.pushes, 30);
+	assert_int_equal(st.high_water, 8);
+	assert_int_equal(st.pushes, 28);
 	assert_int_equal(st.drops, 0);
 	assert_int_equal(st.full_episodes, 0);
+	queue_free(q);
+}
+
+/* Resident memory of this process in KB (/proc/self/statm). */
+static long resident_kb(void)
+{
+	long size = 0, res = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	assert_non_null(f);
+	assert_int_equal(fscanf(f, "%ld %ld", &size, &res), 2);
+	fclose(f);
+	return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/*
+ * The ring is allocated for its capacity (65536 items, ~4.5 MB) but only
+ * what the load reaches stays resident: a queue that passes one item at a
+ * time touches a few pages however many items go through, and the pages of
+ * a burst go back to the kernel once the burst is drained. Order and
+ * values survive both.
+ */
+static void test_ring_memory_follows_depth(void **state)
+{
+	enum { CAP = 65536, BURST = 60000 };
+	struct queue *q;
+	struct cgw_item out[64];
+	long base, after_trickle, in_burst, after_burst;
+	uint64_t seq = 0, next = 0;
+
+	(void)state;
+	assert_int_equal(queue_new(&q, CAP), 0);
+	base = resident_kb();
+	/* 3 x the capacity through the queue, one item at a time: before,
+	 * the head walked the whole ring and made all of it resident. */
+	for (int i = 0; i < 3 * CAP; i++) {
+		struct cgw_item it = uint_item(0, seq++);
+		assert_int_equal(queue_push(q, &it), 0);
+		assert_int_equal(queue_pop_batch(q, out, 64), 1);
+		assert_int_equal(out[0].value.u, next++);
+	}
+	after_trickle = resident_kb();
+	/* A burst makes its slots resident (the measure sees the ring)... */
+	for (int i = 0; i < BURST; i++) {
+		struct cgw_item it = uint_item(0, seq++);
+		assert_int_equal(queue_push(q, &it), 0);
+	}
+	in_burst = resident_kb();
+	for (size_t n; (n = queue_pop_batch(q, out, 64)) > 0;)
+		for (size_t i = 0; i < n; i++)
+			assert_int_equal(out[i].value.u, next++);
+	assert_int_equal(next, seq);
+	/* ...and gives them back once drained. */
+	after_burst = resident_kb();
+	print_message(
+		"resident KB: base %ld, after the trickle %ld, in the burst %ld, after it %ld\n",
+		base, after_trickle, in_burst, after_burst);
+	assert_true(after_trickle - base < 512);
+	assert_true(in_burst - base > 3000);
+	assert_true(after_burst - base < 1024);
+	/* The queue still works past the released pages: another burst. */
+	for (int i = 0; i < BURST; i++) {
+		struct cgw_item it = uint_item(0, seq++);
+		assert_int_equal(queue_push(q, &it), 0);
+	}
+	for (size_t n; (n = queue_pop_batch(q, out, 64)) > 0;)
+		for (size_t i = 0; i < n; i++) {
+			assert_int_equal(out[i].value.type, CGW_V_UINT);
+			assert_int_equal(out[i].value.u, next++);
+		}
+	assert_int_equal(next, seq);
 	queue_free(q);
 }
 
@@ -674,6 +753,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_new_rejects_bad_capacity),
 		cmocka_unit_test(test_fifo_single_producer),
+		cmocka_unit_test(test_ring_memory_follows_depth),
 		cmocka_unit_test(test_push_many),
 		cmocka_unit_test(test_full_eagain_and_string_ownership),
 		cmocka_unit_test(test_full_episodes_hysteresis),

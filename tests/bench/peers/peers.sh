@@ -61,6 +61,7 @@ measure() {
 		-v pss="$(pss_kb "$pid")" 'BEGIN {
 		printf "%s %.3f %d %.1f\n", name, 100 * (t / hz) / (ms / 1000), pss, n / (ms / 1000) }' >>"$TMP/rows"
 	tail -1 "$TMP/rows" | awk '{ printf "  %-8s CPU %6.2f %% of one core, PSS %6.1f MB, %7.1f messages/s\n", $1, $2, $3 / 1024, $4 }' >&2
+	[ "$name" = nodered ] || echo "           memory: $(mem_breakdown "$pid")" >&2
 }
 stop() { kill -TERM "$1" 2>/dev/null; for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done; kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 
