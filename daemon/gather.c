@@ -13,10 +13,18 @@ struct text {
 	bool on_heap; /* the text is in heap (kept for reuse), else in inl */
 };
 
-struct acc {
-	struct wire_field *f; /* n used, cap allocated; kept between messages */
+/* A message's fields and their texts (cap of each allocated). */
+struct bufs {
+	struct wire_field *f;
 	struct text *t;
-	size_t n, cap;
+	size_t cap;
+};
+
+#define POOL_MAX 16 /* spare bufs kept for the next devices (no malloc per cycle) */
+
+struct acc {
+	struct bufs b; /* n used; only while something is gathered */
+	size_t n;
 	bool active;      /* something gathered */
 	int64_t ts_ms;    /* the newest value's */
 	int64_t first_ms; /* the oldest value's */
@@ -30,7 +38,31 @@ struct gather {
 	size_t n;
 	uint32_t *order; /* devices with something gathered, in start order */
 	size_t n_order;
+	struct bufs last; /* the last gather_take()'s: valid until the next one */
+	struct bufs pool[POOL_MAX];
+	size_t n_pool;
 };
+
+static void bufs_free(struct bufs *b)
+{
+	for (size_t k = 0; b->t && k < b->cap; k++)
+		free(b->t[k].heap);
+	free(b->f);
+	free(b->t);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Gives b back: kept for another device, or freed. */
+static void bufs_put(struct gather *g, struct bufs *b)
+{
+	if (!b->f && !b->t)
+		return;
+	if (g->n_pool < POOL_MAX)
+		g->pool[g->n_pool++] = *b;
+	else
+		bufs_free(b);
+	memset(b, 0, sizeof(*b));
+}
 
 int gather_new(size_t n_devices, struct gather **out)
 {
@@ -54,12 +86,11 @@ void gather_free(struct gather *g)
 {
 	if (!g)
 		return;
-	for (size_t i = 0; g->a && i < g->n; i++) {
-		for (size_t k = 0; k < g->a[i].cap; k++)
-			free(g->a[i].t[k].heap);
-		free(g->a[i].f);
-		free(g->a[i].t);
-	}
+	for (size_t i = 0; g->a && i < g->n; i++)
+		bufs_free(&g->a[i].b);
+	bufs_free(&g->last);
+	for (size_t i = 0; i < g->n_pool; i++)
+		bufs_free(&g->pool[i]);
 	free(g->a);
 	free(g->order);
 	free(g);
@@ -68,28 +99,30 @@ void gather_free(struct gather *g)
 /* The field of `point` in a, added at the end if new. */
 static struct wire_field *field(struct acc *a, const char *point, size_t *k)
 {
+	struct bufs *b = &a->b;
+
 	for (size_t i = 0; i < a->n; i++) {
-		if (a->f[i].name == point || strcmp(a->f[i].name, point) == 0) {
+		if (b->f[i].name == point || strcmp(b->f[i].name, point) == 0) {
 			*k = i;
-			return &a->f[i];
+			return &b->f[i];
 		}
 	}
-	if (a->n == a->cap) {
-		size_t cap = a->cap ? a->cap * 2 : 8;
-		struct wire_field *f = realloc(a->f, cap * sizeof(*f));
+	if (a->n == b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 8;
+		struct wire_field *f = realloc(b->f, cap * sizeof(*f));
 		if (!f)
 			return NULL;
-		a->f = f;
-		struct text *t = realloc(a->t, cap * sizeof(*t));
+		b->f = f;
+		struct text *t = realloc(b->t, cap * sizeof(*t));
 		if (!t)
 			return NULL;
-		memset(t + a->cap, 0, (cap - a->cap) * sizeof(*t));
-		a->t = t;
-		a->cap = cap;
+		memset(t + b->cap, 0, (cap - b->cap) * sizeof(*t));
+		b->t = t;
+		b->cap = cap;
 	}
 	*k = a->n;
-	a->f[a->n] = (struct wire_field){.name = point};
-	return &a->f[a->n++];
+	b->f[a->n] = (struct wire_field){.name = point};
+	return &b->f[a->n++];
 }
 
 int gather_add(struct gather *g, uint32_t dev, const char *point, const char *json,
@@ -106,6 +139,8 @@ int gather_add(struct gather *g, uint32_t dev, const char *point, const char *js
 	if (!a->active) {
 		a->active = true;
 		a->n = 0;
+		if (!a->b.f && !a->b.t && g->n_pool) /* the arrays of a device sent earlier */
+			a->b = g->pool[--g->n_pool];
 		a->ts_ms = ts_ms;
 		a->first_ms = ts_ms;
 		a->deadline = mono_ms + GATHER_MAX_MS;
@@ -124,7 +159,7 @@ int gather_add(struct gather *g, uint32_t dev, const char *point, const char *js
 	f = field(a, point, &k);
 	if (!f)
 		return -ENOMEM;
-	t = &a->t[k];
+	t = &a->b.t[k];
 	len = strlen(json);
 	/* f->json is set by gather_take(): the arrays may move until then */
 	if (len < sizeof(t->inl)) {
@@ -187,14 +222,19 @@ bool gather_take(struct gather *g, uint32_t dev, const struct wire_field **field
 		return false;
 	a = &g->a[dev];
 	for (size_t i = 0; i < a->n; i++)
-		a->f[i].json = a->t[i].on_heap ? a->t[i].heap : a->t[i].inl;
-	*fields = a->f;
+		a->b.f[i].json = a->b.t[i].on_heap ? a->b.t[i].heap : a->b.t[i].inl;
+	/* the arrays go with the message: memory is held only while a device
+	 * has something gathered, plus a few spares */
+	bufs_put(g, &g->last);
+	g->last = a->b;
+	memset(&a->b, 0, sizeof(a->b));
+	*fields = g->last.f;
 	*n = a->n;
 	*ts_ms = a->ts_ms;
 	/* out of the order list: the last one takes its place */
 	g->order[a->pos] = g->order[--g->n_order];
 	g->a[g->order[a->pos]].pos = a->pos;
-	a->active = false; /* the fields stay until the next gather_add() */
+	a->active = false;
 	return true;
 }
 

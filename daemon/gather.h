@@ -22,8 +22,9 @@
  * Ownership: gather_add() copies the value's text; the point name is
  * borrowed and must outlive the gathered value (the running configuration's:
  * the core sends everything gathered before a reload frees it). The fields
- * gather_take() hands out stay valid until the next gather_add() or
- * gather_free().
+ * gather_take() hands out stay valid until the next gather_take() or
+ * gather_free(). A device holds memory only while it has something
+ * gathered (a few spare arrays are kept for the next ones).
  */
 #ifndef CGW_GATHER_H
 #define CGW_GATHER_H

@@ -13,9 +13,9 @@ struct latest {
 	struct latest_entry **chunks;
 	size_t n_chunks, n;
 	size_t dirty;
-	/* open addressing over entries: slot = entry index + 1, 0 empty; the
-	 * key's hash beside it, so a probe compares strings only on a match */
-	uint32_t *slots, *hashes;
+	/* open addressing over entries: slot = entry index + 1, 0 empty; a
+	 * probe compares the entry's hash first, its strings only on a match */
+	uint32_t *slots;
 	size_t n_slots; /* a power of two, at least twice n */
 	/* interned strings: slot = pointer or NULL */
 	char **names;
@@ -64,7 +64,6 @@ void latest_free(struct latest *m)
 		free(m->chunks[c]);
 	free(m->chunks);
 	free(m->slots);
-	free(m->hashes);
 	for (size_t i = 0; i < m->names_slots; i++)
 		free(m->names[i]);
 	free(m->names);
@@ -118,11 +117,9 @@ static size_t find_slot(const struct latest *m, uint32_t h, const char *device, 
 	size_t j = h & (m->n_slots - 1);
 
 	while (m->slots[j]) {
-		if (m->hashes[j] == h) {
-			const struct latest_entry *e = entry_at(m, m->slots[j] - 1);
-			if (strcmp(e->device, device) == 0 && strcmp(e->point, point) == 0)
-				return j;
-		}
+		const struct latest_entry *e = entry_at(m, m->slots[j] - 1);
+		if (e->hash == h && strcmp(e->device, device) == 0 && strcmp(e->point, point) == 0)
+			return j;
 		j = (j + 1) & (m->n_slots - 1);
 	}
 	return j;
@@ -131,26 +128,18 @@ static size_t find_slot(const struct latest *m, uint32_t h, const char *device, 
 static int slots_grow(struct latest *m)
 {
 	size_t ns = m->n_slots ? m->n_slots * 2 : 256;
-	uint32_t *t = calloc(ns, sizeof(*t)), *th = calloc(ns, sizeof(*th));
+	uint32_t *t = calloc(ns, sizeof(*t));
 
-	if (!t || !th) {
-		free(t);
-		free(th);
+	if (!t)
 		return -ENOMEM;
-	}
-	for (size_t i = 0; i < m->n_slots; i++) {
-		if (!m->slots[i])
-			continue;
-		size_t j = m->hashes[i] & (ns - 1);
+	for (size_t i = 0; i < m->n; i++) {
+		size_t j = entry_at(m, i)->hash & (ns - 1);
 		while (t[j])
 			j = (j + 1) & (ns - 1);
-		t[j] = m->slots[i];
-		th[j] = m->hashes[i];
+		t[j] = (uint32_t)(i + 1);
 	}
 	free(m->slots);
-	free(m->hashes);
 	m->slots = t;
-	m->hashes = th;
 	m->n_slots = ns;
 	return 0;
 }
@@ -192,10 +181,9 @@ static struct latest_entry *add_entry(struct latest *m, const char *device, cons
 	e->device = dn;
 	e->point = pn;
 	e->value.type = CGW_V_NONE;
-	uint32_t h = hash_key(device, point);
-	size_t j = find_slot(m, h, device, point);
+	e->hash = hash_key(device, point);
+	size_t j = find_slot(m, e->hash, device, point);
 	m->slots[j] = (uint32_t)(++m->n);
-	m->hashes[j] = h;
 	return e;
 }
 
@@ -219,7 +207,7 @@ int latest_set(struct latest *m, const char *device, const char *point, const st
 	}
 	cgw_value_clear(&e->value);
 	e->value = copy;
-	e->quality = q;
+	e->quality = (uint8_t)q;
 	e->ts_ms = ts_ms;
 	if (dirty && !e->dirty)
 		m->dirty++;

@@ -33,9 +33,10 @@
 struct latest_entry {
 	const char *device, *point; /* interned */
 	struct cgw_value value;     /* owned */
-	enum cgw_quality quality;
 	int64_t ts_ms;
-	bool dirty; /* changed since it was last written down */
+	uint32_t hash;   /* of the key (the map's) */
+	uint8_t quality; /* enum cgw_quality */
+	bool dirty;      /* changed since it was last written down */
 };
 
 struct latest;
