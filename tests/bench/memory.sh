@@ -31,14 +31,11 @@ DURATION=${DURATION:-120}
 SAMPLE=${SAMPLE:-30}
 OUTAGE=${OUTAGE:-30}
 
-bg_start "$CGW_BUILD/cgw-sim" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
-wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "memory bench: simulator did not start" >&2; exit 1; }
+load500_sim
 mq=$(free_port)
 start_mosquitto "$mq"
 bg_start mosquitto_sub -p "$mq" -q 1 -t 'cgw/#' >"$TMP/sub.out" 2>/dev/null
-mkdir -p "$TMP/state"
-sed "s|^gateway: .*|gateway: {id: gw-bench, site: bench, state_dir: $TMP/state}\nmetrics: {enabled: false}\ncontrol: {socket: $TMP/cgwd.sock}\nuplinks: [{name: platform, type: mqtt, url: \"mqtt://127.0.0.1:$mq\"}]|" \
-	"$TMP/cgw.yaml" >"$TMP/cgwd.yaml"
+load500_cgwd_yaml "$mq" "$TMP/cgwd.yaml"
 stop() { kill -TERM "$1" 2>/dev/null; for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done; kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 # messages waiting in cgwd's outbox, all lanes
 backlog() {

@@ -30,8 +30,7 @@ source "$(dirname "$0")/load500.lib"
 # last "summary key=value" value printed by a tool
 sumval() { grep '^summary ' "$1" | tail -1 | sed -n "s/.* $2=\([0-9]*\).*/\1/p"; }
 
-bg_start "$SIM" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
-wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "modbus bench: simulator did not start" >&2; cat "$TMP/sim.err" >&2; exit 1; }
+load500_sim "$SIM"
 bg_start "$POLL" -c "$TMP/cgw.yaml" --quiet </dev/null >"$TMP/poll.out" 2>"$TMP/poll.err"
 POLL_PID=$BG_PID
 bg_start "$REF" -c "$TMP/cgw.yaml" >"$TMP/ref.out" 2>"$TMP/ref.err"
@@ -96,8 +95,7 @@ kill -TERM "$POLL_PID" "$REF_PID" 2>/dev/null
 # the MQTT uplink to a local broker with a subscriber, over the same window.
 mq=$(free_port)
 start_mosquitto "$mq"
-sed -i "s|^gateway: .*|gateway: {id: gw-bench, site: bench, state_dir: $TMP/state}\nmetrics: {enabled: false}\ncontrol: {socket: $TMP/cgwd.sock}\nuplinks: [{name: platform, type: mqtt, url: \"mqtt://127.0.0.1:$mq\"}]|" "$TMP/cgw.yaml"
-mkdir -p "$TMP/state"
+load500_cgwd_yaml "$mq"
 bg_start mosquitto_sub -p "$mq" -q 1 -t 'cgw/#' >"$TMP/sub.out" 2>/dev/null
 bg_start "$CGW_BUILD/cgwd" -c "$TMP/cgw.yaml" -f 2>"$TMP/cgwd.log"
 D_PID=$BG_PID

@@ -26,16 +26,13 @@ REPEAT=${REPEAT:-3}
 NR=$CGW_BUILD/peers/node_modules/node-red/red.js
 [ -f "$NR" ] || { echo "bench-peers: Node-RED is not installed in $CGW_BUILD/peers (make bench-peers)" >&2; exit 1; }
 
-bg_start "$CGW_BUILD/cgw-sim" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
-wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "bench-peers: simulator did not start" >&2; exit 1; }
+load500_sim
 mq=$(free_port)
 start_mosquitto "$mq"
 bg_start mosquitto_sub -p "$mq" -q 0 -t '#' -F '%t' >"$TMP/sub.out" 2>/dev/null
 
 # cgwd's configuration: the load plus the uplink
-mkdir -p "$TMP/state"
-sed "s|^gateway: .*|gateway: {id: gw-bench, site: bench, state_dir: $TMP/state}\nmetrics: {enabled: false}\ncontrol: {socket: $TMP/cgwd.sock}\nuplinks: [{name: platform, type: mqtt, url: \"mqtt://127.0.0.1:$mq\"}]|" \
-	"$TMP/cgw.yaml" >"$TMP/cgwd.yaml"
+load500_cgwd_yaml "$mq" "$TMP/cgwd.yaml"
 # Node-RED: the flow, no editor, warnings only
 mkdir -p "$TMP/nr"
 python3 "$HERE/flow.py" "$TMP/cgw.yaml" "$mq" >"$TMP/nr/flows.json"

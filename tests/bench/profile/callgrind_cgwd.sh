@@ -21,13 +21,11 @@ WARMUP=${WARMUP:-15}
 WINDOW=${WINDOW:-20}
 command -v valgrind >/dev/null || { echo "callgrind: needs valgrind" >&2; exit 1; }
 
-bg_start "$CGW_BUILD/cgw-sim" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
-wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "callgrind: simulator did not start" >&2; exit 1; }
+load500_sim
 mq=$(free_port)
 start_mosquitto "$mq"
 bg_start mosquitto_sub -p "$mq" -q 1 -t 'cgw/#' >"$TMP/sub.out" 2>/dev/null
-mkdir -p "$TMP/state"
-sed -i "s|^gateway: .*|gateway: {id: gw-bench, site: bench, state_dir: $TMP/state}\nmetrics: {enabled: false}\ncontrol: {socket: $TMP/cgwd.sock}\nuplinks: [{name: platform, type: mqtt, url: \"mqtt://127.0.0.1:$mq\"}]|" "$TMP/cgw.yaml"
+load500_cgwd_yaml "$mq"
 bg_start valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.out" \
 	"$CGW_BUILD/cgwd" -c "$TMP/cgw.yaml" -f </dev/null 2>"$TMP/cgwd.log"
 pid=$BG_PID

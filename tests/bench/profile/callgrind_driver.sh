@@ -19,8 +19,7 @@ WINDOW=${WINDOW:-10}
 command -v valgrind >/dev/null || { echo "callgrind: needs valgrind" >&2; exit 1; }
 
 sumval() { grep '^summary ' "$1" | tail -1 | sed -n "s/.* $2=\([0-9]*\).*/\1/p"; }
-bg_start "$CGW_BUILD/cgw-sim" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
-wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "callgrind: simulator did not start" >&2; exit 1; }
+load500_sim
 bg_start valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.out" \
 	"$CGW_BUILD/tools/mb_poll" -c "$TMP/cgw.yaml" --quiet </dev/null >"$TMP/poll.out" 2>"$TMP/poll.err"
 pid=$BG_PID

@@ -14,13 +14,11 @@ source "$HERE/../load500.lib"
 WINDOW=${WINDOW:-30}
 command -v perf >/dev/null || { echo "profile: needs perf (apt-get install linux-perf)" >&2; exit 1; }
 
-bg_start "$CGW_BUILD/cgw-sim" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
-wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "profile: simulator did not start" >&2; exit 1; }
+load500_sim
 mq=$(free_port)
 start_mosquitto "$mq"
 bg_start mosquitto_sub -p "$mq" -q 1 -t 'cgw/#' >/dev/null 2>&1
-mkdir -p "$TMP/state"
-sed -i "s|^gateway: .*|gateway: {id: gw-bench, site: bench, state_dir: $TMP/state}\nmetrics: {enabled: false}\ncontrol: {socket: $TMP/cgwd.sock}\nuplinks: [{name: platform, type: mqtt, url: \"mqtt://127.0.0.1:$mq\"}]|" "$TMP/cgw.yaml"
+load500_cgwd_yaml "$mq"
 bg_start "$CGW_BUILD/cgwd" -c "$TMP/cgw.yaml" -f 2>"$TMP/cgwd.log"
 pid=$BG_PID
 sleep 5

@@ -22,8 +22,7 @@ sumval() { grep '^summary ' "$1" | tail -1 | sed -n "s/.* $2=\([0-9]*\).*/\1/p";
 summary() { # FILE PID: ask for a fresh summary line
 	local n; n=$(grep -c '^summary ' "$1"); kill -USR1 "$2"
 	wait_for 10 test "$(grep -c '^summary ' "$1")" -gt "$n"; }
-bg_start "$CGW_BUILD/cgw-sim" -c "$TMP/cgw.yaml" --churn 10 >"$TMP/sim.out" 2>"$TMP/sim.err"
-wait_for 10 grep -qx ready "$TMP/sim.out" || { echo "strace_driver: simulator did not start" >&2; exit 1; }
+load500_sim
 bg_start "$CGW_BUILD/tools/mb_poll" -c "$TMP/cgw.yaml" --quiet </dev/null >"$TMP/poll.out" 2>"$TMP/poll.err"
 poll=$BG_PID
 bg_start "$CGW_BUILD/tools/mb_ref" -c "$TMP/cgw.yaml" >"$TMP/ref.out" 2>"$TMP/ref.err"
