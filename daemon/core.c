@@ -1314,7 +1314,9 @@ static void on_queue(struct loop *l, int fd, uint32_t ev, void *arg)
 	(void)l;
 	(void)fd;
 	(void)ev;
-	if (drain(g) > 0 && g->queue == c->queue && c->drain_timer) {
+	/* without its urgent function (no memory for it) the queue is never
+	 * held: an alarm input must not wait for the timer */
+	if (drain(g) > 0 && g->queue == c->queue && c->drain_timer && g->alarm_input) {
 		/* readings are coming: drain on the timer from now on, and
 		 * let the producers push without waking the core */
 		queue_hold(g->queue, true);

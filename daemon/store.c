@@ -2307,10 +2307,13 @@ static int fetch_mem(struct store *s, int64_t uplink, uint64_t after_seq, size_t
 /* Whether the uplink's lane may hold committed rows: its counter says so
  * (an uplink pumps every lane at each turn; most of them are empty). The
  * table is asked anyway every EMPTY_RECHECK_MS, so that a counter gone
- * wrong could delay a message, never strand it. */
+ * wrong could delay a message, never strand it; and always for the alarm
+ * lane, whose messages may not wait even that long. */
 #define EMPTY_RECHECK_MS 10000
 static bool lane_may_hold(struct store *s, int64_t uplink, enum cgw_lane lane, int64_t now_ms)
 {
+	if (lane == CGW_LANE_ALARM)
+		return true;
 	for (size_t i = 0; i < s->n_up; i++) {
 		struct reg_uplink *r = &s->up[i];
 		if (r->id != uplink)
