@@ -381,15 +381,10 @@ static size_t fast_g(double d, int prec, char *out, size_t size)
 	if (d < 0)
 		*p++ = '-';
 	div = (uint64_t)p10[k];
-	uint64_t ip = n / div, fp = n % div;
+	uint64_t fp = n % div;
 	char t[24];
-	int w = 0;
-	do {
-		t[w++] = (char)('0' + ip % 10);
-		ip /= 10;
-	} while (ip);
-	while (w)
-		*p++ = t[--w];
+	int w;
+	p += cgw_u64_text(n / div, p);
 	if (fp) {
 		/* k digits, leading zeros included, trailing ones dropped */
 		for (w = k; w > 0; w--, fp /= 10)

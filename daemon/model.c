@@ -8,6 +8,21 @@
 
 static const char *const lane_names[CGW_LANE_COUNT] = {"alarm", "event", "status", "telemetry"};
 
+size_t cgw_u64_text(uint64_t v, char *out)
+{
+	char t[20];
+	size_t w = 0, n;
+
+	do {
+		t[w++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	for (n = 0; w; n++)
+		out[n] = t[--w];
+	out[n] = '\0';
+	return n;
+}
+
 const char *cgw_lane_name(enum cgw_lane lane)
 {
 	return (unsigned)lane < CGW_LANE_COUNT ? lane_names[lane] : "?";

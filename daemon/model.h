@@ -113,6 +113,9 @@ bool cgw_value_changed(const struct cgw_value *a, const struct cgw_value *b, dou
 /* A deep copy (strings duplicated); 0 or -ENOMEM (dst then NONE). */
 int cgw_value_copy(struct cgw_value *dst, const struct cgw_value *src);
 const char *cgw_lane_name(enum cgw_lane lane);
+/* v in decimal ("%llu" without printf, for the per-reading paths) into out,
+ * which has room for 21 bytes; NUL-terminated; returns the length. */
+size_t cgw_u64_text(uint64_t v, char *out);
 int cgw_lane_from_name(const char *name); /* -1 if unknown */
 const char *cgw_quality_name(enum cgw_quality q);
 int64_t cgw_now_ms(void);  /* CLOCK_REALTIME in ms */

@@ -273,19 +273,15 @@ static size_t real_text(const char *digits, char *buf, size_t size)
 static size_t int_text(bool neg, uint64_t mag, char *buf, size_t size)
 {
 	char t[24];
-	size_t w = 0, n;
+	size_t n;
 
-	do {
-		t[w++] = (char)('0' + mag % 10);
-		mag /= 10;
-	} while (mag);
-	if (neg)
-		t[w++] = '-';
-	n = w;
-	for (size_t i = 0; i < n && i + 1 < size; i++)
-		buf[i] = t[n - 1 - i];
-	if (size)
-		buf[n < size ? n : size - 1] = '\0';
+	t[0] = '-';
+	n = cgw_u64_text(mag, t + neg) + neg;
+	if (size) {
+		size_t c = n < size ? n : size - 1;
+		memcpy(buf, t, c);
+		buf[c] = '\0';
+	}
 	return n;
 }
 
@@ -326,15 +322,19 @@ size_t wire_value_text(const struct cfg_point *pt, const struct cgw_value *v, ch
 	}
 }
 
-/* Appends s as a JSON string. */
+/* Appends s as a JSON string: written into the room there is, and only
+ * when it did not fit written again after the buffer grew. */
 static void tb_jstr(struct tbuf *b, const char *s)
 {
-	size_t len = json_string_text(s, NULL, 0);
+	size_t room = b->oom ? 0 : b->cap - b->len;
+	size_t len = json_string_text(s, room ? b->p + b->len : NULL, room);
 
-	tb_need(b, len);
-	if (b->oom)
-		return;
-	json_string_text(s, b->p + b->len, len + 1);
+	if (len >= room) {
+		tb_need(b, len);
+		if (b->oom)
+			return;
+		json_string_text(s, b->p + b->len, len + 1);
+	}
 	b->len += len;
 }
 
